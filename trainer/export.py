@@ -1,0 +1,133 @@
+"""Write and read the hand-off file between PyTorch and Rust: ``model.safetensors``.
+
+The file holds the model's state_dict (float32, PyTorch names, ``num_batches_tracked``
+dropped) and string metadata:
+
+- ``architecture``: ``trainer.model.ARCHITECTURE``; readers refuse any other value;
+- ``mnist_mean`` / ``mnist_std``: the input normalisation, read by the Rust crate;
+- ``input``: the input layout in words;
+- ``test_accuracy`` and library versions, for people.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .model import ARCHITECTURE, MNIST_MEAN, MNIST_STD, Net
+
+INPUT_LAYOUT = "NCHW (N,1,28,28) float32; raw pixels 0-255, ink=255, normalised inside the model runtime"
+
+
+class WeightsError(ValueError):
+    """A weights file is unreadable or does not hold this architecture."""
+
+
+def state_dict_for_export(model: Net) -> dict[str, torch.Tensor]:
+    """The float32 tensors of ``model.state_dict()``, contiguous, without the int counters."""
+    return {
+        name: tensor.detach().to(torch.float32).contiguous().cpu()
+        for name, tensor in model.state_dict().items()
+        if not name.endswith("num_batches_tracked")
+    }
+
+
+def save_safetensors(model: Net, path: Path, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically (a temporary file, then a rename).
+
+    An interrupted export never leaves a half-written file where a good one was.
+    """
+    import safetensors
+    import torchvision
+
+    metadata = {
+        "architecture": ARCHITECTURE,
+        "mnist_mean": repr(MNIST_MEAN),
+        "mnist_std": repr(MNIST_STD),
+        "input": INPUT_LAYOUT,
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "safetensors_version": safetensors.__version__,
+    }
+    metadata.update(extra_metadata or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state_dict_for_export(model), str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file.
+
+    Raises:
+        WeightsError: the file is missing or not a safetensors file.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def load_model(path: Path) -> Net:
+    """Load a ``Net`` in eval mode from a file written by ``save_safetensors``.
+
+    Raises:
+        WeightsError: unreadable file, another architecture, or tensors that do not match
+            (the message names the missing, unexpected or mis-shaped tensors).
+    """
+    from safetensors.torch import load_file
+
+    metadata = read_metadata(path)
+    found = metadata.get("architecture")
+    if found != ARCHITECTURE:
+        raise WeightsError(f"{path}: architecture is {found!r}, expected {ARCHITECTURE!r}")
+    model = Net()
+    expected = state_dict_for_export(model)
+    tensors = load_file(str(path))
+    problems = [f"missing tensor {name}" for name in expected if name not in tensors]
+    problems += [f"unexpected tensor {name}" for name in tensors if name not in expected]
+    problems += [
+        f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(t.shape)}"
+        for name, t in expected.items()
+        if name in tensors and tensors[name].shape != t.shape
+    ]
+    if problems:
+        raise WeightsError(f"{path}: " + "; ".join(problems))
+    model.load_state_dict(tensors, strict=False)
+    return model.eval()
+
+
+def export_onnx(model: Net, path: Path) -> Path:
+    """Export ``model`` to ONNX (input ``pixels``: (N, 1, 28, 28) normalised float32 -> ``logits``).
+
+    Used by the benchmark to run the same weights in ONNX Runtime Web.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 1, 28, 28)
+    torch.onnx.export(
+        model.eval(),
+        (dummy,),
+        str(path),
+        input_names=["pixels"],
+        output_names=["logits"],
+        dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+    return path
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    """Write ``metrics`` as indented JSON, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, path)
