@@ -1,0 +1,349 @@
+"""Invoke tasks: the orchestration of trainer/ -> models/model.safetensors -> wasm-infer/ -> web/.
+
+    invoke train                      train and write models/model.safetensors (+ metrics.json)
+    invoke build-wasm --backend all   compile the Rust crate to wasm for ndarray and flex
+    invoke serve                      build what is stale, serve web/ on http://127.0.0.1:8000
+    invoke test                       every test: Rust parity, no_std proof, Python, browser
+    invoke bench                      in-browser speed against ONNX Runtime Web
+
+Every task installs what it needs first (idempotently: what is there is not fetched again).
+The work itself lives in trainer/, wasm-infer/ and web/; this file only calls it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from invoke import Exit, task
+
+ROOT = Path(__file__).resolve().parent
+WEB = ROOT / "web"
+PKG = WEB / "pkg"
+MODEL_DIR = ROOT / "models"
+WEIGHTS = MODEL_DIR / "model.safetensors"
+TARGET = ROOT / "target"
+WASM_TARGET = "wasm32-unknown-unknown"
+NOSTD_TARGET = "thumbv7em-none-eabihf"
+
+#: Backends this project builds today, and those the design card promises for later.
+BACKENDS = ("ndarray", "flex")
+PLANNED_BACKENDS = {"wgpu": "the WebGPU build is not implemented yet (see the open wgpu issue)"}
+#: Served by default: the faster one in `invoke bench` (flex, see README).
+DEFAULT_BACKEND = "flex"
+
+DEBIAN_WASM_PACKAGES = ("rustc-web", "cargo-web", "rust-web-src", "lld-19")
+WASM_OPT_FLAGS = (
+    "-O3",
+    "--enable-reference-types",  # wasm-bindgen's externref table
+    "--enable-simd",
+    "--enable-bulk-memory",
+    "--enable-nontrapping-float-to-int",
+    "--enable-sign-ext",
+    "--enable-mutable-globals",
+)
+
+
+def log(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def run(cmd: list[str], env: dict | None = None, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command, streaming its output; raise Exit with its status when it fails."""
+    print("+ " + " ".join(str(c) for c in cmd), flush=True)
+    result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd)
+    if check and result.returncode != 0:
+        raise Exit(f"command failed ({result.returncode}): {' '.join(str(c) for c in cmd)}", code=result.returncode)
+    return result
+
+
+def output(cmd: list[str], env: dict | None = None) -> str:
+    """stdout of a command, or '' when it is missing or fails."""
+    try:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+# --- system packages --------------------------------------------------------------------
+
+
+def apt_install(packages: tuple[str, ...], why: str) -> None:
+    """Install the Debian packages not yet installed (nothing when all are there)."""
+    missing = [p for p in packages if "install ok installed" not in output(["dpkg-query", "-W", "-f=${Status}", p])]
+    if not missing:
+        return
+    if shutil.which("apt-get") is None:
+        raise Exit(f"{why} needs the Debian packages {' '.join(missing)}, and this system has no apt-get.")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    log(f"installing {' '.join(missing)} ({why})")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(sudo + ["apt-get", "update", "-qq"], env=env)
+    run(sudo + ["apt-get", "install", "-y", "-qq", *missing], env=env)
+
+
+# --- the wasm toolchain -----------------------------------------------------------------
+
+
+def wasm_toolchain() -> dict:
+    """How to compile for wasm32 here: rustup's target if it is (or can be) installed,
+    otherwise Debian's rustc-web with the standard library rebuilt from source.
+
+    Returns {"route", "why", "cargo", "env", "build_std"}; the decision is cached in
+    target/wasm-toolchain.json (delete it to decide again).
+    """
+    cache = TARGET / "wasm-toolchain.json"
+    forced = os.environ.get("MNIST_WASM_ROUTE")  # "rustup" or "debian": skip the detection
+    if forced in ("rustup", "debian"):
+        choice = {"route": forced, "why": "chosen with MNIST_WASM_ROUTE"}
+    elif cache.exists():
+        choice = json.loads(cache.read_text())
+    else:
+        installed = output(["rustup", "target", "list", "--installed"]).split()
+        if WASM_TARGET in installed:
+            choice = {"route": "rustup", "why": f"rustup has the {WASM_TARGET} target installed"}
+        elif shutil.which("rustup") and run(["rustup", "target", "add", WASM_TARGET], check=False).returncode == 0:
+            choice = {"route": "rustup", "why": f"`rustup target add {WASM_TARGET}` succeeded"}
+        else:
+            choice = {
+                "route": "debian",
+                "why": f"rustup's {WASM_TARGET} target is not installed and cannot be downloaded "
+                "(no rustup dist server); using Debian's rustc-web with -Zbuild-std",
+            }
+        TARGET.mkdir(exist_ok=True)
+        cache.write_text(json.dumps(choice, indent=2))
+    env = dict(os.environ)
+    prefix = WASM_TARGET.upper().replace("-", "_")
+    env[f"CARGO_TARGET_{prefix}_RUSTFLAGS"] = "-C target-feature=+simd128"
+    # One target folder per route: the two toolchains would otherwise rebuild each other's files.
+    env["CARGO_TARGET_DIR"] = str(TARGET / f"wasm-{choice['route']}")
+    if choice["route"] == "debian":
+        apt_install(DEBIAN_WASM_PACKAGES, "the offline wasm32 toolchain")
+        env.update(
+            PATH="/usr/bin:" + env.get("PATH", ""),
+            RUSTC="/usr/bin/rustc",
+            RUSTDOC="/usr/bin/rustdoc",
+            RUSTC_BOOTSTRAP="1",  # lets a stable rustc take -Zbuild-std
+        )
+        env[f"CARGO_TARGET_{prefix}_LINKER"] = "wasm-ld-19"  # Debian's rustc has no rust-lld
+        env.pop("RUSTUP_TOOLCHAIN", None)
+        return {**choice, "cargo": "/usr/bin/cargo", "env": env, "build_std": ["-Zbuild-std=std,panic_abort"]}
+    return {**choice, "cargo": "cargo", "env": env, "build_std": []}
+
+
+def locked_version(crate: str) -> str:
+    """Version of `crate` in Cargo.lock."""
+    lines = (ROOT / "Cargo.lock").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line == f'name = "{crate}"':
+            return lines[i + 1].split('"')[1]
+    raise Exit(f"{crate} is not in Cargo.lock")
+
+
+def wasm_bindgen_cli() -> str:
+    """Path of a wasm-bindgen CLI of exactly the version in Cargo.lock (installed if needed)."""
+    version = locked_version("wasm-bindgen")
+    candidates = [shutil.which("wasm-bindgen"), str(Path.home() / ".cargo" / "bin" / "wasm-bindgen")]
+    for path in filter(None, candidates):
+        if output([path, "--version"]).split()[-1:] == [version]:
+            return path
+    log(f"installing wasm-bindgen-cli {version} (must match the wasm-bindgen crate)")
+    # No --locked: the CLI's own lock file pins a crate version the registry no longer serves.
+    run(["cargo", "install", "wasm-bindgen-cli", "--version", version])
+    return str(Path.home() / ".cargo" / "bin" / "wasm-bindgen")
+
+
+def npm_tools() -> Path:
+    """web/node_modules/.bin with the npm tools pinned in web/package.json (wasm-opt from
+    binaryen, onnxruntime-web for the benchmark); `npm ci` only when they are missing."""
+    bin_dir = WEB / "node_modules" / ".bin"
+    if not (bin_dir / "wasm-opt").exists() or not (WEB / "node_modules" / "onnxruntime-web").exists():
+        if shutil.which("npm") is None:
+            raise Exit("npm is needed for wasm-opt (binaryen) and the benchmark: install Node.js")
+        log("installing web/package.json's tools with npm")
+        run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB)
+    return bin_dir
+
+
+def wasm_opt() -> str:
+    """binaryen's wasm-opt from npm: Debian's (version 108) breaks wasm-bindgen's externref table."""
+    return str(npm_tools() / "wasm-opt")
+
+
+def source_digest(backend: str, route: str) -> str:
+    """Hash of everything a wasm build depends on: sources, lock file, weights, toolchain route."""
+    digest = hashlib.sha256(f"{backend}\n{route}\n{WASM_OPT_FLAGS}\n".encode())
+    digest.update((WEB / "package-lock.json").read_bytes())
+    files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", WEIGHTS]
+    files += sorted(p for p in (ROOT / "wasm-infer").rglob("*") if p.suffix in {".rs", ".toml"} and "tests" not in p.parts)
+    for path in files:
+        digest.update(str(path.relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def requested_backends(backend: str) -> tuple[str, ...]:
+    """`all` or one name -> backend names; refuses planned and unknown ones clearly."""
+    if backend == "all":
+        return BACKENDS
+    if backend in BACKENDS:
+        return (backend,)
+    if backend in PLANNED_BACKENDS:
+        raise Exit(f"backend {backend!r} cannot be built yet: {PLANNED_BACKENDS[backend]}. Built today: {', '.join(BACKENDS)}.")
+    raise Exit(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS + ('all',))}")
+
+
+def build_one(backend: str, force: bool = False) -> Path:
+    """Build web/pkg/<backend>/ (wasm-bindgen output, wasm-opt'd) unless it is up to date."""
+    toolchain = wasm_toolchain()
+    out_dir = PKG / backend
+    stamp = out_dir / ".build-stamp"
+    digest = source_digest(backend, toolchain["route"])
+    wasm = out_dir / "mnist_wasm_bg.wasm"
+    if not force and wasm.exists() and stamp.exists() and stamp.read_text() == digest:
+        log(f"wasm for {backend} is up to date ({wasm.relative_to(ROOT)})")
+        return wasm
+    log(f"building wasm for {backend} ({toolchain['route']} route: {toolchain['why']})")
+    bindgen = wasm_bindgen_cli()
+    optimizer = wasm_opt()
+    run(
+        [toolchain["cargo"], "build", "--release", "--target", WASM_TARGET, *toolchain["build_std"],
+         "-p", "mnist-wasm", "--features", backend],
+        env=toolchain["env"],
+    )
+    raw = Path(toolchain["env"]["CARGO_TARGET_DIR"]) / WASM_TARGET / "release" / "mnist_wasm.wasm"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    run([bindgen, "--target", "web", "--no-typescript", "--out-dir", out_dir, "--out-name", "mnist_wasm", raw])
+    run([optimizer, *WASM_OPT_FLAGS, wasm, "-o", wasm])
+    stamp.write_text(digest)
+    size = wasm.stat().st_size
+    gz = len(gzip.compress(wasm.read_bytes(), 9))
+    weights = WEIGHTS.stat().st_size
+    log(f"{wasm.relative_to(ROOT)}: {size / 1e6:.2f} MB ({gz / 1e6:.2f} MB gzip), of which weights {weights / 1e6:.2f} MB")
+    return wasm
+
+
+def built_backends() -> list[str]:
+    return [b for b in BACKENDS if (PKG / b / "mnist_wasm_bg.wasm").exists()]
+
+
+# --- tasks ------------------------------------------------------------------------------
+
+
+@task(help={
+    "epochs": "passes over the 60,000 training images (default 8)",
+    "seed": "random seed (default 0)",
+    "limit": "train on the first N images only (quick runs)",
+    "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
+    "out_dir": "where model.safetensors and metrics.json go (default models/)",
+})
+def train(c, epochs=8, seed=0, limit=0, data_dir=None, out_dir=None):
+    """Train the model; write model.safetensors + metrics.json (and the Rust fixture for models/)."""
+    from trainer import data
+    from trainer.fixtures import write_fixture
+    from trainer.train import DEFAULT_OUT_DIR, Config
+    from trainer.train import train as run_training
+
+    out = Path(out_dir) if out_dir else DEFAULT_OUT_DIR
+    data_path = Path(data_dir) if data_dir else data.DEFAULT_DATA_DIR
+    try:
+        run_training(Config(epochs=int(epochs), seed=int(seed), limit=int(limit)), data_dir=data_path, out_dir=out)
+    except KeyboardInterrupt:
+        raise Exit(f"training interrupted; {out} is unchanged", code=130)
+    except (data.DataError, ValueError) as e:
+        raise Exit(f"error: {e}")
+    if out.resolve() == DEFAULT_OUT_DIR:
+        log(f"regenerated the Rust parity fixture: {write_fixture(out / 'model.safetensors', data_dir=data_path)}")
+
+
+@task
+def fixtures(c):
+    """Rewrite the Rust parity fixture from models/model.safetensors."""
+    from trainer.fixtures import write_fixture
+
+    log(f"wrote {write_fixture()}")
+
+
+@task(help={"backend": "ndarray, flex or all (default all); wgpu is refused until it exists",
+            "force": "rebuild even when up to date"})
+def build_wasm(c, backend="all", force=False):
+    """Compile wasm-infer to wasm (wasm-bindgen, wasm-opt) into web/pkg/<backend>/."""
+    for name in requested_backends(backend):
+        build_one(name, force=force)
+
+
+@task(help={"host": "address to bind (default 127.0.0.1: this machine only)",
+            "port": "TCP port (default 8000)",
+            "backend": f"backend the page uses by default (default {DEFAULT_BACKEND}); "
+                       "?backend=ndarray|flex in the URL overrides"})
+def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND):
+    """Build what is stale, then serve web/ at http://<host>:<port>."""
+    names = requested_backends(backend)
+    if len(names) != 1:
+        raise Exit("--backend takes one backend for serving: ndarray or flex")
+    build_one(names[0])
+    for other in BACKENDS:
+        if other != names[0] and (PKG / other).exists():
+            build_one(other)  # keep a previously built second backend fresh too
+    from web.server import serve as serve_web
+
+    serve_web(host=host, port=int(port), default_backend=names[0], backends=built_backends())
+
+
+@task
+def setup(c):
+    """Install everything the build and the tests need (what is there is left alone)."""
+    wasm_toolchain()
+    wasm_bindgen_cli()
+    wasm_opt()
+    apt_install(("chromium",), "browser tests")
+    from trainer.data import ensure_mnist
+
+    ensure_mnist()
+
+
+@task
+def nostd(c):
+    """Prove the model crate is no_std: build it for bare-metal Cortex-M4F (thumbv7em)."""
+    toolchain = wasm_toolchain()
+    if toolchain["route"] == "rustup" and NOSTD_TARGET in output(["rustup", "target", "list", "--installed"]).split():
+        cmd, env = ["cargo", "build", "--target", NOSTD_TARGET], dict(os.environ)
+    else:
+        apt_install(DEBIAN_WASM_PACKAGES, "the no_std check")
+        env = dict(toolchain["env"]) if toolchain["route"] == "debian" else dict(
+            os.environ, PATH="/usr/bin:" + os.environ["PATH"], RUSTC="/usr/bin/rustc", RUSTC_BOOTSTRAP="1")
+        cmd = ["/usr/bin/cargo", "build", "--target", NOSTD_TARGET, "-Zbuild-std=core,alloc"]
+    env["CARGO_TARGET_DIR"] = str(TARGET / "nostd")
+    for backend in ("flex",):
+        log(f"no_std build of mnist-model ({backend}) for {NOSTD_TARGET}")
+        run(cmd + ["--release", "-p", "mnist-model", "--features", backend], env=env)
+
+
+@task(help={"quick": "skip the no_std proof build"})
+def test(c, quick=False):
+    """The whole suite: Rust parity tests, the no_std proof, Python and browser tests."""
+    setup(c)
+    build_wasm(c, backend="all")
+    log("Rust: model vs PyTorch on real MNIST digits, both backends")
+    run(["cargo", "test", "-p", "mnist-model", "--features", ",".join(BACKENDS)])
+    if not quick:
+        nostd(c)
+    log("Python and browser tests")
+    run([sys.executable, "-m", "pytest"])
+
+
+@task(help={"images": "MNIST test digits per backend (default 1000)"})
+def bench(c, images=1000):
+    """Median in-browser predict time per backend vs ONNX Runtime Web; wasm sizes; first prediction."""
+    setup(c)
+    build_wasm(c, backend="all")
+    from web.bench import main as run_bench
+
+    run_bench(images=int(images))

@@ -1,0 +1,106 @@
+"""Shared fixtures: real MNIST data, the committed model, a served page in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from trainer import data  # noqa: E402
+from trainer.export import load_model  # noqa: E402
+from trainer.model import normalize  # noqa: E402
+
+WEIGHTS = ROOT / "models" / "model.safetensors"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+#: Flags that behave on machines without network or GPU (see README, Testing).
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+BACKENDS = ("ndarray", "flex")
+
+
+@pytest.fixture(scope="session")
+def mnist_test() -> data.Split:
+    """The 10,000 MNIST test digits (fetched and md5-checked on first use)."""
+    return data.load_split(train=False)
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The committed default model, in eval mode."""
+    return load_model(WEIGHTS)
+
+
+@pytest.fixture(scope="session")
+def torch_probabilities(model, mnist_test):
+    """PyTorch's probabilities for the first 1,000 test digits: (1000, 10) float32."""
+    with torch.no_grad():
+        logits = model(normalize(mnist_test.images[:1000].unsqueeze(1)))
+    return torch.softmax(logits, dim=1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server():
+    """`invoke serve` on a free loopback port (builds first if the wasm is stale)."""
+    port = free_port()
+    invoke = shutil.which("invoke", path=str(Path(sys.executable).parent)) or "invoke"
+    proc = subprocess.Popen([invoke, "serve", "--port", str(port)], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 1200  # a cold wasm build takes minutes
+    while True:
+        try:
+            urllib.request.urlopen(url + "config.json", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"invoke serve exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("invoke serve did not come up")
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM} (invoke setup installs Debian's chromium)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def open_page(browser, url: str, backend: str):
+    """A page with the classifier loaded on `backend`; fails with the page's status if not."""
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{url}?backend={backend}")
+    try:
+        page.wait_for_function("window.mnist !== undefined", timeout=60_000)
+    except Exception:
+        status = page.locator("[data-testid=status]").inner_text()
+        pytest.fail(f"window.mnist never appeared ({status}; errors: {errors})")
+    return page

@@ -1,0 +1,75 @@
+"""The hand-off file: metadata, round trip, refusal of other architectures and bad tensors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.conftest import WEIGHTS
+from trainer.export import WeightsError, load_model, read_metadata, save_safetensors
+from trainer.fixtures import FIXTURE_PATH
+from trainer.model import ARCHITECTURE, MNIST_MEAN, MNIST_STD, Net, normalize
+
+
+def test_round_trip_is_exact(tmp_path):
+    net = Net().eval()
+    path = save_safetensors(net, tmp_path / "m.safetensors")
+    loaded = load_model(path)
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(net(x), loaded(x))
+    tensors = load_file(str(path))
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    assert not any(name.endswith("num_batches_tracked") for name in tensors)
+
+
+def test_metadata_carries_architecture_and_normalisation():
+    meta = read_metadata(WEIGHTS)
+    assert meta["architecture"] == ARCHITECTURE
+    assert float(meta["mnist_mean"]) == MNIST_MEAN and float(meta["mnist_std"]) == MNIST_STD
+    assert "torch_version" in meta and "test_accuracy" in meta
+
+
+def test_committed_model_reaches_the_accuracy_floor(model, mnist_test):
+    with torch.no_grad():
+        predicted = model(normalize(mnist_test.images.unsqueeze(1))).argmax(1)
+    accuracy = (predicted == mnist_test.labels).float().mean().item()
+    metrics = json.loads((WEIGHTS.parent / "metrics.json").read_text())
+    assert accuracy >= 0.993
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-4)
+    assert metrics["parameters"]["total"] == 260_810
+
+
+def test_rust_fixture_matches_the_committed_model(model):
+    fixture = load_file(str(FIXTURE_PATH))
+    with torch.no_grad():
+        logits = model(normalize(fixture["images"].reshape(-1, 1, 28, 28)))
+    assert fixture["images"].shape[0] >= 100
+    assert torch.allclose(logits, fixture["logits"], atol=1e-5), "run `invoke fixtures`"
+
+
+def test_other_architecture_is_refused(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"architecture": "lenet5"})
+    with pytest.raises(WeightsError, match="architecture is 'lenet5'"):
+        load_model(path)
+
+
+def test_missing_and_misshapen_tensors_are_named(tmp_path):
+    tensors = load_file(str(WEIGHTS))
+    meta = read_metadata(WEIGHTS)
+    del tensors["fc2.bias"]
+    tensors["fc3.weight"] = torch.zeros(10, 64)
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(WeightsError) as err:
+        load_model(path)
+    assert "missing tensor fc2.bias" in str(err.value)
+    assert "fc3.weight has shape (10, 64), expected (10, 128)" in str(err.value)
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(WEIGHTS.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        load_model(path)

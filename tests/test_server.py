@@ -1,0 +1,70 @@
+"""web/server.py: MIME types, /config.json, what it refuses to serve."""
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from web.server import make_server
+
+
+@pytest.fixture()
+def local_server():
+    server = make_server("127.0.0.1", 0, "flex", ["flex", "ndarray"])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+def fetch(url, method="GET"):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_config_lists_built_backends(local_server):
+    status, headers, body = fetch(local_server + "config.json")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {"default": "flex", "backends": ["flex", "ndarray"]}
+
+
+def test_page_and_modules_are_served(local_server):
+    status, headers, body = fetch(local_server)
+    assert status == 200 and b'data-testid="draw"' in body
+    status, headers, _ = fetch(local_server + "app.js")
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+
+
+def test_wasm_is_application_wasm(local_server):
+    from tests.conftest import ROOT
+
+    built = sorted((ROOT / "web" / "pkg").glob("*/mnist_wasm_bg.wasm"))
+    if not built:
+        pytest.skip("no wasm built yet (invoke build-wasm)")
+    backend = built[0].parent.name
+    status, headers, body = fetch(f"{local_server}pkg/{backend}/mnist_wasm_bg.wasm")
+    assert status == 200 and headers["Content-Type"] == "application/wasm"
+    assert body[:4] == b"\0asm"
+
+
+@pytest.mark.parametrize("path", ["server.py", "__init__.py", "nope.html", "../tasks.py"])
+def test_sources_and_missing_files_are_404(local_server, path):
+    status, _, _ = fetch(local_server + path)
+    assert status == 404
+
+
+def test_other_methods_are_refused(local_server):
+    status, _, _ = fetch(local_server, method="POST")
+    assert status == 501
+
+
+def test_port_in_use_is_a_clear_error(local_server):
+    port = int(local_server.rsplit(":", 1)[1].strip("/"))
+    with pytest.raises(SystemExit, match="already in use"):
+        make_server("127.0.0.1", port, "flex", ["flex"])

@@ -1,0 +1,185 @@
+// The page: drawing, preprocessing, calling the wasm classifier, showing the result.
+//
+// Contract for tests and tools (keep it stable):
+//   canvas[data-testid="draw"]        the drawing surface
+//   [data-testid="clear"]             clears it
+//   [data-testid="prediction"]        data-digit (0-9, "" when none), data-seq (completed
+//                                     inferences shown), data-probs (JSON, 10 probabilities)
+//   window.mnist                      { async predict(pixels) -> 10 probabilities, backend }
+//                                     pixels: 784 numbers, 28x28 row-major, 0..255, ink = 255
+
+import { inkFromImageData, toMnist, MNIST_SIZE } from "./preprocess.js";
+
+const PEN_WIDTH = 20;          // px on the 280x280 canvas: ~2 px strokes after scaling to 20x20
+const LIVE_INTERVAL_MS = 100;  // at most one live prediction per interval while drawing
+
+const $ = (id) => document.getElementById(id);
+const drawCanvas = $("draw");
+const ctx = drawCanvas.getContext("2d", { willReadFrequently: true });
+const previewCtx = $("preview").getContext("2d");
+const predictionEl = $("prediction");
+let seq = 0;
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+/** Pick the backend: ?backend=… if it is built, else the server's default. */
+async function chooseBackend() {
+  const config = await (await fetch("config.json")).json();
+  const wanted = new URLSearchParams(location.search).get("backend");
+  if (wanted && !config.backends.includes(wanted)) {
+    const note = `"${wanted}" is not built (built: ${config.backends.join(", ")}); using ${config.default}`;
+    return { backend: config.default, note, config };
+  }
+  return { backend: wanted || config.default, note: "", config };
+}
+
+async function loadClassifier(backend) {
+  const module = await import(`./pkg/${backend}/mnist_wasm.js`);
+  await module.default(); // fetch and instantiate mnist_wasm_bg.wasm
+  return new module.Classifier();
+}
+
+function buildBars() {
+  const bars = $("bars");
+  for (let d = 0; d < 10; d++) {
+    const li = document.createElement("li");
+    li.innerHTML = `<span>${d}</span><span class="track"><span class="fill"></span></span><span class="pct">–</span>`;
+    bars.appendChild(li);
+  }
+}
+
+function show(probs, elapsedMs) {
+  const items = $("bars").children;
+  if (probs === null) {
+    predictionEl.dataset.digit = "";
+    predictionEl.dataset.probs = "[]";
+    $("digit").textContent = "–";
+    $("confidence").textContent = "draw something";
+    for (const li of items) {
+      li.classList.remove("top");
+      li.querySelector(".fill").style.width = "0";
+      li.querySelector(".pct").textContent = "–";
+    }
+    return;
+  }
+  let top = 0;
+  for (let d = 1; d < 10; d++) if (probs[d] > probs[top]) top = d;
+  for (let d = 0; d < 10; d++) {
+    items[d].classList.toggle("top", d === top);
+    items[d].querySelector(".fill").style.width = `${(probs[d] * 100).toFixed(1)}%`;
+    items[d].querySelector(".pct").textContent = `${(probs[d] * 100).toFixed(1)}%`;
+  }
+  $("digit").textContent = String(top);
+  $("confidence").textContent = `${(probs[top] * 100).toFixed(1)}% sure`;
+  $("timing").textContent = `last inference ${elapsedMs.toFixed(1)} ms`;
+  predictionEl.dataset.digit = String(top);
+  predictionEl.dataset.probs = JSON.stringify(Array.from(probs));
+  seq += 1;
+  predictionEl.dataset.seq = String(seq);
+}
+
+function drawPreview(pixels) {
+  const image = previewCtx.createImageData(MNIST_SIZE, MNIST_SIZE);
+  for (let i = 0; i < MNIST_SIZE * MNIST_SIZE; i++) {
+    const v = pixels ? pixels[i] : 0;
+    image.data.set([v, v, v, 255], i * 4);
+  }
+  previewCtx.putImageData(image, 0, 0);
+}
+
+function setupDrawing(classify) {
+  let drawing = false, last = null, lastLive = 0;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  ctx.lineWidth = PEN_WIDTH;
+  ctx.strokeStyle = "#111";
+  ctx.fillStyle = "#111";
+
+  const point = (e) => {
+    const r = drawCanvas.getBoundingClientRect();
+    return [(e.clientX - r.left) * (drawCanvas.width / r.width), (e.clientY - r.top) * (drawCanvas.height / r.height)];
+  };
+  drawCanvas.addEventListener("pointerdown", (e) => {
+    drawing = true;
+    last = point(e);
+    drawCanvas.setPointerCapture(e.pointerId);
+    ctx.beginPath();
+    ctx.arc(last[0], last[1], PEN_WIDTH / 2, 0, Math.PI * 2);
+    ctx.fill();
+    e.preventDefault();
+  });
+  drawCanvas.addEventListener("pointermove", (e) => {
+    if (!drawing) return;
+    const p = point(e);
+    ctx.beginPath();
+    ctx.moveTo(last[0], last[1]);
+    ctx.lineTo(p[0], p[1]);
+    ctx.stroke();
+    last = p;
+    const now = performance.now();
+    if (now - lastLive >= LIVE_INTERVAL_MS) {
+      lastLive = now;
+      classify();
+    }
+    e.preventDefault();
+  });
+  const end = (e) => {
+    if (!drawing) return;
+    drawing = false;
+    classify();
+    e.preventDefault();
+  };
+  drawCanvas.addEventListener("pointerup", end);
+  drawCanvas.addEventListener("pointercancel", end);
+  $("clear").addEventListener("click", () => {
+    ctx.clearRect(0, 0, drawCanvas.width, drawCanvas.height);
+    drawPreview(null);
+    show(null);
+  });
+}
+
+async function main() {
+  buildBars();
+  drawPreview(null);
+  let choice;
+  try {
+    choice = await chooseBackend();
+    const classifier = await loadClassifier(choice.backend);
+    const predictSync = (pixels) => {
+      if (pixels === null || pixels === undefined || typeof pixels.length !== "number") {
+        throw new TypeError("predict(pixels): expected 784 numbers (28x28, row-major, 0..255, ink = 255)");
+      }
+      return Array.from(classifier.predict(Float32Array.from(pixels)));
+    };
+    window.mnist = {
+      backend: classifier.backend,
+      async predict(pixels) { return predictSync(pixels); },
+    };
+    $("backend").textContent = classifier.backend;
+    const links = (choice.config?.backends || []).filter((b) => b !== classifier.backend)
+      .map((b) => `<a href="?backend=${b}">use ${b}</a>`).join("");
+    $("backend-links").innerHTML = links;
+    setStatus(choice.note || "ready: draw a digit");
+
+    setupDrawing(() => {
+      const ink = inkFromImageData(ctx.getImageData(0, 0, drawCanvas.width, drawCanvas.height));
+      const pixels = toMnist(ink, drawCanvas.width, drawCanvas.height);
+      drawPreview(pixels);
+      if (pixels === null) { show(null); return; }
+      const t0 = performance.now();
+      try {
+        show(predictSync(pixels), performance.now() - t0);
+      } catch (err) {
+        setStatus(`prediction failed: ${err.message}`, true);
+      }
+    });
+  } catch (err) {
+    setStatus(`could not load the model: ${err.message}. Run \`invoke build-wasm\` and reload.`, true);
+    console.error(err);
+  }
+}
+
+main();

@@ -1,0 +1,56 @@
+// In-page measurements for `invoke bench` (web/bench.py drives this page in headless Chromium).
+// Every runner takes the same MNIST digits (arrays of 784 raw pixels, ink = 255) and returns
+// per-image predict times in ms plus the predicted digits, so accuracy is checked as well.
+
+function argmax(values) {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
+  return best;
+}
+
+async function timeEach(images, predict) {
+  const times = [], digits = [];
+  for (let i = 0; i < Math.min(20, images.length); i++) await predict(images[i]); // warm-up
+  for (const image of images) {
+    const t0 = performance.now();
+    const probs = await predict(image);
+    times.push(performance.now() - t0);
+    digits.push(argmax(probs));
+  }
+  return { times, digits };
+}
+
+/** burn (our wasm) on `backend`: init + construct time, then one predict per image. */
+export async function runBurn(backend, images) {
+  const t0 = performance.now();
+  const module = await import(`./pkg/${backend}/mnist_wasm.js`);
+  await module.default();
+  const classifier = new module.Classifier();
+  const initMs = performance.now() - t0;
+  const inputs = images.map((img) => Float32Array.from(img));
+  const result = await timeEach(inputs, (px) => classifier.predict(px));
+  return { initMs, ...result };
+}
+
+/** ONNX Runtime Web, wasm backend with SIMD, one thread, on the same weights (model.onnx). */
+export async function runOrt(modelUrl, mean, std, images) {
+  const t0 = performance.now();
+  const ort = await import("./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs");
+  ort.env.wasm.numThreads = 1;
+  ort.env.wasm.simd = true;
+  ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", location.href).href;
+  const session = await ort.InferenceSession.create(modelUrl, { executionProviders: ["wasm"] });
+  const initMs = performance.now() - t0;
+  const inputs = images.map((img) => Float32Array.from(img));
+  // The same work as the burn build's predict: normalise, forward, softmax.
+  const predict = async (px) => {
+    const x = new Float32Array(784);
+    for (let i = 0; i < 784; i++) x[i] = (px[i] / 255 - mean) / std;
+    const out = await session.run({ pixels: new ort.Tensor("float32", x, [1, 1, 28, 28]) });
+    const logits = out.logits.data, m = Math.max(...logits);
+    const e = Array.from(logits, (v) => Math.exp(v - m)), s = e.reduce((a, b) => a + b, 0);
+    return e.map((v) => v / s);
+  };
+  const result = await timeEach(inputs, predict);
+  return { initMs, ...result };
+}
