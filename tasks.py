@@ -31,6 +31,8 @@ WEIGHTS = MODEL_DIR / "model.safetensors"
 TARGET = ROOT / "target"
 WASM_TARGET = "wasm32-unknown-unknown"
 NOSTD_TARGET = "thumbv7em-none-eabihf"
+#: Backends proven no_std on NOSTD_TARGET (without SIMD: see wasm-infer/model/Cargo.toml).
+NOSTD_BACKENDS = ("flex", "ndarray")
 
 #: Backends this project builds today, and those the design card promises for later.
 BACKENDS = ("ndarray", "flex")
@@ -38,7 +40,7 @@ PLANNED_BACKENDS = {"wgpu": "the WebGPU build is not implemented yet (see the op
 #: Served by default: the faster one in `invoke bench` (flex, see README).
 DEFAULT_BACKEND = "flex"
 
-DEBIAN_WASM_PACKAGES = ("rustc-web", "cargo-web", "rust-web-src", "lld-19")
+DEBIAN_RUST_PACKAGES = ("rustc-web", "cargo-web", "rust-web-src", "lld-19")
 WASM_OPT_FLAGS = (
     "-O3",
     "--enable-reference-types",  # wasm-bindgen's externref table
@@ -91,50 +93,57 @@ def apt_install(packages: tuple[str, ...], why: str) -> None:
 # --- the wasm toolchain -----------------------------------------------------------------
 
 
-def wasm_toolchain() -> dict:
-    """How to compile for wasm32 here: rustup's target if it is (or can be) installed,
-    otherwise Debian's rustc-web with the standard library rebuilt from source.
+def cross_toolchain(target: str, std_crates: str) -> dict:
+    """How to compile for `target` here: rustup's target if it is (or can be) installed,
+    otherwise Debian's rustc-web with the standard library rebuilt from source
+    (`-Zbuild-std=<std_crates>`), the offline route.
 
-    Returns {"route", "why", "cargo", "env", "build_std"}; the decision is cached in
-    target/wasm-toolchain.json (delete it to decide again).
+    Returns {"route", "why", "cargo", "env", "build_std"}. The decision is cached in
+    target/toolchain-<target>.json (delete it to decide again); MNIST_RUST_ROUTE=rustup|debian
+    forces one. Build outputs go to target/<target>-<route>/: the two toolchains would
+    otherwise rebuild each other's files.
     """
-    cache = TARGET / "wasm-toolchain.json"
-    forced = os.environ.get("MNIST_WASM_ROUTE")  # "rustup" or "debian": skip the detection
+    cache = TARGET / f"toolchain-{target}.json"
+    forced = os.environ.get("MNIST_RUST_ROUTE")
     if forced in ("rustup", "debian"):
-        choice = {"route": forced, "why": "chosen with MNIST_WASM_ROUTE"}
+        choice = {"route": forced, "why": "chosen with MNIST_RUST_ROUTE"}
     elif cache.exists():
         choice = json.loads(cache.read_text())
     else:
-        installed = output(["rustup", "target", "list", "--installed"]).split()
-        if WASM_TARGET in installed:
-            choice = {"route": "rustup", "why": f"rustup has the {WASM_TARGET} target installed"}
-        elif shutil.which("rustup") and run(["rustup", "target", "add", WASM_TARGET], check=False).returncode == 0:
-            choice = {"route": "rustup", "why": f"`rustup target add {WASM_TARGET}` succeeded"}
+        if target in output(["rustup", "target", "list", "--installed"]).split():
+            choice = {"route": "rustup", "why": f"rustup has the {target} target installed"}
+        elif shutil.which("rustup") and run(["rustup", "target", "add", target], check=False).returncode == 0:
+            choice = {"route": "rustup", "why": f"`rustup target add {target}` succeeded"}
         else:
             choice = {
                 "route": "debian",
-                "why": f"rustup's {WASM_TARGET} target is not installed and cannot be downloaded "
-                "(no rustup dist server); using Debian's rustc-web with -Zbuild-std",
+                "why": f"rustup's {target} target is not installed and cannot be downloaded; "
+                f"using Debian's rustc-web with -Zbuild-std={std_crates}",
             }
         TARGET.mkdir(exist_ok=True)
         cache.write_text(json.dumps(choice, indent=2))
-    env = dict(os.environ)
+    env = dict(os.environ, CARGO_TARGET_DIR=str(TARGET / f"{target}-{choice['route']}"))
+    if choice["route"] == "rustup":
+        return {**choice, "cargo": "cargo", "env": env, "build_std": []}
+    apt_install(DEBIAN_RUST_PACKAGES, "the offline Rust cross toolchain")
+    env.update(
+        PATH="/usr/bin:" + env.get("PATH", ""),
+        RUSTC="/usr/bin/rustc",
+        RUSTDOC="/usr/bin/rustdoc",
+        RUSTC_BOOTSTRAP="1",  # lets a stable rustc take -Zbuild-std
+    )
+    env.pop("RUSTUP_TOOLCHAIN", None)
+    return {**choice, "cargo": "/usr/bin/cargo", "env": env, "build_std": [f"-Zbuild-std={std_crates}"]}
+
+
+def wasm_toolchain() -> dict:
+    """`cross_toolchain` for wasm32, with SIMD (simd128) and, on the Debian route, its linker."""
+    toolchain = cross_toolchain(WASM_TARGET, "std,panic_abort")
     prefix = WASM_TARGET.upper().replace("-", "_")
-    env[f"CARGO_TARGET_{prefix}_RUSTFLAGS"] = "-C target-feature=+simd128"
-    # One target folder per route: the two toolchains would otherwise rebuild each other's files.
-    env["CARGO_TARGET_DIR"] = str(TARGET / f"wasm-{choice['route']}")
-    if choice["route"] == "debian":
-        apt_install(DEBIAN_WASM_PACKAGES, "the offline wasm32 toolchain")
-        env.update(
-            PATH="/usr/bin:" + env.get("PATH", ""),
-            RUSTC="/usr/bin/rustc",
-            RUSTDOC="/usr/bin/rustdoc",
-            RUSTC_BOOTSTRAP="1",  # lets a stable rustc take -Zbuild-std
-        )
-        env[f"CARGO_TARGET_{prefix}_LINKER"] = "wasm-ld-19"  # Debian's rustc has no rust-lld
-        env.pop("RUSTUP_TOOLCHAIN", None)
-        return {**choice, "cargo": "/usr/bin/cargo", "env": env, "build_std": ["-Zbuild-std=std,panic_abort"]}
-    return {**choice, "cargo": "cargo", "env": env, "build_std": []}
+    toolchain["env"][f"CARGO_TARGET_{prefix}_RUSTFLAGS"] = "-C target-feature=+simd128"
+    if toolchain["route"] == "debian":
+        toolchain["env"][f"CARGO_TARGET_{prefix}_LINKER"] = "wasm-ld-19"  # Debian's rustc has no rust-lld
+    return toolchain
 
 
 def locked_version(crate: str) -> str:
@@ -312,18 +321,11 @@ def setup(c):
 @task
 def nostd(c):
     """Prove the model crate is no_std: build it for bare-metal Cortex-M4F (thumbv7em)."""
-    toolchain = wasm_toolchain()
-    if toolchain["route"] == "rustup" and NOSTD_TARGET in output(["rustup", "target", "list", "--installed"]).split():
-        cmd, env = ["cargo", "build", "--target", NOSTD_TARGET], dict(os.environ)
-    else:
-        apt_install(DEBIAN_WASM_PACKAGES, "the no_std check")
-        env = dict(toolchain["env"]) if toolchain["route"] == "debian" else dict(
-            os.environ, PATH="/usr/bin:" + os.environ["PATH"], RUSTC="/usr/bin/rustc", RUSTC_BOOTSTRAP="1")
-        cmd = ["/usr/bin/cargo", "build", "--target", NOSTD_TARGET, "-Zbuild-std=core,alloc"]
-    env["CARGO_TARGET_DIR"] = str(TARGET / "nostd")
-    for backend in ("flex",):
-        log(f"no_std build of mnist-model ({backend}) for {NOSTD_TARGET}")
-        run(cmd + ["--release", "-p", "mnist-model", "--features", backend], env=env)
+    toolchain = cross_toolchain(NOSTD_TARGET, "core,alloc")
+    for backend in NOSTD_BACKENDS:
+        log(f"no_std build of mnist-model ({backend}) for {NOSTD_TARGET} ({toolchain['route']} route)")
+        run([toolchain["cargo"], "build", "--release", "--target", NOSTD_TARGET, *toolchain["build_std"],
+             "-p", "mnist-model", "--features", backend], env=toolchain["env"])
 
 
 @task(help={"quick": "skip the no_std proof build"})
@@ -332,7 +334,7 @@ def test(c, quick=False):
     setup(c)
     build_wasm(c, backend="all")
     log("Rust: model vs PyTorch on real MNIST digits, both backends")
-    run(["cargo", "test", "-p", "mnist-model", "--features", ",".join(BACKENDS)])
+    run(["cargo", "test", "-p", "mnist-model", "--features", ",".join(BACKENDS + ("simd",))])
     if not quick:
         nostd(c)
     log("Python and browser tests")

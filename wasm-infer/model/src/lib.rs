@@ -13,7 +13,7 @@
 //! ```
 //!
 //! The backend is a runtime [`Backend`]; each is compiled in by the cargo feature of the same
-//! name (`ndarray`, `flex`).
+//! name (`ndarray`, `flex`); `simd` adds flex's SIMD kernels (needs a target with std).
 
 #![no_std]
 
@@ -50,7 +50,7 @@ pub enum Backend {
     /// does not compile without std in 0.22.1).
     #[cfg(feature = "ndarray")]
     NdArray,
-    /// burn-flex: burn's pure-Rust CPU backend, with SIMD kernels.
+    /// burn-flex: burn's pure-Rust CPU backend (SIMD kernels with the `simd` feature).
     #[cfg(feature = "flex")]
     Flex,
 }

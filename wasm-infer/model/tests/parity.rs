@@ -5,7 +5,7 @@
 //! `images` u8 [N, 784] (MNIST test digits, ink = 255), `labels` i64 [N] and `logits` f32
 //! [N, 10] computed by PyTorch in eval mode.
 //!
-//! Run with every backend: `cargo test -p mnist-model --features ndarray,flex`.
+//! Run with every backend: `cargo test -p mnist-model --features ndarray,flex,simd`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
