@@ -185,11 +185,16 @@ def wasm_opt() -> str:
     return str(npm_tools() / "wasm-opt")
 
 
+def weights_path() -> Path:
+    """The weights the wasm embeds: $MNIST_WEIGHTS if set (as wasm-infer/wasm/build.rs reads it)."""
+    return Path(os.environ.get("MNIST_WEIGHTS", WEIGHTS))
+
+
 def source_digest(backend: str, route: str) -> str:
     """Hash of everything a wasm build depends on: sources, lock file, weights, toolchain route."""
     digest = hashlib.sha256(f"{backend}\n{route}\n{WASM_OPT_FLAGS}\n".encode())
     digest.update((WEB / "package-lock.json").read_bytes())
-    files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", WEIGHTS]
+    files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", weights_path()]
     files += sorted(p for p in (ROOT / "wasm-infer").rglob("*") if p.suffix in {".rs", ".toml"} and "tests" not in p.parts)
     for path in files:
         digest.update(str(path.relative_to(ROOT)).encode())
@@ -227,14 +232,18 @@ def build_one(backend: str, force: bool = False) -> Path:
         env=toolchain["env"],
     )
     raw = Path(toolchain["env"]["CARGO_TARGET_DIR"]) / WASM_TARGET / "release" / "mnist_wasm.wasm"
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    run([bindgen, "--target", "web", "--no-typescript", "--out-dir", out_dir, "--out-name", "mnist_wasm", raw])
-    run([optimizer, *WASM_OPT_FLAGS, wasm, "-o", wasm])
-    stamp.write_text(digest)
+    # Assemble beside the old build and swap at the end: a failed build leaves the last good one.
+    staging = PKG / f".{backend}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    run([bindgen, "--target", "web", "--no-typescript", "--out-dir", staging, "--out-name", "mnist_wasm", raw])
+    staged = staging / wasm.name
+    run([optimizer, *WASM_OPT_FLAGS, staged, "-o", staged])
+    (staging / stamp.name).write_text(digest)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
     size = wasm.stat().st_size
     gz = len(gzip.compress(wasm.read_bytes(), 9))
-    weights = WEIGHTS.stat().st_size
+    weights = weights_path().stat().st_size
     log(f"{wasm.relative_to(ROOT)}: {size / 1e6:.2f} MB ({gz / 1e6:.2f} MB gzip), of which weights {weights / 1e6:.2f} MB")
     return wasm
 
