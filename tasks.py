@@ -3,8 +3,10 @@
     invoke train                      train and write models/model.safetensors (+ metrics.json)
     invoke build-wasm --backend all   compile the Rust crate to wasm for ndarray and flex
     invoke serve                      build what is stale, serve web/ on http://127.0.0.1:8000
+    invoke predict IMAGE...           classify image files with the native Rust model
     invoke test                       every test: Rust parity, no_std proof, Python, browser
     invoke bench                      in-browser speed against ONNX Runtime Web
+    invoke bench-api                  /api/predict throughput; native Rust vs PyTorch per image
 
 Every task installs what it needs first (idempotently: what is there is not fetched again).
 The work itself lives in trainer/, wasm-infer/ and web/; this file only calls it.
@@ -248,6 +250,27 @@ def build_one(backend: str, force: bool = False) -> Path:
     return wasm
 
 
+def native_module(force: bool = False) -> None:
+    """Build wasm-infer/python with maturin and install it into this Python as `mnist_infer`
+    (the same Rust model natively), unless the installed one is up to date."""
+    stamp = TARGET / "native-build-stamp"
+    digest = hashlib.sha256(sys.executable.encode())
+    files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", weights_path(), ROOT / "wasm-infer" / "python" / "pyproject.toml"]
+    files += sorted(p for p in (ROOT / "wasm-infer").rglob("*.rs") if "tests" not in p.parts and "wasm" not in p.parts)
+    files += sorted((ROOT / "wasm-infer").glob("*/Cargo.toml"))
+    for path in files:
+        digest.update(str(path.relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
+    installed = output([sys.executable, "-c", "import mnist_infer; print(mnist_infer.ARCHITECTURE)"]).strip()
+    if not force and installed and stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return
+    log("building the native Python module mnist_infer (wasm-infer/python) with maturin")
+    maturin = Path(sys.executable).parent / "maturin"
+    run([maturin, "develop", "--release", "--manifest-path", ROOT / "wasm-infer" / "python" / "Cargo.toml"])
+    TARGET.mkdir(exist_ok=True)
+    stamp.write_text(digest.hexdigest())
+
+
 def built_backends() -> list[str]:
     return [b for b in BACKENDS if (PKG / b / "mnist_wasm_bg.wasm").exists()]
 
@@ -310,6 +333,7 @@ def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND):
     for other in BACKENDS:
         if other != names[0] and (PKG / other).exists():
             build_one(other)  # keep a previously built second backend fresh too
+    native_module()  # answers POST /api/predict
     from web.server import serve as serve_web
 
     serve_web(host=host, port=int(port), default_backend=names[0], backends=built_backends())
@@ -322,6 +346,7 @@ def setup(c):
     wasm_bindgen_cli()
     wasm_opt()
     apt_install(("chromium",), "browser tests")
+    native_module()
     from trainer.data import ensure_mnist
 
     ensure_mnist()
@@ -350,6 +375,28 @@ def test(c, quick=False):
     run([sys.executable, "-m", "pytest"])
 
 
+@task(positional=["images"], help={
+    "images": "image files (PNG, JPEG, ...; any size, either polarity): one path, a comma-separated "
+              "list, or a quoted glob such as 'digits/*.png'",
+    "json": "print one JSON document instead of a line per file",
+    "top": "show the K likeliest digits per file (1-10, default 1)",
+})
+def predict(c, images, json=False, top=1):
+    """Classify image files with the native Rust model and the page's MNIST preprocessing."""
+    import glob
+
+    native_module()
+    from trainer.classify import main as classify_main
+
+    paths = []
+    for item in filter(None, images.split(",")):
+        matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+        paths += matches or [item]  # a pattern matching nothing is reported as a missing file
+    code = classify_main([*paths, "--top", str(top)] + (["--json"] if json else []))
+    if code:
+        raise Exit(code=code)
+
+
 @task(help={"images": "MNIST test digits per backend (default 1000)"})
 def bench(c, images=1000):
     """Median in-browser predict time per backend vs ONNX Runtime Web; wasm sizes; first prediction."""
@@ -358,3 +405,13 @@ def bench(c, images=1000):
     from web.bench import main as run_bench
 
     run_bench(images=int(images))
+
+
+@task(help={"requests": "requests per measurement (default 1000)",
+            "concurrency": "client threads for the concurrent runs (default 8)"})
+def bench_api(c, requests=1000, concurrency=8):
+    """POST /api/predict requests/s and latency; native Rust vs PyTorch predict time per image."""
+    native_module()
+    from web.api_bench import main as run_api_bench
+
+    run_api_bench(requests=int(requests), concurrency=int(concurrency))

@@ -60,7 +60,11 @@ def test_sources_and_missing_files_are_404(local_server, path):
 
 
 def test_other_methods_are_refused(local_server):
-    status, _, _ = fetch(local_server, method="POST")
+    status, headers, _ = fetch(local_server, method="POST")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    status, _, _ = fetch(local_server + "nope.html", method="DELETE")
+    assert status == 404
+    status, _, _ = fetch(local_server, method="FROB")
     assert status == 501
 
 

@@ -1,4 +1,5 @@
-//! Points `include_bytes!` at the weights file: `$MNIST_WEIGHTS` when set, else the committed
+//! Build script of both bindings (wasm-infer/wasm and wasm-infer/python): points their
+//! `include_bytes!` at the weights file: `$MNIST_WEIGHTS` when set, else the committed
 //! `models/model.safetensors`, and rebuilds when either changes.
 
 use std::path::PathBuf;

@@ -1,0 +1,611 @@
+"""POST /api/predict (web/server.py): real digits, every error path, fuzzing, concurrency.
+
+The server runs in this process on a free loopback port and classifies with the native Rust
+module ``mnist_infer`` (built by ``invoke setup``), as ``invoke serve`` does. Set
+NATIVE_REQUIRED to False to run against PyTorch where the native module is not built.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import math
+import socket
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageOps
+
+from trainer.classify import CLASS_NAMES
+from trainer.preprocess import load_ink, to_mnist
+from web.server import image_from_multipart, make_server
+
+#: True: fail instead of falling back to PyTorch when mnist_infer cannot be imported.
+NATIVE_REQUIRED = True
+
+TIMEOUT = 20  # seconds a test request may take
+BOUNDARY = "----api-test-boundary-5b1f0e3a9c"
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+# --- the classifier and the server ------------------------------------------------------------
+
+
+def native_predict():
+    """``mnist_infer.predict``, or None when the native module is not built."""
+    try:
+        import mnist_infer
+    except ImportError:
+        return None
+    return mnist_infer.predict
+
+
+@pytest.fixture(scope="session")
+def classify_pixels():
+    """(N, 784) float32 -> (N, 10): the native module, or PyTorch where it is not built."""
+    native = native_predict()
+    if native is not None:
+        return native
+    if NATIVE_REQUIRED:
+        pytest.fail("mnist_infer is not importable: build it (./dev test or invoke setup)")
+    from trainer.classify import torch_predictor
+
+    return torch_predictor()  # the committed models/model.safetensors
+
+
+def start(**kwargs):
+    server = make_server("127.0.0.1", 0, "flex", ["flex"], **kwargs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def stop(server) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def api(classify_pixels):
+    """Base URL of a server classifying with ``classify_pixels``."""
+    server = start(classify_pixels=classify_pixels)
+    yield f"http://127.0.0.1:{server.server_port}"
+    stop(server)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self):
+        assert self.headers["Content-Type"] == "application/json", self.headers["Content-Type"]
+        return json.loads(self.body)
+
+
+def call(base: str, path: str = "/api/predict", method: str = "POST", body: bytes = b"",
+         headers: dict | None = None, content_length: bool = True) -> Reply:
+    """One HTTP request with exactly these headers (plus Host and, unless told not to,
+    Content-Length); any status comes back as a Reply."""
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=TIMEOUT)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        headers = dict(headers or {})
+        if content_length:
+            headers.setdefault("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        if body:
+            conn.send(body)
+        response = conn.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        conn.close()
+
+
+def post_json(base: str, document, **kwargs) -> Reply:
+    body = document if isinstance(document, bytes) else json.dumps(document).encode()
+    return call(base, body=body, headers={"Content-Type": "application/json"}, **kwargs)
+
+
+def multipart(fields: list[tuple[str, bytes]], boundary: str = BOUNDARY, filename: str = "digit.png",
+              part_type: str = "image/png") -> tuple[bytes, str]:
+    """A multipart/form-data body of file fields (name, data), and its Content-Type."""
+    body = b""
+    for name, data in fields:
+        body += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: {part_type}\r\n\r\n"
+        ).encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def post_image(base: str, data: bytes, name: str = "image") -> Reply:
+    body, content_type = multipart([(name, data)])
+    return call(base, body=body, headers={"Content-Type": content_type})
+
+
+def png(image: np.ndarray, size: int = 112, style: str = "white-on-black") -> bytes:
+    """A 28x28 uint8 MNIST digit as a PNG file, upscaled to ``size`` px, in one of four styles:
+    white-on-black (grey), black-on-white (grey), black-on-white RGB, or black ink on a
+    transparent background (RGBA, as the page's canvas)."""
+    grey = Image.fromarray(np.asarray(image, dtype=np.uint8), "L").resize((size, size), Image.BILINEAR)
+    if style == "black-on-white":
+        picture = ImageOps.invert(grey)
+    elif style == "black-on-white-rgb":
+        picture = ImageOps.invert(grey).convert("RGB")
+    elif style == "transparent":
+        picture = Image.new("RGBA", grey.size, (0, 0, 0, 0))
+        picture.putalpha(grey)
+    else:
+        picture = grey
+    out = io.BytesIO()
+    picture.save(out, "PNG")
+    return out.getvalue()
+
+
+STYLES = ("white-on-black", "black-on-white", "black-on-white-rgb", "transparent")
+
+
+def check_payload(document: dict) -> np.ndarray:
+    """Assert the exact 200 response shape; returns the 10 probabilities."""
+    assert set(document) == {"predictions", "success"} and document["success"] is True
+    predictions = document["predictions"]
+    assert set(predictions) == {"all", "prediction"}
+    entries = predictions["all"]
+    assert len(entries) == 10
+    for label, entry in enumerate(entries):
+        assert set(entry) == {"class_name", "label", "probability"}
+        assert entry["label"] == label and entry["class_name"] == CLASS_NAMES[label]
+        assert isinstance(entry["probability"], float) and 0 <= entry["probability"] <= 1
+    probabilities = np.array([e["probability"] for e in entries])
+    assert abs(probabilities.sum() - 1) < 1e-4
+    assert predictions["prediction"] == entries[int(np.argmax(probabilities))]
+    return probabilities
+
+
+def assert_error(reply: Reply, status: int, words: str = "") -> str:
+    """A JSON error of ``status`` whose message contains ``words`` (case-insensitive)."""
+    assert reply.status == status, (reply.status, reply.body[:300])
+    assert b"Traceback" not in reply.body
+    document = reply.json()
+    assert set(document) == {"success", "error"} and document["success"] is False
+    assert isinstance(document["error"], str) and document["error"]
+    assert words.lower() in document["error"].lower(), document["error"]
+    return document["error"]
+
+
+def assert_alive(base: str) -> None:
+    reply = post_json(base, {"pixels": [0] * 392 + [255] * 392})
+    assert reply.status == 200, reply.body
+
+
+# --- happy paths --------------------------------------------------------------------------------
+
+
+def test_native_classifier_is_used():
+    if native_predict() is None:
+        pytest.skip("mnist_infer is not importable: the API tests ran on the PyTorch predictor")
+
+
+def test_png_digits_multipart(api, mnist_test, classify_pixels):
+    for i in range(20):
+        data = png(mnist_test.images[i].numpy(), size=(112, 84, 200, 56)[i % 4], style=STYLES[i % 4])
+        reply = post_image(api, data)
+        assert reply.status == 200, reply.body
+        probabilities = check_payload(reply.json())
+        assert int(np.argmax(probabilities)) == int(mnist_test.labels[i]), f"digit {i} ({STYLES[i % 4]})"
+        # The page's preprocessing, then the classifier: the same numbers as the server's.
+        expected = classify_pixels(to_mnist(load_ink(data)).reshape(1, 784))[0]
+        np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+
+
+def test_json_pixels(api, mnist_test, classify_pixels):
+    images = mnist_test.images[:50].numpy().reshape(50, 784)
+    expected = classify_pixels(images.astype(np.float32))
+    for i in range(50):
+        pixels = images[i].tolist() if i % 2 else [float(v) for v in images[i]]  # ints and floats
+        reply = post_json(api, {"pixels": pixels})
+        assert reply.status == 200 and reply.headers["Content-Type"] == "application/json"
+        probabilities = check_payload(reply.json())
+        np.testing.assert_allclose(probabilities, expected[i], atol=1e-6)
+        assert int(np.argmax(probabilities)) == int(np.argmax(expected[i])) == int(mnist_test.labels[i])
+
+
+def test_config_and_page_still_served(api):
+    reply = call(api, "/config.json", method="GET", content_length=False)
+    assert reply.status == 200 and reply.json() == {"default": "flex", "backends": ["flex"]}
+    reply = call(api, "/", method="GET", content_length=False)
+    assert reply.status == 200 and b'data-testid="draw"' in reply.body
+
+
+# --- error paths --------------------------------------------------------------------------------
+
+JSON = {"Content-Type": "application/json"}
+ZEROS = [0] * 784
+
+
+def json_case(document, status=400, words=""):
+    body = document if isinstance(document, bytes) else json.dumps(document).encode()
+    return dict(body=body, headers=JSON), status, words
+
+
+def image_case(data, status=400, words="image"):
+    body, content_type = multipart([("image", data)])
+    return dict(body=body, headers={"Content-Type": content_type}), status, words
+
+
+def blank_png(colour: int, mode: str = "L") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (64, 64), colour).save(out, "PNG")
+    return out.getvalue()
+
+
+def thin_png(width: int, height: int) -> bytes:
+    """A long, thin image with some ink: tens of kB of PNG, gigabytes to preprocess."""
+    pixels = np.zeros((height, width), dtype=np.uint8)
+    pixels[:, ::1000] = 255
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+ERROR_CASES = {
+    # Bodies that are not what they claim to be.
+    "not-an-image": image_case(b"hello, this is text, not a PNG"),
+    "truncated-png": image_case(blank_png(0)[:40]),
+    "empty-image": image_case(b"", words="empty"),
+    "blank-black": image_case(blank_png(0), words="blank"),
+    "blank-white": image_case(blank_png(255), words="blank"),
+    "blank-transparent": image_case(blank_png((0, 0, 0, 0), "RGBA"), words="blank"),
+    "image-too-wide": image_case(thin_png(4097, 4), words="4097x4 px; the API takes at most 4096"),
+    "image-10M-px-wide": image_case(thin_png(10_000_000, 1), words="at most 4096 px a side"),
+    "no-image-field": (dict(body=multipart([("file", b"x")])[0], headers={"Content-Type": multipart([])[1]}),
+                       400, "no form field named 'image'"),
+    "no-fields": (dict(body=b"", headers={"Content-Type": multipart([])[1]}), 400, "image"),
+    "not-multipart-body": (dict(body=b"garbage\r\n\r\n", headers={"Content-Type": multipart([])[1]}), 400, "image"),
+    # 2 MB of empty parts would take the email parser half a minute; nesting would recurse.
+    "too-many-parts": (dict(body=b"--x\r\n\r\n" * 249_000, headers={"Content-Type": "multipart/form-data; boundary=x"}),
+                       400, "more than 32 parts"),
+    "nested-parts": (dict(body=b"".join(b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
+                                        for i in range(5000)),
+                          headers={"Content-Type": "multipart/form-data; boundary=b0"}), 400, "more than 32 parts"),
+    "no-boundary": (dict(body=b"--x\r\n\r\n--x--", headers={"Content-Type": "multipart/form-data"}), 400, "boundary"),
+    "malformed-json": json_case(b'{"pixels": [1, 2', words="not valid JSON"),
+    "not-utf8-json": json_case(b"\xff\xfe\xfa{}", words="not valid JSON"),
+    "empty-json": json_case(b"", words="not valid JSON"),
+    "json-deeply-nested": json_case(b"[" * 200_000, words="not valid JSON"),
+    "json-huge-integer": json_case(b'{"pixels": [' + b"9" * 5000 + b"]}", words="not valid JSON"),
+    "json-list": json_case(ZEROS, words="pixels"),
+    "json-no-pixels": json_case({"pixel": ZEROS}, words="pixels"),
+    "pixels-null": json_case({"pixels": None}, words="list of 784"),
+    "pixels-string": json_case({"pixels": "0" * 784}, words="list of 784"),
+    "783-pixels": json_case({"pixels": [0] * 783}, words="got 783"),
+    "785-pixels": json_case({"pixels": [0] * 785}, words="got 785"),
+    "no-pixels": json_case({"pixels": []}, words="got 0"),
+    "28x28-nested": json_case({"pixels": [[0] * 28] * 28}, words="784"),
+    "string-pixel": json_case({"pixels": ["1"] + [0] * 783}, words="pixels[0] is not a number"),
+    "null-pixel": json_case({"pixels": [0] * 5 + [None] + [0] * 778}, words="pixels[5] is not a number"),
+    "bool-pixel": json_case({"pixels": [True] * 784}, words="not a number"),
+    "list-pixel": json_case({"pixels": [[1]] * 784}, words="not a number"),
+    "nan-pixel": json_case(b'{"pixels": [NaN' + b", 0" * 783 + b"]}", words="not finite"),
+    "infinite-pixel": json_case(b'{"pixels": [0, -Infinity' + b", 0" * 782 + b"]}", words="not finite"),
+    "overflowing-pixel": json_case(b'{"pixels": [1e400' + b", 0" * 783 + b"]}", words="not finite"),
+    "negative-pixel": json_case({"pixels": [0] * 783 + [-1]}, words="pixels[783] is -1, outside 0..255"),
+    "pixel-256": json_case({"pixels": [256] + [0] * 783}, words="outside 0..255"),
+    "pixel-255.5": json_case({"pixels": [255.5] + [0] * 783}, words="outside 0..255"),
+    "pixel-10**30": json_case({"pixels": [10**30] + [0] * 783}, words="outside 0..255"),
+    # Headers.
+    "no-content-type": (dict(body=b"{}"), 400, "Content-Type"),
+    "text-plain": (dict(body=b"{}", headers={"Content-Type": "text/plain"}), 400, "unsupported Content-Type"),
+    "urlencoded": (dict(body=b"image=x", headers={"Content-Type": "application/x-www-form-urlencoded"}),
+                   400, "unsupported Content-Type"),
+    "raw-png": (dict(body=blank_png(0), headers={"Content-Type": "image/png"}), 400, "multipart/form-data"),
+    "no-content-length": (dict(body=b"", headers=JSON, content_length=False), 411, "Content-Length"),
+    "bad-content-length": (dict(body=b"{}", headers={**JSON, "Content-Length": "two"}), 400, "Content-Length"),
+    "negative-content-length": (dict(body=b"", headers={**JSON, "Content-Length": "-5"}), 400, "Content-Length"),
+    # Announced as too large: refused on the header alone (nothing is sent).
+    "over-2MB": (dict(body=b"", headers={**JSON, "Content-Length": "2000001"}), 413, "limit is 2000000"),
+    "petabyte": (dict(body=b"", headers={**JSON, "Content-Length": str(10**15)}), 413, "limit"),
+    # Methods and paths.
+    **{f"{m}-predict": (dict(method=m, content_length=False), 405, "takes POST")
+       for m in ("GET", "PUT", "DELETE", "PATCH", "OPTIONS")},
+    "unknown-method": (dict(method="FROB", content_length=False), 501, "FROB"),
+    "get-api-root": (dict(path="/api/", method="GET", content_length=False), 404, "no API"),
+    "get-api": (dict(path="/api", method="GET", content_length=False), 404, "no API"),
+    "post-unknown-api": (dict(path="/api/classify", body=b"{}", headers=JSON), 404, "POST /api/predict"),
+    "trailing-slash": (dict(path="/api/predict/", body=b"{}", headers=JSON), 404, "no API"),
+}
+
+
+@pytest.mark.parametrize("case", ERROR_CASES.values(), ids=ERROR_CASES.keys())
+def test_bad_requests_get_a_json_error(api, case):
+    kwargs, status, words = case
+    reply = call(api, **kwargs)
+    assert_error(reply, status, words)
+    if status == 405:
+        assert reply.headers["Allow"] == "POST"
+    assert_alive(api)
+
+
+def test_head_on_predict_is_405_without_body(api):
+    reply = call(api, method="HEAD", content_length=False)
+    assert reply.status == 405 and reply.headers["Allow"] == "POST" and reply.body == b""
+
+
+def test_query_string_is_ignored(api):
+    assert post_json(api, {"pixels": ZEROS[:392] + [255] * 392}, path="/api/predict?x=1").status == 200
+
+
+@pytest.mark.parametrize("path, status", [("/", 405), ("/config.json", 405), ("/app.js", 405),
+                                          ("/nope.html", 404), ("/server.py", 404), ("/../tasks.py", 404)])
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_writes_to_static_paths_are_refused(api, path, status, method):
+    reply = call(api, path, method=method, body=b"x" * 1000, headers={"Content-Type": "text/plain"})
+    assert reply.status == status and b"Traceback" not in reply.body
+    if status == 405:
+        assert reply.headers["Allow"] == "GET, HEAD"
+    assert_alive(api)
+
+
+def test_an_oversized_body_gets_413_even_while_it_is_being_sent(api):
+    body = json.dumps({"pixels": ZEROS, "padding": "x" * 3_000_000}).encode()
+    assert_error(post_json(api, body), 413, "limit is 2000000")
+    assert_alive(api)
+
+
+def test_max_body_is_configurable(classify_pixels):
+    server = start(classify_pixels=classify_pixels, max_body=3000)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert post_json(base, {"pixels": ZEROS}).status == 200  # 2,363 bytes
+        assert_error(post_json(base, {"pixels": [255] * 784}), 413, "limit is 3000")  # 3,931 bytes
+        assert post_json(base, {"pixels": ZEROS}).status == 200
+    finally:
+        stop(server)
+
+
+def test_a_body_shorter_than_its_content_length_is_400(api):
+    url = urlsplit(api)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"pixels\":")
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400" and b"Traceback" not in answer
+    assert "ended after 10 of 100 bytes" in json.loads(body)["error"]
+    assert_alive(api)
+
+
+def test_expect_100_continue(api):
+    """curl sends `Expect: 100-continue` with bodies over 1 MB and waits for the interim answer."""
+    body = json.dumps({"pixels": ZEROS}).encode()
+    url = urlsplit(api)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert s.recv(1000).split(b" ")[1] == b"100"  # before any of the body is sent
+        s.sendall(body)
+        answer = s.makefile("rb").read()
+    assert answer.split(b" ")[1] == b"200" and b'"success": true' in answer
+    # Too large: refused at once, with no invitation to send the body.
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Expect: 100-continue\r\nContent-Length: 3000000\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        answer = s.makefile("rb").read()
+    assert answer.split(b" ")[1] == b"413" and b" 100 " not in answer
+
+
+def raw_exchange(base: str, request: bytes) -> bytes:
+    url = urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        s.sendall(request)
+        return s.makefile("rb").read()
+
+
+def test_requests_http_server_refuses_are_json_under_api(api):
+    # A bad version: http.server answers HTTP/0.9-style (no status line), here with JSON.
+    answer = raw_exchange(api, b"POST /api/predict HTTP/9\r\n\r\n")
+    assert json.loads(answer) == {"success": False, "error": "Bad request version ('HTTP/9')"}
+    answer = raw_exchange(api, b"POST /api/predict HTTP/1.1\r\nX-Long: " + b"x" * 70_000 + b"\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"431" and json.loads(body)["success"] is False
+    assert b"Traceback" not in answer
+    assert_alive(api)
+
+
+def test_503_when_the_native_module_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mnist_infer", None)  # `import mnist_infer` raises ImportError
+    server = start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        message = assert_error(post_json(base, {"pixels": ZEROS}), 503, "mnist_infer")
+        assert "./dev serve" in message and "invoke setup" in message
+        assert call(base, "/", method="GET", content_length=False).status == 200  # the page still works
+        assert_error(post_json(base, {"pixels": [1]}), 400, "784")  # bad input is still named as such
+    finally:
+        stop(server)
+
+
+def test_default_classifier_is_the_native_module(mnist_test):
+    native = native_predict()
+    if native is None:
+        pytest.skip("mnist_infer is not importable")
+    server = start()
+    try:
+        pixels = mnist_test.images[0].numpy().reshape(784)
+        reply = post_json(f"http://127.0.0.1:{server.server_port}", {"pixels": pixels.tolist()})
+        probabilities = check_payload(reply.json())
+        np.testing.assert_allclose(probabilities, native(pixels.astype(np.float32)), atol=1e-6)
+    finally:
+        stop(server)
+
+
+@pytest.mark.parametrize("broken", [
+    lambda pixels: (_ for _ in ()).throw(RuntimeError("secret internal detail")),
+    lambda pixels: np.zeros((1, 9), dtype=np.float32),
+    lambda pixels: np.full((1, 10), np.nan, dtype=np.float32),
+], ids=["raises", "wrong-shape", "nan"])
+def test_a_failing_classifier_is_a_500_without_traceback(broken, capfd):
+    server = start(classify_pixels=broken)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        message = assert_error(post_json(base, {"pixels": ZEROS}), 500, "internal error")
+        assert "secret" not in message
+        assert call(base, "/config.json", method="GET", content_length=False).status == 200
+    finally:
+        stop(server)
+    assert "Traceback" in capfd.readouterr().err  # the details go to the server's log
+
+
+# --- fuzzing ------------------------------------------------------------------------------------
+
+
+def assert_handled(reply: Reply) -> None:
+    """200 or a 4xx, with a JSON body and never a traceback."""
+    assert reply.status == 200 or 400 <= reply.status < 500, (reply.status, reply.body[:300])
+    assert b"Traceback" not in reply.body
+    document = reply.json()
+    assert document["success"] is (reply.status == 200)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+def pixel_list(length: int, floats: bool, seed: int, planted: list[tuple[int, object]]) -> list:
+    """``length`` random valid pixels (ints or floats), with some values planted at positions.
+
+    (Drawing 784-element lists element by element is slow in hypothesis; this is not.)
+    """
+    rng = np.random.default_rng(seed)
+    values = (rng.uniform(0, 255, length) if floats else rng.integers(0, 256, length)).tolist()
+    for position, value in planted:
+        if values:
+            values[position % len(values)] = value
+    return values
+
+
+pixel_lists = st.builds(
+    pixel_list,
+    st.sampled_from([784, 784, 784, 783, 785, 0, 1]) | st.integers(0, 2000),
+    st.booleans(),
+    st.integers(0, 2**32 - 1),
+    st.lists(st.tuples(st.integers(0, 2000), json_values | st.floats() | st.integers(-1000, 1000)), max_size=3),
+)
+json_bodies = st.one_of(
+    json_values.map(lambda v: json.dumps(v).encode()),
+    json_values.map(lambda v: json.dumps({"pixels": v}).encode()),
+    pixel_lists.map(lambda v: json.dumps({"pixels": v}).encode()),
+    st.binary(max_size=200),
+)
+
+
+@FUZZ
+@given(body=json_bodies)
+def test_fuzz_json(api, body):
+    assert_handled(post_json(api, body))
+
+
+small_images = st.builds(
+    lambda w, h, mode, seed, fmt: random_image(w, h, mode, seed, fmt),
+    st.integers(1, 60), st.integers(1, 60),
+    st.sampled_from(["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK"]),
+    st.integers(0, 2**32 - 1), st.sampled_from(["PNG", "TIFF", "BMP", "GIF", "JPEG", "WEBP"]),
+)
+
+
+def random_image(width: int, height: int, mode: str, seed: int, fmt: str) -> bytes:
+    """An image file of random content: noise, a blank, or a single dot."""
+    rng = np.random.default_rng(seed)
+    kind = seed % 3
+    values = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    if kind == 1:
+        values[:] = values[0, 0]
+    elif kind == 2:
+        values[:] = 0
+        values[rng.integers(height), rng.integers(width)] = 255
+    image = Image.fromarray(values, "L").convert(mode)
+    out = io.BytesIO()
+    try:
+        image.save(out, fmt)
+    except (OSError, ValueError, KeyError):  # a mode the format cannot store
+        image.convert("RGB").save(out, fmt)
+    return out.getvalue()
+
+
+@FUZZ
+@given(data=st.binary(max_size=3000) | small_images,
+       name=st.sampled_from(["image", "image", "Image", "file", ""]) | st.text(max_size=10),
+       part_type=st.sampled_from(["image/png", "application/octet-stream", "text/plain; charset=utf-8"]),
+       truncate=st.integers(0, 100))
+def test_fuzz_multipart(api, data, name, part_type, truncate):
+    body, content_type = multipart([(name, data)], part_type=part_type)
+    if truncate > 80:
+        body = body[: len(body) * (truncate - 80) // 20]  # a cut-off form
+    assert_handled(call(api, body=body, headers={"Content-Type": content_type}))
+
+
+@FUZZ
+@given(content_type=st.text(max_size=60).filter(lambda t: "\r" not in t and "\n" not in t) | st.sampled_from(
+           ["multipart/form-data; boundary=", "multipart/form-data; boundary=\"\"", "multipart/mixed; boundary=x",
+            "application/json; charset=utf-16", "multipart/form-data; boundary=a; boundary=b"]),
+       body=st.binary(max_size=500))
+def test_fuzz_content_types(api, content_type, body):
+    try:
+        content_type.encode("latin-1")
+    except UnicodeEncodeError:
+        assume(False)
+    assert_handled(call(api, body=body, headers={"Content-Type": content_type}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=2000), tail=st.sampled_from([b"", b"\r", b"\n", b"\r\n", b"--", b"\r\n--"]))
+def test_multipart_bytes_come_back_unchanged(data, tail):
+    data += tail
+    assume(BOUNDARY.encode() not in data)
+    body, content_type = multipart([("other", b"\r\n"), ("image", data), ("image", b"second")])
+    if data:
+        assert image_from_multipart(content_type, body) == data
+
+
+def test_server_alive_after_fuzzing(api):
+    assert_alive(api)
+
+
+# --- concurrency ----------------------------------------------------------------------------------
+
+
+def test_200_concurrent_requests(api, mnist_test):
+    images = mnist_test.images[:20].numpy()
+    labels = mnist_test.labels[:20].tolist()
+    pngs = [png(images[i], style=STYLES[i % 4]) for i in range(20)]
+
+    def one(k: int) -> tuple[int, int, int]:
+        i = k % 20
+        reply = post_image(api, pngs[i]) if k % 2 else post_json(api, {"pixels": images[i].reshape(784).tolist()})
+        label = int(np.argmax(check_payload(reply.json()))) if reply.status == 200 else -1
+        return reply.status, label, labels[i]
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(200)))
+    assert [r[0] for r in results] == [200] * 200
+    assert [r[1] for r in results] == [r[2] for r in results]

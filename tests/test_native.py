@@ -1,0 +1,113 @@
+"""The native module mnist_infer (wasm-infer/python): the Rust model against PyTorch on all
+10,000 MNIST test digits, its input checks, its weight loading, and the GIL being released."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+import mnist_infer
+from tests.conftest import WEIGHTS
+from trainer.model import ARCHITECTURE, MNIST_MEAN, MNIST_STD, normalize
+
+
+@pytest.fixture(scope="module")
+def test_pixels(mnist_test) -> np.ndarray:
+    """All 10,000 test digits as (10000, 784) float32, 0..255, ink = 255."""
+    return mnist_test.images.reshape(-1, 784).numpy().astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def torch_logits(model, mnist_test) -> np.ndarray:
+    with torch.no_grad():
+        return model(normalize(mnist_test.images.unsqueeze(1))).numpy()
+
+
+@pytest.mark.parametrize("backend", mnist_infer.BACKENDS)
+def test_native_matches_pytorch_on_all_10000_test_digits(backend, test_pixels, torch_logits, mnist_test):
+    classifier = mnist_infer.Classifier(backend=backend)
+    logits = classifier.logits(test_pixels)
+    assert logits.shape == (10_000, 10) and logits.dtype == np.float32
+    max_diff = float(np.abs(logits - torch_logits).max())
+    same_top1 = float((logits.argmax(1) == torch_logits.argmax(1)).mean())
+    accuracy = float((logits.argmax(1) == mnist_test.labels.numpy()).mean())
+    print(f"{backend}: max |logit diff| {max_diff:.2e}, top-1 agreement {same_top1:.2%}, accuracy {accuracy:.2%}")
+    assert same_top1 == 1.0
+    assert max_diff <= 1e-4
+
+
+def test_module_predict_is_the_embedded_model_on_the_default_backend(test_pixels, torch_logits):
+    assert mnist_infer.BACKEND == "flex" and mnist_infer.ARCHITECTURE == ARCHITECTURE
+    one = mnist_infer.predict(test_pixels[0])
+    batch = mnist_infer.predict(test_pixels[:8])
+    assert one.shape == (10,) and batch.shape == (8, 10)
+    np.testing.assert_allclose(batch.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(one, batch[0], atol=1e-6)
+    expected = torch.softmax(torch.from_numpy(torch_logits[:8]), 1).numpy()
+    np.testing.assert_allclose(batch, expected, atol=1e-5)
+    # lists and other dtypes are converted to float32
+    np.testing.assert_allclose(mnist_infer.predict(test_pixels[0].astype(np.uint8).tolist()), one, atol=1e-6)
+    assert mnist_infer.Classifier().normalization == pytest.approx((MNIST_MEAN, MNIST_STD))
+
+
+@pytest.mark.parametrize("pixels, message", [
+    (np.zeros(783, np.float32), "shape"),
+    (np.zeros((2, 28, 28), np.float32), "shape"),
+    (np.zeros((0, 784), np.float32), "shape"),
+    (np.full(784, np.nan, np.float32), "finite"),
+    (np.full(784, 300.0, np.float32), "0..=255"),
+    (np.full(784, -1.0, np.float32), "0..=255"),
+])
+def test_bad_input_raises_value_error_and_the_module_keeps_working(pixels, message, test_pixels):
+    with pytest.raises(ValueError, match=message):
+        mnist_infer.predict(pixels)
+    assert mnist_infer.predict(test_pixels[0]).shape == (10,)
+
+
+def test_weights_from_a_file_or_bytes_and_clear_errors(tmp_path):
+    from_path = mnist_infer.Classifier(str(WEIGHTS), backend="ndarray")
+    from_bytes = mnist_infer.Classifier(WEIGHTS.read_bytes())
+    assert from_path.backend == "ndarray" and from_bytes.backend == "flex"
+    with pytest.raises(OSError, match="cannot read weights"):
+        mnist_infer.Classifier(str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ValueError, match="safetensors"):
+        mnist_infer.Classifier(b"definitely not safetensors")
+    with pytest.raises(ValueError, match="unknown backend"):
+        mnist_infer.Classifier(backend="wgpu")
+    # a file from another architecture: a layer renamed
+    tensors = load_file(WEIGHTS)
+    tensors["fc9.weight"] = tensors.pop("fc1.weight")
+    renamed = tmp_path / "renamed.safetensors"
+    with safe_open(WEIGHTS, "np") as f:
+        save_file(tensors, renamed, metadata=f.metadata())
+    with pytest.raises(ValueError, match=r"renamed\.safetensors"):
+        mnist_infer.Classifier(str(renamed))
+
+
+def test_predict_releases_the_gil(test_pixels):
+    """A Python thread keeps running while a large batch is classified."""
+    ticks = []
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    time.sleep(0.02)
+    start = time.perf_counter()
+    mnist_infer.predict(test_pixels[:500])
+    end = time.perf_counter()
+    stop.set()
+    thread.join()
+    during = [t for t in ticks if start < t < end]
+    print(f"predict of 500 took {end - start:.2f} s; the other thread ran {len(during)} times meanwhile")
+    assert end - start > 0.1 and len(during) >= 10

@@ -1,0 +1,173 @@
+//! Python's view of the model: the native module `mnist_infer` (PyO3, built with maturin) over
+//! [`mnist_model::Classifier`], the same model core and weight loading as the wasm build.
+//!
+//! ```python
+//! import numpy as np, mnist_infer
+//! probabilities = mnist_infer.predict(pixels)      # (784,) -> (10,), or (N, 784) -> (N, 10)
+//! clf = mnist_infer.Classifier("other.safetensors", backend="ndarray")
+//! ```
+//!
+//! Pixels follow MNIST's convention: 28x28 row-major, 0..=255, ink = 255 (the model normalises
+//! them itself). Any numeric array-like is accepted and converted to float32. The computation
+//! runs with the GIL released, so Python threads (e.g. a threaded HTTP server) can overlap.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use mnist_model::{Backend, INPUT_LEN, NUM_CLASSES};
+use numpy::ndarray::{Array1, Array2};
+use numpy::{AllowTypeChange, IntoPyArray, PyArrayDyn, PyArrayLikeDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+
+/// `models/model.safetensors` (or `$MNIST_WEIGHTS` at build time), embedded in the module.
+static WEIGHTS: &[u8] = include_bytes!(env!("MNIST_WEIGHTS_PATH"));
+
+/// The backend used unless one is asked for: flex, the faster CPU backend (see README).
+const DEFAULT_BACKEND: Backend = Backend::Flex;
+
+/// The MNIST classifier on one CPU backend.
+///
+/// `Classifier(weights=None, backend="flex")`: `weights` is a path to a `model.safetensors`
+/// written by `trainer.export` (str or os.PathLike), its bytes, or None for the weights
+/// embedded at build time. Raises ValueError when the file does not fit the model (the message
+/// names the tensor), OSError when it cannot be read, ValueError for an unknown backend.
+#[pyclass(module = "mnist_infer", frozen)]
+struct Classifier {
+    inner: mnist_model::Classifier,
+}
+
+#[pymethods]
+impl Classifier {
+    #[new]
+    #[pyo3(signature = (weights = None, backend = "flex"))]
+    fn new(weights: Option<Weights>, backend: &str) -> PyResult<Self> {
+        let backend = backend_named(backend)?;
+        let load = |bytes: &[u8], origin: &str| {
+            mnist_model::Classifier::from_safetensors(bytes, backend)
+                .map_err(|e| PyValueError::new_err(format!("{origin}: {e}")))
+        };
+        let inner = match weights {
+            None => load(WEIGHTS, "embedded weights")?,
+            Some(Weights::Bytes(bytes)) => load(&bytes, "weights bytes")?,
+            Some(Weights::Path(path)) => {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| PyOSError::new_err(format!("cannot read weights {}: {e}", path.display())))?;
+                load(&bytes, &path.display().to_string())?
+            }
+        };
+        Ok(Self { inner })
+    }
+
+    /// Probabilities (softmax): float32 (784,) -> (10,) or (N, 784) -> (N, 10).
+    fn predict<'py>(&self, py: Python<'py>, pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        run(py, &self.inner, pixels, mnist_model::Classifier::probabilities)
+    }
+
+    /// Logits (before softmax), shaped like [`Classifier::predict`]'s result.
+    fn logits<'py>(&self, py: Python<'py>, pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        run(py, &self.inner, pixels, mnist_model::Classifier::logits)
+    }
+
+    /// Name of the backend: "flex" or "ndarray".
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.inner.backend().name()
+    }
+
+    /// `(mean, std)` of the input normalisation, read from the weights file's metadata.
+    #[getter]
+    fn normalization(&self) -> (f32, f32) {
+        self.inner.normalization()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Classifier(backend={:?})", self.backend())
+    }
+}
+
+/// Where the weights come from: a file path or the file's bytes.
+#[derive(FromPyObject)]
+enum Weights {
+    Bytes(Vec<u8>),
+    Path(PathBuf),
+}
+
+fn backend_named(name: &str) -> PyResult<Backend> {
+    Backend::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Backend::ALL.iter().map(|b| b.name()).collect();
+        PyValueError::new_err(format!("unknown backend {name:?}: choose one of {}", names.join(", ")))
+    })
+}
+
+/// Check the array's shape, copy it out, compute without the GIL, shape the result.
+fn run<'py, E: std::fmt::Display>(
+    py: Python<'py>,
+    classifier: &mnist_model::Classifier,
+    pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
+    compute: fn(&mnist_model::Classifier, &[f32]) -> Result<Vec<f32>, E>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let shape = pixels.shape().to_vec();
+    let batch = match shape.as_slice() {
+        [INPUT_LEN] => None,
+        [n, INPUT_LEN] if *n > 0 => Some(*n),
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "pixels must have shape ({INPUT_LEN},) or (N, {INPUT_LEN}) with N >= 1 (28x28 images, row-major), got {shape:?}"
+            )));
+        }
+    };
+    let values: Vec<f32> = pixels.as_array().iter().copied().collect();
+    let out = py
+        .detach(|| compute(classifier, &values).map_err(|e| e.to_string()))
+        .map_err(PyValueError::new_err)?;
+    Ok(match batch {
+        None => Array1::from_vec(out).into_dyn().into_pyarray(py),
+        Some(n) => Array2::from_shape_vec((n, NUM_CLASSES), out)
+            .expect("the model returns N x 10 values")
+            .into_dyn()
+            .into_pyarray(py),
+    })
+}
+
+/// The classifier with the embedded weights on the default backend, loaded on first use.
+fn default_classifier() -> PyResult<&'static Classifier> {
+    static DEFAULT: OnceLock<Result<Classifier, String>> = OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            mnist_model::Classifier::from_safetensors(WEIGHTS, DEFAULT_BACKEND)
+                .map(|inner| Classifier { inner })
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| PyValueError::new_err(e.clone()))
+}
+
+/// Probabilities from the embedded model on flex: float32 (784,) -> (10,) or (N, 784) -> (N, 10).
+///
+/// Pixels: 28x28 row-major, 0..=255, ink = 255 (any numeric array-like; converted to float32).
+/// Raises ValueError for another shape, a non-finite value or a value outside 0..=255.
+#[pyfunction]
+fn predict<'py>(py: Python<'py>, pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    default_classifier()?.predict(py, pixels)
+}
+
+/// Logits from the embedded model on flex, shaped like [`predict`]'s result.
+#[pyfunction]
+fn logits<'py>(py: Python<'py>, pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    default_classifier()?.logits(py, pixels)
+}
+
+/// The native module: `predict`, `logits`, `Classifier`, and constants describing the input.
+#[pymodule]
+fn mnist_infer(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(predict, m)?)?;
+    m.add_function(wrap_pyfunction!(logits, m)?)?;
+    m.add_class::<Classifier>()?;
+    m.add("BACKEND", DEFAULT_BACKEND.name())?;
+    m.add("BACKENDS", Backend::ALL.iter().map(|b| b.name()).collect::<Vec<_>>())?;
+    m.add("INPUT_LEN", INPUT_LEN)?;
+    m.add("NUM_CLASSES", NUM_CLASSES)?;
+    m.add("ARCHITECTURE", mnist_model::ARCHITECTURE)?;
+    Ok(())
+}
