@@ -279,13 +279,16 @@ def built_backends() -> list[str]:
 
 
 @task(help={
-    "epochs": "passes over the 60,000 training images (default 8)",
-    "seed": "random seed (default 0)",
+    "epochs": "passes over the 60,000 training images (default 20)",
+    "seed": "random seed (default 0); same seed, same machine, same threads: same model",
+    "augment": "augmentation preset: draw (default: stroke width, affine, elastic), affine or none",
+    "resume": "continue the run killed in --out-dir from its last epoch checkpoint",
     "limit": "train on the first N images only (quick runs)",
+    "threads": "torch threads (default: all cores)",
     "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
-    "out_dir": "where model.safetensors and metrics.json go (default models/)",
+    "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/)",
 })
-def train(c, epochs=8, seed=0, limit=0, data_dir=None, out_dir=None):
+def train(c, epochs=None, seed=0, augment="draw", resume=False, limit=0, threads=0, data_dir=None, out_dir=None):
     """Train the model; write model.safetensors + metrics.json (and the Rust fixture for models/)."""
     from trainer import data
     from trainer.fixtures import write_fixture
@@ -294,11 +297,14 @@ def train(c, epochs=8, seed=0, limit=0, data_dir=None, out_dir=None):
 
     out = Path(out_dir) if out_dir else DEFAULT_OUT_DIR
     data_path = Path(data_dir) if data_dir else data.DEFAULT_DATA_DIR
+    config = Config(seed=int(seed), augment=augment, limit=int(limit), threads=int(threads))
+    if epochs is not None:
+        config.epochs = int(epochs)
     try:
-        run_training(Config(epochs=int(epochs), seed=int(seed), limit=int(limit)), data_dir=data_path, out_dir=out)
+        run_training(config, data_dir=data_path, out_dir=out, resume=resume)
     except KeyboardInterrupt:
-        raise Exit(f"training interrupted; {out} is unchanged", code=130)
-    except (data.DataError, ValueError) as e:
+        raise Exit(f"training interrupted; {out} keeps its model; `invoke train --resume` continues", code=130)
+    except (data.DataError, ValueError, FileNotFoundError) as e:
         raise Exit(f"error: {e}")
     if out.resolve() == DEFAULT_OUT_DIR:
         log(f"regenerated the Rust parity fixture: {write_fixture(out / 'model.safetensors', data_dir=data_path)}")

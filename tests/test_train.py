@@ -45,6 +45,74 @@ def test_random_affine_keeps_shape_range_and_ink():
     assert not torch.equal(out[0], out[1])  # a transform per image, not per batch
 
 
-def test_bad_settings_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="epochs"):
-        train(Config(epochs=0), out_dir=tmp_path)
+def run_training(out_dir, *extra):
+    """`python -m trainer.train` on a small deterministic run (1 thread, 1,500 images, 2 epochs)."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "trainer.train", "--epochs", "2", "--limit", "1500", "--batch-size", "64",
+            "--threads", "1", "--out-dir", str(out_dir), *extra]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_model(tmp_path):
+    """Kill -9 during epoch 2, --resume: same weights and metrics as a run never interrupted
+    (same seed, same machine, same threads: the run is deterministic)."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    killed = run_training(tmp_path / "killed")
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert killed.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    assert run_training(tmp_path / "killed", "--resume").wait() == 0
+    assert run_training(tmp_path / "whole").wait() == 0
+
+    resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    strip = lambda history: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]  # noqa: E731
+    assert strip(resumed["history"]) == strip(whole["history"]) and len(whole["history"]) == 2
+    a, b = load_file(tmp_path / "killed" / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not checkpoint.exists()  # removed once the run finished
+
+
+def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(Config(epochs=1, limit=64), out_dir=tmp_path, resume=True)
+    torch.save({"config": {**Config(epochs=3).__dict__}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="epochs=3"):
+        train(Config(epochs=1, limit=64), out_dir=tmp_path, resume=True)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="unreadable checkpoint"):
+        train(Config(epochs=1, limit=64), out_dir=tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "epochs"), ("augment", "sharpen", "unknown augment"), ("label_smoothing", 1.0, "label_smoothing"),
+    ("ema_decay", 1.5, "ema_decay"), ("lr", 0.0, "lr"),
+])
+def test_unknown_or_out_of_range_settings_are_refused(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        train(Config(**{field: value}), out_dir=tmp_path)
+
+
+def test_draw_augmentation_changes_stroke_width_and_keeps_the_range():
+    from trainer.train import AUGMENT_PRESETS, augment, random_stroke_width
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.zeros(64, 1, 28, 28)
+    images[:, :, 6:22, 12:15] = 1.0  # a vertical stroke, 3 px wide
+    aug = AUGMENT_PRESETS["draw"]
+    widths = random_stroke_width(images, aug, generator).sum(dim=(1, 2, 3)) / images.sum(dim=(1, 2, 3))
+    assert (widths > 1.15).any() and (widths < 0.85).any() and ((widths - 1).abs() < 1e-6).any()
+    out = augment(images, aug, generator)
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
