@@ -1,6 +1,7 @@
 """Invoke tasks: the orchestration of trainer/ -> models/model.safetensors -> wasm-infer/ -> web/.
 
     invoke train                      train and write models/model.safetensors (+ metrics.json)
+    invoke evaluate                   report: clean / augmented / redrawn-MNIST accuracy, plots
     invoke build-wasm --backend all   compile the Rust crate to wasm for ndarray and flex
     invoke serve                      build what is stale, serve web/ on http://127.0.0.1:8000
     invoke predict IMAGE...           classify image files with the native Rust model
@@ -308,6 +309,26 @@ def train(c, epochs=None, seed=0, augment="draw", resume=False, limit=0, threads
         raise Exit(f"error: {e}")
     if out.resolve() == DEFAULT_OUT_DIR:
         log(f"regenerated the Rust parity fixture: {write_fixture(out / 'model.safetensors', data_dir=data_path)}")
+
+
+@task(help={
+    "weights": "the model to evaluate (default models/model.safetensors)",
+    "out_dir": "report folder (default reports/<weights file name>)",
+    "limit": "the first N test digits only (default 0: all 10,000)",
+    "data_dir": "MNIST folder (default data/)",
+})
+def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None):
+    """Accuracy on clean, augmented and redrawn MNIST test digits; plots; a markdown summary."""
+    from trainer import data
+    from trainer.evaluate import DEFAULT_WEIGHTS
+    from trainer.evaluate import evaluate as run_evaluation
+    from trainer.export import WeightsError
+
+    try:
+        run_evaluation(Path(weights) if weights else DEFAULT_WEIGHTS, Path(out_dir) if out_dir else None,
+                       Path(data_dir) if data_dir else None, limit=int(limit))
+    except (WeightsError, data.DataError, ValueError) as e:
+        raise Exit(f"error: {e}")
 
 
 @task
