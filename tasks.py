@@ -280,16 +280,16 @@ def built_backends() -> list[str]:
 
 
 @task(help={
-    "epochs": "passes over the 60,000 training images (default 20)",
+    "epochs": "passes over the 60,000 training images (default 8)",
     "seed": "random seed (default 0); same seed, same machine, same threads: same model",
-    "augment": "augmentation preset: draw (default: stroke width, affine, elastic), affine or none",
+    "augment": "augmentation preset: affine (default), draw (+ stroke width, slant, elastic) or none",
     "resume": "continue the run killed in --out-dir from its last epoch checkpoint",
     "limit": "train on the first N images only (quick runs)",
     "threads": "torch threads (default: all cores)",
     "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
     "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/)",
 })
-def train(c, epochs=None, seed=0, augment="draw", resume=False, limit=0, threads=0, data_dir=None, out_dir=None):
+def train(c, epochs=None, seed=0, augment="affine", resume=False, limit=0, threads=0, data_dir=None, out_dir=None):
     """Train the model; write model.safetensors + metrics.json (and the Rust fixture for models/)."""
     from trainer import data
     from trainer.fixtures import write_fixture
