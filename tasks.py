@@ -189,20 +189,32 @@ def wasm_opt() -> str:
 
 
 def weights_path() -> Path:
-    """The weights the wasm embeds: $MNIST_WEIGHTS if set (as wasm-infer/wasm/build.rs reads it)."""
+    """The weights the bindings embed: $MNIST_WEIGHTS if set (as wasm-infer/embed_weights.rs reads it)."""
     return Path(os.environ.get("MNIST_WEIGHTS", WEIGHTS))
 
 
-def source_digest(backend: str, route: str) -> str:
-    """Hash of everything a wasm build depends on: sources, lock file, weights, toolchain route."""
-    digest = hashlib.sha256(f"{backend}\n{route}\n{WASM_OPT_FLAGS}\n".encode())
-    digest.update((WEB / "package-lock.json").read_bytes())
-    files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", weights_path()]
-    files += sorted(p for p in (ROOT / "wasm-infer").rglob("*") if p.suffix in {".rs", ".toml"} and "tests" not in p.parts)
+def files_digest(prefix: str, files: list[Path]) -> str:
+    """sha256 of `prefix`, then each file's path (relative to the repo) and contents."""
+    digest = hashlib.sha256(prefix.encode())
     for path in files:
         digest.update(str(path.relative_to(ROOT)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def rust_inputs(skip: tuple[str, ...] = ()) -> list[Path]:
+    """What a build of wasm-infer/ depends on: the Cargo files, the weights, and the crates'
+    .rs/.toml files outside tests/ and outside the folders named in `skip`."""
+    files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", weights_path()]
+    return files + sorted(
+        p for p in (ROOT / "wasm-infer").rglob("*")
+        if p.suffix in {".rs", ".toml"} and "tests" not in p.parts and not set(skip) & set(p.parts)
+    )
+
+
+def source_digest(backend: str, route: str) -> str:
+    """Hash of everything a wasm build depends on: sources, lock files, weights, toolchain route."""
+    return files_digest(f"{backend}\n{route}\n{WASM_OPT_FLAGS}\n", [WEB / "package-lock.json", *rust_inputs(skip=("python",))])
 
 
 def requested_backends(backend: str) -> tuple[str, ...]:
@@ -251,25 +263,20 @@ def build_one(backend: str, force: bool = False) -> Path:
     return wasm
 
 
-def native_module(force: bool = False) -> None:
+def native_module() -> None:
     """Build wasm-infer/python with maturin and install it into this Python as `mnist_infer`
     (the same Rust model natively), unless the installed one is up to date."""
+    from importlib.util import find_spec
+
     stamp = TARGET / "native-build-stamp"
-    digest = hashlib.sha256(sys.executable.encode())
-    files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", weights_path(), ROOT / "wasm-infer" / "python" / "pyproject.toml"]
-    files += sorted(p for p in (ROOT / "wasm-infer").rglob("*.rs") if "tests" not in p.parts and "wasm" not in p.parts)
-    files += sorted((ROOT / "wasm-infer").glob("*/Cargo.toml"))
-    for path in files:
-        digest.update(str(path.relative_to(ROOT)).encode())
-        digest.update(path.read_bytes())
-    installed = output([sys.executable, "-c", "import mnist_infer; print(mnist_infer.ARCHITECTURE)"]).strip()
-    if not force and installed and stamp.exists() and stamp.read_text() == digest.hexdigest():
+    digest = files_digest(sys.executable, rust_inputs(skip=("wasm",)))
+    if find_spec("mnist_infer") is not None and stamp.exists() and stamp.read_text() == digest:
         return
     log("building the native Python module mnist_infer (wasm-infer/python) with maturin")
     maturin = Path(sys.executable).parent / "maturin"
     run([maturin, "develop", "--release", "--manifest-path", ROOT / "wasm-infer" / "python" / "Cargo.toml"])
     TARGET.mkdir(exist_ok=True)
-    stamp.write_text(digest.hexdigest())
+    stamp.write_text(digest)
 
 
 def built_backends() -> list[str]:

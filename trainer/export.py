@@ -15,6 +15,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -58,10 +59,18 @@ def save_safetensors(model: Net, path: Path, extra_metadata: dict[str, str] | No
     metadata.update(extra_metadata or {})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state_dict_for_export(model), str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: save_file(state_dict_for_export(model), str(tmp), metadata=metadata))
     return path
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``:
+    readers see the old file or the new one, never a half-written one. The temporary name holds
+    the process id, so processes writing the same file at once do not mix their bytes."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -131,7 +140,4 @@ def export_onnx(model: Net, path: Path) -> Path:
 
 def write_metrics(path: Path, metrics: dict) -> None:
     """Write ``metrics`` as indented JSON, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))

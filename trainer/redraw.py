@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .data import DEFAULT_DATA_DIR
+from .export import write_atomically
 from .preprocess import MNIST_SIZE, to_mnist
 
 #: Side of the page's drawing canvas in pixels: mirrors ``<canvas id="draw" width="280"
@@ -272,9 +273,12 @@ def _load_cached(path: Path, n: int) -> np.ndarray | None:
 def _save_cached(path: Path, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
+            np.save(f, array, allow_pickle=False)
+
+    write_atomically(path, write)
 
 
 def default_processes(n: int) -> int:

@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from . import data
-from .export import save_safetensors, write_metrics
+from .export import save_safetensors, write_atomically, write_metrics
 from .model import IMAGE_SIZE, Net, count_parameters, normalize
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -231,9 +231,7 @@ CHECKPOINT = "checkpoint.pt"
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write a training checkpoint atomically (a temporary file, then a rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path, config: Config) -> dict:

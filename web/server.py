@@ -173,7 +173,7 @@ def form_part_counter() -> Callable[..., EmailMessage]:
 
 def pixels_from_image(data: bytes) -> np.ndarray:
     """An image file -> (784,) float32 MNIST-style pixels; ApiError 400 for non-images and blanks."""
-    from trainer import preprocess  # imported on first use: `invoke serve` starts without it
+    from trainer import classify, preprocess  # imported on first use: `invoke serve` starts without them
 
     size = image_size(data)
     if size and max(size) > MAX_IMAGE_SIDE:
@@ -181,18 +181,13 @@ def pixels_from_image(data: bytes) -> np.ndarray:
             HTTPStatus.BAD_REQUEST,
             f"the image is {size[0]}x{size[1]} px; the API takes at most {MAX_IMAGE_SIDE} px a side",
         )
-    blank = ApiError(HTTPStatus.BAD_REQUEST, "the image is blank: no ink to classify")
     with _preprocess_slots:
         try:
-            ink = preprocess.load_ink(data)
+            return classify.preprocess_file(data)
         except preprocess.BlankImageError:
-            raise blank from None
+            raise ApiError(HTTPStatus.BAD_REQUEST, "the image is blank: no ink to classify") from None
         except preprocess.ImageError as e:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"cannot use the image field ({e})") from None
-        digit = preprocess.to_mnist(ink)
-    if digit is None:
-        raise blank
-    return np.asarray(digit, dtype=np.float32).reshape(NUM_PIXELS)
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:

@@ -40,7 +40,7 @@ struct Classifier {
 #[pymethods]
 impl Classifier {
     #[new]
-    #[pyo3(signature = (weights = None, backend = "flex"))]
+    #[pyo3(signature = (weights = None, backend = DEFAULT_BACKEND.name()))]
     fn new(weights: Option<Weights>, backend: &str) -> PyResult<Self> {
         let backend = backend_named(backend)?;
         let load = |bytes: &[u8], origin: &str| {
