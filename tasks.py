@@ -8,6 +8,7 @@
     invoke test                       every test: Rust parity, no_std proof, Python, browser
     invoke bench                      in-browser speed against ONNX Runtime Web
     invoke bench-api                  /api/predict throughput; native Rust vs PyTorch per image
+    invoke bench-train                train with 3 seeds: mean ± std accuracy and wall time
 
 Every task installs what it needs first (idempotently: what is there is not fetched again).
 The work itself lives in trainer/, wasm-infer/ and web/; this file only calls it.
@@ -286,17 +287,22 @@ def built_backends() -> list[str]:
 # --- tasks ------------------------------------------------------------------------------
 
 
-@task(help={
-    "epochs": "passes over the 60,000 training images (default 8)",
+@task(auto_shortflags=False, help={
+    "epochs": "passes over the 60,000 training images (default 16)",
     "seed": "random seed (default 0); same seed, same machine, same threads: same model",
-    "augment": "augmentation preset: affine (default), draw (+ stroke width, slant, elastic) or none",
+    "augment": "augmentation preset: draw (default: affine + stroke width, slant, elastic), affine or none",
+    "clean_epochs": "the last N epochs train on unaugmented images (default 3)",
+    "ema_decay": "decay of the weights' moving average, per step (default 0.9995; 0: off)",
+    "label_smoothing": "cross-entropy label smoothing (default 0)",
     "resume": "continue the run killed in --out-dir from its last epoch checkpoint",
     "limit": "train on the first N images only (quick runs)",
     "threads": "torch threads (default: all cores)",
+    "device": "cpu (default), cuda, cuda:N or auto",
     "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
     "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/)",
 })
-def train(c, epochs=None, seed=0, augment="affine", resume=False, limit=0, threads=0, data_dir=None, out_dir=None):
+def train(c, epochs=None, seed=None, augment=None, clean_epochs=None, ema_decay=None, label_smoothing=None,
+          resume=False, limit=None, threads=None, device=None, data_dir=None, out_dir=None):
     """Train the model; write model.safetensors + metrics.json (and the Rust fixture for models/)."""
     from trainer import data
     from trainer.fixtures import write_fixture
@@ -305,10 +311,18 @@ def train(c, epochs=None, seed=0, augment="affine", resume=False, limit=0, threa
 
     out = Path(out_dir) if out_dir else DEFAULT_OUT_DIR
     data_path = Path(data_dir) if data_dir else data.DEFAULT_DATA_DIR
-    config = Config(seed=int(seed), augment=augment, limit=int(limit), threads=int(threads))
-    if epochs is not None:
-        config.epochs = int(epochs)
+    given = dict(epochs=epochs, seed=seed, augment=augment, clean_epochs=clean_epochs, ema_decay=ema_decay,
+                 label_smoothing=label_smoothing, limit=limit, threads=threads, device=device)
+    defaults, settings = Config(), {}
+    for name, value in given.items():  # invoke passes strings: convert each to its default's type
+        kind = type(getattr(defaults, name))
+        try:
+            settings[name] = kind(value) if value is not None else getattr(defaults, name)
+        except ValueError:
+            noun = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+            raise Exit(f"error: --{name.replace('_', '-')} takes {noun}, got {value!r}")
     try:
+        config = Config(**settings)
         run_training(config, data_dir=data_path, out_dir=out, resume=resume)
     except KeyboardInterrupt:
         raise Exit(f"training interrupted; {out} keeps its model; `invoke train --resume` continues", code=130)
@@ -316,6 +330,15 @@ def train(c, epochs=None, seed=0, augment="affine", resume=False, limit=0, threa
         raise Exit(f"error: {e}")
     if out.resolve() == DEFAULT_OUT_DIR:
         log(f"regenerated the Rust parity fixture: {write_fixture(out / 'model.safetensors', data_dir=data_path)}")
+
+
+@task(help={"seeds": "comma-separated seeds (default 0,1,2)",
+            "out_dir": "where each seed's run and summary.json go (default runs/bench-train)"})
+def bench_train(c, seeds="0,1,2", out_dir=None):
+    """Train with the defaults once per seed; print mean ± std test accuracy and wall time."""
+    from trainer.benchmark import main as run_benchmark
+
+    run_benchmark(["--seeds", seeds] + (["--out-dir", out_dir] if out_dir else []))
 
 
 @task(help={

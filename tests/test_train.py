@@ -98,7 +98,8 @@ def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", 0, "epochs"), ("augment", "sharpen", "unknown augment"), ("label_smoothing", 1.0, "label_smoothing"),
-    ("ema_decay", 1.5, "ema_decay"), ("lr", 0.0, "lr"),
+    ("ema_decay", 1.5, "ema_decay"), ("lr", 0.0, "lr"), ("clean_epochs", -1, "clean_epochs"),
+    ("device", "tpu", "unknown device"),
 ])
 def test_unknown_or_out_of_range_settings_are_refused(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -120,3 +121,44 @@ def test_draw_augmentation_changes_stroke_width_and_keeps_the_range():
     assert 0 < untouched.sum() < len(images)  # the others are left exactly as they were, not blurred
     out = augment(images, aug, generator)
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where there is no CUDA")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no CUDA device"):
+        train(Config(device="cuda", epochs=1, limit=64), out_dir=tmp_path)
+
+
+def test_the_last_clean_epochs_see_the_images_unaugmented(tmp_path, monkeypatch):
+    from trainer.train import AUGMENT_PRESETS
+
+    used = []
+    real_augment = train_module.augment
+
+    def recording_augment(images, aug, generator):
+        used.append(aug)
+        return real_augment(images, aug, generator)
+
+    monkeypatch.setattr(train_module, "augment", recording_augment)
+    train(Config(epochs=3, clean_epochs=1, limit=64, batch_size=64), out_dir=tmp_path)
+    assert used == [AUGMENT_PRESETS["draw"]] * 2 + [AUGMENT_PRESETS["none"]]
+    used.clear()  # more clean epochs than a run has: all but the first epoch are clean
+    train(Config(epochs=2, clean_epochs=5, limit=64, batch_size=64), out_dir=tmp_path)
+    assert used == [AUGMENT_PRESETS["draw"], AUGMENT_PRESETS["none"]]
+
+
+def test_the_benchmark_reports_every_seed_and_their_mean_and_std(tmp_path):
+    import statistics
+
+    from trainer.benchmark import report, run
+
+    summary = run((0, 1), out_dir=tmp_path, epochs=1, limit=256)
+    accuracies = [r["test_accuracy"] for r in summary["runs"]]
+    assert [r["seed"] for r in summary["runs"]] == [0, 1]
+    assert summary["test_accuracy"]["mean"] == pytest.approx(statistics.fmean(accuracies))
+    assert summary["test_accuracy"]["std"] == pytest.approx(statistics.stdev(accuracies))
+    assert all((tmp_path / f"seed{s}" / "model.safetensors").exists() for s in (0, 1))
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert "± " in report(summary) and summary["best"]["test_accuracy"] == max(accuracies)
+    with pytest.raises(ValueError, match="at least one seed"):
+        run((), out_dir=tmp_path)
