@@ -6,9 +6,16 @@
 //   [data-testid="prediction"]        data-digit (0-9, "" when none), data-seq (completed
 //                                     inferences shown), data-probs (JSON, 10 probabilities)
 //   window.mnist                      { async predict(pixels) -> 10 probabilities, backend }
-//                                     pixels: 784 numbers, 28x28 row-major, 0..255, ink = 255
+//                                     pixels: 784 numbers, 28x28 row-major, 0..255, ink = 255;
+//                                     backend: the one running, with the reason in brackets
+//                                     when a preferred one could not, e.g. "flex (no WebGPU adapter)"
+//
+// The model runs in a module worker (web/worker.js, driven by web/inference.js); this thread
+// draws and preprocesses. While a prediction runs, newer drawings replace each other and only
+// the newest is classified next.
 
 import { inkFromImageData, toMnist, MNIST_SIZE } from "./preprocess.js";
+import { LatestOnly, startFirstWorking } from "./inference.js";
 
 const PEN_WIDTH = 20;          // px on the 280x280 canvas: ~2 px strokes after scaling to 20x20
 const LIVE_INTERVAL_MS = 100;  // at most one live prediction per interval while drawing
@@ -25,21 +32,21 @@ function setStatus(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
-/** Pick the backend: ?backend=… if it is built, else the server's default. */
-async function chooseBackend() {
+/**
+ * The backends to try, in order: ?backend=… if it is built, else WebGPU when it is built, then
+ * the server's default CPU build (always last: the page must never be left without a model).
+ */
+async function chooseBackends() {
   const config = await (await fetch("config.json")).json();
   const wanted = new URLSearchParams(location.search).get("backend");
-  if (wanted && !config.backends.includes(wanted)) {
-    const note = `"${wanted}" is not built (built: ${config.backends.join(", ")}); using ${config.default}`;
-    return { backend: config.default, note, config };
+  let note = "";
+  let first = config.backends.includes("wgpu") ? ["wgpu"] : [];
+  if (wanted && config.backends.includes(wanted)) {
+    first = [wanted];
+  } else if (wanted) {
+    note = `"${wanted}" is not built (built: ${config.backends.join(", ")}); using ${config.default}`;
   }
-  return { backend: wanted || config.default, note: "", config };
-}
-
-async function loadClassifier(backend) {
-  const module = await import(`./pkg/${backend}/mnist_wasm.js`);
-  await module.default(); // fetch and instantiate mnist_wasm_bg.wasm
-  return new module.Classifier();
+  return { candidates: [...new Set([...first, config.default])], note, config };
 }
 
 function buildBars() {
@@ -90,7 +97,7 @@ function drawPreview(pixels) {
   previewCtx.putImageData(image, 0, 0);
 }
 
-function setupDrawing(classify) {
+function setupDrawing(classify, onClear) {
   let drawing = false, last = null, lastLive = 0;
   ctx.lineCap = "round";
   ctx.lineJoin = "round";
@@ -135,47 +142,55 @@ function setupDrawing(classify) {
   drawCanvas.addEventListener("pointerup", end);
   drawCanvas.addEventListener("pointercancel", end);
   $("clear").addEventListener("click", () => {
+    onClear();
     ctx.clearRect(0, 0, drawCanvas.width, drawCanvas.height);
     drawPreview(null);
     show(null);
   });
 }
 
+function checkPixels(pixels) {
+  if (pixels === null || pixels === undefined || typeof pixels.length !== "number") {
+    throw new TypeError("predict(pixels): expected 784 numbers (28x28, row-major, 0..255, ink = 255)");
+  }
+  return Float32Array.from(pixels);
+}
+
 async function main() {
   buildBars();
   drawPreview(null);
-  let choice;
   try {
-    choice = await chooseBackend();
-    const classifier = await loadClassifier(choice.backend);
-    const predictSync = (pixels) => {
-      if (pixels === null || pixels === undefined || typeof pixels.length !== "number") {
-        throw new TypeError("predict(pixels): expected 784 numbers (28x28, row-major, 0..255, ink = 255)");
-      }
-      return Array.from(classifier.predict(Float32Array.from(pixels)));
-    };
+    const { candidates, note, config } = await chooseBackends();
+    const { classifier, label, failures } = await startFirstWorking(candidates);
     window.mnist = {
-      backend: classifier.backend,
-      async predict(pixels) { return predictSync(pixels); },
+      backend: label,
+      async predict(pixels) {
+        return Array.from((await classifier.predict(checkPixels(pixels))).probs);
+      },
     };
-    $("backend").textContent = classifier.backend;
-    const links = (choice.config?.backends || []).filter((b) => b !== classifier.backend)
+    $("backend").textContent = label;
+    const links = (config.backends || []).filter((b) => b !== classifier.backend)
       .map((b) => `<a href="?backend=${b}">use ${b}</a>`).join("");
     $("backend-links").innerHTML = links;
-    setStatus(choice.note || "ready: draw a digit");
+    const fellBack = failures.length ? `${failures.join("; ")}: using ${classifier.backend}. ` : "";
+    setStatus(note || `${fellBack}ready: draw a digit`);
 
+    const live = new LatestOnly(
+      classifier,
+      ({ probs, ms }) => show(probs, ms),
+      (err) => setStatus(`prediction failed: ${err.message}`, true),
+    );
     setupDrawing(() => {
       const ink = inkFromImageData(ctx.getImageData(0, 0, drawCanvas.width, drawCanvas.height));
       const pixels = toMnist(ink, drawCanvas.width, drawCanvas.height);
       drawPreview(pixels);
-      if (pixels === null) { show(null); return; }
-      const t0 = performance.now();
-      try {
-        show(predictSync(pixels), performance.now() - t0);
-      } catch (err) {
-        setStatus(`prediction failed: ${err.message}`, true);
+      if (pixels === null) {
+        live.drop();
+        show(null);
+        return;
       }
-    });
+      live.submit(Float32Array.from(pixels));
+    }, () => live.drop());
   } catch (err) {
     setStatus(`could not load the model: ${err.message}. Run \`invoke build-wasm\` and reload.`, true);
     console.error(err);

@@ -1,0 +1,71 @@
+"""The page's inference worker in headless Chromium: off the main thread, newest drawing only,
+and a fallback with its reason when a preferred backend cannot start."""
+
+import pytest
+
+from tests.conftest import open_page
+
+pytestmark = pytest.mark.browser
+
+
+def test_the_model_runs_in_a_module_worker_not_on_the_main_thread(browser, server, mnist_test, torch_probabilities):
+    page = open_page(browser, server, "flex")
+    assert any(w.url.endswith("/worker.js") for w in page.workers)
+    main_thread_wasm = page.evaluate(
+        "performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.endsWith('.wasm'))")
+    assert main_thread_wasm == []  # the wasm is fetched and instantiated by the worker
+    probs = page.evaluate("(img) => window.mnist.predict(img)", mnist_test.images[3].flatten().tolist())
+    assert max(abs(a - b) for a, b in zip(probs, torch_probabilities[3].tolist())) <= 1e-4
+    page.close()
+
+
+def test_while_a_prediction_runs_only_the_newest_drawing_is_classified_next(browser, server):
+    """LatestOnly over a classifier that takes 50 ms: ten drawings submitted at once give two
+    predictions, the first and the last; after drop(), a prediction in flight is not shown."""
+    page = open_page(browser, server, "flex")
+    result = page.evaluate("""async () => {
+        const { LatestOnly } = await import('./inference.js');
+        const started = [], shown = [];
+        const slow = { predict: (px) => { started.push(px[0]);
+            return new Promise((ok) => setTimeout(() => ok({ probs: [px[0]], ms: 50 }), 50)); } };
+        const live = new LatestOnly(slow, (r) => shown.push(r.probs[0]), (e) => shown.push(String(e)));
+        for (let i = 1; i <= 10; i++) live.submit([i]);
+        await new Promise((ok) => setTimeout(ok, 300));
+        const first = { started: [...started], shown: [...shown] };
+        live.submit([11]);
+        live.drop();                      // Clear while 11 is being classified
+        await new Promise((ok) => setTimeout(ok, 150));
+        live.submit([12]);
+        await new Promise((ok) => setTimeout(ok, 150));
+        return { first, started, shown };
+    }""")
+    assert result["first"] == {"started": [1, 10], "shown": [1, 10]}
+    assert result["started"] == [1, 10, 11, 12] and result["shown"] == [1, 10, 12]
+    page.close()
+
+
+def test_without_webgpu_the_cpu_build_takes_over_with_the_reason(browser, server):
+    """This Chromium runs without the WebGPU flags, so no adapter: asking for wgpu first must
+    end on the CPU build, labelled with why (whether or not the wgpu build exists)."""
+    page = open_page(browser, server, "flex")
+    outcome = page.evaluate("""async () => {
+        const { startFirstWorking } = await import('./inference.js');
+        const { classifier, label, failures } = await startFirstWorking(['wgpu', 'flex']);
+        const probs = (await classifier.predict(new Float32Array(784))).probs;
+        return { label, failures, backend: classifier.backend, sum: probs.reduce((a, b) => a + b, 0) };
+    }""")
+    assert outcome["backend"] == "flex"
+    assert outcome["label"].startswith("flex (") and "WebGPU" in outcome["label"]
+    assert outcome["failures"][0].startswith("wgpu: ") and abs(outcome["sum"] - 1) < 1e-5
+    page.close()
+
+
+def test_when_no_backend_starts_the_error_names_each_one(browser, server):
+    page = open_page(browser, server, "flex")
+    message = page.evaluate("""async () => {
+        const { startFirstWorking } = await import('./inference.js');
+        try { await startFirstWorking(['nosuch', 'alsomissing']); return 'started'; }
+        catch (err) { return err.message; }
+    }""")
+    assert message.startswith("nosuch: ") and "; alsomissing: " in message
+    page.close()

@@ -1,0 +1,119 @@
+// The main thread's side of web/worker.js: start a classifier in a module worker, falling back
+// from one backend to the next, and classify without blocking drawing.
+
+/** A classifier running in its own module worker (web/worker.js). Use `InferenceWorker.start`. */
+export class InferenceWorker {
+  constructor(worker, backend) {
+    this.worker = worker;
+    this.backend = backend; // what the build reports: "flex", "ndarray", "wgpu"
+    this.nextId = 0;
+    this.pending = new Map(); // id -> { resolve, reject }
+    worker.onmessage = ({ data }) => {
+      const waiting = this.pending.get(data.id);
+      if (data.type !== "result" || !waiting) return;
+      this.pending.delete(data.id);
+      if (data.error) waiting.reject(new Error(data.error));
+      else waiting.resolve({ probs: data.probs, ms: data.ms });
+    };
+  }
+
+  /** Load `backend` in a new worker. Rejects with the reason when it cannot run here. */
+  static start(backend) {
+    return new Promise((resolve, reject) => {
+      const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+      worker.onerror = (event) => {
+        worker.terminate();
+        reject(new Error(event.message || "the inference worker failed to start"));
+      };
+      worker.onmessage = ({ data }) => {
+        if (data.type === "loaded") {
+          worker.onerror = null;
+          resolve(new InferenceWorker(worker, data.backend));
+        } else if (data.type === "load-failed") {
+          worker.terminate();
+          reject(new Error(data.message));
+        }
+      };
+      worker.postMessage({ type: "load", backend });
+    });
+  }
+
+  /**
+   * Classify one image in the worker.
+   * @param {Float32Array} pixels 784 values, 28x28 row-major, 0..255, ink = 255
+   * @returns {Promise<{probs: Float32Array, ms: number}>} 10 probabilities and the predict time;
+   *   rejects with the model's message for a refused input.
+   */
+  predict(pixels) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ type: "predict", id, pixels });
+    });
+  }
+}
+
+/**
+ * Start the first backend of `candidates` that runs here.
+ * @param {string[]} candidates backends in order of preference, e.g. ["wgpu", "flex"]
+ * @returns {Promise<{classifier: InferenceWorker, label: string, failures: string[]}>} label is
+ *   the backend, with the reason in brackets when an earlier choice failed, e.g.
+ *   "flex (no WebGPU adapter)"; failures lists "backend: reason" for each one skipped.
+ *   Rejects when none of them runs.
+ */
+export async function startFirstWorking(candidates) {
+  const failures = [];
+  for (const backend of candidates) {
+    try {
+      const classifier = await InferenceWorker.start(backend);
+      const reasons = failures.map((f) => f.slice(f.indexOf(": ") + 2));
+      const label = reasons.length ? `${classifier.backend} (${reasons.join("; ")})` : classifier.backend;
+      return { classifier, label, failures };
+    } catch (err) {
+      failures.push(`${backend}: ${err.message}`);
+    }
+  }
+  throw new Error(failures.join("; "));
+}
+
+/**
+ * Classify the newest drawing only. While a prediction runs, later submissions replace each
+ * other; when it finishes, the newest one waiting (if any) goes next. `onResult(result)` gets
+ * every completed prediction in order, or `onError(err)`.
+ */
+export class LatestOnly {
+  constructor(classifier, onResult, onError) {
+    Object.assign(this, { classifier, onResult, onError });
+    this.busy = false;
+    this.waiting = null;
+    this.generation = 0; // bumped by drop(): results of older drawings are not shown
+  }
+
+  submit(pixels) {
+    this.waiting = pixels;
+    if (!this.busy) this.next();
+  }
+
+  /** Forget the drawings submitted so far (e.g. after Clear): none of them will be shown. */
+  drop() {
+    this.waiting = null;
+    this.generation += 1;
+  }
+
+  async next() {
+    if (this.waiting === null) return;
+    const pixels = this.waiting;
+    const generation = this.generation;
+    this.waiting = null;
+    this.busy = true;
+    try {
+      const result = await this.classifier.predict(pixels);
+      if (generation === this.generation) this.onResult(result);
+    } catch (err) {
+      if (generation === this.generation) this.onError(err);
+    } finally {
+      this.busy = false;
+      this.next();
+    }
+  }
+}
