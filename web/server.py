@@ -21,7 +21,7 @@ Answers, always JSON (``Content-Type: application/json``), never a stack trace:
   "prediction": {the most probable entry}}, "success": true}``
 * ``{"success": false, "error": "<message>"}`` with
   400 bad input (not JSON, no ``pixels``, not 784 numbers, a value that is not a finite number
-  in 0..255, not an image, a blank image, an image over ``MAX_IMAGE_SIDE`` (4096) px a side,
+  in 0..255, all pixels 0, not an image, a blank image, an image over ``MAX_IMAGE_SIDE`` (4096) px a side,
   no ``image`` field, a missing or unsupported Content-Type, a body shorter than its
   Content-Length), 404 any other path under ``/api/``,
   405 another method on ``/api/predict`` (``Allow: POST``), 408 the body did not arrive within
@@ -125,6 +125,8 @@ def pixels_from_json(body: bytes) -> np.ndarray:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"pixels[{i}] is not finite: {value}")
         if not 0 <= value <= 255:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"pixels[{i}] is {short_repr(value)}, outside 0..255")
+    if not any(pixels):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "the pixels are all 0, a blank drawing: no ink to classify")
     return np.asarray(pixels, dtype=np.float32)
 
 
