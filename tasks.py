@@ -311,18 +311,10 @@ def train(c, epochs=None, seed=None, augment=None, clean_epochs=None, ema_decay=
 
     out = Path(out_dir) if out_dir else DEFAULT_OUT_DIR
     data_path = Path(data_dir) if data_dir else data.DEFAULT_DATA_DIR
-    given = dict(epochs=epochs, seed=seed, augment=augment, clean_epochs=clean_epochs, ema_decay=ema_decay,
-                 label_smoothing=label_smoothing, limit=limit, threads=threads, device=device)
-    defaults, settings = Config(), {}
-    for name, value in given.items():  # invoke passes strings: convert each to its default's type
-        kind = type(getattr(defaults, name))
-        try:
-            settings[name] = kind(value) if value is not None else getattr(defaults, name)
-        except ValueError:
-            noun = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
-            raise Exit(f"error: --{name.replace('_', '-')} takes {noun}, got {value!r}")
     try:
-        config = Config(**settings)
+        config = Config.from_options(
+            epochs=epochs, seed=seed, augment=augment, clean_epochs=clean_epochs, ema_decay=ema_decay,
+            label_smoothing=label_smoothing, limit=limit, threads=threads, device=device)
         run_training(config, data_dir=data_path, out_dir=out, resume=resume)
     except KeyboardInterrupt:
         raise Exit(f"training interrupted; {out} keeps its model; `invoke train --resume` continues", code=130)

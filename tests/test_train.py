@@ -7,7 +7,7 @@ import torch
 
 from trainer import train as train_module
 from trainer.export import load_model
-from trainer.train import Augment, Config, random_affine, train
+from trainer.train import Augment, Config, random_warp, train
 
 
 def test_short_run_learns_and_writes_weights_and_metrics(tmp_path):
@@ -33,11 +33,11 @@ def test_interrupted_run_leaves_the_output_folder_unchanged(tmp_path, monkeypatc
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_random_affine_keeps_shape_range_and_ink():
+def test_random_warp_keeps_shape_range_and_ink():
     generator = torch.Generator().manual_seed(0)
     images = torch.zeros(8, 1, 28, 28)
     images[:, :, 10:18, 12:16] = 1.0
-    out = random_affine(images, Augment(), generator)
+    out = random_warp(images, Augment(), generator)
     assert out.shape == images.shape
     assert out.min() >= 0 and out.max() <= 1
     ink_ratio = out.sum(dim=(1, 2, 3)) / images.sum(dim=(1, 2, 3))
@@ -162,3 +162,12 @@ def test_the_benchmark_reports_every_seed_and_their_mean_and_std(tmp_path):
     assert "± " in report(summary) and summary["best"]["test_accuracy"] == max(accuracies)
     with pytest.raises(ValueError, match="at least one seed"):
         run((), out_dir=tmp_path)
+
+
+def test_command_line_strings_become_typed_settings_or_a_clear_error():
+    config = Config.from_options(epochs="3", ema_decay="0.5", augment="affine", device=None)
+    assert (config.epochs, config.ema_decay, config.augment, config.device) == (3, 0.5, "affine", "cpu")
+    with pytest.raises(ValueError, match="--epochs takes an integer, got 'abc'"):
+        Config.from_options(epochs="abc")
+    with pytest.raises(ValueError, match="--label-smoothing takes a number"):
+        Config.from_options(label_smoothing="lots")

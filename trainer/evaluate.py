@@ -4,7 +4,7 @@
 Test sets, all built from the 10,000 MNIST test digits (or the first ``limit``):
 
 - ``clean``: the digits as they are;
-- ``augmented``: every digit under one random affine transform (``trainer.train.random_affine``
+- ``augmented``: every digit under one random affine transform (``trainer.train.random_warp``
   with ``trainer.train.Augment()``'s ranges), drawn from a generator seeded with
   ``AUGMENT_SEED``, so the set is the same in every run;
 - ``redrawn pen W``: the digits reduced to their strokes and redrawn with a round pen W canvas
@@ -36,7 +36,7 @@ from . import data
 from .export import WeightsError, load_model, read_metadata, write_metrics
 from .model import NUM_CLASSES, normalize
 from .redraw import DEFAULT_CACHE_DIR, PAGE_PEN_WIDTH, PEN_WIDTHS, blank_count, redrawn_sets
-from .train import Augment, random_affine
+from .train import Augment, random_warp
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = ROOT / "models" / "model.safetensors"
@@ -55,7 +55,7 @@ __all__ = ["evaluate", "main", "augmented_images", "score", "WeightsError"]
 def augmented_images(images: torch.Tensor, seed: int = AUGMENT_SEED) -> torch.Tensor:
     """Every image under its own random affine transform, the same ones in every run.
 
-    The transforms depend on N as well as the seed (``random_affine`` draws each parameter for
+    The transforms depend on N as well as the seed (``random_warp`` draws each parameter for
     the whole batch in turn), so ``evaluate`` augments the full test split and then keeps the
     first ``limit`` images: a subset's augmented images are those of the full set.
 
@@ -64,11 +64,11 @@ def augmented_images(images: torch.Tensor, seed: int = AUGMENT_SEED) -> torch.Te
         seed: seed of the ``torch.Generator`` drawing the transforms.
 
     Returns:
-        (N, 28, 28) float32 in 0..255, bilinearly resampled (``random_affine``, ``Augment()``).
+        (N, 28, 28) float32 in 0..255, bilinearly resampled (``random_warp``, ``Augment()``).
     """
     generator = torch.Generator().manual_seed(seed)
     unit = images.float().unsqueeze(1) / 255.0  # training augments images in [0, 1]
-    return (random_affine(unit, Augment(), generator) * 255.0).clamp(0, 255).squeeze(1)
+    return (random_warp(unit, Augment(), generator) * 255.0).clamp(0, 255).squeeze(1)
 
 
 @torch.inference_mode()

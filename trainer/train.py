@@ -91,8 +91,9 @@ def affine_theta(n: int, aug: Augment, generator: torch.Generator) -> torch.Tens
     )
 
 
-def random_affine(images: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Apply an independent random affine transform to every image of a batch.
+def random_warp(images: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Apply an independent random affine transform to every image of a batch, plus the
+    elastic distortion when ``aug.elastic_px > 0``, in one bilinear resampling.
 
     Args:
         images: (N, 1, 28, 28) float32, background 0 (so the padding that comes in is blank).
@@ -100,8 +101,11 @@ def random_affine(images: torch.Tensor, aug: Augment, generator: torch.Generator
     Returns:
         (N, 1, 28, 28) float32, bilinearly resampled.
     """
-    theta = affine_theta(images.shape[0], aug, generator).to(images.device)
+    n = images.shape[0]
+    theta = affine_theta(n, aug, generator).to(images.device)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    if aug.elastic_px > 0:
+        grid = grid + elastic_offsets(n, aug, generator).to(images.device)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -136,7 +140,7 @@ def random_stroke_width(images: torch.Tensor, aug: Augment, generator: torch.Gen
 
 
 def augment(images: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
-    """The training augmentation: stroke width, then affine + elastic in one resampling.
+    """The training augmentation: stroke width, then ``random_warp`` (affine + elastic).
 
     Args:
         images: (N, 1, 28, 28) float32 in [0, 1], background 0.
@@ -144,15 +148,9 @@ def augment(images: torch.Tensor, aug: Augment, generator: torch.Generator) -> t
     Returns:
         (N, 1, 28, 28) float32 in [0, 1].
     """
-    n = images.shape[0]
     if aug.stroke > 0:
         images = random_stroke_width(images, aug, generator)
-    theta = affine_theta(n, aug, generator).to(images.device)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    if aug.elastic_px > 0:
-        grid = grid + elastic_offsets(n, aug, generator).to(images.device)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.clamp(0.0, 1.0)
+    return random_warp(images, aug, generator).clamp(0.0, 1.0)
 
 
 @torch.no_grad()
@@ -191,6 +189,24 @@ class Config:
     threads: int = 0  # 0: torch's default (all cores)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto" (CUDA when there is one)
     limit: int = 0  # 0: all 60,000 training images; >0: the first `limit` (for quick runs)
+
+    @classmethod
+    def from_options(cls, **options: str | None) -> "Config":
+        """A Config from command-line strings (as ``invoke train`` passes them): each value is
+        converted to the type of its field's default; None keeps the default.
+
+        Raises:
+            ValueError: a value that does not convert, e.g. "--epochs takes an integer, got 'abc'".
+        """
+        defaults, settings = cls(), {}
+        for name, value in options.items():
+            kind = type(getattr(defaults, name))
+            try:
+                settings[name] = kind(value) if value is not None else getattr(defaults, name)
+            except ValueError:
+                noun = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+                raise ValueError(f"--{name.replace('_', '-')} takes {noun}, got {value!r}") from None
+        return cls(**settings)
 
     def validate(self) -> None:
         checks = [
