@@ -2,8 +2,9 @@
 
     invoke train                      train and write models/model.safetensors (+ metrics.json)
     invoke evaluate                   report: clean / augmented / redrawn-MNIST accuracy, plots
-    invoke build-wasm --backend all   compile the Rust crate to wasm for ndarray and flex
+    invoke build-wasm --backend all   compile the Rust crate to wasm for ndarray, flex and wgpu
     invoke serve                      build what is stale, serve web/ on http://127.0.0.1:8000
+                                      (WebGPU when the browser has it, else the flex CPU build)
     invoke predict IMAGE...           classify image files with the native Rust model
     invoke test                       every test: Rust parity, no_std proof, Python, browser
     invoke bench                      in-browser speed against ONNX Runtime Web
@@ -38,10 +39,12 @@ NOSTD_TARGET = "thumbv7em-none-eabihf"
 #: Backends proven no_std on NOSTD_TARGET (without SIMD: see wasm-infer/model/Cargo.toml).
 NOSTD_BACKENDS = ("flex", "ndarray")
 
-#: Backends this project builds today, and those the design card promises for later.
-BACKENDS = ("ndarray", "flex")
-PLANNED_BACKENDS = {"wgpu": "the WebGPU build is not implemented yet (see the open wgpu issue)"}
-#: Served by default: the faster one in `invoke bench` (flex, see README).
+#: CPU backends: run everywhere, natively too (the Rust tests and the Python module use them).
+CPU_BACKENDS = ("ndarray", "flex")
+#: GPU backends: wasm only here (WebGPU in the browser; this machine has no GPU to test natively).
+GPU_BACKENDS = ("wgpu",)
+BACKENDS = CPU_BACKENDS + GPU_BACKENDS
+#: The CPU build the page falls back to: the faster one in `invoke bench` (flex, see README).
 DEFAULT_BACKEND = "flex"
 
 DEBIAN_RUST_PACKAGES = ("rustc-web", "cargo-web", "rust-web-src", "lld-19")
@@ -219,13 +222,11 @@ def source_digest(backend: str, route: str) -> str:
 
 
 def requested_backends(backend: str) -> tuple[str, ...]:
-    """`all` or one name -> backend names; refuses planned and unknown ones clearly."""
+    """`all` or one name -> backend names; refuses unknown ones clearly."""
     if backend == "all":
         return BACKENDS
     if backend in BACKENDS:
         return (backend,)
-    if backend in PLANNED_BACKENDS:
-        raise Exit(f"backend {backend!r} cannot be built yet: {PLANNED_BACKENDS[backend]}. Built today: {', '.join(BACKENDS)}.")
     raise Exit(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS + ('all',))}")
 
 
@@ -361,7 +362,7 @@ def fixtures(c):
     log(f"wrote {write_fixture()}")
 
 
-@task(help={"backend": "ndarray, flex or all (default all); wgpu is refused until it exists",
+@task(help={"backend": "ndarray, flex, wgpu or all (default all)",
             "force": "rebuild even when up to date"})
 def build_wasm(c, backend="all", force=False):
     """Compile wasm-infer to wasm (wasm-bindgen, wasm-opt) into web/pkg/<backend>/."""
@@ -371,21 +372,24 @@ def build_wasm(c, backend="all", force=False):
 
 @task(help={"host": "address to bind (default 127.0.0.1: this machine only)",
             "port": "TCP port (default 8000)",
-            "backend": f"backend the page uses by default (default {DEFAULT_BACKEND}); "
-                       "?backend=ndarray|flex in the URL overrides"})
-def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND):
+            "backend": f"the CPU build the page falls back to without WebGPU (default {DEFAULT_BACKEND}; "
+                       "or ndarray); ?backend=ndarray|flex|wgpu in the URL picks one",
+            "webgpu": "build and offer the WebGPU build, tried first by the page (default on; "
+                      "--no-webgpu skips it and its first, minutes-long compile)"})
+def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=True):
     """Build what is stale, then serve web/ at http://<host>:<port>."""
-    names = requested_backends(backend)
-    if len(names) != 1:
-        raise Exit("--backend takes one backend for serving: ndarray or flex")
-    build_one(names[0])
-    for other in BACKENDS:
-        if other != names[0] and (PKG / other).exists():
-            build_one(other)  # keep a previously built second backend fresh too
+    if backend not in CPU_BACKENDS:
+        raise Exit(f"--backend names the CPU fallback: {' or '.join(CPU_BACKENDS)}, not {backend!r}. "
+                   "The WebGPU build is served too unless --no-webgpu, and the page tries it first.")
+    offered = [b for b in BACKENDS if webgpu or b not in GPU_BACKENDS]
+    for name in offered:
+        if name == backend or name in GPU_BACKENDS or (PKG / name).exists():
+            build_one(name)  # the fallback, WebGPU, and any other build made before (kept fresh)
     native_module()  # answers POST /api/predict
     from web.server import serve as serve_web
 
-    serve_web(host=host, port=int(port), default_backend=names[0], backends=built_backends())
+    served = [b for b in built_backends() if b in offered]
+    serve_web(host=host, port=int(port), default_backend=backend, backends=served)
 
 
 @task
@@ -416,8 +420,8 @@ def test(c, quick=False):
     """The whole suite: Rust parity tests, the no_std proof, Python and browser tests."""
     setup(c)
     build_wasm(c, backend="all")
-    log("Rust: model vs PyTorch on real MNIST digits, both backends")
-    run(["cargo", "test", "-p", "mnist-model", "--features", ",".join(BACKENDS + ("simd",))])
+    log("Rust: model vs PyTorch on real MNIST digits, both CPU backends (wgpu: in the browser tests)")
+    run(["cargo", "test", "-p", "mnist-model", "--features", ",".join(CPU_BACKENDS + ("simd",))])
     if not quick:
         nostd(c)
     log("Python and browser tests")

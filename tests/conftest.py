@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -20,14 +19,10 @@ sys.path.insert(0, str(ROOT))
 from trainer import data  # noqa: E402
 from trainer.export import load_model  # noqa: E402
 from trainer.model import normalize  # noqa: E402
+from web.browser import CHROMIUM, CHROMIUM_ARGS, WEBGPU_ARGS  # noqa: E402
 
 WEIGHTS = ROOT / "models" / "model.safetensors"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-#: Flags that behave on machines without network or GPU (see README, Testing).
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
+#: The CPU builds: every browser runs them.
 BACKENDS = ("ndarray", "flex")
 
 
@@ -82,14 +77,28 @@ def server():
 
 
 @pytest.fixture(scope="session")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
+def playwright():
+    sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM} (invoke setup installs Debian's chromium)")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
+    with sync_api.sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright):
+    """Headless Chromium without WebGPU (as on a machine with no usable GPU)."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="session")
+def webgpu_browser(playwright):
+    """Headless Chromium with WebGPU on SwiftShader (Chromium's CPU implementation)."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=WEBGPU_ARGS, headless=True)
+    yield browser
+    browser.close()
 
 
 def open_page(browser, url: str, backend: str):

@@ -1,9 +1,14 @@
-"""web/server.py: MIME types, /config.json, what it refuses to serve."""
+"""web/server.py: MIME types, /config.json, what it refuses to serve; the backend options of
+`invoke serve` and `invoke build-wasm`."""
 
 import json
+import shutil
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +77,16 @@ def test_port_in_use_is_a_clear_error(local_server):
     port = int(local_server.rsplit(":", 1)[1].strip("/"))
     with pytest.raises(SystemExit, match="already in use"):
         make_server("127.0.0.1", port, "flex", ["flex"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["serve", "--backend", "wgpu"], "--backend names the CPU fallback: ndarray or flex, not 'wgpu'"),
+    (["build-wasm", "--backend", "cuda"], "unknown backend 'cuda': choose one of ndarray, flex, wgpu, all"),
+])
+def test_backend_options_refuse_what_they_cannot_do_before_building_anything(args, message):
+    from tests.conftest import ROOT
+
+    invoke = shutil.which("invoke", path=str(Path(sys.executable).parent)) or "invoke"
+    result = subprocess.run([invoke, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr and "+ cargo" not in result.stdout

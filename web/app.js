@@ -35,6 +35,7 @@ function setStatus(text, isError = false) {
 /**
  * The backends to try, in order: ?backend=… if it is built, else WebGPU when it is built, then
  * the server's default CPU build (always last: the page must never be left without a model).
+ * An unknown ?backend= is reported in `note` and the usual order is kept.
  */
 async function chooseBackends() {
   const config = await (await fetch("config.json")).json();
@@ -44,7 +45,7 @@ async function chooseBackends() {
   if (wanted && config.backends.includes(wanted)) {
     first = [wanted];
   } else if (wanted) {
-    note = `"${wanted}" is not built (built: ${config.backends.join(", ")}); using ${config.default}`;
+    note = `"${wanted}" is not built (built: ${config.backends.join(", ")}). `;
   }
   return { candidates: [...new Set([...first, config.default])], note, config };
 }
@@ -173,7 +174,7 @@ async function main() {
       .map((b) => `<a href="?backend=${b}">use ${b}</a>`).join("");
     $("backend-links").innerHTML = links;
     const fellBack = failures.length ? `${failures.join("; ")}: using ${classifier.backend}. ` : "";
-    setStatus(note || `${fellBack}ready: draw a digit`);
+    setStatus(`${note}${fellBack}ready: draw a digit`);
 
     const live = new LatestOnly(
       classifier,
@@ -189,7 +190,7 @@ async function main() {
         show(null);
         return;
       }
-      live.submit(Float32Array.from(pixels));
+      live.submit(pixels); // toMnist returns a fresh Float32Array; postMessage copies it
     }, () => live.drop());
   } catch (err) {
     setStatus(`could not load the model: ${err.message}. Run \`invoke build-wasm\` and reload.`, true);

@@ -2,6 +2,8 @@
 // Every runner takes the same MNIST digits (arrays of 784 raw pixels, ink = 255) and returns
 // per-image predict times in ms plus the predicted digits, so accuracy is checked as well.
 
+import { loadClassifier } from "./classifier.js";
+
 function argmax(values) {
   let best = 0;
   for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
@@ -20,12 +22,11 @@ async function timeEach(images, predict) {
   return { times, digits };
 }
 
-/** burn (our wasm) on `backend`: init + construct time, then one predict per image. */
+/** burn (our wasm) on `backend`: load + start time (for wgpu: adapter, device, weights upload),
+ * then one predict per image, awaited (the GPU read-back included). */
 export async function runBurn(backend, images) {
   const t0 = performance.now();
-  const module = await import(`./pkg/${backend}/mnist_wasm.js`);
-  await module.default();
-  const classifier = new module.Classifier();
+  const classifier = await loadClassifier(backend);
   const initMs = performance.now() - t0;
   const inputs = images.map((img) => Float32Array.from(img));
   const result = await timeEach(inputs, (px) => classifier.predict(px));
@@ -53,4 +54,12 @@ export async function runOrt(modelUrl, mean, std, images) {
   };
   const result = await timeEach(inputs, predict);
   return { initMs, ...result };
+}
+
+/** The WebGPU adapter this browser offers: { vendor, architecture, description }, or null. */
+export async function webgpuAdapter() {
+  const adapter = "gpu" in navigator ? await navigator.gpu.requestAdapter() : null;
+  if (!adapter) return null;
+  const { vendor, architecture, description } = adapter.info;
+  return { vendor, architecture, description };
 }

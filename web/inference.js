@@ -15,6 +15,13 @@ export class InferenceWorker {
       if (data.error) waiting.reject(new Error(data.error));
       else waiting.resolve({ probs: data.probs, ms: data.ms });
     };
+    // A crash inside the worker (e.g. a wasm panic in a GPU callback) must not leave callers
+    // waiting forever: reject everything pending, and later calls at once.
+    worker.onerror = (event) => {
+      this.failure = new Error(`the inference worker stopped: ${event.message || "unknown error"}`);
+      for (const { reject } of this.pending.values()) reject(this.failure);
+      this.pending.clear();
+    };
   }
 
   /** Load `backend` in a new worker. Rejects with the reason when it cannot run here. */
@@ -27,8 +34,7 @@ export class InferenceWorker {
       };
       worker.onmessage = ({ data }) => {
         if (data.type === "loaded") {
-          worker.onerror = null;
-          resolve(new InferenceWorker(worker, data.backend));
+          resolve(new InferenceWorker(worker, data.backend)); // replaces these handlers
         } else if (data.type === "load-failed") {
           worker.terminate();
           reject(new Error(data.message));
@@ -45,6 +51,7 @@ export class InferenceWorker {
    *   rejects with the model's message for a refused input.
    */
   predict(pixels) {
+    if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });

@@ -13,7 +13,10 @@
 //! ```
 //!
 //! The backend is a runtime [`Backend`]; each is compiled in by the cargo feature of the same
-//! name (`ndarray`, `flex`); `simd` adds flex's SIMD kernels (needs a target with std).
+//! name (`ndarray`, `flex`, `wgpu`); `simd` adds flex's SIMD kernels (needs a target with std).
+//! The CPU backends are ready at once and answer synchronously. wgpu (WebGPU in a browser) must
+//! be started with [`Classifier::from_safetensors_async`] and read with
+//! [`Classifier::probabilities_async`]: a browser cannot block on the GPU.
 
 #![no_std]
 
@@ -22,6 +25,8 @@ extern crate alloc;
 pub mod model;
 mod weights;
 
+use alloc::format;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -40,10 +45,10 @@ pub const NUM_CLASSES: usize = model::NUM_CLASSES;
 /// Largest accepted pixel value (ink); the background is 0.
 pub const MAX_PIXEL: f32 = 255.0;
 
-#[cfg(not(any(feature = "ndarray", feature = "flex")))]
-compile_error!("enable at least one backend feature of mnist-model: `ndarray` or `flex`");
+#[cfg(not(any(feature = "ndarray", feature = "flex", feature = "wgpu")))]
+compile_error!("enable at least one backend feature of mnist-model: `ndarray`, `flex` or `wgpu`");
 
-/// A CPU backend compiled into this build.
+/// A backend compiled into this build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// burn-ndarray (deprecated by burn 0.22 in favour of flex; built without SIMD, which
@@ -53,6 +58,9 @@ pub enum Backend {
     /// burn-flex: burn's pure-Rust CPU backend (SIMD kernels with the `simd` feature).
     #[cfg(feature = "flex")]
     Flex,
+    /// burn-wgpu: compute shaders on the GPU through wgpu (WebGPU in a browser).
+    #[cfg(feature = "wgpu")]
+    Wgpu,
 }
 
 impl Backend {
@@ -62,6 +70,8 @@ impl Backend {
         Backend::NdArray,
         #[cfg(feature = "flex")]
         Backend::Flex,
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu,
     ];
 
     /// The name used on the command line, in URLs and in `window.mnist.backend`.
@@ -71,6 +81,8 @@ impl Backend {
             Backend::NdArray => "ndarray",
             #[cfg(feature = "flex")]
             Backend::Flex => "flex",
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => "wgpu",
         }
     }
 
@@ -79,14 +91,40 @@ impl Backend {
         Self::ALL.iter().copied().find(|b| b.name() == name)
     }
 
-    /// The burn device that runs this backend.
+    /// The burn device that runs this backend. The wgpu device is created lazily, on first
+    /// use, which only works natively: in a browser use [`Backend::start`].
     pub fn device(self) -> Device {
         match self {
             #[cfg(feature = "ndarray")]
-            #[allow(deprecated)] // the design names ndarray; flex is its successor, built too
+            // The design names ndarray; flex is its successor, built too.
+            #[allow(deprecated)]
             Backend::NdArray => Device::ndarray(),
             #[cfg(feature = "flex")]
             Backend::Flex => Device::flex(),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        }
+    }
+
+    /// Start this backend's device. The CPU backends are ready at once; wgpu requests a GPU
+    /// adapter and device (in a browser: `navigator.gpu`), which only completes asynchronously.
+    ///
+    /// # Errors
+    /// [`LoadError::Device`] when there is no usable adapter or the device request fails.
+    pub async fn start(self) -> Result<Device, LoadError> {
+        match self {
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => {
+                Device::wgpu_options()
+                    .init_async()
+                    .await
+                    .map_err(|e| LoadError::Device {
+                        backend: self.name(),
+                        problem: without_js_stack(&e.to_string()),
+                    })
+            }
+            #[allow(unreachable_patterns)] // every backend is wgpu in a wgpu-only build
+            cpu => Ok(cpu.device()),
         }
     }
 }
@@ -110,7 +148,10 @@ impl fmt::Display for InputError {
                 "expected {INPUT_LEN} pixel values per image (28x28, row-major), got {len}"
             ),
             InputError::NonFinite { index, value } => {
-                write!(f, "pixel {index} is {value}: every pixel must be a finite number")
+                write!(
+                    f,
+                    "pixel {index} is {value}: every pixel must be a finite number"
+                )
             }
             InputError::OutOfRange { index, value } => write!(
                 f,
@@ -121,6 +162,32 @@ impl fmt::Display for InputError {
 }
 
 impl core::error::Error for InputError {}
+
+/// Why a prediction failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PredictError {
+    /// The pixels were refused before anything was computed.
+    Input(InputError),
+    /// The device could not compute or return the result (e.g. the GPU device was lost).
+    Device(String),
+}
+
+impl fmt::Display for PredictError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PredictError::Input(e) => e.fmt(f),
+            PredictError::Device(e) => write!(f, "the device could not return the result: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for PredictError {}
+
+impl From<InputError> for PredictError {
+    fn from(e: InputError) -> Self {
+        PredictError::Input(e)
+    }
+}
 
 /// The loaded model, ready to classify on one backend.
 #[derive(Debug)]
@@ -139,7 +206,20 @@ impl Classifier {
     /// [`LoadError`] when the bytes are not safetensors, the metadata lacks the architecture or
     /// normalisation, or any tensor is missing, unused or of the wrong shape (named).
     pub fn from_safetensors(bytes: &[u8], backend: Backend) -> Result<Self, LoadError> {
-        let device = backend.device();
+        Self::load_on(bytes, backend, backend.device())
+    }
+
+    /// Like [`Classifier::from_safetensors`], starting the device first with
+    /// [`Backend::start`]: the way to load on wgpu in a browser.
+    ///
+    /// # Errors
+    /// [`LoadError::Device`] when the device does not start, then as `from_safetensors`.
+    pub async fn from_safetensors_async(bytes: &[u8], backend: Backend) -> Result<Self, LoadError> {
+        let device = backend.start().await?;
+        Self::load_on(bytes, backend, device)
+    }
+
+    fn load_on(bytes: &[u8], backend: Backend, device: Device) -> Result<Self, LoadError> {
         let (model, normalization) = weights::load(bytes, &device)?;
         Ok(Self {
             model,
@@ -173,10 +253,26 @@ impl Classifier {
     }
 
     /// Softmax probabilities for a batch of images: like [`Classifier::logits`], each group of
-    /// 10 values sums to 1.
+    /// 10 values sums to 1. Reads the result back synchronously: on wgpu in a browser use
+    /// [`Classifier::probabilities_async`].
     pub fn probabilities(&self, pixels: &[f32]) -> Result<Vec<f32>, InputError> {
         let logits = self.forward(pixels)?;
         Ok(to_vec(softmax(logits, 1)))
+    }
+
+    /// [`Classifier::probabilities`] with an asynchronous read-back, which every backend
+    /// supports and wgpu in a browser requires.
+    ///
+    /// # Errors
+    /// [`PredictError::Input`] as `probabilities`; [`PredictError::Device`] when the device
+    /// fails to return the result.
+    pub async fn probabilities_async(&self, pixels: &[f32]) -> Result<Vec<f32>, PredictError> {
+        let probabilities = softmax(self.forward(pixels)?, 1);
+        let data = probabilities
+            .into_data_async()
+            .await
+            .map_err(|e| PredictError::Device(format!("{e:?}")))?;
+        Ok(f32_values(data))
     }
 
     fn forward(&self, pixels: &[f32]) -> Result<Tensor<2>, InputError> {
@@ -193,6 +289,21 @@ impl Classifier {
         );
         Ok(self.model.forward(images))
     }
+}
+
+/// wgpu wraps a browser exception as `JsValue(<name>: <message>\n<stack>)`: keep
+/// `<name>: <message>`, which is what a user can act on.
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+fn without_js_stack(message: &str) -> String {
+    let Some(start) = message.find("JsValue(") else {
+        return message.to_string();
+    };
+    let inner = &message[start + "JsValue(".len()..];
+    let end = inner
+        .find('\n')
+        .or_else(|| inner.rfind(')'))
+        .unwrap_or(inner.len());
+    format!("{}{}", &message[..start], &inner[..end])
 }
 
 /// Check a batch of raw pixels without computing anything.
@@ -213,8 +324,34 @@ pub fn check_pixels(pixels: &[f32]) -> Result<(), InputError> {
 
 fn to_vec(tensor: Tensor<2>) -> Vec<f32> {
     // The CPU backends hold f32 data in host memory: reading it back cannot fail.
-    let data = tensor.into_data();
+    f32_values(tensor.into_data())
+}
+
+fn f32_values(data: TensorData) -> Vec<f32> {
     data.as_slice::<f32>()
         .expect("the model computes in f32")
         .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_js_stack;
+
+    #[test]
+    fn browser_exceptions_lose_their_stack_and_wrapper() {
+        assert_eq!(
+            without_js_stack(
+                "Unable to request a wgpu device: JsValue(OperationError: refused\nat f (x.js:1))"
+            ),
+            "Unable to request a wgpu device: OperationError: refused"
+        );
+        assert_eq!(
+            without_js_stack("JsValue(TypeError: bad)"),
+            "TypeError: bad"
+        );
+        assert_eq!(
+            without_js_stack("No adapter available"),
+            "No adapter available"
+        );
+    }
 }

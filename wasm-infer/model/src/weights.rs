@@ -32,6 +32,11 @@ pub enum LoadError {
     Architecture { found: String },
     /// Tensors do not match the model; the message names each of them.
     Tensors(String),
+    /// The backend's device did not start (wgpu: no adapter, device request refused).
+    Device {
+        backend: &'static str,
+        problem: String,
+    },
 }
 
 impl fmt::Display for LoadError {
@@ -46,6 +51,9 @@ impl fmt::Display for LoadError {
                 "weights are for architecture `{found}`, this model is `{ARCHITECTURE}`"
             ),
             LoadError::Tensors(e) => write!(f, "weights do not match the model: {e}"),
+            LoadError::Device { backend, problem } => {
+                write!(f, "the {backend} device did not start: {problem}")
+            }
         }
     }
 }

@@ -1,22 +1,39 @@
 //! The browser's view of the model: a wasm-bindgen class over [`mnist_model::Classifier`],
 //! with the weights embedded at compile time.
 //!
+//! CPU builds (`ndarray`, `flex`) start and predict synchronously:
+//!
 //! ```js
 //! import init, { Classifier } from "./pkg/flex/mnist_wasm.js";
 //! await init();
-//! const classifier = new Classifier();            // throws if the weights do not load
+//! const classifier = new Classifier();              // throws if the weights do not load
 //! const probabilities = classifier.predict(pixels); // Float32Array(784) -> Float32Array(10)
 //! ```
+//!
+//! The WebGPU build (`wgpu`) must wait for the GPU, so both calls return Promises:
+//!
+//! ```js
+//! import init, { Classifier } from "./pkg/wgpu/mnist_wasm.js";
+//! await init();
+//! const classifier = await Classifier.create();          // rejects without a WebGPU device
+//! const probabilities = await classifier.predict(pixels);
+//! ```
 
-use mnist_model::{Backend, INPUT_LEN, NUM_CLASSES};
+use mnist_model::{Backend, INPUT_LEN, InputError, NUM_CLASSES};
 use wasm_bindgen::prelude::*;
 
-#[cfg(all(feature = "ndarray", feature = "flex"))]
-compile_error!("build mnist-wasm with exactly one backend feature: `ndarray` or `flex`");
+#[cfg(any(
+    all(feature = "ndarray", feature = "flex"),
+    all(feature = "ndarray", feature = "wgpu"),
+    all(feature = "flex", feature = "wgpu"),
+))]
+compile_error!("build mnist-wasm with exactly one backend feature: `ndarray`, `flex` or `wgpu`");
 
+#[cfg(feature = "wgpu")]
+const BACKEND: Backend = Backend::Wgpu;
 #[cfg(feature = "flex")]
 const BACKEND: Backend = Backend::Flex;
-#[cfg(all(feature = "ndarray", not(feature = "flex")))]
+#[cfg(feature = "ndarray")]
 const BACKEND: Backend = Backend::NdArray;
 
 /// `models/model.safetensors` (or `$MNIST_WEIGHTS` at build time), embedded in the wasm.
@@ -28,14 +45,27 @@ pub struct Classifier {
     inner: mnist_model::Classifier,
 }
 
+/// The page predicts one image per call: refuse batches here, with the model's message.
+fn check_one_image(pixels: &[f32]) -> Result<(), JsError> {
+    if pixels.len() != INPUT_LEN {
+        return Err(js_error(InputError::Length(pixels.len())));
+    }
+    Ok(())
+}
+
+fn js_error(e: impl core::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+#[cfg(not(feature = "wgpu"))]
 #[wasm_bindgen]
 impl Classifier {
     /// Load the embedded weights. Throws an `Error` naming the problem if they do not fit
     /// the model (they were checked at build time by the native tests, so this is a guard).
     #[wasm_bindgen(constructor)]
     pub fn new() -> Result<Classifier, JsError> {
-        let inner = mnist_model::Classifier::from_safetensors(WEIGHTS, BACKEND)
-            .map_err(|e| JsError::new(&e.to_string()))?;
+        let inner =
+            mnist_model::Classifier::from_safetensors(WEIGHTS, BACKEND).map_err(js_error)?;
         Ok(Classifier { inner })
     }
 
@@ -46,15 +76,42 @@ impl Classifier {
     /// Throws an `Error` for a wrong length, a non-finite value or a value outside 0..=255;
     /// the instance stays usable.
     pub fn predict(&self, pixels: &[f32]) -> Result<Vec<f32>, JsError> {
-        if pixels.len() != INPUT_LEN {
-            return Err(JsError::new(&mnist_model::InputError::Length(pixels.len()).to_string()));
-        }
-        self.inner
-            .probabilities(pixels)
-            .map_err(|e| JsError::new(&e.to_string()))
+        check_one_image(pixels)?;
+        self.inner.probabilities(pixels).map_err(js_error)
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[wasm_bindgen]
+impl Classifier {
+    /// Request a WebGPU adapter and device, then load the embedded weights onto it.
+    /// Resolves to a `Classifier`; rejects with an `Error` naming the problem (no adapter,
+    /// device request refused, weights that do not fit).
+    pub async fn create() -> Result<Classifier, JsError> {
+        let inner = mnist_model::Classifier::from_safetensors_async(WEIGHTS, BACKEND)
+            .await
+            .map_err(js_error)?;
+        Ok(Classifier { inner })
     }
 
-    /// Name of the compiled-in backend: `"ndarray"` or `"flex"`.
+    /// Classify one image on the GPU.
+    ///
+    /// `pixels`: Float32Array (or array) of 784 values, row-major 28x28, 0..=255, ink = 255.
+    /// Resolves to a Float32Array of 10 probabilities (softmax), digit 0 first. Rejects with
+    /// an `Error` for a wrong length, a non-finite value, a value outside 0..=255 or a GPU
+    /// failure; the instance stays usable after a refused input.
+    pub async fn predict(&self, pixels: Vec<f32>) -> Result<Vec<f32>, JsError> {
+        check_one_image(&pixels)?;
+        self.inner
+            .probabilities_async(&pixels)
+            .await
+            .map_err(js_error)
+    }
+}
+
+#[wasm_bindgen]
+impl Classifier {
+    /// Name of the compiled-in backend: `"ndarray"`, `"flex"` or `"wgpu"`.
     #[wasm_bindgen(getter)]
     pub fn backend(&self) -> String {
         self.inner.backend().name().to_string()

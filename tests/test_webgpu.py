@@ -1,0 +1,103 @@
+"""The WebGPU build (wgpu) in headless Chromium on SwiftShader, against the ndarray build, and
+the page's fallback to the CPU build when WebGPU is missing or fails to start."""
+
+import pytest
+import torch
+
+from tests.conftest import open_page
+
+pytestmark = pytest.mark.browser
+
+N_IMAGES = 500
+
+PREDICT_ALL = """async (images) => {
+    const out = [];
+    for (const img of images) out.push(await window.mnist.predict(img));
+    return out;
+}"""
+
+#: Prepended to web/worker.js: every WebGPU device request in the worker is refused, as when
+#: the GPU process is gone or the adapter cannot give a device.
+REFUSE_DEVICE = (
+    "GPUAdapter.prototype.requestDevice = () => "
+    "Promise.reject(new DOMException('forced by the test', 'OperationError'));\n"
+)
+
+
+def test_wgpu_matches_the_ndarray_build_on_500_mnist_digits(webgpu_browser, server, mnist_test, torch_probabilities):
+    images = mnist_test.images[:N_IMAGES].reshape(N_IMAGES, -1).tolist()
+    probs = {}
+    for backend in ("wgpu", "ndarray"):
+        page = open_page(webgpu_browser, server, backend)
+        assert page.evaluate("window.mnist.backend") == backend
+        probs[backend] = torch.tensor(page.evaluate(PREDICT_ALL, images))
+        page.close()
+    gpu, cpu = probs["wgpu"], probs["ndarray"]
+    assert gpu.shape == cpu.shape == (N_IMAGES, 10)
+    same_top1 = (gpu.argmax(1) == cpu.argmax(1)).float().mean().item()
+    max_diff = (gpu - cpu).abs().max().item()
+    vs_torch = (gpu - torch_probabilities[:N_IMAGES]).abs().max().item()
+    accuracy = (gpu.argmax(1) == mnist_test.labels[:N_IMAGES]).float().mean().item()
+    print(f"wgpu vs ndarray: top-1 agreement {same_top1:.2%}, max |prob diff| {max_diff:.2e} "
+          f"(vs PyTorch {vs_torch:.2e}), accuracy {accuracy:.2%}")
+    assert same_top1 >= 0.998
+    assert max_diff <= 1e-3
+    assert torch.allclose(gpu.sum(1), torch.ones(N_IMAGES), atol=1e-5)
+
+
+def test_with_webgpu_the_page_picks_wgpu_by_itself(webgpu_browser, server):
+    page = webgpu_browser.new_page()
+    page.goto(server)
+    page.wait_for_function("window.mnist !== undefined", timeout=60_000)
+    assert page.evaluate("window.mnist.backend") == "wgpu"
+    assert page.locator("#backend").inner_text() == "wgpu"
+    assert "ready" in page.locator("[data-testid=status]").inner_text()
+    page.close()
+
+
+def test_a_webgpu_device_failure_falls_back_to_the_cpu_build_with_the_reason(webgpu_browser, server, mnist_test,
+                                                                           torch_probabilities):
+    page = webgpu_browser.new_page()
+
+    def refuse_devices(route):
+        response = route.fetch()
+        route.fulfill(response=response, body=REFUSE_DEVICE + response.text())
+
+    page.route("**/worker.js", refuse_devices)
+    page.goto(server)  # no ?backend=: WebGPU first, as for a user
+    page.wait_for_function("window.mnist !== undefined", timeout=60_000)
+    label = page.evaluate("window.mnist.backend")
+    status = page.locator("[data-testid=status]").inner_text()
+    print(f"backend {label!r}; status {status!r}")
+    assert label == "flex (the wgpu device did not start: Unable to request a wgpu device: " \
+                    "OperationError: forced by the test)"
+    assert page.locator("#backend").inner_text() == label
+    assert "wgpu: " in status and "using flex" in status
+    probs = page.evaluate("(img) => window.mnist.predict(img)", mnist_test.images[7].flatten().tolist())
+    assert max(abs(a - b) for a, b in zip(probs, torch_probabilities[7].tolist())) <= 1e-4
+    page.close()
+
+
+def test_without_webgpu_flags_the_page_says_why_it_uses_the_cpu_build(browser, server):
+    """The default test browser has no WebGPU adapter, like most machines without a GPU."""
+    page = browser.new_page()
+    page.goto(server)
+    page.wait_for_function("window.mnist !== undefined", timeout=60_000)
+    assert page.evaluate("window.mnist.backend") == "flex (no WebGPU adapter)"
+    assert page.locator("#backend").inner_text() == "flex (no WebGPU adapter)"
+    assert "wgpu: no WebGPU adapter: using flex" in page.locator("[data-testid=status]").inner_text()
+    page.close()
+
+
+def test_a_crashed_worker_rejects_waiting_and_later_predictions(browser, server):
+    page = open_page(browser, server, "flex")
+    messages = page.evaluate("""async () => {
+        const { InferenceWorker } = await import('./inference.js');
+        const classifier = await InferenceWorker.start('flex');
+        const waiting = classifier.predict(new Float32Array(784));
+        classifier.worker.dispatchEvent(new ErrorEvent('error', { message: 'simulated crash' }));
+        const outcome = (p) => p.then(() => 'resolved', (e) => e.message);
+        return [await outcome(waiting), await outcome(classifier.predict(new Float32Array(784)))];
+    }""")
+    assert messages == ["the inference worker stopped: simulated crash"] * 2
+    page.close()
