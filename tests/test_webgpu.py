@@ -45,34 +45,38 @@ def test_wgpu_matches_the_ndarray_build_on_500_mnist_digits(webgpu_browser, serv
     assert torch.allclose(gpu.sum(1), torch.ones(N_IMAGES), atol=1e-5)
 
 
-def test_with_webgpu_the_page_picks_wgpu_by_itself(webgpu_browser, server):
-    page = webgpu_browser.new_page()
-    page.goto(server)
+def open_as_a_user(browser, url, before_load=None):
+    """The page with no ?backend= (WebGPU first, as for a user), once its model is loaded.
+    Returns the page and what it shows: window.mnist.backend, the Backend line, the status."""
+    page = browser.new_page()
+    if before_load:
+        before_load(page)
+    page.goto(url)
     page.wait_for_function("window.mnist !== undefined", timeout=60_000)
-    assert page.evaluate("window.mnist.backend") == "wgpu"
-    assert page.locator("#backend").inner_text() == "wgpu"
-    assert "ready" in page.locator("[data-testid=status]").inner_text()
+    shown = (page.evaluate("window.mnist.backend"), page.locator("[data-testid=backend]").inner_text(),
+             page.locator("[data-testid=status]").inner_text())
+    print(f"backend {shown[0]!r}; status {shown[2]!r}")
+    return page, shown
+
+
+def test_with_webgpu_the_page_picks_wgpu_by_itself(webgpu_browser, server):
+    page, (label, backend_line, status) = open_as_a_user(webgpu_browser, server)
+    assert label == backend_line == "wgpu"
+    assert status == "ready: draw a digit"
     page.close()
 
 
 def test_a_webgpu_device_failure_falls_back_to_the_cpu_build_with_the_reason(webgpu_browser, server, mnist_test,
                                                                            torch_probabilities):
-    page = webgpu_browser.new_page()
-
     def refuse_devices(route):
         response = route.fetch()
         route.fulfill(response=response, body=REFUSE_DEVICE + response.text())
 
-    page.route("**/worker.js", refuse_devices)
-    page.goto(server)  # no ?backend=: WebGPU first, as for a user
-    page.wait_for_function("window.mnist !== undefined", timeout=60_000)
-    label = page.evaluate("window.mnist.backend")
-    status = page.locator("[data-testid=status]").inner_text()
-    print(f"backend {label!r}; status {status!r}")
-    assert label == "flex (the wgpu device did not start: Unable to request a wgpu device: " \
-                    "OperationError: forced by the test)"
-    assert page.locator("#backend").inner_text() == label
-    assert "wgpu: " in status and "using flex" in status
+    page, (label, backend_line, status) = open_as_a_user(
+        webgpu_browser, server, lambda page: page.route("**/worker.js", refuse_devices))
+    reason = "the wgpu device did not start: Unable to request a wgpu device: OperationError: forced by the test"
+    assert label == backend_line == f"flex ({reason})"
+    assert status == f"wgpu: {reason}: using flex. ready: draw a digit"
     probs = page.evaluate("(img) => window.mnist.predict(img)", mnist_test.images[7].flatten().tolist())
     assert max(abs(a - b) for a, b in zip(probs, torch_probabilities[7].tolist())) <= 1e-4
     page.close()
@@ -80,12 +84,9 @@ def test_a_webgpu_device_failure_falls_back_to_the_cpu_build_with_the_reason(web
 
 def test_without_webgpu_flags_the_page_says_why_it_uses_the_cpu_build(browser, server):
     """The default test browser has no WebGPU adapter, like most machines without a GPU."""
-    page = browser.new_page()
-    page.goto(server)
-    page.wait_for_function("window.mnist !== undefined", timeout=60_000)
-    assert page.evaluate("window.mnist.backend") == "flex (no WebGPU adapter)"
-    assert page.locator("#backend").inner_text() == "flex (no WebGPU adapter)"
-    assert "wgpu: no WebGPU adapter: using flex" in page.locator("[data-testid=status]").inner_text()
+    page, (label, backend_line, status) = open_as_a_user(browser, server)
+    assert label == backend_line == "flex (no WebGPU adapter)"
+    assert status == "wgpu: no WebGPU adapter: using flex. ready: draw a digit"
     page.close()
 
 
