@@ -22,6 +22,8 @@ from trainer.model import normalize  # noqa: E402
 from web.browser import CHROMIUM, CHROMIUM_ARGS, WEBGPU_ARGS  # noqa: E402
 
 WEIGHTS = ROOT / "models" / "model.safetensors"
+#: The venv's invoke, the one `./dev` runs.
+INVOKE = shutil.which("invoke", path=str(Path(sys.executable).parent)) or "invoke"
 #: The CPU builds: every browser runs them.
 BACKENDS = ("ndarray", "flex")
 
@@ -56,8 +58,7 @@ def free_port() -> int:
 def server():
     """`invoke serve` on a free loopback port (builds first if the wasm is stale)."""
     port = free_port()
-    invoke = shutil.which("invoke", path=str(Path(sys.executable).parent)) or "invoke"
-    proc = subprocess.Popen([invoke, "serve", "--port", str(port)], cwd=ROOT)
+    proc = subprocess.Popen([INVOKE, "serve", "--port", str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 1200  # a cold wasm build takes minutes
     while True:

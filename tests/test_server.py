@@ -2,13 +2,10 @@
 `invoke serve` and `invoke build-wasm`."""
 
 import json
-import shutil
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -84,9 +81,8 @@ def test_port_in_use_is_a_clear_error(local_server):
     (["build-wasm", "--backend", "cuda"], "unknown backend 'cuda': choose one of ndarray, flex, wgpu, all"),
 ])
 def test_backend_options_refuse_what_they_cannot_do_before_building_anything(args, message):
-    from tests.conftest import ROOT
+    from tests.conftest import INVOKE, ROOT
 
-    invoke = shutil.which("invoke", path=str(Path(sys.executable).parent)) or "invoke"
-    result = subprocess.run([invoke, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([INVOKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert message in result.stderr and "+ cargo" not in result.stdout

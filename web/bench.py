@@ -130,7 +130,7 @@ def main(images: int = 1000, backends: tuple[str, ...] = ("ndarray", "flex", "wg
           "first prediction on index.html (worker start included).")
     if "burn wgpu" in results:
         print(f"burn wgpu ran on the WebGPU adapter {adapter}.")
-        if adapter and "swiftshader" in json.dumps(adapter).lower():
+        if adapter and adapter["architecture"] == "swiftshader":
             print("That is SwiftShader, Chromium's CPU implementation of WebGPU: the wgpu figures are CPU "
                   "figures, not a GPU's.")
     out = ROOT / "reports" / "bench.json"
