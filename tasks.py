@@ -2,9 +2,10 @@
 
     invoke train                      train and write models/model.safetensors (+ metrics.json)
     invoke evaluate                   report: clean / augmented / redrawn-MNIST accuracy, plots
-    invoke build-wasm --backend all   compile the Rust crate to wasm for ndarray, flex and wgpu
+    invoke build-wasm --backend all   compile the Rust crate to wasm: our kernels (fast-relaxed,
+                                      fast-simd128), burn's flex, ndarray and wgpu
     invoke serve                      build what is stale, serve web/ on http://127.0.0.1:8000
-                                      (WebGPU when the browser has it, else the flex CPU build)
+                                      (our kernels: relaxed SIMD where the browser has it)
     invoke predict IMAGE...           classify image files with the native Rust model
     invoke test                       every test: Rust parity, no_std proof, Python, browser
     invoke bench                      in-browser speed against ONNX Runtime Web
@@ -36,16 +37,24 @@ WEIGHTS = MODEL_DIR / "model.safetensors"
 TARGET = ROOT / "target"
 WASM_TARGET = "wasm32-unknown-unknown"
 NOSTD_TARGET = "thumbv7em-none-eabihf"
-#: Backends proven no_std on NOSTD_TARGET (without SIMD: see wasm-infer/model/Cargo.toml).
-NOSTD_BACKENDS = ("flex", "ndarray")
+#: Backends proven no_std on NOSTD_TARGET (without SIMD: see wasm-infer/model/Cargo.toml);
+#: `fast` builds this project's kernels with their scalar fallback.
+NOSTD_BACKENDS = ("flex", "ndarray", "fast")
 
-#: CPU backends: run everywhere, natively too (the Rust tests and the Python module use them).
+#: This project's own kernels (wasm-infer/model/src/kernels) as wasm builds -> mnist-wasm's
+#: cargo feature. fast-relaxed needs relaxed SIMD (the page checks before loading it).
+FAST_BACKENDS = {"fast-relaxed": "fast-relaxed", "fast-simd128": "fast"}
+#: burn's CPU backends: run everywhere, natively too (the Rust tests and the Python module use them).
 CPU_BACKENDS = ("ndarray", "flex")
 #: GPU backends: wasm only here (WebGPU in the browser; this machine has no GPU to test natively).
 GPU_BACKENDS = ("wgpu",)
-BACKENDS = CPU_BACKENDS + GPU_BACKENDS
-#: The CPU build the page falls back to: the faster one in `invoke bench` (flex, see README).
-DEFAULT_BACKEND = "flex"
+BACKENDS = (*FAST_BACKENDS, *CPU_BACKENDS, *GPU_BACKENDS)
+#: The build every browser with wasm SIMD runs, and so the page's fallback: our kernels
+#: (`invoke bench`: the fastest build without relaxed SIMD, see README).
+DEFAULT_BACKEND = "fast-simd128"
+#: What `invoke serve` builds besides the fallback: the relaxed-SIMD build the page prefers,
+#: and burn's flex for comparison (?backend=flex). They share every compiled dependency.
+SERVED_BACKENDS = ("fast-relaxed", "fast-simd128", "flex")
 
 DEBIAN_RUST_PACKAGES = ("rustc-web", "cargo-web", "rust-web-src", "lld-19")
 WASM_OPT_FLAGS = (
@@ -216,9 +225,15 @@ def rust_inputs(skip: tuple[str, ...] = ()) -> list[Path]:
     )
 
 
+def wasm_opt_flags(backend: str) -> tuple[str, ...]:
+    """wasm-opt's flags for a build: the relaxed-SIMD build's instructions must be allowed."""
+    return WASM_OPT_FLAGS + (("--enable-relaxed-simd",) if backend == "fast-relaxed" else ())
+
+
 def source_digest(backend: str, route: str) -> str:
     """Hash of everything a wasm build depends on: sources, lock files, weights, toolchain route."""
-    return files_digest(f"{backend}\n{route}\n{WASM_OPT_FLAGS}\n", [WEB / "package-lock.json", *rust_inputs(skip=("python",))])
+    return files_digest(f"{backend}\n{route}\n{wasm_opt_flags(backend)}\n",
+                        [WEB / "package-lock.json", *rust_inputs(skip=("python",))])
 
 
 def requested_backends(backend: str) -> tuple[str, ...]:
@@ -245,7 +260,7 @@ def build_one(backend: str, force: bool = False) -> Path:
     optimizer = wasm_opt()
     run(
         [toolchain["cargo"], "build", "--release", "--target", WASM_TARGET, *toolchain["build_std"],
-         "-p", "mnist-wasm", "--features", backend],
+         "-p", "mnist-wasm", "--features", FAST_BACKENDS.get(backend, backend)],
         env=toolchain["env"],
     )
     raw = Path(toolchain["env"]["CARGO_TARGET_DIR"]) / WASM_TARGET / "release" / "mnist_wasm.wasm"
@@ -254,7 +269,12 @@ def build_one(backend: str, force: bool = False) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     run([bindgen, "--target", "web", "--no-typescript", "--out-dir", staging, "--out-name", "mnist_wasm", raw])
     staged = staging / wasm.name
-    run([optimizer, *WASM_OPT_FLAGS, staged, "-o", staged])
+    if backend in GPU_BACKENDS:
+        # -O3 on the 15 MB wgpu module took over 3 minutes of every cold build (and test run) for
+        # a module whose time goes to the GPU; it is opt-in (`invoke serve --webgpu`) anyway.
+        log(f"wasm-opt skipped for {backend}")
+    else:
+        run([optimizer, *wasm_opt_flags(backend), staged, "-o", staged])
     (staging / stamp.name).write_text(digest)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
@@ -370,21 +390,25 @@ def build_wasm(c, backend="all", force=False):
         build_one(name, force=force)
 
 
+#: Builds that run in every browser with wasm SIMD: what --backend may name.
+FALLBACK_BACKENDS = ("fast-simd128", *CPU_BACKENDS)
+
+
 @task(help={"host": "address to bind (default 127.0.0.1: this machine only)",
             "port": "TCP port (default 8000)",
-            "backend": f"the CPU build the page falls back to without WebGPU (default {DEFAULT_BACKEND}; "
-                       "or ndarray); ?backend=ndarray|flex|wgpu in the URL picks one",
-            "webgpu": "build and offer the WebGPU build, tried first by the page (default on; "
-                      "--no-webgpu skips it and its first, minutes-long compile)"})
-def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=True):
+            "backend": f"the build the page falls back to when it cannot run relaxed SIMD (default "
+                       f"{DEFAULT_BACKEND}; or flex, ndarray); ?backend=NAME in the URL picks any built one",
+            "webgpu": "also build and offer the WebGPU build (burn wgpu), for ?backend=wgpu; its first "
+                      "compile takes minutes, and for one small image it is slower than the CPU kernels"})
+def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False):
     """Build what is stale, then serve web/ at http://<host>:<port>."""
-    if backend not in CPU_BACKENDS:
-        raise Exit(f"--backend names the CPU fallback: {' or '.join(CPU_BACKENDS)}, not {backend!r}. "
-                   "The WebGPU build is served too unless --no-webgpu, and the page tries it first.")
+    if backend not in FALLBACK_BACKENDS:
+        raise Exit(f"--backend names the fallback build: {', '.join(FALLBACK_BACKENDS)}, not {backend!r}. "
+                   "The page prefers fast-relaxed where the browser has relaxed SIMD; --webgpu adds wgpu.")
     offered = [b for b in BACKENDS if webgpu or b not in GPU_BACKENDS]
     for name in offered:
-        if name == backend or name in GPU_BACKENDS or (PKG / name).exists():
-            build_one(name)  # the fallback, WebGPU, and any other build made before (kept fresh)
+        if name == backend or name in SERVED_BACKENDS or (webgpu and name in GPU_BACKENDS) or (PKG / name).exists():
+            build_one(name)  # the fallback, the page's first choice, and any build made before (kept fresh)
     native_module()  # answers POST /api/predict
     from web.server import serve as serve_web
 
@@ -409,10 +433,10 @@ def setup(c):
 def nostd(c):
     """Prove the model crate is no_std: build it for bare-metal Cortex-M4F (thumbv7em)."""
     toolchain = cross_toolchain(NOSTD_TARGET, "core,alloc")
-    for backend in NOSTD_BACKENDS:
-        log(f"no_std build of mnist-model ({backend}) for {NOSTD_TARGET} ({toolchain['route']} route)")
-        run([toolchain["cargo"], "build", "--release", "--target", NOSTD_TARGET, *toolchain["build_std"],
-             "-p", "mnist-model", "--features", backend], env=toolchain["env"])
+    # One build with every backend: burn's crates are compiled once for the target, not once per backend.
+    log(f"no_std build of mnist-model ({', '.join(NOSTD_BACKENDS)}) for {NOSTD_TARGET} ({toolchain['route']} route)")
+    run([toolchain["cargo"], "build", "--release", "--target", NOSTD_TARGET, *toolchain["build_std"],
+         "-p", "mnist-model", "--features", ",".join(NOSTD_BACKENDS)], env=toolchain["env"])
 
 
 @task(help={"quick": "skip the no_std proof build"})
@@ -420,8 +444,9 @@ def test(c, quick=False):
     """The whole suite: Rust parity tests, the no_std proof, Python and browser tests."""
     setup(c)
     build_wasm(c, backend="all")
-    log("Rust: model vs PyTorch on real MNIST digits, both CPU backends (wgpu: in the browser tests)")
-    run(["cargo", "test", "-p", "mnist-model", "--features", ",".join(CPU_BACKENDS + ("simd",))])
+    log("Rust: model vs PyTorch on real MNIST digits, burn's CPU backends and our kernels on every "
+        "instruction set this CPU has (wgpu: in the browser tests)")
+    run(["cargo", "test", "-p", "mnist-model", "--features", ",".join(CPU_BACKENDS + ("simd", "fast", "std"))])
     if not quick:
         nostd(c)
     log("Python and browser tests")

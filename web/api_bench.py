@@ -132,6 +132,13 @@ def native_predict():
     return mnist_infer.predict
 
 
+def native_flex_predict():
+    """burn's own flex kernels natively, for comparison with the default (our kernels)."""
+    import mnist_infer
+
+    return mnist_infer.Classifier(backend="flex").predict
+
+
 def main(requests: int = 1000, concurrency: int = 8) -> dict:
     """Run the benchmark (see the module docstring); returns the figures it prints."""
     test = data.load_split(train=False)
@@ -159,7 +166,11 @@ def main(requests: int = 1000, concurrency: int = 8) -> dict:
     singles = min(requests, 1000)
     model = {"pytorch": time_predict(torch_predict, images, singles)}
     if native:
-        model["native"] = time_predict(native, images, singles)
+        import mnist_infer
+
+        native_name = f"native {mnist_infer.BACKEND}"
+        model[native_name] = time_predict(native, images, singles)
+        model["native flex"] = time_predict(native_flex_predict(), images, singles)
 
     print(f"\nPOST {PREDICT_PATH}, {requests} MNIST test digits per row, classifier: {classifier}")
     header = f"{'input':<15}{'clients':>8}{'req/s':>9}{'median ms':>11}{'p95 ms':>9}{'top-1':>8}"
@@ -169,22 +180,20 @@ def main(requests: int = 1000, concurrency: int = 8) -> dict:
         print(f"{r['input']:<15}{r['clients']:>8}{r['requests_per_s']:>9.0f}{r['median_ms']:>11.2f}"
               f"{r['p95_ms']:>9.2f}{r['accuracy']:>8.1%}")
 
-    print(f"\npredict, ms per image (PyTorch {torch.__version__}, {torch.get_num_threads()} threads)")
-    header = f"{'':<24}{'native':>9}{'PyTorch':>9}{'PyTorch/native':>16}"
+    print(f"\npredict, ms per image (PyTorch {torch.__version__}, {torch.get_num_threads()} threads; "
+          "native: one thread for our kernels, rayon threads for flex)")
+    columns = [name for name in model if name != "pytorch"]
+    header = f"{'':<24}" + "".join(f"{name:>18}" for name in columns) + f"{'PyTorch':>10}"
     print(header)
     print("-" * len(header))
     rows = (("single image, median", "single_median_ms"), ("single image, p95", "single_p95_ms"),
             (f"batch of {BATCH}", "batch_ms_per_image"))
     for title, key in rows:
         theirs = model["pytorch"][key]
-        if native:
-            ours = model["native"][key]
-            print(f"{title:<24}{ours:>9.3f}{theirs:>9.3f}{theirs / ours:>15.2f}x")
-        else:
-            print(f"{title:<24}{'-':>9}{theirs:>9.3f}{'-':>16}")
-
+        cells = "".join(f" {model[name][key]:>9.3f} ({theirs / model[name][key]:>4.2f}x)" for name in columns)
+        print(f"{title:<24}{cells}{theirs:>10.3f}")
     if native:
-        print("PyTorch/native > 1: the native module is faster")
+        print("(Nx): PyTorch's time / this one's; above 1 the native module is faster than PyTorch")
 
     results = {"classifier": classifier, "requests": requests, "concurrency": concurrency, "api": api,
                "predict_ms_per_image": model, "torch_threads": torch.get_num_threads()}

@@ -14,6 +14,8 @@
 //!
 //! The backend is a runtime [`Backend`]; each is compiled in by the cargo feature of the same
 //! name (`ndarray`, `flex`, `wgpu`); `simd` adds flex's SIMD kernels (needs a target with std).
+//! `fast` adds [`Backend::Fast`]: burn loads the model, then this crate's own SIMD kernels
+//! ([`kernels`]) run it, with BatchNorm folded and the weights packed once at load.
 //! The CPU backends are ready at once and answer synchronously. wgpu (WebGPU in a browser) must
 //! be started with [`Classifier::from_safetensors_async`] and read with
 //! [`Classifier::probabilities_async`]: a browser cannot block on the GPU.
@@ -21,18 +23,28 @@
 #![no_std]
 
 extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
 
+#[cfg(feature = "fast")]
+mod fast;
+#[cfg(feature = "fast")]
+pub mod kernels;
 pub mod model;
 mod weights;
 
 use alloc::format;
 use alloc::string::{String, ToString};
+use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
 use burn::prelude::*;
+#[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
 use burn::tensor::activation::softmax;
 
+#[cfg(feature = "fast")]
+pub use kernels::{Isa, Network};
 pub use model::Model;
 pub use weights::{ARCHITECTURE, LoadError};
 
@@ -45,8 +57,8 @@ pub const NUM_CLASSES: usize = model::NUM_CLASSES;
 /// Largest accepted pixel value (ink); the background is 0.
 pub const MAX_PIXEL: f32 = 255.0;
 
-#[cfg(not(any(feature = "ndarray", feature = "flex", feature = "wgpu")))]
-compile_error!("enable at least one backend feature of mnist-model: `ndarray`, `flex` or `wgpu`");
+#[cfg(not(any(feature = "ndarray", feature = "flex", feature = "wgpu", feature = "fast")))]
+compile_error!("enable at least one backend feature of mnist-model: `ndarray`, `flex`, `wgpu` or `fast`");
 
 /// A backend compiled into this build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,10 +73,15 @@ pub enum Backend {
     /// burn-wgpu: compute shaders on the GPU through wgpu (WebGPU in a browser).
     #[cfg(feature = "wgpu")]
     Wgpu,
+    /// This crate's own SIMD kernels on the given instruction set (the model is loaded with
+    /// burn on flex, then converted to a [`Network`]).
+    #[cfg(feature = "fast")]
+    Fast(Isa),
 }
 
 impl Backend {
-    /// Every backend compiled into this build.
+    /// Every backend compiled into this build (the fast kernels once per instruction set
+    /// compiled in, whether this CPU has it or not: see [`Backend::available`]).
     pub const ALL: &'static [Backend] = &[
         #[cfg(feature = "ndarray")]
         Backend::NdArray,
@@ -72,9 +89,26 @@ impl Backend {
         Backend::Flex,
         #[cfg(feature = "wgpu")]
         Backend::Wgpu,
+        #[cfg(feature = "fast")]
+        Backend::Fast(Isa::Scalar),
+        #[cfg(all(feature = "fast", target_arch = "x86_64"))]
+        Backend::Fast(Isa::Sse2),
+        #[cfg(all(feature = "fast", target_arch = "x86_64"))]
+        Backend::Fast(Isa::Avx2Fma),
+        #[cfg(all(feature = "fast", target_arch = "wasm32", target_feature = "simd128"))]
+        Backend::Fast(Isa::Simd128),
+        #[cfg(all(
+            feature = "fast",
+            target_arch = "wasm32",
+            target_feature = "simd128",
+            feature = "relaxed-simd"
+        ))]
+        Backend::Fast(Isa::Relaxed),
     ];
 
-    /// The name used on the command line, in URLs and in `window.mnist.backend`.
+    /// The name used on the command line, in URLs and in `window.mnist.backend`: `ndarray`,
+    /// `flex`, `wgpu`, or `fast-<instruction set>` (`fast-simd128`, `fast-relaxed`,
+    /// `fast-avx2`, `fast-sse2`, `fast-scalar`).
     pub fn name(self) -> &'static str {
         match self {
             #[cfg(feature = "ndarray")]
@@ -83,12 +117,46 @@ impl Backend {
             Backend::Flex => "flex",
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => "wgpu",
+            #[cfg(feature = "fast")]
+            Backend::Fast(isa) => match isa {
+                Isa::Scalar => "fast-scalar",
+                #[cfg(target_arch = "x86_64")]
+                Isa::Sse2 => "fast-sse2",
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Fma => "fast-avx2",
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                Isa::Simd128 => "fast-simd128",
+                #[cfg(all(
+                    target_arch = "wasm32",
+                    target_feature = "simd128",
+                    feature = "relaxed-simd"
+                ))]
+                Isa::Relaxed => "fast-relaxed",
+            },
         }
     }
 
-    /// The backend called `name`, if it is compiled in.
+    /// Whether this machine can run it (only the fast kernels' AVX2 build can be missing).
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(feature = "fast")]
+            Backend::Fast(isa) => isa.available(),
+            #[allow(unreachable_patterns)]
+            _ => true,
+        }
+    }
+
+    /// The backend called `name`, if it is compiled in and this machine can run it. `fast`
+    /// names the fast kernels on the best instruction set here ([`Isa::best`]).
     pub fn from_name(name: &str) -> Option<Backend> {
-        Self::ALL.iter().copied().find(|b| b.name() == name)
+        #[cfg(feature = "fast")]
+        if name == "fast" {
+            return Some(Backend::Fast(Isa::best()));
+        }
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|b| b.name() == name && b.available())
     }
 
     /// The burn device that runs this backend. The wgpu device is created lazily, on first
@@ -103,6 +171,9 @@ impl Backend {
             Backend::Flex => Device::flex(),
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            // burn loads the weights on flex; the forward pass then runs on the kernels.
+            #[cfg(feature = "fast")]
+            Backend::Fast(_) => Device::flex(),
         }
     }
 
@@ -189,11 +260,22 @@ impl From<InputError> for PredictError {
     }
 }
 
+/// What runs the forward pass.
+#[derive(Debug)]
+enum Engine {
+    /// The burn model on a burn device (absent from a build with only `fast`, so that none
+    /// of burn's compute kernels is linked into it).
+    #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+    Burn { model: Model, device: Device },
+    /// This crate's kernels, on the weights burn loaded.
+    #[cfg(feature = "fast")]
+    Fast(Network),
+}
+
 /// The loaded model, ready to classify on one backend.
 #[derive(Debug)]
 pub struct Classifier {
-    model: Model,
-    device: Device,
+    engine: Engine,
     backend: Backend,
     mean: f32,
     std: f32,
@@ -221,9 +303,24 @@ impl Classifier {
 
     fn load_on(bytes: &[u8], backend: Backend, device: Device) -> Result<Self, LoadError> {
         let (model, normalization) = weights::load(bytes, &device)?;
+        let engine = match backend {
+            #[cfg(feature = "fast")]
+            Backend::Fast(isa) => {
+                if !isa.available() {
+                    return Err(LoadError::Device {
+                        backend: backend.name(),
+                        problem: "this CPU lacks the instruction set".to_string(),
+                    });
+                }
+                let input = [1, IMAGE_SIZE, IMAGE_SIZE];
+                Engine::Fast(Network::from_model(&model, input, isa).map_err(LoadError::Tensors)?)
+            }
+            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+            #[allow(unreachable_patterns)]
+            _ => Engine::Burn { model, device },
+        };
         Ok(Self {
-            model,
-            device,
+            engine,
             backend,
             mean: normalization.mean,
             std: normalization.std,
@@ -248,16 +345,37 @@ impl Classifier {
     /// # Errors
     /// [`InputError`] for a wrong length, a non-finite value or a value outside 0..=255.
     pub fn logits(&self, pixels: &[f32]) -> Result<Vec<f32>, InputError> {
-        let logits = self.forward(pixels)?;
-        Ok(to_vec(logits))
+        check_pixels(pixels)?;
+        match &self.engine {
+            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+            Engine::Burn { model, device } => {
+                Ok(to_vec(model.forward(self.images(pixels, device))))
+            }
+            #[cfg(feature = "fast")]
+            Engine::Fast(network) => Ok(network.forward(&self.normalize(pixels))),
+        }
     }
 
     /// Softmax probabilities for a batch of images: like [`Classifier::logits`], each group of
     /// 10 values sums to 1. Reads the result back synchronously: on wgpu in a browser use
     /// [`Classifier::probabilities_async`].
     pub fn probabilities(&self, pixels: &[f32]) -> Result<Vec<f32>, InputError> {
-        let logits = self.forward(pixels)?;
-        Ok(to_vec(softmax(logits, 1)))
+        match &self.engine {
+            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+            Engine::Burn { model, device } => {
+                check_pixels(pixels)?;
+                Ok(to_vec(softmax(
+                    model.forward(self.images(pixels, device)),
+                    1,
+                )))
+            }
+            #[cfg(feature = "fast")]
+            Engine::Fast(_) => {
+                let mut values = self.logits(pixels)?;
+                kernels::softmax_rows(&mut values, NUM_CLASSES);
+                Ok(values)
+            }
+        }
     }
 
     /// [`Classifier::probabilities`] with an asynchronous read-back, which every backend
@@ -267,27 +385,97 @@ impl Classifier {
     /// [`PredictError::Input`] as `probabilities`; [`PredictError::Device`] when the device
     /// fails to return the result.
     pub async fn probabilities_async(&self, pixels: &[f32]) -> Result<Vec<f32>, PredictError> {
-        let probabilities = softmax(self.forward(pixels)?, 1);
-        let data = probabilities
-            .into_data_async()
-            .await
-            .map_err(|e| PredictError::Device(format!("{e:?}")))?;
-        Ok(f32_values(data))
+        match &self.engine {
+            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+            Engine::Burn { model, device } => {
+                check_pixels(pixels)?;
+                let probabilities = softmax(model.forward(self.images(pixels, device)), 1);
+                let data = probabilities
+                    .into_data_async()
+                    .await
+                    .map_err(|e| PredictError::Device(format!("{e:?}")))?;
+                Ok(f32_values(data))
+            }
+            #[cfg(feature = "fast")]
+            Engine::Fast(_) => Ok(self.probabilities(pixels)?),
+        }
     }
 
-    fn forward(&self, pixels: &[f32]) -> Result<Tensor<2>, InputError> {
+    /// Where one prediction's time goes: each layer (burn backends) or fused stage (the fast
+    /// kernels) of the forward pass on `pixels`, run `repeats` times and timed with `now`
+    /// (any clock; `performance.now()` in a browser, ms). Returns `(name, mean time per run)`
+    /// in order. Repeating makes stages far shorter than the clock's resolution measurable.
+    /// Not for wgpu (asynchronous; returns an empty list).
+    ///
+    /// # Errors
+    /// [`InputError`] as [`Classifier::logits`].
+    pub fn profile(
+        &self,
+        pixels: &[f32],
+        repeats: usize,
+        now: &mut dyn FnMut() -> f64,
+    ) -> Result<Vec<(String, f64)>, InputError> {
         check_pixels(pixels)?;
-        let n = pixels.len() / INPUT_LEN;
-        // The same operations, in the same order, as `trainer.model.normalize`.
-        let normalized: Vec<f32> = pixels
+        let repeats = repeats.max(1);
+        match &self.engine {
+            #[cfg(feature = "wgpu")]
+            Engine::Burn { .. } if self.backend == Backend::Wgpu => Ok(Vec::new()),
+            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+            Engine::Burn { model, device } => {
+                let times = model.profile(self.images(pixels, device), repeats, now);
+                Ok(times.into_iter().map(|(n, t)| (n.to_string(), t)).collect())
+            }
+            #[cfg(feature = "fast")]
+            Engine::Fast(network) => {
+                // Mean ms of `repeats` runs of `step`.
+                let mut mean = |step: &mut dyn FnMut()| {
+                    let start = now();
+                    (0..repeats).for_each(|_| step());
+                    (now() - start) / repeats as f64
+                };
+                let mut x = network.to_nhwc(&self.normalize(pixels));
+                let mut times = vec![(
+                    String::from("normalise"),
+                    mean(&mut || drop(network.to_nhwc(&self.normalize(pixels)))),
+                )];
+                for stage in network.stages() {
+                    let ms = mean(&mut || drop(network.run(stage, &x)));
+                    times.push((network.stage_name(stage), ms));
+                    x = network.run(stage, &x);
+                }
+                let ms = mean(&mut || kernels::softmax_rows(&mut x.clone(), NUM_CLASSES));
+                times.push((String::from("softmax"), ms));
+                Ok(times)
+            }
+        }
+    }
+
+    /// The kernels' network, when this classifier runs on [`Backend::Fast`].
+    #[cfg(feature = "fast")]
+    pub fn network(&self) -> Option<&Network> {
+        match &self.engine {
+            Engine::Fast(network) => Some(network),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// Checked pixels `[N * 784]` -> normalised values, NCHW `[N, 1, 28, 28]`: the same
+    /// operations, in the same order, as `trainer.model.normalize`.
+    pub fn normalize(&self, pixels: &[f32]) -> Vec<f32> {
+        pixels
             .iter()
             .map(|&p| (p / MAX_PIXEL - self.mean) / self.std)
-            .collect();
-        let images = Tensor::<4>::from_data(
-            TensorData::new(normalized, [n, 1, IMAGE_SIZE, IMAGE_SIZE]),
-            &self.device,
-        );
-        Ok(self.model.forward(images))
+            .collect()
+    }
+
+#[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+    fn images(&self, pixels: &[f32], device: &Device) -> Tensor<4> {
+        let n = pixels.len() / INPUT_LEN;
+        Tensor::<4>::from_data(
+            TensorData::new(self.normalize(pixels), [n, 1, IMAGE_SIZE, IMAGE_SIZE]),
+            device,
+        )
     }
 }
 
@@ -322,11 +510,13 @@ pub fn check_pixels(pixels: &[f32]) -> Result<(), InputError> {
     Ok(())
 }
 
+#[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
 fn to_vec(tensor: Tensor<2>) -> Vec<f32> {
     // The CPU backends hold f32 data in host memory: reading it back cannot fail.
     f32_values(tensor.into_data())
 }
 
+#[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
 fn f32_values(data: TensorData) -> Vec<f32> {
     data.as_slice::<f32>()
         .expect("the model computes in f32")

@@ -3,10 +3,12 @@
 //! Field names are the PyTorch state_dict names (`conv1.conv.weight`, `fc1.bias`, ...), so
 //! burn-store's `PyTorchToBurnAdapter` maps a PyTorch file onto this struct by name.
 
+use alloc::vec::Vec;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Gelu, Linear, LinearConfig, Relu};
 use burn::prelude::*;
+use burn::tensor::activation::softmax;
 
 /// Output channels of both convolutions.
 pub const CHANNELS: usize = 64;
@@ -22,10 +24,10 @@ pub const NUM_CLASSES: usize = 10;
 /// Shapes: `[N, C_in, H, W]` -> `[N, C_out, (H - 2) / 2, (W - 2) / 2]`.
 #[derive(Module, Debug)]
 pub struct ConvBlock {
-    conv: Conv2d,
-    norm: BatchNorm,
+    pub(crate) conv: Conv2d,
+    pub(crate) norm: BatchNorm,
     activation: Gelu,
-    pool: MaxPool2d,
+    pub(crate) pool: MaxPool2d,
 }
 
 impl ConvBlock {
@@ -53,11 +55,11 @@ impl ConvBlock {
 /// Dropout is a training-time layer and has no place here: inference is PyTorch's eval mode.
 #[derive(Module, Debug)]
 pub struct Model {
-    conv1: ConvBlock,
-    conv2: ConvBlock,
-    fc1: Linear,
-    fc2: Linear,
-    fc3: Linear,
+    pub(crate) conv1: ConvBlock,
+    pub(crate) conv2: ConvBlock,
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
+    pub(crate) fc3: Linear,
     activation: Relu,
 }
 
@@ -81,5 +83,70 @@ impl Model {
         let x = self.activation.forward(self.fc1.forward(x));
         let x = self.activation.forward(self.fc2.forward(x));
         self.fc3.forward(x)
+    }
+}
+
+/// Run `layer` on `input` `repeats` times; returns its output and the mean time per run in
+/// `now`'s unit. The CPU backends compute eagerly, so the time is the layer's.
+fn timed<I: Clone, O>(
+    input: I,
+    repeats: usize,
+    now: &mut dyn FnMut() -> f64,
+    layer: impl Fn(I) -> O,
+) -> (O, f64) {
+    let start = now();
+    for _ in 1..repeats.max(1) {
+        drop(layer(input.clone()));
+    }
+    let out = layer(input);
+    (out, (now() - start) / repeats.max(1) as f64)
+}
+
+impl Model {
+    /// [`Model::forward`] + softmax, one layer at a time, each layer run `repeats` times on the
+    /// same input and timed with `now` (e.g. `performance.now()`, ms). Returns the layers'
+    /// names and mean times, in order. For the CPU backends (eager).
+    pub fn profile(
+        &self,
+        images: Tensor<4>,
+        repeats: usize,
+        now: &mut dyn FnMut() -> f64,
+    ) -> Vec<(&'static str, f64)> {
+        let mut times = Vec::new();
+        let mut x = images;
+        for (block, names) in [
+            (
+                &self.conv1,
+                ["conv1", "norm1 (BatchNorm)", "gelu1", "pool1"],
+            ),
+            (
+                &self.conv2,
+                ["conv2", "norm2 (BatchNorm)", "gelu2", "pool2"],
+            ),
+        ] {
+            let (y, t) = timed(x, repeats, now, |x| block.conv.forward(x));
+            times.push((names[0], t));
+            let (y, t) = timed(y, repeats, now, |x| block.norm.forward(x));
+            times.push((names[1], t));
+            let (y, t) = timed(y, repeats, now, |x| block.activation.forward(x));
+            times.push((names[2], t));
+            let (y, t) = timed(y, repeats, now, |x| block.pool.forward(x));
+            times.push((names[3], t));
+            x = y;
+        }
+        let flat: Tensor<2> = x.flatten(1, 3);
+        let (y, t) = timed(flat, repeats, now, |x| {
+            self.activation.forward(self.fc1.forward(x))
+        });
+        times.push(("fc1 + ReLU", t));
+        let (y, t) = timed(y, repeats, now, |x| {
+            self.activation.forward(self.fc2.forward(x))
+        });
+        times.push(("fc2 + ReLU", t));
+        let (y, t) = timed(y, repeats, now, |x| self.fc3.forward(x));
+        times.push(("fc3", t));
+        let (_, t) = timed(y, repeats, now, |x| softmax(x, 1));
+        times.push(("softmax", t));
+        times
     }
 }

@@ -5,17 +5,24 @@
 //! `images` u8 [N, 784] (MNIST test digits, ink = 255), `labels` i64 [N] and `logits` f32
 //! [N, 10] computed by PyTorch in eval mode.
 //!
-//! Run with every backend: `cargo test -p mnist-model --features ndarray,flex,simd`.
+//! Run with every backend: `cargo test -p mnist-model --features ndarray,flex,simd,fast,std`
+//! (`fast`: this crate's own kernels on every instruction set this CPU has, the bare-metal
+//! scalar fallback included).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use mnist_model::{Backend, Classifier, InputError, LoadError, INPUT_LEN, NUM_CLASSES};
-use safetensors::tensor::{Dtype, TensorView};
+use mnist_model::{Backend, Classifier, INPUT_LEN, InputError, LoadError, NUM_CLASSES};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
 
 /// Largest allowed |Rust logit - PyTorch logit| (the bound).
 const LOGIT_TOLERANCE: f32 = 1e-4;
+
+/// The backends this build has and this CPU runs.
+fn backends() -> impl Iterator<Item = Backend> {
+    Backend::ALL.iter().copied().filter(|b| b.available())
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -33,8 +40,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist_parity.safetensors");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run `invoke fixtures`)", path.display()));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist_parity.safetensors");
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `invoke fixtures`)", path.display()));
     let file = SafeTensors::deserialize(&bytes).expect("fixture is safetensors");
     let images = file.tensor("images").expect("images");
     assert_eq!(images.dtype(), Dtype::U8);
@@ -42,22 +51,37 @@ fn fixture() -> Fixture {
     let logits = file.tensor("logits").expect("logits");
     Fixture {
         pixels: images.data().iter().map(|&p| p as f32).collect(),
-        labels: labels.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
-        logits: logits.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        labels: labels
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        logits: logits
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
     }
 }
 
 fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0
 }
 
 #[test]
 fn every_backend_matches_pytorch_on_real_digits() {
     let fixture = fixture();
     let n = fixture.labels.len();
-    assert!(n >= 100, "fixture holds {n} images, the check needs at least 100");
-    assert!(!Backend::ALL.is_empty());
-    for &backend in Backend::ALL {
+    assert!(
+        n >= 100,
+        "fixture holds {n} images, the check needs at least 100"
+    );
+    assert!(backends().count() > 0);
+    for backend in backends() {
         let classifier = Classifier::from_safetensors(&weights(), backend).expect("weights load");
         let logits = classifier.logits(&fixture.pixels).expect("valid input");
         assert_eq!(logits.len(), n * NUM_CLASSES);
@@ -69,7 +93,12 @@ fn every_backend_matches_pytorch_on_real_digits() {
             for (a, b) in ours.iter().zip(theirs) {
                 max_diff = max_diff.max((a - b).abs());
             }
-            assert_eq!(argmax(ours), argmax(theirs), "{}: top-1 differs on image {i}", backend.name());
+            assert_eq!(
+                argmax(ours),
+                argmax(theirs),
+                "{}: top-1 differs on image {i}",
+                backend.name()
+            );
             correct += (argmax(ours) as i64 == fixture.labels[i]) as usize;
         }
         println!(
@@ -77,8 +106,16 @@ fn every_backend_matches_pytorch_on_real_digits() {
             backend.name(),
             100.0 * correct as f32 / n as f32
         );
-        assert!(max_diff <= LOGIT_TOLERANCE, "{}: max |logit diff| {max_diff} > {LOGIT_TOLERANCE}", backend.name());
-        assert!(correct * 100 >= n * 97, "{}: accuracy {correct}/{n} is implausibly low", backend.name());
+        assert!(
+            max_diff <= LOGIT_TOLERANCE,
+            "{}: max |logit diff| {max_diff} > {LOGIT_TOLERANCE}",
+            backend.name()
+        );
+        assert!(
+            correct * 100 >= n * 97,
+            "{}: accuracy {correct}/{n} is implausibly low",
+            backend.name()
+        );
     }
 }
 
@@ -86,7 +123,7 @@ fn every_backend_matches_pytorch_on_real_digits() {
 fn probabilities_are_a_softmax_per_image() {
     let fixture = fixture();
     let pixels = &fixture.pixels[..3 * INPUT_LEN];
-    for &backend in Backend::ALL {
+    for backend in backends() {
         let classifier = Classifier::from_safetensors(&weights(), backend).unwrap();
         let probs = classifier.probabilities(pixels).unwrap();
         let logits = classifier.logits(pixels).unwrap();
@@ -101,23 +138,37 @@ fn probabilities_are_a_softmax_per_image() {
 fn bad_pixels_are_refused_and_the_classifier_stays_usable() {
     let fixture = fixture();
     let good = &fixture.pixels[..INPUT_LEN];
-    for &backend in Backend::ALL {
+    for backend in backends() {
         let classifier = Classifier::from_safetensors(&weights(), backend).unwrap();
         assert_eq!(classifier.logits(&[]), Err(InputError::Length(0)));
-        assert_eq!(classifier.logits(&good[..783]), Err(InputError::Length(783)));
+        assert_eq!(
+            classifier.logits(&good[..783]),
+            Err(InputError::Length(783))
+        );
         let mut bad = good.to_vec();
         bad[5] = f32::NAN;
-        assert!(matches!(classifier.logits(&bad), Err(InputError::NonFinite { index: 5, .. })));
+        assert!(matches!(
+            classifier.logits(&bad),
+            Err(InputError::NonFinite { index: 5, .. })
+        ));
         bad[5] = -0.42; // a normalised value, not a raw pixel
-        assert!(matches!(classifier.logits(&bad), Err(InputError::OutOfRange { index: 5, .. })));
+        assert!(matches!(
+            classifier.logits(&bad),
+            Err(InputError::OutOfRange { index: 5, .. })
+        ));
         let message = InputError::Length(783).to_string();
-        assert!(message.contains("784") && message.contains("783"), "{message}");
+        assert!(
+            message.contains("784") && message.contains("783"),
+            "{message}"
+        );
         assert_eq!(classifier.logits(good).unwrap().len(), NUM_CLASSES);
     }
 }
 
 /// Re-serialise the real weights with one change, to make a bad file.
-fn altered(edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>, &mut HashMap<String, String>)) -> Vec<u8> {
+fn altered(
+    edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>, &mut HashMap<String, String>),
+) -> Vec<u8> {
     let bytes = weights();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
@@ -125,12 +176,22 @@ fn altered(edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
     let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = file
         .tensors()
         .into_iter()
-        .map(|(name, view)| (name, (view.dtype(), view.shape().to_vec(), view.data().to_vec())))
+        .map(|(name, view)| {
+            (
+                name,
+                (view.dtype(), view.shape().to_vec(), view.data().to_vec()),
+            )
+        })
         .collect();
     edit(&mut tensors, &mut metadata);
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(name, (dtype, shape, data))| (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap()))
+        .map(|(name, (dtype, shape, data))| {
+            (
+                name.clone(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize(views, Some(metadata)).unwrap()
 }
@@ -142,18 +203,35 @@ fn load_error(bytes: &[u8]) -> LoadError {
 #[test]
 fn corrupt_or_mismatched_weights_fail_with_a_named_reason() {
     let good = weights();
-    assert!(matches!(load_error(&good[..good.len() / 2]), LoadError::Format(_)));
-    assert!(matches!(load_error(b"not a safetensors file"), LoadError::Format(_)));
+    assert!(matches!(
+        load_error(&good[..good.len() / 2]),
+        LoadError::Format(_)
+    ));
+    assert!(matches!(
+        load_error(b"not a safetensors file"),
+        LoadError::Format(_)
+    ));
 
     let other_arch = altered(|_, meta| {
         meta.insert("architecture".into(), "resnet18".into());
     });
-    assert_eq!(load_error(&other_arch), LoadError::Architecture { found: "resnet18".into() });
+    assert_eq!(
+        load_error(&other_arch),
+        LoadError::Architecture {
+            found: "resnet18".into()
+        }
+    );
 
     let no_std = altered(|_, meta| {
         meta.remove("mnist_std");
     });
-    assert!(matches!(load_error(&no_std), LoadError::Metadata { key: "mnist_std", .. }));
+    assert!(matches!(
+        load_error(&no_std),
+        LoadError::Metadata {
+            key: "mnist_std",
+            ..
+        }
+    ));
 
     let missing = altered(|t, _| {
         t.remove("fc2.bias");
@@ -174,4 +252,61 @@ fn corrupt_or_mismatched_weights_fail_with_a_named_reason() {
     });
     let message = load_error(&wrong_shape).to_string();
     assert!(message.contains("fc3.bias"), "{message}");
+}
+
+/// The fast kernels take other code paths for one image (a single-row product in the linear
+/// layers) and for batches that are not a multiple of their 4-row tiles: each must give the
+/// same logits as PyTorch, image by image.
+#[cfg(feature = "fast")]
+#[test]
+fn fast_kernels_match_pytorch_one_by_one_and_in_odd_batches() {
+    let fixture = fixture();
+    let fast: Vec<Backend> = backends()
+        .filter(|b| b.name().starts_with("fast"))
+        .collect();
+    assert!(
+        fast.len() >= 2,
+        "expected the scalar fallback and at least one SIMD instruction set: {fast:?}"
+    );
+    for backend in fast {
+        let classifier = Classifier::from_safetensors(&weights(), backend).unwrap();
+        let mut start = 0;
+        for batch in [1, 2, 3, 5, 1, 7] {
+            let pixels = &fixture.pixels[start * INPUT_LEN..(start + batch) * INPUT_LEN];
+            let logits = classifier.logits(pixels).unwrap();
+            let expected = &fixture.logits[start * NUM_CLASSES..(start + batch) * NUM_CLASSES];
+            for (i, (a, b)) in logits.iter().zip(expected).enumerate() {
+                assert!(
+                    (a - b).abs() <= LOGIT_TOLERANCE,
+                    "{}: batch of {batch}, value {i}: {a} vs PyTorch {b}",
+                    backend.name()
+                );
+            }
+            start += batch;
+        }
+    }
+}
+
+#[cfg(feature = "fast")]
+#[test]
+fn fast_profile_names_every_stage_and_times_it() {
+    let fixture = fixture();
+    let classifier =
+        Classifier::from_safetensors(&weights(), Backend::from_name("fast").unwrap()).unwrap();
+    let clock = std::time::Instant::now();
+    let mut now = || clock.elapsed().as_secs_f64() * 1e3;
+    let stages = classifier
+        .profile(&fixture.pixels[..INPUT_LEN], 3, &mut now)
+        .unwrap();
+    let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert!(
+        names[1].starts_with("conv1") && names[1].contains("GELU") && names[1].contains("max-pool"),
+        "{names:?}"
+    );
+    assert!(
+        names[5].starts_with("fc3") && names[6] == "softmax",
+        "{names:?}"
+    );
+    assert!(stages.iter().all(|(_, ms)| *ms >= 0.0 && ms.is_finite()));
 }

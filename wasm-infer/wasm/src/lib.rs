@@ -1,10 +1,11 @@
 //! The browser's view of the model: a wasm-bindgen class over [`mnist_model::Classifier`],
 //! with the weights embedded at compile time.
 //!
-//! CPU builds (`ndarray`, `flex`) start and predict synchronously:
+//! CPU builds (`fast-relaxed`, `fast-simd128`, `flex`, `ndarray`) start and predict
+//! synchronously:
 //!
 //! ```js
-//! import init, { Classifier } from "./pkg/flex/mnist_wasm.js";
+//! import init, { Classifier } from "./pkg/fast-simd128/mnist_wasm.js";
 //! await init();
 //! const classifier = new Classifier();              // throws if the weights do not load
 //! const probabilities = classifier.predict(pixels); // Float32Array(784) -> Float32Array(10)
@@ -26,8 +27,9 @@ use wasm_bindgen::prelude::*;
     all(feature = "ndarray", feature = "flex"),
     all(feature = "ndarray", feature = "wgpu"),
     all(feature = "flex", feature = "wgpu"),
+    all(feature = "fast", any(feature = "ndarray", feature = "flex", feature = "wgpu")),
 ))]
-compile_error!("build mnist-wasm with exactly one backend feature: `ndarray`, `flex` or `wgpu`");
+compile_error!("build mnist-wasm with exactly one backend feature: `ndarray`, `flex`, `wgpu`, `fast` or `fast-relaxed`");
 
 #[cfg(feature = "wgpu")]
 const BACKEND: Backend = Backend::Wgpu;
@@ -35,6 +37,10 @@ const BACKEND: Backend = Backend::Wgpu;
 const BACKEND: Backend = Backend::Flex;
 #[cfg(feature = "ndarray")]
 const BACKEND: Backend = Backend::NdArray;
+/// The fast kernels on the best instruction set compiled in: relaxed SIMD in the
+/// `fast-relaxed` build, plain simd128 in the `fast` build.
+#[cfg(feature = "fast")]
+const BACKEND: Backend = Backend::Fast(*mnist_model::Isa::ALL.last().unwrap());
 
 #[cfg(target_family = "wasm")]
 unsafe extern "C" {
@@ -128,8 +134,37 @@ impl Classifier {
 }
 
 #[wasm_bindgen]
+extern "C" {
+    /// `performance.now()`: ms, in a window and in a worker.
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+}
+
+#[cfg(not(feature = "wgpu"))]
+#[wasm_bindgen]
 impl Classifier {
-    /// Name of the compiled-in backend: `"ndarray"`, `"flex"` or `"wgpu"`.
+    /// Where one prediction's time goes: every layer (burn's builds) or fused stage (the fast
+    /// builds) of the forward pass on `pixels` (784 values, as `predict`), each run `repeats`
+    /// times and timed with `performance.now()`. Returns a JSON array
+    /// `[{"stage": name, "ms": mean ms per run}, ...]` in order. Throws like `predict`.
+    pub fn profile(&self, pixels: &[f32], repeats: usize) -> Result<String, JsError> {
+        check_one_image(pixels)?;
+        let stages = self
+            .inner
+            .profile(pixels, repeats, &mut performance_now)
+            .map_err(js_error)?;
+        let rows: Vec<String> = stages
+            .iter()
+            .map(|(stage, ms)| format!("{{\"stage\":\"{stage}\",\"ms\":{ms}}}"))
+            .collect();
+        Ok(format!("[{}]", rows.join(",")))
+    }
+}
+
+#[wasm_bindgen]
+impl Classifier {
+    /// Name of the compiled-in backend: `"fast-relaxed"`, `"fast-simd128"`, `"ndarray"`,
+    /// `"flex"` or `"wgpu"`.
     #[wasm_bindgen(getter)]
     pub fn backend(&self) -> String {
         self.inner.backend().name().to_string()
