@@ -23,11 +23,19 @@ use burn::prelude::*;
 use crate::kernels::{Activation, ConvLayer, Isa, LinearLayer, Network, Packed};
 use crate::model::{ConvBlock, Model};
 
-/// The model's tensors as f32 values, with their shape.
-fn values<const D: usize>(tensor: Tensor<D>) -> (Vec<f32>, [usize; D]) {
+/// The model's tensors as f32 values, with their shape. The model is built in f32 and
+/// burn-store converts what it loads to the parameters' dtype, so no conversion happens here
+/// (a generic one would link burn's conversions between every pair of dtypes).
+///
+/// # Errors
+/// A message when a parameter is not f32.
+fn values<const D: usize>(tensor: Tensor<D>) -> Result<(Vec<f32>, [usize; D]), String> {
     let shape: [usize; D] = tensor.dims();
-    let data = tensor.into_data().convert::<f32>();
-    (data.as_slice::<f32>().expect("converted to f32").to_vec(), shape)
+    let data = tensor.into_data();
+    let values = data
+        .as_slice::<f32>()
+        .map_err(|e| unsupported(format!("a parameter of dtype {:?} ({e:?})", data.dtype())))?;
+    Ok((values.to_vec(), shape))
 }
 
 /// Why a model cannot run on the kernels (a layer configuration they do not implement).
@@ -65,19 +73,19 @@ fn conv_block(block: &ConvBlock, name: &str, isa: Isa) -> Result<ConvLayer, Stri
             "{name}: a max-pool other than 2x2, stride 2, floor mode, no padding"
         )));
     }
-    let (weight, [c_out, c_in, kh, kw]) = values(block.conv.weight.val());
+    let (weight, [c_out, c_in, kh, kw]) = values(block.conv.weight.val())?;
     let bias = match &block.conv.bias {
-        Some(b) => values(b.val()).0,
+        Some(b) => values(b.val())?.0,
         None => alloc::vec![0.0; c_out],
     };
     let norm = &block.norm;
-    let (gamma, _) = values(norm.gamma.val());
-    let (beta, _) = values(norm.beta.val());
-    let (mean, _) = values(norm.running_mean.value());
-    let (var, _) = values(norm.running_var.value());
+    let (gamma, _) = values(norm.gamma.val())?;
+    let (beta, _) = values(norm.beta.val())?;
+    let (mean, _) = values(norm.running_mean.value())?;
+    let (var, _) = values(norm.running_var.value())?;
     // In f64, then rounded once: the fold itself adds no error worth speaking of.
     let scale: Vec<f64> = (0..c_out)
-        .map(|o| gamma[o] as f64 / (var[o] as f64 + norm.epsilon).sqrt())
+        .map(|o| gamma[o] as f64 / libm::sqrt(var[o] as f64 + norm.epsilon))
         .collect();
     let folded_bias: Vec<f32> = (0..c_out)
         .map(|o| ((bias[o] as f64 - mean[o] as f64) * scale[o] + beta[o] as f64) as f32)
@@ -109,20 +117,20 @@ fn linear(
     activation: Activation,
     input_order: Option<&[usize]>,
     isa: Isa,
-) -> LinearLayer {
-    let (weight, [k, n]) = values(layer.weight.val());
+) -> Result<LinearLayer, String> {
+    let (weight, [k, n]) = values(layer.weight.val())?;
     let bias = match &layer.bias {
-        Some(b) => values(b.val()).0,
+        Some(b) => values(b.val())?.0,
         None => alloc::vec![0.0; n],
     };
     let weight_at = |kk: usize, col: usize| {
         let row = input_order.map_or(kk, |order| order[kk]);
         weight[row * n + col]
     };
-    LinearLayer {
+    Ok(LinearLayer {
         weights: Packed::new(k, n, isa.block_width(), weight_at, &bias),
         activation,
-    }
+    })
 }
 
 impl Network {
@@ -162,9 +170,9 @@ impl Network {
             })
             .collect();
         let linears = [
-            linear(&model.fc1, Activation::Relu, Some(&order), isa),
-            linear(&model.fc2, Activation::Relu, None, isa),
-            linear(&model.fc3, Activation::Identity, None, isa),
+            linear(&model.fc1, Activation::Relu, Some(&order), isa)?,
+            linear(&model.fc2, Activation::Relu, None, isa)?,
+            linear(&model.fc3, Activation::Identity, None, isa)?,
         ];
         let mut features = order.len();
         for (layer, name) in linears.iter().zip(["fc1", "fc2", "fc3"]) {

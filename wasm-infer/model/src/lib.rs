@@ -57,8 +57,15 @@ pub const NUM_CLASSES: usize = model::NUM_CLASSES;
 /// Largest accepted pixel value (ink); the background is 0.
 pub const MAX_PIXEL: f32 = 255.0;
 
-#[cfg(not(any(feature = "ndarray", feature = "flex", feature = "wgpu", feature = "fast")))]
-compile_error!("enable at least one backend feature of mnist-model: `ndarray`, `flex`, `wgpu` or `fast`");
+#[cfg(not(any(
+    feature = "ndarray",
+    feature = "flex",
+    feature = "wgpu",
+    feature = "fast"
+)))]
+compile_error!(
+    "enable at least one backend feature of mnist-model: `ndarray`, `flex`, `wgpu` or `fast`"
+);
 
 /// A backend compiled into this build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -469,7 +476,7 @@ impl Classifier {
             .collect()
     }
 
-#[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+    #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
     fn images(&self, pixels: &[f32], device: &Device) -> Tensor<4> {
         let n = pixels.len() / INPUT_LEN;
         Tensor::<4>::from_data(
