@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -24,8 +26,12 @@ from web.browser import CHROMIUM, CHROMIUM_ARGS, WEBGPU_ARGS  # noqa: E402
 WEIGHTS = ROOT / "models" / "model.safetensors"
 #: The venv's invoke, the one `./dev` runs.
 INVOKE = shutil.which("invoke", path=str(Path(sys.executable).parent)) or "invoke"
-#: The CPU builds: every browser runs them.
-BACKENDS = ("ndarray", "flex")
+#: The CPU builds, each tested against PyTorch: our kernels with relaxed SIMD (every browser the
+#: tests run, headless Chromium, has it) and with plain simd128, and burn's flex and ndarray.
+BACKENDS = ("fast-relaxed", "fast-simd128", "flex", "ndarray")
+#: Set (to anything) to serve what web/pkg holds as it is, building nothing: for running browser
+#: tests while the wasm is being rebuilt elsewhere. Without it the tests run `invoke serve`.
+NO_BUILD = bool(os.environ.get("MNIST_TEST_NO_BUILD"))
 
 
 @pytest.fixture(scope="session")
@@ -54,11 +60,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server():
-    """`invoke serve` on a free loopback port (builds first if the wasm is stale)."""
+def invoke_serve(*options: str):
+    """`invoke serve` on a free loopback port (it builds what is stale first); yields its URL."""
+    if NO_BUILD:
+        yield from serve_prebuilt(webgpu="--webgpu" in options)
+        return
     port = free_port()
-    proc = subprocess.Popen([INVOKE, "serve", "--port", str(port)], cwd=ROOT)
+    proc = subprocess.Popen([INVOKE, "serve", "--port", str(port), *options], cwd=ROOT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 1200  # a cold wasm build takes minutes
     while True:
@@ -75,6 +83,31 @@ def server():
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def serve_prebuilt(webgpu: bool):
+    """What `invoke serve` serves (with the same config.json), minus its builds (NO_BUILD)."""
+    import tasks
+    from web.server import make_server
+
+    offered = [b for b in tasks.built_backends() if webgpu or b not in tasks.GPU_BACKENDS]
+    server = make_server("127.0.0.1", 0, tasks.DEFAULT_BACKEND, offered, log_requests=False)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def server():
+    """`invoke serve`: the page as users get it (no WebGPU build: ?backend=wgpu is not offered)."""
+    yield from invoke_serve()
+
+
+@pytest.fixture(scope="session")
+def webgpu_server():
+    """`invoke serve --webgpu`: the wgpu build is offered too (the page uses it when asked)."""
+    yield from invoke_serve("--webgpu")
 
 
 @pytest.fixture(scope="session")
@@ -114,3 +147,17 @@ def open_page(browser, url: str, backend: str):
         status = page.locator("[data-testid=status]").inner_text()
         pytest.fail(f"window.mnist never appeared ({status}; errors: {errors})")
     return page
+
+
+def open_as_a_user(browser, url, query="", before_load=None):
+    """The page at `url` + `query`, once its model is loaded. Returns the page and what it
+    shows: window.mnist.backend, the Backend line, the status line."""
+    page = browser.new_page()
+    if before_load:
+        before_load(page)
+    page.goto(url + query)
+    page.wait_for_function("window.mnist !== undefined", timeout=60_000)
+    shown = (page.evaluate("window.mnist.backend"), page.locator("[data-testid=backend]").inner_text(),
+             page.locator("[data-testid=status]").inner_text())
+    print(f"backend {shown[0]!r}; status {shown[2]!r}")
+    return page, shown

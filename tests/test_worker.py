@@ -10,7 +10,8 @@ pytestmark = pytest.mark.browser
 
 def test_the_model_runs_in_a_module_worker_not_on_the_main_thread(browser, server, mnist_test, torch_probabilities):
     page = open_page(browser, server, "flex")
-    assert any(w.url.endswith("/worker.js") for w in page.workers)
+    # One worker: the page spawns it first thing and loads the chosen build in it.
+    assert [w.url.rsplit("/", 1)[1] for w in page.workers] == ["worker.js"]
     main_thread_wasm = page.evaluate(
         "performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.endsWith('.wasm'))")
     assert main_thread_wasm == []  # the wasm is fetched and instantiated by the worker

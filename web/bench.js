@@ -22,15 +22,26 @@ async function timeEach(images, predict) {
   return { times, digits };
 }
 
-/** burn (our wasm) on `backend`: load + start time (for wgpu: adapter, device, weights upload),
- * then one predict per image, awaited (the GPU read-back included). */
-export async function runBurn(backend, images) {
+/**
+ * One of our wasm builds (pkg/<backend>/): load + start time (for wgpu: adapter, device,
+ * weights upload), then one predict per image, awaited (the GPU read-back included); then,
+ * when `profileRepeats` > 0 and the build can (CPU builds), its per-stage profile of the first
+ * image.
+ * @param {string} backend "fast-relaxed", "fast-simd128", "flex", "ndarray" or "wgpu"
+ * @param {number[][]} images digits, 784 raw pixels each
+ * @param {number} profileRepeats forward passes the profile averages over (0: no profile)
+ * @returns {Promise<{initMs: number, times: number[], digits: number[],
+ *   profile: {stage: string, ms: number}[] | null}>} ms per predict; profile: mean ms per run
+ */
+export async function runBuild(backend, images, profileRepeats = 0) {
   const t0 = performance.now();
   const classifier = await loadClassifier(backend);
   const initMs = performance.now() - t0;
   const inputs = images.map((img) => Float32Array.from(img));
   const result = await timeEach(inputs, (px) => classifier.predict(px));
-  return { initMs, ...result };
+  const canProfile = profileRepeats > 0 && typeof classifier.profile === "function";
+  const profile = canProfile ? JSON.parse(classifier.profile(inputs[0], profileRepeats)) : null;
+  return { initMs, ...result, profile };
 }
 
 /** ONNX Runtime Web, wasm backend with SIMD, one thread, on the same weights (model.onnx). */
@@ -54,6 +65,20 @@ export async function runOrt(modelUrl, mean, std, images) {
   };
   const result = await timeEach(inputs, predict);
   return { initMs, ...result };
+}
+
+/**
+ * What this page's clock can resolve: whether it is cross-origin isolated, and the smallest
+ * step of performance.now() seen in a busy loop, in ms (Chromium: 0.005 isolated, 0.1 not).
+ * @returns {{crossOriginIsolated: boolean, stepMs: number}}
+ */
+export function timerResolution() {
+  let step = Infinity;
+  for (let i = 0, last = performance.now(); i < 20 && step > 0; ) {
+    const now = performance.now();
+    if (now !== last) { step = Math.min(step, now - last); last = now; i++; }
+  }
+  return { crossOriginIsolated: self.crossOriginIsolated === true, stepMs: step };
 }
 
 /** The WebGPU adapter this browser offers: { vendor, architecture, description }, or null. */

@@ -1,11 +1,23 @@
 // The main thread's side of web/worker.js: start a classifier in a module worker, falling back
 // from one backend to the next, and classify without blocking drawing.
 
+import { backendProblem } from "./classifier.js";
+
+/**
+ * A new module worker running web/worker.js. Its start (a new JS engine instance, then its
+ * scripts) takes tens of ms, so the page spawns one first thing and decides meanwhile what to
+ * load in it.
+ * @returns {Worker}
+ */
+export function spawnWorker() {
+  return new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+}
+
 /** A classifier running in its own module worker (web/worker.js). Use `InferenceWorker.start`. */
 export class InferenceWorker {
   constructor(worker, backend) {
     this.worker = worker;
-    this.backend = backend; // what the build reports: "flex", "ndarray", "wgpu"
+    this.backend = backend; // what the build reports: "fast-relaxed", "fast-simd128", "flex", ...
     this.nextId = 0;
     this.pending = new Map(); // id -> { resolve, reject }
     worker.onmessage = ({ data }) => {
@@ -24,10 +36,16 @@ export class InferenceWorker {
     };
   }
 
-  /** Load `backend` in a new worker. Rejects with the reason when it cannot run here. */
-  static start(backend) {
+  /**
+   * Load `backend` in `worker` (a new one by default). The load message may be posted before
+   * the worker's scripts have run: it waits in the worker's queue.
+   * @param {string} backend a folder of pkg/
+   * @param {Worker} [worker] from spawnWorker(), not used for anything else yet
+   * @returns {Promise<InferenceWorker>} rejects with the reason when the build cannot run here
+   *   (the worker is then terminated).
+   */
+  static start(backend, worker = spawnWorker()) {
     return new Promise((resolve, reject) => {
-      const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
       worker.onerror = (event) => {
         worker.terminate();
         reject(new Error(event.message || "the inference worker failed to start"));
@@ -61,18 +79,27 @@ export class InferenceWorker {
 }
 
 /**
- * Start the first backend of `candidates` that runs here.
- * @param {string[]} candidates backends in order of preference, e.g. ["wgpu", "flex"]
+ * Start the first backend of `candidates` that runs here. A backend the browser cannot run
+ * (no relaxed SIMD, no WebGPU adapter) is skipped with its reason before any worker loads it.
+ * @param {string[]} candidates backends in order of preference, e.g. ["fast-relaxed", "fast-simd128"]
+ * @param {Worker} [worker] a fresh worker from spawnWorker() for the first backend started
+ *   (terminated if none starts in it); later ones get a new worker each, so a failed start
+ *   leaves nothing behind
  * @returns {Promise<{classifier: InferenceWorker, label: string, failures: string[]}>} label is
  *   the backend, with the reason in brackets when an earlier choice failed, e.g.
- *   "flex (no WebGPU adapter)"; failures lists "backend: reason" for each one skipped.
- *   Rejects when none of them runs.
+ *   "fast-simd128 (no relaxed SIMD in this browser)"; failures lists "backend: reason" for each
+ *   one skipped. Rejects when none of them runs.
  */
-export async function startFirstWorking(candidates) {
+export async function startFirstWorking(candidates, worker = undefined) {
   const failures = [];
+  let spare = worker; // used by the first start, whatever its outcome
   for (const backend of candidates) {
     try {
-      const classifier = await InferenceWorker.start(backend);
+      const problem = await backendProblem(backend);
+      if (problem) throw new Error(problem);
+      const thisWorker = spare ?? spawnWorker();
+      spare = undefined;
+      const classifier = await InferenceWorker.start(backend, thisWorker);
       const reasons = failures.map((f) => f.slice(f.indexOf(": ") + 2));
       const label = reasons.length ? `${classifier.backend} (${reasons.join("; ")})` : classifier.backend;
       return { classifier, label, failures };
@@ -80,6 +107,7 @@ export async function startFirstWorking(candidates) {
       failures.push(`${backend}: ${err.message}`);
     }
   }
+  spare?.terminate();
   throw new Error(failures.join("; "));
 }
 

@@ -8,7 +8,8 @@
 //               { type: "result", id, error }                  this input was refused; the worker stays usable
 //
 // The build is loaded by web/classifier.js; CPU builds answer at once, the WebGPU build with a
-// Promise, and both are awaited.
+// Promise, and both are awaited. The page spawns this worker before it has chosen a build and
+// posts "load" when it has: a message sent earlier waits until this module has run.
 
 import { loadClassifier } from "./classifier.js";
 
