@@ -125,21 +125,7 @@ impl Backend {
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => "wgpu",
             #[cfg(feature = "fast")]
-            Backend::Fast(isa) => match isa {
-                Isa::Scalar => "fast-scalar",
-                #[cfg(target_arch = "x86_64")]
-                Isa::Sse2 => "fast-sse2",
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => "fast-avx2",
-                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-                Isa::Simd128 => "fast-simd128",
-                #[cfg(all(
-                    target_arch = "wasm32",
-                    target_feature = "simd128",
-                    feature = "relaxed-simd"
-                ))]
-                Isa::Relaxed => "fast-relaxed",
-            },
+            Backend::Fast(isa) => isa.backend_name(),
         }
     }
 

@@ -72,20 +72,26 @@ impl Isa {
 
     /// Short name: `scalar`, `sse2`, `avx2`, `simd128` or `relaxed`.
     pub fn name(self) -> &'static str {
+        &self.backend_name()["fast-".len()..]
+    }
+
+    /// The name of the kernels on this instruction set as a backend (`crate::Backend::name`):
+    /// `fast-scalar`, `fast-sse2`, `fast-avx2`, `fast-simd128` or `fast-relaxed`.
+    pub fn backend_name(self) -> &'static str {
         match self {
-            Isa::Scalar => "scalar",
+            Isa::Scalar => "fast-scalar",
             #[cfg(target_arch = "x86_64")]
-            Isa::Sse2 => "sse2",
+            Isa::Sse2 => "fast-sse2",
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => "avx2",
+            Isa::Avx2Fma => "fast-avx2",
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Isa::Simd128 => "simd128",
+            Isa::Simd128 => "fast-simd128",
             #[cfg(all(
                 target_arch = "wasm32",
                 target_feature = "simd128",
                 feature = "relaxed-simd"
             ))]
-            Isa::Relaxed => "relaxed",
+            Isa::Relaxed => "fast-relaxed",
         }
     }
 
