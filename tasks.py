@@ -56,6 +56,10 @@ DEFAULT_BACKEND = "fast-simd128"
 #: and burn's flex for comparison (?backend=flex). They share every compiled dependency.
 SERVED_BACKENDS = ("fast-relaxed", "fast-simd128", "flex")
 
+#: Cargo profile (Cargo.toml) of the native module and the native Rust tests: one profile, so the
+#: tests link the dependencies the module's build compiled.
+NATIVE_PROFILE = "native"
+
 DEBIAN_RUST_PACKAGES = ("rustc-web", "cargo-web", "rust-web-src", "lld-19")
 WASM_OPT_FLAGS = (
     "-O3",
@@ -206,6 +210,23 @@ def weights_path() -> Path:
     return Path(os.environ.get("MNIST_WEIGHTS", WEIGHTS))
 
 
+def use_weights_dtype(dtype: str) -> None:
+    """Point the builds at the weights stored as `dtype` (f32: the file itself; f16: a copy
+    converted by trainer.export under target/weights/, half the size), via $MNIST_WEIGHTS."""
+    from trainer.export import WEIGHTS_DTYPES, convert_weights
+
+    if dtype not in WEIGHTS_DTYPES:
+        raise Exit(f"unknown --weights-dtype {dtype!r}: choose one of {', '.join(WEIGHTS_DTYPES)}")
+    if dtype == "f32":
+        return
+    source = weights_path()
+    converted = TARGET / "weights" / f"{source.stem}-{dtype}.safetensors"
+    if not converted.exists() or converted.stat().st_mtime < source.stat().st_mtime:
+        convert_weights(source, converted, dtype)
+        log(f"wrote {converted.relative_to(ROOT)} ({converted.stat().st_size / 1e6:.2f} MB, from {source.name})")
+    os.environ["MNIST_WEIGHTS"] = str(converted)
+
+
 def files_digest(prefix: str, files: list[Path]) -> str:
     """sha256 of `prefix`, then each file's path (relative to the repo) and contents."""
     digest = hashlib.sha256(prefix.encode())
@@ -296,7 +317,7 @@ def native_module() -> None:
         return
     log("building the native Python module mnist_infer (wasm-infer/python) with maturin")
     maturin = Path(sys.executable).parent / "maturin"
-    run([maturin, "develop", "--release", "--manifest-path", ROOT / "wasm-infer" / "python" / "Cargo.toml"])
+    run([maturin, "develop", "--profile", NATIVE_PROFILE, "--manifest-path", ROOT / "wasm-infer" / "python" / "Cargo.toml"])
     TARGET.mkdir(exist_ok=True)
     stamp.write_text(digest)
 
@@ -382,12 +403,25 @@ def fixtures(c):
     log(f"wrote {write_fixture()}")
 
 
-@task(help={"backend": "ndarray, flex, wgpu or all (default all)",
-            "force": "rebuild even when up to date"})
-def build_wasm(c, backend="all", force=False):
+WEIGHTS_DTYPE_HELP = ("how the embedded weights are stored: f32 (default) or f16 (half the size, "
+                      "widened to f32 at load; prints the accuracy of both on the MNIST test set)")
+
+
+@task(help={"backend": f"{', '.join(BACKENDS)} or all (default all)",
+            "force": "rebuild even when up to date",
+            "weights-dtype": WEIGHTS_DTYPE_HELP})
+def build_wasm(c, backend="all", force=False, weights_dtype="f32"):
     """Compile wasm-infer to wasm (wasm-bindgen, wasm-opt) into web/pkg/<backend>/."""
+    source = weights_path()
+    use_weights_dtype(weights_dtype)
     for name in requested_backends(backend):
         build_one(name, force=force)
+    if weights_dtype != "f32":
+        from trainer.evaluate import accuracy_by_dtype
+
+        for dtype, result in accuracy_by_dtype(source, ("f32", weights_dtype)).items():
+            log(f"MNIST test accuracy with {dtype} weights: {result['accuracy']:.2%} "
+                f"({result['errors']} errors, {result['changed']} predictions changed)")
 
 
 #: Builds that run in every browser with wasm SIMD: what --backend may name.
@@ -399,9 +433,11 @@ FALLBACK_BACKENDS = ("fast-simd128", *CPU_BACKENDS)
             "backend": f"the build the page falls back to when it cannot run relaxed SIMD (default "
                        f"{DEFAULT_BACKEND}; or flex, ndarray); ?backend=NAME in the URL picks any built one",
             "webgpu": "also build and offer the WebGPU build (burn wgpu), for ?backend=wgpu; its first "
-                      "compile takes minutes, and for one small image it is slower than the CPU kernels"})
-def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False):
+                      "compile takes minutes, and for one small image it is slower than the CPU kernels",
+            "weights-dtype": WEIGHTS_DTYPE_HELP})
+def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False, weights_dtype="f32"):
     """Build what is stale, then serve web/ at http://<host>:<port>."""
+    use_weights_dtype(weights_dtype)
     if backend not in FALLBACK_BACKENDS:
         raise Exit(f"--backend names the fallback build: {', '.join(FALLBACK_BACKENDS)}, not {backend!r}. "
                    "The page prefers fast-relaxed where the browser has relaxed SIMD; --webgpu adds wgpu.")
@@ -446,7 +482,11 @@ def test(c, quick=False):
     build_wasm(c, backend="all")
     log("Rust: model vs PyTorch on real MNIST digits, burn's CPU backends and our kernels on every "
         "instruction set this CPU has (wgpu: in the browser tests)")
-    run(["cargo", "test", "-p", "mnist-model", "--features", ",".join(CPU_BACKENDS + ("simd", "fast", "std"))])
+    # The native module's profile, and mnist-python named for its features (it has no Rust tests
+    # of its own): the tests then reuse every dependency `native_module` compiled.
+    features = [f"mnist-model/{f}" for f in CPU_BACKENDS + ("simd", "fast", "std")]
+    run(["cargo", "test", "--profile", NATIVE_PROFILE, "-p", "mnist-model", "-p", "mnist-python",
+         "--features", ",".join(features)])
     if not quick:
         nostd(c)
     log("Python and browser tests")

@@ -73,3 +73,21 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
     path.write_bytes(WEIGHTS.read_bytes()[:1000])
     with pytest.raises(WeightsError, match="not a readable safetensors file"):
         load_model(path)
+
+
+def test_f16_copy_halves_the_file_and_loads_into_the_f32_model(tmp_path, model, mnist_test):
+    from trainer.export import convert_weights
+
+    half = convert_weights(WEIGHTS, tmp_path / "f16.safetensors", "f16")
+    assert half.stat().st_size < 0.52 * WEIGHTS.stat().st_size
+    assert read_metadata(half)["weights_dtype"] == "f16"
+    assert read_metadata(half)["architecture"] == ARCHITECTURE
+    assert {t.dtype for t in load_file(str(half)).values()} == {torch.float16}
+    # Rounding each weight to 11 significant bits moves the logits, not the digits.
+    images = normalize(mnist_test.images[:500].unsqueeze(1))
+    with torch.no_grad():
+        full, rounded = model(images), load_model(half)(images)
+    assert (full.argmax(1) == rounded.argmax(1)).float().mean() >= 0.998
+    assert float((full - rounded).abs().max()) < 0.1
+    with pytest.raises(ValueError, match="f16"):
+        convert_weights(WEIGHTS, tmp_path / "x.safetensors", "int8")

@@ -73,6 +73,41 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     os.replace(tmp, path)
 
 
+#: Storage dtypes for the weights (``invoke build-wasm --weights-dtype``): the name -> torch dtype.
+#: f16 halves the file and the wasm that embeds it; the Rust reader widens it to f32 at load.
+WEIGHTS_DTYPES = {"f32": torch.float32, "f16": torch.float16}
+
+
+def convert_weights(src: Path, dst: Path, dtype: str) -> Path:
+    """Copy the weights file ``src`` to ``dst`` with every tensor stored as ``dtype``.
+
+    The metadata is kept, with ``weights_dtype`` added. Rounding to f16 changes each weight by
+    at most 2**-11 of its value (all of this model's weights are far inside f16's range);
+    the model still computes in f32.
+
+    Args:
+        src: a file written by ``save_safetensors``. dst: where to write (atomically).
+        dtype: a key of ``WEIGHTS_DTYPES`` (``"f32"`` or ``"f16"``).
+
+    Raises:
+        ValueError: an unknown ``dtype``.
+        WeightsError: ``src`` is unreadable or not this architecture.
+    """
+    from safetensors.torch import load_file
+
+    if dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"unknown weights dtype {dtype!r}: choose one of {', '.join(WEIGHTS_DTYPES)}")
+    metadata = read_metadata(src)
+    if metadata.get("architecture") != ARCHITECTURE:
+        raise WeightsError(f"{src}: architecture is {metadata.get('architecture')!r}, expected {ARCHITECTURE!r}")
+    tensors = {name: t.to(WEIGHTS_DTYPES[dtype]).contiguous() for name, t in load_file(str(src)).items()}
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {**metadata, "weights_dtype": dtype}
+    write_atomically(dst, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return dst
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """The string metadata of a safetensors file.
 

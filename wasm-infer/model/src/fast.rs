@@ -1,41 +1,61 @@
-//! The loaded burn [`Model`] turned, once, into a [`Network`] for this crate's own kernels.
+//! The model's weights turned, once, into a [`Network`] for this crate's own kernels.
 //!
-//! burn-store has already loaded and checked the PyTorch weights into the burn model
-//! (`crate::weights`); this reads them back as f32 and
+//! Two sources give the same network, bit for bit (a test holds them together):
 //!
-//! * folds each BatchNorm (eval mode: running statistics) into the convolution before it:
-//!   `s = γ / √(var + ε)`, `w' = w · s`, `b' = (b - mean) · s + β`, per output channel;
-//! * packs every weight matrix into the kernels' column blocks for the chosen [`Isa`];
-//! * permutes the first linear layer's inputs from PyTorch's flatten order `(c, h, w)` to the
-//!   kernels' NHWC order `(h, w, c)`.
+//! * [`Network::from_safetensors`]: straight from the PyTorch state_dict in the safetensors
+//!   file, by the names `trainer/model.py` gives the tensors. This is what the fast builds
+//!   load with: no burn tensor is made, so none of burn's runtime (its tensor operations,
+//!   burn-store's conversions) is linked into them, which keeps the wasm small and the first
+//!   prediction early. The layer configurations (stride, padding, pool, BatchNorm epsilon)
+//!   still come from the burn model's definition (`crate::model`).
+//! * [`Network::from_model`]: from the burn [`Model`] that burn-store loaded (the reference
+//!   path, also used by the burn backends).
+//!
+//! Either way, the weights are then
+//!
+//! * folded: each BatchNorm (eval mode: running statistics) into the convolution before it,
+//!   `s = γ / √(var + ε)`, `w' = w · s`, `b' = (b - mean) · s + β`, per output channel, in f64;
+//! * packed into the kernels' column blocks for the chosen [`Isa`];
+//! * permuted: the first linear layer's inputs from PyTorch's flatten order `(c, h, w)` to
+//!   the kernels' NHWC order `(h, w, c)`.
 //!
 //! Shapes are read from the tensors, not assumed: any channels, kernel sizes and feature
 //! counts. What the kernels cannot do (strides, dilation, groups, padding) is refused.
 
+use alloc::collections::BTreeSet;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use burn::nn::PaddingConfig2d;
-use burn::nn::conv::Conv2d;
 use burn::prelude::*;
+use safetensors::{Dtype, SafeTensors};
 
 use crate::kernels::{Activation, ConvLayer, Isa, LinearLayer, Network, Packed};
-use crate::model::{ConvBlock, Model};
+use crate::model::{self, CONV_BLOCKS, ConvBlock, LINEARS, Model};
 
-/// The model's tensors as f32 values, with their shape. The model is built in f32 and
-/// burn-store converts what it loads to the parameters' dtype, so no conversion happens here
-/// (a generic one would link burn's conversions between every pair of dtypes).
-///
-/// # Errors
-/// A message when a parameter is not f32.
-fn values<const D: usize>(tensor: Tensor<D>) -> Result<(Vec<f32>, [usize; D]), String> {
-    let shape: [usize; D] = tensor.dims();
-    let data = tensor.into_data();
-    let values = data
-        .as_slice::<f32>()
-        .map_err(|e| unsupported(format!("a parameter of dtype {:?} ({e:?})", data.dtype())))?;
-    Ok((values.to_vec(), shape))
+/// One conv block's parameters in PyTorch's layouts, as f32.
+struct ConvParams {
+    /// `[c_out, c_in, kh, kw]`, row-major.
+    weight: Vec<f32>,
+    shape: [usize; 4],
+    /// `[c_out]`, or none for a convolution without bias.
+    bias: Option<Vec<f32>>,
+    /// BatchNorm's `γ`, `β`, running mean and running variance, each `[c_out]`.
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    epsilon: f64,
+}
+
+/// One linear layer's parameters in PyTorch's layout, as f32.
+struct LinearParams {
+    /// `[out_features, in_features]`, row-major (PyTorch's `nn.Linear.weight`).
+    weight: Vec<f32>,
+    shape: [usize; 2],
+    /// `[out_features]`, or none.
+    bias: Option<Vec<f32>>,
 }
 
 /// Why a model cannot run on the kernels (a layer configuration they do not implement).
@@ -43,59 +63,67 @@ fn unsupported(what: String) -> String {
     format!("the fast kernels do not support {what}")
 }
 
-fn check_conv(conv: &Conv2d, name: &str) -> Result<(), String> {
-    if conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 {
+/// The convolution geometry the kernels implement: stride 1, no dilation, no groups, valid.
+fn check_conv(
+    name: &str,
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    groups: usize,
+    padding: &PaddingConfig2d,
+) -> Result<(), String> {
+    if stride != [1, 1] || dilation != [1, 1] || groups != 1 {
         return Err(unsupported(format!(
-            "{name}: stride {:?}, dilation {:?}, groups {} (only 1, 1, 1)",
-            conv.stride, conv.dilation, conv.groups
+            "{name}: stride {stride:?}, dilation {dilation:?}, groups {groups} (only 1, 1, 1)"
         )));
     }
-    if !matches!(conv.padding, PaddingConfig2d::Valid) {
+    if !matches!(padding, PaddingConfig2d::Valid) {
         return Err(unsupported(format!(
-            "{name}: padding {:?} (only valid)",
-            conv.padding
+            "{name}: padding {padding:?} (only valid)"
+        )));
+    }
+    Ok(())
+}
+
+/// The pool the kernels fuse: 2x2, stride 2, floor mode, no padding or dilation.
+fn check_pool(
+    name: &str,
+    kernel_size: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    ceil_mode: bool,
+    padding: &PaddingConfig2d,
+) -> Result<(), String> {
+    if kernel_size != [2, 2]
+        || stride != [2, 2]
+        || dilation != [1, 1]
+        || ceil_mode
+        || !matches!(padding, PaddingConfig2d::Valid)
+    {
+        return Err(unsupported(format!(
+            "{name}: a max-pool other than 2x2, stride 2, floor mode, no padding"
         )));
     }
     Ok(())
 }
 
 /// Conv -> BatchNorm -> GELU -> 2x2 max-pool, BatchNorm folded in.
-fn conv_block(block: &ConvBlock, name: &str, isa: Isa) -> Result<ConvLayer, String> {
-    check_conv(&block.conv, name)?;
-    let pool = &block.pool;
-    if pool.kernel_size != [2, 2]
-        || pool.stride != [2, 2]
-        || pool.dilation != [1, 1]
-        || pool.ceil_mode
-        || !matches!(pool.padding, PaddingConfig2d::Valid)
-    {
-        return Err(unsupported(format!(
-            "{name}: a max-pool other than 2x2, stride 2, floor mode, no padding"
-        )));
-    }
-    let (weight, [c_out, c_in, kh, kw]) = values(block.conv.weight.val())?;
-    let bias = match &block.conv.bias {
-        Some(b) => values(b.val())?.0,
-        None => alloc::vec![0.0; c_out],
-    };
-    let norm = &block.norm;
-    let (gamma, _) = values(norm.gamma.val())?;
-    let (beta, _) = values(norm.beta.val())?;
-    let (mean, _) = values(norm.running_mean.value())?;
-    let (var, _) = values(norm.running_var.value())?;
-    // In f64, then rounded once: the fold itself adds no error worth speaking of.
+fn conv_layer(p: &ConvParams, isa: Isa) -> ConvLayer {
+    let [c_out, c_in, kh, kw] = p.shape;
     let scale: Vec<f64> = (0..c_out)
-        .map(|o| gamma[o] as f64 / libm::sqrt(var[o] as f64 + norm.epsilon))
+        .map(|o| p.gamma[o] as f64 / libm::sqrt(p.var[o] as f64 + p.epsilon))
         .collect();
     let folded_bias: Vec<f32> = (0..c_out)
-        .map(|o| ((bias[o] as f64 - mean[o] as f64) * scale[o] + beta[o] as f64) as f32)
+        .map(|o| {
+            let bias = p.bias.as_ref().map_or(0.0, |b| b[o] as f64);
+            ((bias - p.mean[o] as f64) * scale[o] + p.beta[o] as f64) as f32
+        })
         .collect();
     // k = (ky * kw + kx) * c_in + c, the order of the kernels' segments.
     let weight_at = |k: usize, o: usize| {
         let (c, kx, ky) = (k % c_in, (k / c_in) % kw, k / c_in / kw);
-        (weight[((o * c_in + c) * kh + ky) * kw + kx] as f64 * scale[o]) as f32
+        (p.weight[((o * c_in + c) * kh + ky) * kw + kx] as f64 * scale[o]) as f32
     };
-    Ok(ConvLayer {
+    ConvLayer {
         weights: Packed::new(
             kh * kw * c_in,
             c_out,
@@ -107,58 +135,59 @@ fn conv_block(block: &ConvBlock, name: &str, isa: Isa) -> Result<ConvLayer, Stri
         kernel_size: [kh, kw],
         activation: Activation::Gelu,
         max_pool_2x2: true,
-    })
+    }
 }
 
-/// A burn `Linear` (weight `[in, out]`), with its input features permuted by `input_order`
-/// (`input_order[i]` = burn's index of the kernels' input `i`).
-fn linear(
-    layer: &burn::nn::Linear,
+/// A linear layer, its input features permuted by `input_order` (`input_order[i]` = PyTorch's
+/// index of the kernels' input `i`).
+fn linear_layer(
+    p: &LinearParams,
     activation: Activation,
     input_order: Option<&[usize]>,
     isa: Isa,
-) -> Result<LinearLayer, String> {
-    let (weight, [k, n]) = values(layer.weight.val())?;
-    let bias = match &layer.bias {
-        Some(b) => values(b.val())?.0,
-        None => alloc::vec![0.0; n],
-    };
+) -> LinearLayer {
+    let [n, k] = p.shape;
+    let zeros = alloc::vec![0.0; n];
     let weight_at = |kk: usize, col: usize| {
         let row = input_order.map_or(kk, |order| order[kk]);
-        weight[row * n + col]
+        p.weight[col * k + row]
     };
-    Ok(LinearLayer {
-        weights: Packed::new(k, n, isa.block_width(), weight_at, &bias),
+    LinearLayer {
+        weights: Packed::new(
+            k,
+            n,
+            isa.block_width(),
+            weight_at,
+            p.bias.as_ref().unwrap_or(&zeros),
+        ),
         activation,
-    })
+    }
 }
 
 impl Network {
-    /// The kernels' form of `model`, for instruction set `isa`; `input` is one image's
-    /// `[channels, height, width]`.
-    ///
-    /// # Errors
-    /// A message naming the layer when its configuration is one the kernels do not implement,
-    /// or when the shapes do not chain.
-    pub fn from_model(model: &Model, input: [usize; 3], isa: Isa) -> Result<Network, String> {
-        let convs = [
-            conv_block(&model.conv1, "conv1", isa)?,
-            conv_block(&model.conv2, "conv2", isa)?,
-        ];
+    /// Build from parameters in PyTorch's layouts, checking that the shapes chain from an
+    /// `input` of `[channels, height, width]`.
+    fn from_params(
+        convs: &[ConvParams],
+        linears: &[LinearParams],
+        input: [usize; 3],
+        isa: Isa,
+    ) -> Result<Network, String> {
         let mut channels = input[0];
         let mut size = [input[1], input[2]];
-        for (conv, name) in convs.iter().zip(["conv1", "conv2"]) {
-            if conv.in_channels != channels
-                || size[0] < conv.kernel_size[0]
-                || size[1] < conv.kernel_size[1]
-            {
+        let mut conv_layers = Vec::with_capacity(convs.len());
+        for (p, (name, ..)) in convs.iter().zip(CONV_BLOCKS) {
+            let [c_out, c_in, kh, kw] = p.shape;
+            if c_in != channels || size[0] < kh || size[1] < kw {
                 return Err(format!(
-                    "{name} takes {} channels of at least {:?}, gets {channels} of {size:?}",
-                    conv.in_channels, conv.kernel_size
+                    "{name} takes {c_in} channels of at least {:?}, gets {channels} of {size:?}",
+                    [kh, kw]
                 ));
             }
-            size = conv.output_size(size);
-            channels = conv.weights.n;
+            let layer = conv_layer(p, isa);
+            size = layer.output_size(size);
+            channels = c_out;
+            conv_layers.push(layer);
         }
         // PyTorch flattens NCHW: feature (c * H + h) * W + w. The kernels' NHWC buffer holds
         // feature (h * W + w) * C + c at that position.
@@ -169,26 +198,282 @@ impl Network {
                 c * h * w + p
             })
             .collect();
-        let linears = [
-            linear(&model.fc1, Activation::Relu, Some(&order), isa)?,
-            linear(&model.fc2, Activation::Relu, None, isa)?,
-            linear(&model.fc3, Activation::Identity, None, isa)?,
-        ];
         let mut features = order.len();
-        for (layer, name) in linears.iter().zip(["fc1", "fc2", "fc3"]) {
-            if layer.weights.k != features {
-                return Err(format!(
-                    "{name} takes {} features, gets {features}",
-                    layer.weights.k
-                ));
+        let mut linear_layers = Vec::with_capacity(linears.len());
+        for (i, (p, (name, ..))) in linears.iter().zip(LINEARS).enumerate() {
+            let [out, k] = p.shape;
+            if k != features {
+                return Err(format!("{name} takes {k} features, gets {features}"));
             }
-            features = layer.weights.n;
+            let last = i + 1 == linears.len();
+            let activation = if last {
+                Activation::Identity
+            } else {
+                Activation::Relu
+            };
+            linear_layers.push(linear_layer(
+                p,
+                activation,
+                (i == 0).then_some(&order[..]),
+                isa,
+            ));
+            features = out;
         }
         Ok(Network {
             isa,
             input,
-            convs: convs.into(),
-            linears: linears.into(),
+            convs: conv_layers,
+            linears: linear_layers,
         })
+    }
+
+    /// The kernels' form of the model in a PyTorch safetensors file, for instruction set
+    /// `isa`; `input` is one image's `[channels, height, width]`. Reads the tensors named as in
+    /// `trainer/model.py`'s state_dict (`conv1.conv.weight`, `conv1.norm.running_var`,
+    /// `fc1.weight`, ...), in f32 or f16 (f16 is widened to f32 exactly); `num_batches_tracked`
+    /// is ignored. The metadata is checked by the caller.
+    ///
+    /// # Errors
+    /// A message naming the tensor when one is missing, of another rank, dtype or length than
+    /// its layer needs, or not used by the model; or naming the layer when the shapes do not
+    /// chain or its configuration is one the kernels do not implement.
+    pub fn from_safetensors(
+        file: &SafeTensors,
+        input: [usize; 3],
+        isa: Isa,
+    ) -> Result<Network, String> {
+        let mut used = BTreeSet::new();
+        let mut read = |name: String, rank: usize| -> Result<(Vec<f32>, Vec<usize>), String> {
+            let view = file
+                .tensor(&name)
+                .map_err(|_| format!("tensor {name} is missing from the file"))?;
+            let shape = view.shape().to_vec();
+            if shape.len() != rank {
+                return Err(format!(
+                    "{name} has shape {shape:?}, expected {rank} dimensions"
+                ));
+            }
+            let values = widen(view.dtype(), view.data()).map_err(|e| format!("{name}: {e}"))?;
+            used.insert(name);
+            Ok((values, shape))
+        };
+        let mut convs = Vec::new();
+        for (prefix, ..) in CONV_BLOCKS {
+            let conv = model::conv_config(1, 1);
+            check_conv(
+                prefix,
+                conv.stride,
+                conv.dilation,
+                conv.groups,
+                &conv.padding,
+            )?;
+            let pool = model::pool_config();
+            check_pool(
+                prefix,
+                pool.kernel_size,
+                pool.strides,
+                pool.dilation,
+                pool.ceil_mode,
+                &pool.padding,
+            )?;
+            let (weight, s) = read(format!("{prefix}.conv.weight"), 4)?;
+            let c_out = s[0];
+            let mut vector = |name: String| -> Result<Vec<f32>, String> {
+                let (values, _) = read(name.clone(), 1)?;
+                if values.len() != c_out {
+                    return Err(format!(
+                        "{name} has {} values, expected {c_out}",
+                        values.len()
+                    ));
+                }
+                Ok(values)
+            };
+            let bias = if conv.bias {
+                Some(vector(format!("{prefix}.conv.bias"))?)
+            } else {
+                None
+            };
+            convs.push(ConvParams {
+                weight,
+                shape: [s[0], s[1], s[2], s[3]],
+                bias,
+                gamma: vector(format!("{prefix}.norm.weight"))?,
+                beta: vector(format!("{prefix}.norm.bias"))?,
+                mean: vector(format!("{prefix}.norm.running_mean"))?,
+                var: vector(format!("{prefix}.norm.running_var"))?,
+                epsilon: model::norm_config(c_out).epsilon,
+            });
+        }
+        let mut linears = Vec::new();
+        for (prefix, ..) in LINEARS {
+            let (weight, s) = read(format!("{prefix}.weight"), 2)?;
+            let name = format!("{prefix}.bias");
+            let (bias, _) = read(name.clone(), 1)?;
+            if bias.len() != s[0] {
+                return Err(format!(
+                    "{name} has {} values, expected {}",
+                    bias.len(),
+                    s[0]
+                ));
+            }
+            linears.push(LinearParams {
+                weight,
+                shape: [s[0], s[1]],
+                bias: Some(bias),
+            });
+        }
+        let unused: Vec<&str> = file
+            .names()
+            .into_iter()
+            .filter(|name| !used.contains(*name) && !name.ends_with("num_batches_tracked"))
+            .collect();
+        if !unused.is_empty() {
+            return Err(format!(
+                "tensors in the file that the model does not use: {unused:?}"
+            ));
+        }
+        Network::from_params(&convs, &linears, input, isa)
+    }
+
+    /// The kernels' form of the burn `model` (loaded by burn-store), for instruction set
+    /// `isa`; `input` is one image's `[channels, height, width]`. The reference for
+    /// [`Network::from_safetensors`].
+    ///
+    /// # Errors
+    /// A message naming the layer when its configuration is one the kernels do not implement,
+    /// when the shapes do not chain, or when a parameter is not f32.
+    pub fn from_model(model: &Model, input: [usize; 3], isa: Isa) -> Result<Network, String> {
+        let convs = [
+            conv_params(&model.conv1, CONV_BLOCKS[0].0)?,
+            conv_params(&model.conv2, CONV_BLOCKS[1].0)?,
+        ];
+        let linears = [
+            linear_params(&model.fc1)?,
+            linear_params(&model.fc2)?,
+            linear_params(&model.fc3)?,
+        ];
+        Network::from_params(&convs, &linears, input, isa)
+    }
+}
+
+/// Little-endian f32 or f16 values as f32.
+fn widen(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
+    match dtype {
+        Dtype::F32 => Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()),
+        Dtype::F16 => Ok(bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()),
+        other => Err(format!(
+            "dtype {other:?} (the fast kernels read F32 or F16)"
+        )),
+    }
+}
+
+/// A burn tensor's f32 values, with its shape. The model is built in f32 and burn-store
+/// converts what it loads to the parameters' dtype, so no conversion happens here (a generic
+/// one would link burn's conversions between every pair of dtypes).
+fn values<const D: usize>(tensor: Tensor<D>) -> Result<(Vec<f32>, [usize; D]), String> {
+    let shape: [usize; D] = tensor.dims();
+    let data = tensor.into_data();
+    let values = data
+        .as_slice::<f32>()
+        .map_err(|e| unsupported(format!("a parameter of dtype {:?} ({e:?})", data.dtype())))?;
+    Ok((values.to_vec(), shape))
+}
+
+fn conv_params(block: &ConvBlock, name: &str) -> Result<ConvParams, String> {
+    let conv = &block.conv;
+    check_conv(name, conv.stride, conv.dilation, conv.groups, &conv.padding)?;
+    let pool = &block.pool;
+    check_pool(
+        name,
+        pool.kernel_size,
+        pool.stride,
+        pool.dilation,
+        pool.ceil_mode,
+        &pool.padding,
+    )?;
+    let (weight, shape) = values(conv.weight.val())?;
+    let norm = &block.norm;
+    Ok(ConvParams {
+        weight,
+        shape,
+        bias: conv
+            .bias
+            .as_ref()
+            .map(|b| values(b.val()))
+            .transpose()?
+            .map(|(v, _)| v),
+        gamma: values(norm.gamma.val())?.0,
+        beta: values(norm.beta.val())?.0,
+        mean: values(norm.running_mean.value())?.0,
+        var: values(norm.running_var.value())?.0,
+        epsilon: norm.epsilon,
+    })
+}
+
+/// burn's `Linear` holds its weight as `[in, out]`: transposed back to PyTorch's `[out, in]`.
+fn linear_params(layer: &burn::nn::Linear) -> Result<LinearParams, String> {
+    let (weight, [k, n]) = values(layer.weight.val())?;
+    let transposed = (0..n * k).map(|i| weight[(i % k) * n + i / k]).collect();
+    Ok(LinearParams {
+        weight: transposed,
+        shape: [n, k],
+        bias: layer
+            .bias
+            .as_ref()
+            .map(|b| values(b.val()))
+            .transpose()?
+            .map(|(v, _)| v),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+
+    fn weights() -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/model.safetensors"
+        );
+        std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// Reading the state_dict ourselves gives exactly the network that burn-store's loading
+    /// (with its PyTorch adapter: transposed linear weights, renamed BatchNorm parameters)
+    /// gives: every packed weight and bias bit for bit, on every instruction set.
+    #[test]
+    fn the_direct_reader_agrees_with_burn_store_bit_for_bit() {
+        let bytes = weights();
+        let (model, _) = crate::weights::load(&bytes, &Device::flex()).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        for &isa in Isa::ALL {
+            let input = [1, 28, 28];
+            let direct = Network::from_safetensors(&file, input, isa).unwrap();
+            assert_eq!(
+                direct,
+                Network::from_model(&model, input, isa).unwrap(),
+                "{isa:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn f16_values_widen_exactly_and_other_dtypes_are_named() {
+        let halves = [1.0f32, -2.5, 0.000_061_035_156, 65504.0];
+        let bytes: Vec<u8> = halves
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        assert_eq!(widen(Dtype::F16, &bytes).unwrap(), halves);
+        let message = widen(Dtype::F64, &[0; 8]).unwrap_err();
+        assert!(message.contains("F64"), "{message}");
     }
 }

@@ -14,8 +14,9 @@
 //!
 //! The backend is a runtime [`Backend`]; each is compiled in by the cargo feature of the same
 //! name (`ndarray`, `flex`, `wgpu`); `simd` adds flex's SIMD kernels (needs a target with std).
-//! `fast` adds [`Backend::Fast`]: burn loads the model, then this crate's own SIMD kernels
-//! ([`kernels`]) run it, with BatchNorm folded and the weights packed once at load.
+//! `fast` adds [`Backend::Fast`]: this crate's own SIMD kernels ([`kernels`]) run the model,
+//! read from the same file without burn's runtime, with BatchNorm folded and the weights
+//! packed once at load.
 //! The CPU backends are ready at once and answer synchronously. wgpu (WebGPU in a browser) must
 //! be started with [`Classifier::from_safetensors_async`] and read with
 //! [`Classifier::probabilities_async`]: a browser cannot block on the GPU.
@@ -35,6 +36,7 @@ mod weights;
 
 use alloc::format;
 use alloc::string::{String, ToString};
+#[cfg(feature = "fast")]
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -80,8 +82,8 @@ pub enum Backend {
     /// burn-wgpu: compute shaders on the GPU through wgpu (WebGPU in a browser).
     #[cfg(feature = "wgpu")]
     Wgpu,
-    /// This crate's own SIMD kernels on the given instruction set (the model is loaded with
-    /// burn on flex, then converted to a [`Network`]).
+    /// This crate's own SIMD kernels on the given instruction set (the weights are read into
+    /// a [`Network`] without burn: [`Network::from_safetensors`]).
     #[cfg(feature = "fast")]
     Fast(Isa),
 }
@@ -164,7 +166,8 @@ impl Backend {
             Backend::Flex => Device::flex(),
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-            // burn loads the weights on flex; the forward pass then runs on the kernels.
+            // The kernels need no device; flex is where a burn model to compare them with
+            // lives (`Network::from_model`).
             #[cfg(feature = "fast")]
             Backend::Fast(_) => Device::flex(),
         }
@@ -260,7 +263,7 @@ enum Engine {
     /// of burn's compute kernels is linked into it).
     #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
     Burn { model: Model, device: Device },
-    /// This crate's kernels, on the weights burn loaded.
+    /// This crate's kernels, on the weights read from the file.
     #[cfg(feature = "fast")]
     Fast(Network),
 }
@@ -281,7 +284,13 @@ impl Classifier {
     /// [`LoadError`] when the bytes are not safetensors, the metadata lacks the architecture or
     /// normalisation, or any tensor is missing, unused or of the wrong shape (named).
     pub fn from_safetensors(bytes: &[u8], backend: Backend) -> Result<Self, LoadError> {
-        Self::load_on(bytes, backend, backend.device())
+        match backend {
+            #[cfg(feature = "fast")]
+            Backend::Fast(isa) => Self::load_fast(bytes, isa),
+            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+            #[allow(unreachable_patterns)]
+            burn => Self::load_burn(bytes, burn, burn.device()),
+        }
     }
 
     /// Like [`Classifier::from_safetensors`], starting the device first with
@@ -290,30 +299,47 @@ impl Classifier {
     /// # Errors
     /// [`LoadError::Device`] when the device does not start, then as `from_safetensors`.
     pub async fn from_safetensors_async(bytes: &[u8], backend: Backend) -> Result<Self, LoadError> {
-        let device = backend.start().await?;
-        Self::load_on(bytes, backend, device)
-    }
-
-    fn load_on(bytes: &[u8], backend: Backend, device: Device) -> Result<Self, LoadError> {
-        let (model, normalization) = weights::load(bytes, &device)?;
-        let engine = match backend {
+        match backend {
             #[cfg(feature = "fast")]
-            Backend::Fast(isa) => {
-                if !isa.available() {
-                    return Err(LoadError::Device {
-                        backend: backend.name(),
-                        problem: "this CPU lacks the instruction set".to_string(),
-                    });
-                }
-                let input = [1, IMAGE_SIZE, IMAGE_SIZE];
-                Engine::Fast(Network::from_model(&model, input, isa).map_err(LoadError::Tensors)?)
-            }
+            Backend::Fast(isa) => Self::load_fast(bytes, isa),
             #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
             #[allow(unreachable_patterns)]
-            _ => Engine::Burn { model, device },
-        };
+            burn => {
+                let device = burn.start().await?;
+                Self::load_burn(bytes, burn, device)
+            }
+        }
+    }
+
+    /// burn-store loads the burn model on `device`.
+    #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+    fn load_burn(bytes: &[u8], backend: Backend, device: Device) -> Result<Self, LoadError> {
+        let (model, normalization) = weights::load(bytes, &device)?;
         Ok(Self {
-            engine,
+            engine: Engine::Burn { model, device },
+            backend,
+            mean: normalization.mean,
+            std: normalization.std,
+        })
+    }
+
+    /// The kernels' network, read from the file without burn (see `fast.rs`).
+    #[cfg(feature = "fast")]
+    fn load_fast(bytes: &[u8], isa: Isa) -> Result<Self, LoadError> {
+        let backend = Backend::Fast(isa);
+        if !isa.available() {
+            return Err(LoadError::Device {
+                backend: backend.name(),
+                problem: "this CPU lacks the instruction set".to_string(),
+            });
+        }
+        let normalization = weights::read_metadata(bytes)?;
+        let file = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| LoadError::Format(e.to_string()))?;
+        let input = [1, IMAGE_SIZE, IMAGE_SIZE];
+        let network = Network::from_safetensors(&file, input, isa).map_err(LoadError::Tensors)?;
+        Ok(Self {
+            engine: Engine::Fast(network),
             backend,
             mean: normalization.mean,
             std: normalization.std,

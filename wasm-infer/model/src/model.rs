@@ -19,6 +19,33 @@ pub const HIDDEN: usize = 128;
 /// Number of classes (digits 0-9).
 pub const NUM_CLASSES: usize = 10;
 
+/// The convolution blocks: state_dict prefix, input channels, output channels.
+pub const CONV_BLOCKS: [(&str, usize, usize); 2] =
+    [("conv1", 1, CHANNELS), ("conv2", CHANNELS, CHANNELS)];
+/// The linear layers: state_dict prefix, input features, output features. ReLU follows every
+/// one but the last.
+pub const LINEARS: [(&str, usize, usize); 3] = [
+    ("fc1", FLAT_FEATURES, HIDDEN),
+    ("fc2", HIDDEN, HIDDEN),
+    ("fc3", HIDDEN, NUM_CLASSES),
+];
+
+/// A block's convolution: 3x3, stride 1, no padding (PyTorch `nn.Conv2d(c_in, c_out, 3)`).
+/// Read by [`ConvBlock::new`] and by the fast kernels' loader, which has no burn module.
+pub fn conv_config(in_channels: usize, out_channels: usize) -> Conv2dConfig {
+    Conv2dConfig::new([in_channels, out_channels], [3, 3])
+}
+
+/// A block's BatchNorm: epsilon 1e-5, PyTorch's `nn.BatchNorm2d` default.
+pub fn norm_config(channels: usize) -> BatchNormConfig {
+    BatchNormConfig::new(channels)
+}
+
+/// A block's max-pool: 2x2, stride 2, floor mode (PyTorch `nn.MaxPool2d(2)`).
+pub fn pool_config() -> MaxPool2dConfig {
+    MaxPool2dConfig::new([2, 2])
+}
+
 /// 3x3 valid convolution -> BatchNorm -> GELU (exact, erf-based) -> 2x2 max-pool.
 ///
 /// Shapes: `[N, C_in, H, W]` -> `[N, C_out, (H - 2) / 2, (W - 2) / 2]`.
@@ -34,10 +61,10 @@ impl ConvBlock {
     /// A block with freshly initialised weights (they are replaced when weights are loaded).
     pub fn new(in_channels: usize, out_channels: usize, device: &Device) -> Self {
         Self {
-            conv: Conv2dConfig::new([in_channels, out_channels], [3, 3]).init(device),
-            norm: BatchNormConfig::new(out_channels).init(device),
+            conv: conv_config(in_channels, out_channels).init(device),
+            norm: norm_config(out_channels).init(device),
             activation: Gelu::new(),
-            pool: MaxPool2dConfig::new([2, 2]).init(),
+            pool: pool_config().init(),
         }
     }
 
@@ -67,11 +94,11 @@ impl Model {
     /// A model with freshly initialised weights, on `device`.
     pub fn new(device: &Device) -> Self {
         Self {
-            conv1: ConvBlock::new(1, CHANNELS, device),
-            conv2: ConvBlock::new(CHANNELS, CHANNELS, device),
-            fc1: LinearConfig::new(FLAT_FEATURES, HIDDEN).init(device),
-            fc2: LinearConfig::new(HIDDEN, HIDDEN).init(device),
-            fc3: LinearConfig::new(HIDDEN, NUM_CLASSES).init(device),
+            conv1: ConvBlock::new(CONV_BLOCKS[0].1, CONV_BLOCKS[0].2, device),
+            conv2: ConvBlock::new(CONV_BLOCKS[1].1, CONV_BLOCKS[1].2, device),
+            fc1: LinearConfig::new(LINEARS[0].1, LINEARS[0].2).init(device),
+            fc2: LinearConfig::new(LINEARS[1].1, LINEARS[1].2).init(device),
+            fc3: LinearConfig::new(LINEARS[2].1, LINEARS[2].2).init(device),
             activation: Relu::new(),
         }
     }

@@ -68,6 +68,10 @@ pub struct Normalization {
 }
 
 /// Load the model and its normalisation from the bytes of a safetensors file.
+#[cfg_attr(
+    not(any(feature = "ndarray", feature = "flex", feature = "wgpu")),
+    allow(dead_code) // a fast-only build reads the file itself (fast.rs); tests compare
+)]
 pub fn load(bytes: &[u8], device: &Device) -> Result<(Model, Normalization), LoadError> {
     let normalization = read_metadata(bytes)?;
     let mut model = Model::new(device);
@@ -93,9 +97,15 @@ pub fn load(bytes: &[u8], device: &Device) -> Result<(Model, Normalization), Loa
     Ok((model, normalization))
 }
 
-fn read_metadata(bytes: &[u8]) -> Result<Normalization, LoadError> {
+/// Check the metadata (architecture, normalisation) of a safetensors file, before any tensor
+/// is read.
+///
+/// # Errors
+/// [`LoadError::Format`] for an unreadable header, [`LoadError::Architecture`] for another
+/// model, [`LoadError::Metadata`] for a missing or invalid key.
+pub(crate) fn read_metadata(bytes: &[u8]) -> Result<Normalization, LoadError> {
     let (_, metadata) =
-        SafeTensors::read_metadata(bytes).map_err(|e| LoadError::Format(format!("{e:?}")))?;
+        SafeTensors::read_metadata(bytes).map_err(|e| LoadError::Format(e.to_string()))?;
     let map = metadata.metadata().as_ref();
     let get = |key: &'static str| -> Result<&str, LoadError> {
         map.and_then(|m| m.get(key))

@@ -196,12 +196,20 @@ fn altered(
     safetensors::serialize(views, Some(metadata)).unwrap()
 }
 
-fn load_error(bytes: &[u8]) -> LoadError {
-    Classifier::from_safetensors(bytes, Backend::ALL[0]).expect_err("a bad file must be refused")
-}
-
+/// Every backend refuses the same bad files for the same reason: burn-store's loader and the
+/// fast kernels' own reader (src/fast.rs) alike.
 #[test]
 fn corrupt_or_mismatched_weights_fail_with_a_named_reason() {
+    for backend in backends() {
+        refuses_bad_weights(backend);
+    }
+}
+
+fn refuses_bad_weights(backend: Backend) {
+    let load_error = |bytes: &[u8]| -> LoadError {
+        Classifier::from_safetensors(bytes, backend)
+            .expect_err(&format!("{}: a bad file must be refused", backend.name()))
+    };
     let good = weights();
     assert!(matches!(
         load_error(&good[..good.len() / 2]),
@@ -252,6 +260,16 @@ fn corrupt_or_mismatched_weights_fail_with_a_named_reason() {
     });
     let message = load_error(&wrong_shape).to_string();
     assert!(message.contains("fc3.bias"), "{message}");
+
+    let too_short = altered(|t, _| {
+        let (dtype, _, data) = t["conv2.norm.running_var"].clone();
+        t.insert(
+            "conv2.norm.running_var".into(),
+            (dtype, vec![16], data[..64].to_vec()),
+        );
+    });
+    let message = load_error(&too_short).to_string();
+    assert!(message.contains("conv2.norm.running_var"), "{message}");
 }
 
 /// The fast kernels take other code paths for one image (a single-row product in the linear

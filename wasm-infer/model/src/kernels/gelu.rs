@@ -128,6 +128,22 @@ mod tests {
         assert!(error <= 1e-6, "max |error| {error:e} at x = {at}");
     }
 
+    /// The 8-lane FMA version, where this CPU has AVX2 + FMA (the native default).
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    #[test]
+    fn avx2_gelu_is_within_1e6_of_the_exact_gelu() {
+        #[target_feature(enable = "avx2,fma")]
+        fn max_error_avx2() -> (f64, f32) {
+            max_error::<super::super::simd::Avx2Fma>(8)
+        }
+        if !super::super::Isa::Avx2Fma.available() {
+            return; // nothing to hold to the bound on this CPU
+        }
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        let (error, at) = unsafe { max_error_avx2() };
+        assert!(error <= 1e-6, "max |error| {error:e} at x = {at}");
+    }
+
     #[test]
     fn gelu_handles_extremes() {
         for (x, expected) in [

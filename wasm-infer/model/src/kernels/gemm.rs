@@ -43,7 +43,7 @@ pub enum Activation {
 }
 
 /// A layer's weights `w[k, n]` and bias `b[n]`, packed for `nr`-wide column blocks.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Packed {
     /// `[blocks][k][nr]`, zero-padded past column `n`.
     data: Vec<f32>,
@@ -94,7 +94,7 @@ impl Packed {
 
 /// A stride-1, valid-padding 2-D convolution with its activation and optional 2x2 max-pool,
 /// on one NHWC image.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ConvLayer {
     /// `k = kernel_h * kernel_w * in_channels`, `n = out_channels`.
     pub weights: Packed,
@@ -164,7 +164,7 @@ impl ConvLayer {
 }
 
 /// A fully connected layer `out = act(x · w + b)`, `w` of shape `[in_features, out_features]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct LinearLayer {
     pub weights: Packed,
     pub activation: Activation,

@@ -144,7 +144,7 @@ pub enum Stage {
 }
 
 /// A conv/linear network ready for the kernels (built by `crate::fast` from a burn model).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Network {
     pub(crate) isa: Isa,
     /// `[channels, height, width]` of one input image.
