@@ -123,6 +123,56 @@ def served_backends(url):
         return json.load(response)["backends"]
 
 
+#: In the page: import one build's module, then score `images` with the embedded weights and
+#: with each base64-encoded file through Classifier.fromBytes (its probabilities, or the Error's
+#: message when the file is refused).
+FROM_BYTES = """async ([backend, files, images]) => {
+  const glue = await import(`./pkg/${backend}/mnist_wasm.js`);
+  await glue.default();
+  const run = (classifier) => images.map((img) => Array.from(classifier.predict(Float32Array.from(img))));
+  const out = { embedded: run(new glue.Classifier()) };
+  for (const [name, base64] of Object.entries(files)) {
+    try {
+      out[name] = run(glue.Classifier.fromBytes(Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))));
+    } catch (err) {
+      out[name] = err.message;
+    }
+  }
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weights_loaded_at_run_time_answer_like_the_embedded_ones(browser, server, backend, mnist_test, tmp_path):
+    """Classifier.fromBytes: a model.safetensors given at run time (the wasm-side half of issue
+    14's model picker). The committed file gives exactly the embedded model's probabilities;
+    f16 weights (the fast builds) the same digits; a bad file is refused with its reason."""
+    import base64
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import WEIGHTS
+    from trainer.export import convert_weights, read_metadata
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(load_file(str(WEIGHTS)), str(foreign), metadata={**read_metadata(WEIGHTS), "architecture": "resnet18"})
+    files = {"same": WEIGHTS.read_bytes(), "truncated": WEIGHTS.read_bytes()[:1000], "foreign": foreign.read_bytes()}
+    if backend.startswith("fast"):
+        files["f16"] = convert_weights(WEIGHTS, tmp_path / "f16.safetensors", "f16").read_bytes()
+    page = open_page(browser, server, backend)
+    images = mnist_test.images[:20].reshape(20, -1).tolist()
+    encoded = {name: base64.b64encode(data).decode() for name, data in files.items()}
+    out = page.evaluate(FROM_BYTES, [backend, encoded, images])
+    assert out["same"] == out["embedded"]
+    assert "not a readable safetensors file" in out["truncated"], out["truncated"]
+    assert "resnet18" in out["foreign"], out["foreign"]
+    if "f16" in out:
+        embedded, f16 = torch.tensor(out["embedded"]), torch.tensor(out["f16"])
+        assert (embedded.argmax(1) == f16.argmax(1)).all()
+        assert (embedded - f16).abs().max() < 1e-2
+    page.close()
+
+
 def test_unknown_backend_falls_back_with_the_reason_shown(browser, server):
     page = open_page(browser, server, "nosuch")
     # The usual order then: our relaxed-SIMD kernels, which this Chromium runs.

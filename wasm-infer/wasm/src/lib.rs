@@ -9,6 +9,7 @@
 //! await init();
 //! const classifier = new Classifier();              // throws if the weights do not load
 //! const probabilities = classifier.predict(pixels); // Float32Array(784) -> Float32Array(10)
+//! const other = Classifier.fromBytes(new Uint8Array(await (await fetch(url)).arrayBuffer()));
 //! ```
 //!
 //! The WebGPU build (`wgpu`) must wait for the GPU, so both calls return Promises:
@@ -90,6 +91,17 @@ impl Classifier {
     pub fn new() -> Result<Classifier, JsError> {
         let inner =
             mnist_model::Classifier::from_safetensors(WEIGHTS, BACKEND).map_err(js_error)?;
+        Ok(Classifier { inner })
+    }
+
+    /// Load a weights file at run time instead of the embedded one: `bytes` (Uint8Array) of a
+    /// `model.safetensors` written by `trainer.export` (f32; the fast builds also read f16,
+    /// `invoke build-wasm --weights-dtype f16`). Throws an `Error` naming the problem (not a
+    /// safetensors file, another architecture, a missing, mis-shaped or unused tensor);
+    /// classifiers made before are untouched.
+    #[wasm_bindgen(js_name = fromBytes)]
+    pub fn from_bytes(bytes: &[u8]) -> Result<Classifier, JsError> {
+        let inner = mnist_model::Classifier::from_safetensors(bytes, BACKEND).map_err(js_error)?;
         Ok(Classifier { inner })
     }
 
