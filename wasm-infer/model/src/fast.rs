@@ -27,6 +27,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use burn::module::Param;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors};
@@ -259,6 +260,7 @@ impl Network {
         };
         let mut convs = Vec::new();
         for (prefix, ..) in CONV_BLOCKS {
+            // The geometry (stride, padding, bias, ...) is the same for any channel counts.
             let conv = model::conv_config(1, 1);
             check_conv(
                 prefix,
@@ -385,6 +387,14 @@ fn values<const D: usize>(tensor: Tensor<D>) -> Result<(Vec<f32>, [usize; D]), S
     Ok((values.to_vec(), shape))
 }
 
+/// An optional bias's values (none for a layer built without bias).
+fn bias_values(bias: &Option<Param<Tensor<1>>>) -> Result<Option<Vec<f32>>, String> {
+    Ok(match bias {
+        Some(b) => Some(values(b.val())?.0),
+        None => None,
+    })
+}
+
 fn conv_params(block: &ConvBlock, name: &str) -> Result<ConvParams, String> {
     let conv = &block.conv;
     check_conv(name, conv.stride, conv.dilation, conv.groups, &conv.padding)?;
@@ -402,12 +412,7 @@ fn conv_params(block: &ConvBlock, name: &str) -> Result<ConvParams, String> {
     Ok(ConvParams {
         weight,
         shape,
-        bias: conv
-            .bias
-            .as_ref()
-            .map(|b| values(b.val()))
-            .transpose()?
-            .map(|(v, _)| v),
+        bias: bias_values(&conv.bias)?,
         gamma: values(norm.gamma.val())?.0,
         beta: values(norm.beta.val())?.0,
         mean: values(norm.running_mean.value())?.0,
@@ -423,12 +428,7 @@ fn linear_params(layer: &burn::nn::Linear) -> Result<LinearParams, String> {
     Ok(LinearParams {
         weight: transposed,
         shape: [n, k],
-        bias: layer
-            .bias
-            .as_ref()
-            .map(|b| values(b.val()))
-            .transpose()?
-            .map(|(v, _)| v),
+        bias: bias_values(&layer.bias)?,
     })
 }
 
