@@ -7,8 +7,8 @@
 //! * **Convolution** (stride 1, valid padding, NHWC): `m` is an output pixel `(y, x)`, `n` an
 //!   output channel, and `k = (ky * kernel_w + kx) * C_in + c` runs over the receptive field,
 //!   so `a[m, k] = input[((y + ky) * W + (x + kx)) * C_in + c]`. No im2col buffer: row `m`
-//!   starts at input offset `(y * W + x) * C_in`, and the field is `kernel_h * kernel_w`
-//!   *segments* of `C_in` contiguous values at offsets `(ky * W + kx) * C_in` from there.
+//!   starts at input offset `(y * W + x) * C_in`, and the field is `kernel_h` *segments* of
+//!   `kernel_w * C_in` contiguous values at offsets `ky * W * C_in` from there.
 //!
 //! The weights are packed once, at load, into column blocks of `NR = 2 * LANES` output
 //! channels: block `b` holds `w[k, b*NR .. b*NR + NR]` for every `k`, contiguous, zero-padded
@@ -131,14 +131,15 @@ impl ConvLayer {
         );
         let [oh, ow] = self.output_size(size);
         assert_eq!(out.len(), oh * ow * c_out);
-        let segments: Vec<usize> = (0..kh)
-            .flat_map(|ky| (0..kw).map(move |kx| (ky * w + kx) * c_in))
-            .collect();
+        // One segment per kernel row: its `kw` pixels of `c_in` channels are contiguous in
+        // NHWC, in the packed weights' k order ((ky * kw + kx) * c_in + c). Fewer, longer
+        // segments matter most for a thin input (conv1, c_in = 1: 3 segments of 3, not 9 of 1).
+        let segments: Vec<usize> = (0..kh).map(|ky| ky * w * c_in).collect();
         let offset = |y: usize, x: usize| (y * w + x) * c_in;
         let tiles = Tiles {
             input,
             segments: &segments,
-            segment_len: c_in,
+            segment_len: kw * c_in,
             weights: &self.weights,
         };
         if self.max_pool_2x2 {
