@@ -1,9 +1,9 @@
 //! This project's own CPU kernels: the forward pass of a conv/linear network on raw f32
 //! buffers, SIMD-tiled for the instruction set at hand, generic over shapes.
 //!
-//! burn stays the model definition and the loader (see `crate::fast`, which turns a loaded
-//! burn [`crate::Model`] into a [`Network`] once: BatchNorm folded into the convolutions,
-//! weights packed for the kernels). A [`Network`] is
+//! burn stays the model definition; `crate::fast` builds a [`Network`] once, from the
+//! safetensors file (or, as the reference, from a burn [`crate::Model`] loaded by burn-store):
+//! BatchNorm folded into the convolutions, weights packed for the kernels. A [`Network`] is
 //!
 //! ```text
 //! input [N, C, H, W] (NCHW, normalised) -> to NHWC
