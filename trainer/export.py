@@ -97,9 +97,7 @@ def convert_weights(src: Path, dst: Path, dtype: str) -> Path:
 
     if dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"unknown weights dtype {dtype!r}: choose one of {', '.join(WEIGHTS_DTYPES)}")
-    metadata = read_metadata(src)
-    if metadata.get("architecture") != ARCHITECTURE:
-        raise WeightsError(f"{src}: architecture is {metadata.get('architecture')!r}, expected {ARCHITECTURE!r}")
+    metadata = read_model_metadata(src)
     tensors = {name: t.to(WEIGHTS_DTYPES[dtype]).contiguous() for name, t in load_file(str(src)).items()}
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +119,19 @@ def read_metadata(path: Path) -> dict[str, str]:
         raise WeightsError(f"{path}: not a readable safetensors file ({e})") from e
 
 
+def read_model_metadata(path: Path) -> dict[str, str]:
+    """``read_metadata``, checked to be this model's: ``architecture`` is ``ARCHITECTURE``.
+
+    Raises:
+        WeightsError: unreadable file, or another architecture (named).
+    """
+    metadata = read_metadata(path)
+    found = metadata.get("architecture")
+    if found != ARCHITECTURE:
+        raise WeightsError(f"{path}: architecture is {found!r}, expected {ARCHITECTURE!r}")
+    return metadata
+
+
 def load_model(path: Path) -> Net:
     """Load a ``Net`` in eval mode from a file written by ``save_safetensors``.
 
@@ -130,10 +141,7 @@ def load_model(path: Path) -> Net:
     """
     from safetensors.torch import load_file
 
-    metadata = read_metadata(path)
-    found = metadata.get("architecture")
-    if found != ARCHITECTURE:
-        raise WeightsError(f"{path}: architecture is {found!r}, expected {ARCHITECTURE!r}")
+    read_model_metadata(path)
     model = Net()
     expected = state_dict_for_export(model)
     tensors = load_file(str(path))

@@ -244,20 +244,6 @@ impl Network {
         isa: Isa,
     ) -> Result<Network, String> {
         let mut used = BTreeSet::new();
-        let mut read = |name: String, rank: usize| -> Result<(Vec<f32>, Vec<usize>), String> {
-            let view = file
-                .tensor(&name)
-                .map_err(|_| format!("tensor {name} is missing from the file"))?;
-            let shape = view.shape().to_vec();
-            if shape.len() != rank {
-                return Err(format!(
-                    "{name} has shape {shape:?}, expected {rank} dimensions"
-                ));
-            }
-            let values = widen(view.dtype(), view.data()).map_err(|e| format!("{name}: {e}"))?;
-            used.insert(name);
-            Ok((values, shape))
-        };
         let mut convs = Vec::new();
         for (prefix, ..) in CONV_BLOCKS {
             // The geometry (stride, padding, bias, ...) is the same for any channel counts.
@@ -278,20 +264,12 @@ impl Network {
                 pool.ceil_mode,
                 &pool.padding,
             )?;
-            let (weight, s) = read(format!("{prefix}.conv.weight"), 4)?;
+            let (weight, s) = read(file, &mut used, format!("{prefix}.conv.weight"), 4)?;
             let c_out = s[0];
-            let mut vector = |name: String| -> Result<Vec<f32>, String> {
-                let (values, _) = read(name.clone(), 1)?;
-                if values.len() != c_out {
-                    return Err(format!(
-                        "{name} has {} values, expected {c_out}",
-                        values.len()
-                    ));
-                }
-                Ok(values)
-            };
+            let mut vector =
+                |suffix: &str| read_vector(file, &mut used, format!("{prefix}.{suffix}"), c_out);
             let bias = if conv.bias {
-                Some(vector(format!("{prefix}.conv.bias"))?)
+                Some(vector("conv.bias")?)
             } else {
                 None
             };
@@ -299,25 +277,17 @@ impl Network {
                 weight,
                 shape: [s[0], s[1], s[2], s[3]],
                 bias,
-                gamma: vector(format!("{prefix}.norm.weight"))?,
-                beta: vector(format!("{prefix}.norm.bias"))?,
-                mean: vector(format!("{prefix}.norm.running_mean"))?,
-                var: vector(format!("{prefix}.norm.running_var"))?,
+                gamma: vector("norm.weight")?,
+                beta: vector("norm.bias")?,
+                mean: vector("norm.running_mean")?,
+                var: vector("norm.running_var")?,
                 epsilon: model::norm_config(c_out).epsilon,
             });
         }
         let mut linears = Vec::new();
         for (prefix, ..) in LINEARS {
-            let (weight, s) = read(format!("{prefix}.weight"), 2)?;
-            let name = format!("{prefix}.bias");
-            let (bias, _) = read(name.clone(), 1)?;
-            if bias.len() != s[0] {
-                return Err(format!(
-                    "{name} has {} values, expected {}",
-                    bias.len(),
-                    s[0]
-                ));
-            }
+            let (weight, s) = read(file, &mut used, format!("{prefix}.weight"), 2)?;
+            let bias = read_vector(file, &mut used, format!("{prefix}.bias"), s[0])?;
             linears.push(LinearParams {
                 weight,
                 shape: [s[0], s[1]],
@@ -356,6 +326,45 @@ impl Network {
         ];
         Network::from_params(&convs, &linears, input, isa)
     }
+}
+
+/// Tensor `name` of the file as f32 values, with its shape, checked to have `rank`
+/// dimensions; its name goes into `used`.
+fn read(
+    file: &SafeTensors,
+    used: &mut BTreeSet<String>,
+    name: String,
+    rank: usize,
+) -> Result<(Vec<f32>, Vec<usize>), String> {
+    let view = file
+        .tensor(&name)
+        .map_err(|_| format!("tensor {name} is missing from the file"))?;
+    let shape = view.shape().to_vec();
+    if shape.len() != rank {
+        return Err(format!(
+            "{name} has shape {shape:?}, expected {rank} dimensions"
+        ));
+    }
+    let values = widen(view.dtype(), view.data()).map_err(|e| format!("{name}: {e}"))?;
+    used.insert(name);
+    Ok((values, shape))
+}
+
+/// [`read`] of a 1-D tensor that must hold `len` values (a bias, a BatchNorm vector).
+fn read_vector(
+    file: &SafeTensors,
+    used: &mut BTreeSet<String>,
+    name: String,
+    len: usize,
+) -> Result<Vec<f32>, String> {
+    let (values, _) = read(file, used, name.clone(), 1)?;
+    if values.len() != len {
+        return Err(format!(
+            "{name} has {} values, expected {len}",
+            values.len()
+        ));
+    }
+    Ok(values)
 }
 
 /// Little-endian f32 or f16 values as f32.
