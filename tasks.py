@@ -330,6 +330,7 @@ def built_backends() -> list[str]:
 
 
 @task(auto_shortflags=False, help={
+    "arch": "architecture: cnn (default), mlp, lenet5 or resnet (trainer/model.py)",
     "epochs": "passes over the 60,000 training images (default 16)",
     "seed": "random seed (default 0); same seed, same machine, same threads: same model",
     "augment": "augmentation preset: draw (default: affine + stroke width, slant, elastic), affine or none",
@@ -343,11 +344,16 @@ def built_backends() -> list[str]:
     "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
     "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/)",
 })
-def train(c, epochs=None, seed=None, augment=None, clean_epochs=None, ema_decay=None, label_smoothing=None,
-          resume=False, limit=None, threads=None, device=None, data_dir=None, out_dir=None):
-    """Train the model; write model.safetensors + metrics.json (and the Rust fixture for models/)."""
+def train(c, arch=None, epochs=None, seed=None, augment=None, clean_epochs=None, ema_decay=None,
+          label_smoothing=None, resume=False, limit=None, threads=None, device=None, data_dir=None, out_dir=None):
+    """Train a model; write its weights + metrics to models/ (and, for the default cnn, the Rust fixture).
+
+    --arch cnn (default) writes model.safetensors + metrics.json; mlp, lenet5 and resnet write
+    <arch>.safetensors + <arch>.metrics.json beside it (trainer.model.ARCHITECTURES).
+    """
     from trainer import data
     from trainer.fixtures import write_fixture
+    from trainer.model import DEFAULT_ARCHITECTURE
     from trainer.train import DEFAULT_OUT_DIR, Config
     from trainer.train import train as run_training
 
@@ -355,14 +361,14 @@ def train(c, epochs=None, seed=None, augment=None, clean_epochs=None, ema_decay=
     data_path = Path(data_dir) if data_dir else data.DEFAULT_DATA_DIR
     try:
         config = Config.from_options(
-            epochs=epochs, seed=seed, augment=augment, clean_epochs=clean_epochs, ema_decay=ema_decay,
+            arch=arch, epochs=epochs, seed=seed, augment=augment, clean_epochs=clean_epochs, ema_decay=ema_decay,
             label_smoothing=label_smoothing, limit=limit, threads=threads, device=device)
         run_training(config, data_dir=data_path, out_dir=out, resume=resume)
     except KeyboardInterrupt:
         raise Exit(f"training interrupted; {out} keeps its model; `invoke train --resume` continues", code=130)
     except (data.DataError, ValueError, FileNotFoundError) as e:
         raise Exit(f"error: {e}")
-    if out.resolve() == DEFAULT_OUT_DIR:
+    if out.resolve() == DEFAULT_OUT_DIR and config.arch == DEFAULT_ARCHITECTURE:
         log(f"regenerated the Rust parity fixture: {write_fixture(out / 'model.safetensors', data_dir=data_path)}")
 
 
@@ -377,17 +383,34 @@ def bench_train(c, seeds="0,1,2", out_dir=None):
 
 @task(help={
     "weights": "the model to evaluate (default models/model.safetensors)",
-    "out_dir": "report folder (default reports/<weights file name>)",
-    "limit": "the first N test digits only (default 0: all 10,000)",
+    "out_dir": "report folder (default reports/<weights file name>; with --all: reports/models)",
+    "limit": "the first N test digits only (default 0: all 10,000); with --all also N scribbles",
     "data_dir": "MNIST folder (default data/)",
+    "all": "compare every models/*.safetensors: comparison.json/.md/.png in reports/models/ "
+           "(accuracy, calibration, out-of-distribution detection, wasm predict time) and each "
+           "model's report in reports/<name>/",
 })
-def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None):
-    """Accuracy on clean, augmented and redrawn MNIST test digits; plots; a markdown summary."""
+def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None, all_=False):
+    """Accuracy on clean, augmented and redrawn MNIST test digits; plots; a markdown summary.
+
+    --all: one comparison of every model in models/ (trainer/compare.py).
+    """
     from trainer import data
     from trainer.evaluate import DEFAULT_WEIGHTS
     from trainer.evaluate import evaluate as run_evaluation
     from trainer.export import WeightsError
 
+    if all_:
+        from trainer.compare import CompareError, compare
+
+        if weights:
+            raise Exit("error: --all compares every model in models/; leave out --weights")
+        try:
+            compare(out_dir=Path(out_dir) if out_dir else None, data_dir=Path(data_dir) if data_dir else None,
+                    limit=int(limit))
+        except (CompareError, WeightsError, data.DataError, ValueError) as e:
+            raise Exit(f"error: {e}")
+        return
     try:
         run_evaluation(Path(weights) if weights else DEFAULT_WEIGHTS, Path(out_dir) if out_dir else None,
                        Path(data_dir) if data_dir else None, limit=int(limit))
@@ -434,9 +457,15 @@ FALLBACK_BACKENDS = ("fast-simd128", *CPU_BACKENDS)
                        f"{DEFAULT_BACKEND}; or flex, ndarray); ?backend=NAME in the URL picks any built one",
             "webgpu": "also build and offer the WebGPU build (burn wgpu), for ?backend=wgpu; its first "
                       "compile takes minutes, and for one small image it is slower than the CPU kernels",
-            "weights-dtype": WEIGHTS_DTYPE_HELP})
-def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False, weights_dtype="f32"):
+            "weights-dtype": WEIGHTS_DTYPE_HELP,
+            "models": "folder whose *.safetensors models the page offers (default models/), listed in "
+                      "/config.json and served under /models/ (read once, at start)"})
+def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False, weights_dtype="f32", models=None):
     """Build what is stale, then serve web/ at http://<host>:<port>."""
+    embedded = weights_path()  # the file the builds embed (an f16 copy of it with --weights-dtype f16)
+    models_dir = Path(models) if models else MODEL_DIR
+    if not models_dir.is_dir():
+        raise Exit(f"--models names a folder of *.safetensors files; {models_dir} is not one")
     use_weights_dtype(weights_dtype)
     if backend not in FALLBACK_BACKENDS:
         raise Exit(f"--backend names the fallback build: {', '.join(FALLBACK_BACKENDS)}, not {backend!r}. "
@@ -449,7 +478,8 @@ def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False,
     from web.server import serve as serve_web
 
     served = [b for b in built_backends() if b in offered]
-    serve_web(host=host, port=int(port), default_backend=backend, backends=served)
+    serve_web(host=host, port=int(port), default_backend=backend, backends=served,
+              models_dir=models_dir, embedded=embedded)
 
 
 @task

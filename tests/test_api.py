@@ -225,9 +225,132 @@ def test_json_pixels(api, mnist_test, classify_pixels):
 
 def test_config_and_page_still_served(api):
     reply = call(api, "/config.json", method="GET", content_length=False)
-    assert reply.status == 200 and reply.json() == {"default": "flex", "backends": ["flex"]}
+    assert reply.status == 200
+    config = reply.json()
+    assert config["default"] == "flex" and config["backends"] == ["flex"] and config["embedded"] == "cnn"
     reply = call(api, "/", method="GET", content_length=False)
     assert reply.status == 200 and b'data-testid="draw"' in reply.body
+
+
+# --- MC dropout: ?samples=N ---------------------------------------------------------------------
+
+UNCERTAINTY_KEYS = {"probabilities", "std", "entropy", "mutual_information", "samples", "unsure"}
+
+
+def native_uncertainty():
+    """``mnist_infer.uncertainty``; skips the test when the native module is not built."""
+    try:
+        import mnist_infer
+    except ImportError:
+        pytest.skip("mnist_infer is not importable: the API's uncertainty needs the native module")
+    return mnist_infer
+
+
+def check_uncertainty(document: dict, samples: int) -> dict:
+    """Assert the ``uncertainty`` object's shape and ranges; returns it with numpy arrays."""
+    assert set(document) == {"predictions", "success", "uncertainty"}
+    u = document["uncertainty"]
+    assert set(u) == UNCERTAINTY_KEYS and u["samples"] == samples and u["unsure"] in (True, False, None)
+    assert len(u["probabilities"]) == 10 and len(u["std"]) == 10
+    probabilities, std = np.array(u["probabilities"]), np.array(u["std"])
+    assert ((probabilities >= 0) & (probabilities <= 1)).all() and abs(probabilities.sum() - 1) < 1e-4
+    assert (std >= 0).all() and (std <= 0.5).all()  # the std of values in 0..1 is at most 1/2
+    assert 0 <= u["entropy"] <= math.log(10) + 1e-5
+    assert -1e-5 <= u["mutual_information"] <= u["entropy"] + 1e-5
+    return {**u, "probabilities": probabilities, "std": std}
+
+
+def test_samples_add_mc_dropout_uncertainty(api, mnist_test):
+    mnist_infer = native_uncertainty()
+    pixels = mnist_test.images[0].numpy().reshape(784)  # a 7, classified with near certainty
+    plain = post_json(api, {"pixels": pixels.tolist()})
+    assert plain.status == 200 and "uncertainty" not in plain.json()  # unchanged without samples
+    reply = post_json(api, {"pixels": pixels.tolist()}, path="/api/predict?samples=20")
+    assert reply.status == 200, reply.body
+    document = reply.json()
+    u = check_uncertainty(document, 20)
+    assert document["predictions"] == plain.json()["predictions"]  # the plain prediction is kept
+    # The mean of 20 passes with dropout on is close to the plain (dropout off) prediction of a
+    # clear digit, but not equal: dropout is really on, and the passes spread.
+    probabilities = check_payload(plain.json())
+    np.testing.assert_allclose(u["probabilities"], probabilities, atol=1e-3)
+    assert u["std"].max() > 0 and not np.array_equal(u["probabilities"], probabilities)
+    assert int(np.argmax(u["probabilities"])) == int(mnist_test.labels[0])
+    # Exactly the native module's numbers on the embedded model, with seed 0.
+    expected = mnist_infer.uncertainty(pixels.astype(np.float32), samples=20, seed=0)
+    np.testing.assert_allclose(u["probabilities"], expected["probabilities"], atol=1e-6)
+    np.testing.assert_allclose(u["std"], expected["std"], atol=1e-6)
+    assert u["entropy"] == pytest.approx(expected["entropy"], abs=1e-6)
+    assert u["mutual_information"] == pytest.approx(expected["mutual_information"], abs=1e-6)
+    # unsure is null exactly when the weights carry no calibrated threshold.
+    assert (u["unsure"] is None) == (mnist_infer.Classifier().unsure_threshold is None)
+    # Seeded masks: the same request, the same numbers.
+    assert post_json(api, {"pixels": pixels.tolist()}, path="/api/predict?samples=20").json() == document
+
+
+def test_one_sample_has_no_spread_and_images_take_samples_too(api, mnist_test):
+    native_uncertainty()
+    pixels = mnist_test.images[1].numpy().reshape(784)
+    u = check_uncertainty(post_json(api, {"pixels": pixels.tolist()}, path="/api/predict?samples=1").json(), 1)
+    assert (u["std"] == 0).all() and u["mutual_information"] == pytest.approx(0, abs=1e-5)
+    body, content_type = multipart([("image", png(mnist_test.images[2].numpy()))])
+    reply = call(api, "/api/predict?samples=1000&other=x", body=body, headers={"Content-Type": content_type})
+    assert reply.status == 200, reply.body
+    u = check_uncertainty(reply.json(), 1000)
+    assert int(np.argmax(u["probabilities"])) == int(mnist_test.labels[2])
+
+
+def test_the_uncertainty_function_is_injectable(classify_pixels):
+    calls = []
+
+    def fake(pixels, samples, seed):
+        calls.append((np.array(pixels), samples, seed))
+        p = np.full(10, 0.1, dtype=np.float32)
+        return {"probabilities": p, "std": p / 10, "entropy": math.log(10), "mutual_information": 0.5,
+                "samples": samples, "unsure": True}
+
+    server = start(classify_pixels=classify_pixels, uncertainty=fake)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        reply = post_json(base, {"pixels": INK}, path="/api/predict?samples=7")
+        u = check_uncertainty(reply.json(), 7)
+        assert u["unsure"] is True and u["mutual_information"] == 0.5
+        np.testing.assert_allclose(u["std"], 0.01, rtol=1e-6)
+        (pixels, samples, seed), = calls
+        assert pixels.shape == (784,) and pixels.tolist() == INK and samples == 7 and seed == 0
+    finally:
+        stop(server)
+
+
+@pytest.mark.parametrize("broken", [
+    lambda pixels, samples, seed: {"probabilities": np.zeros(9), "std": np.zeros(10), "entropy": 0.0,
+                                   "mutual_information": 0.0, "samples": samples, "unsure": None},
+    lambda pixels, samples, seed: {"probabilities": np.full(10, 0.1), "std": np.full(10, -0.1), "entropy": 0.0,
+                                   "mutual_information": 0.0, "samples": samples, "unsure": None},
+    lambda pixels, samples, seed: {"probabilities": np.full(10, 0.1)},
+    lambda pixels, samples, seed: (_ for _ in ()).throw(ValueError("secret internal detail")),
+], ids=["wrong-shape", "negative-std", "missing-keys", "raises"])
+def test_a_failing_uncertainty_function_is_a_500(classify_pixels, broken, capfd):
+    server = start(classify_pixels=classify_pixels, uncertainty=broken)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        message = assert_error(post_json(base, {"pixels": INK}, path="/api/predict?samples=3"), 500, "internal")
+        assert "secret" not in message
+        assert post_json(base, {"pixels": INK}).status == 200  # without samples it is not called
+    finally:
+        stop(server)
+    assert "Traceback" in capfd.readouterr().err
+
+
+def test_samples_answer_503_when_the_native_module_is_missing(classify_pixels, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mnist_infer", None)  # `import mnist_infer` raises ImportError
+    server = start(classify_pixels=classify_pixels)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert post_json(base, {"pixels": INK}).status == 200  # the injected classifier still answers
+        assert_error(post_json(base, {"pixels": INK}, path="/api/predict?samples=20"), 503, "mnist_infer")
+    finally:
+        stop(server)
 
 
 # --- error paths --------------------------------------------------------------------------------
@@ -328,6 +451,10 @@ ERROR_CASES = {
     "get-api": (dict(path="/api", method="GET", content_length=False), 404, "no API"),
     "post-unknown-api": (dict(path="/api/classify", body=b"{}", headers=JSON), 404, "POST /api/predict"),
     "trailing-slash": (dict(path="/api/predict/", body=b"{}", headers=JSON), 404, "no API"),
+    # MC-dropout passes: an integer 1..1000, once (checked before anything else).
+    **{f"samples={value}": (dict(path=f"/api/predict?samples={value}", body=json.dumps({"pixels": INK}).encode(),
+                                 headers=JSON), 400, "samples")
+       for value in ("abc", "0", "1001", "-1", "2.5", "", "1e3", "%2020", "0x10", "9" * 30, "20&samples=20")},
 }
 
 

@@ -82,8 +82,11 @@ def test_drawn_digits_are_recognised(browser, server, backend):
         assert prediction(page)[0] == ""
         before = prediction(page)[1]
         draw(page, strokes)
+        # The pen-up prediction is the one with MC dropout's verdict (data-unsure set); the live
+        # ones while the pen moves have none, and may still be arriving.
         page.wait_for_function(
-            f"Number(document.querySelector('[data-testid=prediction]').dataset.seq) > {before}"
+            f"(() => {{ const el = document.querySelector('[data-testid=prediction]');"
+            f" return Number(el.dataset.seq) > {before} && el.dataset.unsure !== ''; }})()"
         )
         shown, seq, probs = prediction(page)
         assert seq > before
@@ -154,8 +157,12 @@ def test_weights_loaded_at_run_time_answer_like_the_embedded_ones(browser, serve
     from tests.conftest import WEIGHTS
     from trainer.export import convert_weights, read_metadata
 
+    from trainer.model import MLP, layers_to_json
+
+    # The cnn's tensors under the mlp's layer plan: no build may run it.
     foreign = tmp_path / "foreign.safetensors"
-    save_file(load_file(str(WEIGHTS)), str(foreign), metadata={**read_metadata(WEIGHTS), "architecture": "resnet18"})
+    metadata = {**read_metadata(WEIGHTS), "architecture": MLP.id, "layers": layers_to_json(MLP.layers)}
+    save_file(load_file(str(WEIGHTS)), str(foreign), metadata=metadata)
     files = {"same": WEIGHTS.read_bytes(), "truncated": WEIGHTS.read_bytes()[:1000], "foreign": foreign.read_bytes()}
     if backend.startswith("fast"):
         files["f16"] = convert_weights(WEIGHTS, tmp_path / "f16.safetensors", "f16").read_bytes()
@@ -165,7 +172,7 @@ def test_weights_loaded_at_run_time_answer_like_the_embedded_ones(browser, serve
     out = page.evaluate(FROM_BYTES, [backend, encoded, images])
     assert out["same"] == out["embedded"]
     assert "not a readable safetensors file" in out["truncated"], out["truncated"]
-    assert "resnet18" in out["foreign"], out["foreign"]
+    assert "fc1.weight has shape [128, 1600], the plan says [512, 784]" in out["foreign"], out["foreign"]
     if "f16" in out:
         embedded, f16 = torch.tensor(out["embedded"]), torch.tensor(out["f16"])
         assert (embedded.argmax(1) == f16.argmax(1)).all()

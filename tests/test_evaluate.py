@@ -20,8 +20,9 @@ from trainer.redraw import PAGE_PEN_WIDTH, PEN_WIDTHS
 #: Test digits of the evaluation under test (the first N of the 10,000).
 N = 300
 PNGS = ("confusion_matrix.png", f"confusion_matrix_pen{PAGE_PEN_WIDTH}.png", "per_class_accuracy.png",
-        "training_curves.png", "worst_errors.png", f"worst_errors_pen{PAGE_PEN_WIDTH}.png")
-SET_KEYS = ("clean", "augmented", *(f"redrawn_pen{w}" for w in PEN_WIDTHS))
+        "training_curves.png", "worst_errors.png", f"worst_errors_pen{PAGE_PEN_WIDTH}.png",
+        "worst_errors_adverse.png")
+SET_KEYS = ("clean", "augmented", *(f"redrawn_pen{w}" for w in PEN_WIDTHS), "redrawn_adverse")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_summary_has_the_table_and_the_metadata(report):
     for key, numbers in result["sets"].items():
         row = f"| {set_label(key)} | {numbers['accuracy']:.2%} | {numbers['errors']:,} | {N} |"
         assert row in summary, row
-    assert f"| redrawn pen {PAGE_PEN_WIDTH} (page) |" in summary
+    assert f"| redrawn pen {PAGE_PEN_WIDTH} (page) |" in summary and "| redrawn, adverse pen |" in summary
     for key, value in read_metadata(WEIGHTS).items():  # test_accuracy, versions, architecture, ...
         assert f"| {key} | {value} |" in summary
     for name in PNGS:
@@ -129,7 +130,7 @@ def test_training_curves_need_the_weights_own_metrics(tmp_path, capsys, metrics)
     summary = (out / "summary.md").read_text()
     expected = "no metrics.json beside" if metrics is None else "is from another run"
     assert expected in summary and any(expected in note for note in result["notes"])
-    assert tuple(result["sets"]) == ("clean", "augmented", f"redrawn_pen{PAGE_PEN_WIDTH}")
+    assert tuple(result["sets"]) == ("clean", "augmented", f"redrawn_pen{PAGE_PEN_WIDTH}", "redrawn_adverse")
     printed = capsys.readouterr().out
     assert "| test set | accuracy | errors | n |" in printed and "| clean |" in printed
 
@@ -137,7 +138,7 @@ def test_training_curves_need_the_weights_own_metrics(tmp_path, capsys, metrics)
 def test_weights_of_another_architecture_are_refused(tmp_path):
     other = tmp_path / "other.safetensors"
     save_file({"layer.weight": torch.zeros(3, 3)}, str(other), metadata={"architecture": "resnet-9000"})
-    with pytest.raises(WeightsError, match="architecture is 'resnet-9000'"):
+    with pytest.raises(WeightsError, match="architecture 'resnet-9000' without a `layers` plan"):
         evaluate(other, tmp_path / "report", limit=10)
     assert not (tmp_path / "report").exists(), "nothing is written for weights that do not load"
 

@@ -48,11 +48,38 @@ def test_rust_fixture_matches_the_committed_model(model):
     assert torch.allclose(logits, fixture["logits"], atol=1e-5), "run `invoke fixtures`"
 
 
-def test_other_architecture_is_refused(tmp_path):
+def test_a_file_without_a_usable_plan_is_refused(tmp_path):
     path = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, str(path), metadata={"architecture": "lenet5"})
-    with pytest.raises(WeightsError, match="architecture is 'lenet5'"):
+    with pytest.raises(WeightsError, match="architecture 'lenet5' without a `layers` plan"):
         load_model(path)
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"architecture": "x", "layers": '[{"kind": "rnn"}]'})
+    with pytest.raises(WeightsError, match="rnn"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "resnet"])
+def test_every_architecture_round_trips_through_its_file(tmp_path, name):
+    from trainer.export import save_safetensors
+    from trainer.model import build
+
+    net = build(name).eval()
+    path = save_safetensors(net, tmp_path / f"{name}.safetensors")
+    loaded = load_model(path)
+    assert loaded.layers == net.layers and loaded.architecture == net.architecture
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(loaded(x), net(x))
+
+
+def test_metadata_updates_keep_the_tensors(tmp_path):
+    from trainer.export import update_metadata
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(WEIGHTS.read_bytes())
+    update_metadata(path, {"unsure_mutual_information": "0.05"})
+    assert read_metadata(path)["unsure_mutual_information"] == "0.05"
+    before, after = load_file(str(WEIGHTS)), load_file(str(path))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_missing_and_misshapen_tensors_are_named(tmp_path):

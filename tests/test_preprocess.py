@@ -19,6 +19,7 @@ from trainer.preprocess import (
     ImageError,
     ink_bounds,
     ink_from_image,
+    ink_from_rgba,
     js_round,
     load_ink,
     to_mnist,
@@ -205,6 +206,36 @@ def test_unreadable_files_raise_image_error_naming_the_file(tmp_path):
     assert load_ink(noise).shape == (200, 200)
 
 
+def test_ink_from_rgba_is_luma_on_white_paper():
+    """ink = alpha * (255 - BT.601 luma) / 255, rounded: black gives its alpha exactly, light
+    blue faint ink, white and transparent none."""
+    alpha = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    black = np.zeros((16, 16, 4), np.uint8)
+    black[..., 3] = alpha
+    ink = ink_from_rgba(black)
+    assert ink.dtype == np.float32 and ink.shape == (16, 16)
+    np.testing.assert_array_equal(ink, alpha)  # the page's ink before colours counted
+    pixels = np.array([[[0x4F, 0xC3, 0xF7, 255], [0x4F, 0xC3, 0xF7, 128], [255, 255, 255, 255],
+                        [0x1A, 0x23, 0x7E, 255], [200, 10, 10, 0]]], np.uint8)
+    light_blue = 255 - (0.299 * 0x4F + 0.587 * 0xC3 + 0.114 * 0xF7)  # 88.8
+    np.testing.assert_array_equal(ink_from_rgba(pixels),
+                                  [[round(light_blue), round(128 * light_blue / 255), 0, 212, 0]])
+    for bad in (np.zeros((4, 4, 3)), np.zeros((4, 4)), np.full((2, 2, 4), 300.0), np.full((2, 2, 4), np.nan)):
+        with pytest.raises(ValueError):
+            ink_from_rgba(bad)
+
+
+def test_coloured_ink_on_transparent_is_read_as_the_page_reads_it():
+    """A drawing saved from a transparent canvas: black strokes give their alpha, light blue
+    ones faint ink, as on the page (so `invoke predict` sees what the page's model sees)."""
+    rgba = np.zeros((60, 60, 4), np.uint8)
+    rgba[10:50, 10:20] = (0, 0, 0, 255)
+    rgba[10:50, 30:40] = (0x4F, 0xC3, 0xF7, 255)  # light blue
+    rgba[10:50, 9] = (0, 0, 0, 100)  # an anti-aliased edge
+    ink = load_ink(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert ink[30, 15] == 255 and ink[30, 9] == 100 and ink[30, 35] == 89 and ink[30, 25] == 0
+
+
 # --- parity with web/preprocess.js, in Chromium -----------------------------------------------
 
 SHAPES = {  # polylines on the 280x280 canvas
@@ -313,3 +344,62 @@ def test_python_matches_the_page_on_identical_arrays(browser, server, mnist_test
             worst = max(worst, float(np.abs(ours - np.array(js, np.float32).reshape(28, 28)).max()))
     print(f"identical arrays ({len(arrays)}): max |Python - JS| = {worst:.2e} grey levels")
     assert worst <= 1e-3
+
+
+#: In the page: strokes in several colours and opacities on a transparent canvas; returns the
+#: canvas's RGBA and web/preprocess.js's inkFromImageData of it.
+COLOUR_JS = """async ({ strokes }) => {
+    const { inkFromImageData } = await import('./preprocess.js');
+    const canvas = new OffscreenCanvas(280, 280);
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    const out = [];
+    for (const group of strokes) {
+        ctx.clearRect(0, 0, 280, 280);
+        for (const { colour, width, line } of group) {
+            Object.assign(ctx, { lineWidth: width, lineCap: 'round', lineJoin: 'round', strokeStyle: colour });
+            ctx.beginPath();
+            ctx.moveTo(...line[0]);
+            for (const point of line.slice(1)) ctx.lineTo(...point);
+            ctx.stroke();
+        }
+        const image = ctx.getImageData(0, 0, 280, 280);
+        out.push({ rgba: Array.from(image.data), ink: Array.from(inkFromImageData(image)) });
+    }
+    return out;
+}"""
+
+
+@pytest.mark.browser
+def test_python_ink_matches_the_page_on_coloured_strokes(browser, server):
+    """inkFromImageData (JS) and ink_from_rgba (Python) give the same ink, value for value, on
+    canvases drawn in the adverse pen's colours and in translucent ones; black strokes give
+    their alpha, as the page read them before colours counted."""
+    from trainer.redraw import ADVERSE_PALETTE
+
+    lines = list(SHAPES.values())
+    colours = [*ADVERSE_PALETTE, "rgba(0, 0, 0, 0.4)", "rgba(79, 195, 247, 0.5)", "#ffffff"]
+    groups = [[{"colour": "#000000", "width": 20, "line": line} for line in lines[0] + lines[1]]]
+    groups.append([{"colour": colour, "width": 6 + i, "line": [(20 + 20 * i, 30), (40 + 18 * i, 250)]}
+                   for i, colour in enumerate(colours)])
+    groups.append([{"colour": colours[i % len(colours)], "width": 14 + 2 * i, "line": line}
+                   for i, line in enumerate(sum(lines, []))])
+    page = open_page(browser, server, "flex")
+    results = page.evaluate(COLOUR_JS, {"strokes": groups})
+    page.close()
+    for k, result in enumerate(results):
+        rgba = np.array(result["rgba"], np.uint8).reshape(CANVAS, CANVAS, 4)
+        js = np.array(result["ink"], np.float32).reshape(CANVAS, CANVAS)
+        np.testing.assert_array_equal(ink_from_rgba(rgba), js, err_msg=f"group {k}")
+        if k == 0:
+            np.testing.assert_array_equal(js, rgba[..., 3])  # black: ink = alpha
+    strip = lambda i: js_strip(results[1], i)  # noqa: E731
+    inks = [strip(i) for i in range(len(colours))]
+    print("ink at the centre of each colour's stroke:", dict(zip(colours, inks)))
+    assert inks[0] == 255 and inks[ADVERSE_PALETTE.index("#4fc3f7")] == 89 and inks[-1] == 0
+    assert inks[len(ADVERSE_PALETTE)] == round(0.4 * 255)  # translucent black: its alpha
+
+
+def js_strip(result, i: int) -> int:
+    """The ink at the middle of the i-th stroke of the one-stroke-per-colour group."""
+    x = round((20 + 20 * i + 40 + 18 * i) / 2)
+    return int(result["ink"][140 * CANVAS + x])

@@ -33,7 +33,12 @@ def fetch(url, method="GET"):
 def test_config_lists_built_backends(local_server):
     status, headers, body = fetch(local_server + "config.json")
     assert status == 200 and headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"default": "flex", "backends": ["flex", "ndarray"]}
+    config = json.loads(body)
+    assert set(config) == {"default", "backends", "embedded", "models"}  # models: tests/test_models_api.py
+    assert config["default"] == "flex" and config["backends"] == ["flex", "ndarray"]
+    # By default the repo's models/ is listed, and the embedded models/model.safetensors comes first.
+    assert config["embedded"] == "cnn" and config["models"][0]["name"] == "cnn"
+    assert config["models"][0]["url"] == "models/model.safetensors" and config["models"][0]["embedded"] is True
 
 
 def test_page_and_modules_are_served(local_server):

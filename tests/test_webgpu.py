@@ -98,3 +98,26 @@ def test_a_crashed_worker_rejects_waiting_and_later_predictions(browser, webgpu_
     }""")
     assert messages == ["the inference worker stopped: simulated crash"] * 2
     page.close()
+
+
+def test_every_model_runs_on_webgpu_with_mc_dropout(webgpu_browser, webgpu_server, mnist_test):
+    """The model picker on the wgpu build: each committed model loaded at run time
+    (Classifier.fromBytes on the GPU device) answers like PyTorch; MC dropout too."""
+    from tests.test_models_page import weights_of
+    from trainer.export import load_model
+    from trainer.model import normalize
+    from trainer.uncertainty import mc_probabilities, summarize
+
+    page = open_page(webgpu_browser, webgpu_server, "wgpu")
+    images = mnist_test.images[:50]
+    for name in page.evaluate("window.mnist.models"):
+        assert page.evaluate("(n) => window.mnist.load(n)", name) == name
+        probs = torch.tensor(page.evaluate(PREDICT_ALL, images.reshape(50, -1).tolist()))
+        model = load_model(weights_of(name))
+        with torch.no_grad():
+            expected = torch.softmax(model(normalize(images.unsqueeze(1))), 1)
+        assert (probs - expected).abs().max() < 1e-3, name
+        got = page.evaluate("(img) => window.mnist.predictUncertain(img, {samples: 20})", images[0].reshape(-1).tolist())
+        reference = summarize(mc_probabilities(model, images[:1], samples=20, seed=0))
+        assert (torch.tensor(got["probs"]) - reference["probabilities"][0]).abs().max() < 1e-3, name
+    page.close()

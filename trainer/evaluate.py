@@ -8,13 +8,18 @@ Test sets, all built from the 10,000 MNIST test digits (or the first ``limit``):
   with ``trainer.train.Augment()``'s ranges), drawn from a generator seeded with
   ``AUGMENT_SEED``, so the set is the same in every run;
 - ``redrawn pen W``: the digits reduced to their strokes and redrawn with a round pen W canvas
-  pixels wide, then preprocessed as the page does (``trainer.redraw``), one set per pen width.
+  pixels wide, then preprocessed as the page does (``trainer.redraw``), one set per pen width;
+- ``redrawn, adverse pen`` (key ``redrawn_adverse``): the same strokes drawn with the page's
+  "challenge" pen (web/pen.js; ``trainer.redraw.adverse_set``): width 8-32 px and colour
+  changing along the stroke, light colours giving faint ink; digit i with pen seed
+  ``ADVERSE_SEED + i``.
 
 The report folder gets ``evaluation.json`` (every number), ``summary.md`` (the table to compare
 models by, the model's metadata, links to the plots) and PNG plots: ``confusion_matrix.png``
 (clean), ``confusion_matrix_pen<W>.png`` (the page's pen), ``per_class_accuracy.png``,
 ``training_curves.png`` (from the ``metrics.json`` beside the weights, when it belongs to them),
-``worst_errors.png`` (clean) and ``worst_errors_pen<W>.png`` (the page's pen).
+``worst_errors.png`` (clean), ``worst_errors_pen<W>.png`` (the page's pen) and
+``worst_errors_adverse.png`` (the adverse pen).
 """
 
 from __future__ import annotations
@@ -35,7 +40,17 @@ from tqdm import tqdm
 from . import data
 from .export import WeightsError, load_model, read_metadata, write_metrics
 from .model import NUM_CLASSES, normalize
-from .redraw import DEFAULT_CACHE_DIR, PAGE_PEN_WIDTH, PEN_WIDTHS, blank_count, redrawn_sets
+from .redraw import (
+    ADVERSE_MAX_WIDTH,
+    ADVERSE_MIN_WIDTH,
+    ADVERSE_SEED,
+    DEFAULT_CACHE_DIR,
+    PAGE_PEN_WIDTH,
+    PEN_WIDTHS,
+    adverse_set,
+    blank_count,
+    redrawn_sets,
+)
 from .train import Augment, random_warp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +63,8 @@ AUGMENT_SEED = 1729
 WORST_ERRORS = 25
 #: Images per forward pass.
 BATCH_SIZE = 500
+#: Key of the adverse-pen set in evaluation.json (its row: "redrawn, adverse pen").
+ADVERSE_KEY = "redrawn_adverse"
 
 __all__ = ["evaluate", "main", "accuracy_by_dtype", "augmented_images", "score", "WeightsError"]
 
@@ -169,7 +186,10 @@ def redrawn_key(pen_width: float) -> str:
 
 
 def set_label(key: str) -> str:
-    """Row label of a test set in the summary table, e.g. ``redrawn pen 20 (page)``."""
+    """Row label of a test set in the summary table, e.g. ``redrawn pen 20 (page)``,
+    ``redrawn, adverse pen``."""
+    if key == ADVERSE_KEY:
+        return "redrawn, adverse pen"
     if not key.startswith("redrawn_pen"):
         return key
     width = float(key.removeprefix("redrawn_pen"))
@@ -177,14 +197,18 @@ def set_label(key: str) -> str:
 
 
 def metrics_beside(weights: Path, metadata: dict[str, str]) -> tuple[list[dict] | None, str | None]:
-    """The training history in the ``metrics.json`` beside ``weights``, when it is theirs.
+    """The training history in the metrics file beside ``weights``, when it is theirs:
+    ``<stem>.metrics.json`` (``invoke train --arch mlp`` writes ``mlp.metrics.json``), else
+    ``metrics.json`` (the default model's).
 
     Returns:
         (history, None), or (None, a note saying why there are no training curves): no file, no
         ``history`` list, or a ``test_accuracy`` that differs from the weights' metadata (the
         file then belongs to another training run).
     """
-    path = Path(weights).with_name("metrics.json")
+    path = Path(weights).with_name(f"{Path(weights).stem}.metrics.json")
+    if not path.exists():
+        path = Path(weights).with_name("metrics.json")
     if not path.exists():
         return None, f"no training curves: there is no {path.name} beside the weights"
     try:
@@ -229,6 +253,10 @@ def write_summary(path: Path, report: dict, plots: dict[str, str], notes: list[s
         f"shear ±{report['augment']['shear_deg']:g}°), generator seed {report['augment_seed']}.",
         "- **redrawn pen W**: each digit reduced to its strokes and redrawn on the 280×280 canvas "
         f"with a round pen W px wide, then preprocessed as the page does; the page's pen is {PAGE_PEN_WIDTH} px.",
+        *([f"- **redrawn, adverse pen**: the same strokes drawn with the page's challenge pen (web/pen.js): "
+           f"width {ADVERSE_MIN_WIDTH}-{ADVERSE_MAX_WIDTH} px and colour changing along the stroke, ink = "
+           f"255 − BT.601 luma of the colour on white (light blue and cyan give faint strokes); "
+           f"pen seeds {report['adverse_seed']} + digit index."] if report.get("adverse_seed") is not None else []),
         "",
         "## Model",
         "",
@@ -375,6 +403,11 @@ def write_plots(out_dir: Path, sets: dict[str, torch.Tensor], results: dict[str,
         plot_worst_errors(sets[page_key], results[page_key]["worst_errors"],
                           f"Most confident mistakes: {set_label(page_key)}", out_dir / name)
         written[name] = f"most confident mistakes, {set_label(page_key)}"
+    if ADVERSE_KEY in results:
+        name = "worst_errors_adverse.png"
+        plot_worst_errors(sets[ADVERSE_KEY], results[ADVERSE_KEY]["worst_errors"],
+                          f"Most confident mistakes: {set_label(ADVERSE_KEY)}", out_dir / name)
+        written[name] = f"most confident mistakes, {set_label(ADVERSE_KEY)}"
     return written
 
 
@@ -389,7 +422,7 @@ def _shown_path(path: Path) -> str:
 
 def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None = None,
              data_dir: str | Path | None = None, limit: int = 0, pen_widths=PEN_WIDTHS,
-             cache_dir: str | Path | None = None) -> dict:
+             cache_dir: str | Path | None = None, adverse_pen: bool = True) -> dict:
     """Evaluate ``weights`` on every test set and write the report folder.
 
     Args:
@@ -399,10 +432,13 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
         limit: use the first ``limit`` test digits only (0: all 10,000); for quick runs and tests.
         pen_widths: pen widths of the redrawn sets, in canvas pixels (the page's is 20).
         cache_dir: cache of the redrawn sets; None: ``<data_dir>/redrawn``.
+        adverse_pen: add the adverse-pen set (``redrawn_adverse``).
 
     Returns:
         the report written to ``evaluation.json``: ``sets`` maps each test set's key
-        (``clean``, ``augmented``, ``redrawn_pen<W>``) to ``score``'s numbers.
+        (``clean``, ``augmented``, ``redrawn_pen<W>``, ``redrawn_adverse``) to ``score``'s
+        numbers; ``adverse_seed`` is the pen seed of the adverse set's first digit (None
+        without that set).
 
     Raises:
         WeightsError: the weights file is missing, unreadable, or of another architecture
@@ -430,6 +466,8 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
     sets = {"clean": split.images.float(), "augmented": augmented}
     for width, array in redrawn_sets(split.images.numpy(), pen_widths, cache_dir=cache).items():
         sets[redrawn_key(width)] = torch.from_numpy(array)
+    if adverse_pen:
+        sets[ADVERSE_KEY] = torch.from_numpy(adverse_set(split.images.numpy(), ADVERSE_SEED, cache_dir=cache))
     timings["test_sets"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -459,6 +497,7 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
         "augment_seed": AUGMENT_SEED,
         "pen_widths": list(pen_widths),
         "page_pen_width": PAGE_PEN_WIDTH,
+        "adverse_seed": ADVERSE_SEED if adverse_pen else None,
         "sets": results,
         "plots": list(plots),
         "notes": notes,
@@ -481,10 +520,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N test digits only (0: all)")
     parser.add_argument("--pen-widths", default=",".join(map(str, PEN_WIDTHS)),
                         help="comma-separated pen widths of the redrawn sets, canvas px")
+    parser.add_argument("--no-adverse-pen", action="store_true", help="leave out the adverse-pen set")
     args = parser.parse_args(argv)
     try:
         widths = tuple(float(w) for w in args.pen_widths.split(","))
-        evaluate(args.weights, args.out_dir, args.data_dir, limit=args.limit, pen_widths=widths)
+        evaluate(args.weights, args.out_dir, args.data_dir, limit=args.limit, pen_widths=widths,
+                 adverse_pen=not args.no_adverse_pen)
     except (WeightsError, data.DataError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
 

@@ -3,7 +3,11 @@
 The file holds the model's state_dict (float32, PyTorch names, ``num_batches_tracked``
 dropped) and string metadata:
 
-- ``architecture``: ``trainer.model.ARCHITECTURE``; readers refuse any other value;
+- ``architecture``: the architecture's id (``trainer.model.Architecture.id``), for people and
+  tools; files written before layer plans existed hold only ``mnist-conv-bn-gelu-v1`` (the
+  ``cnn``), and readers take that plan for them;
+- ``layers``: the layer plan as JSON (``trainer.model.layers_to_json``): what the Python and
+  Rust readers build the network from;
 - ``mnist_mean`` / ``mnist_std``: the input normalisation, read by the Rust crate;
 - ``input``: the input layout in words;
 - ``test_accuracy`` and library versions, for people.
@@ -21,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .model import ARCHITECTURE, MNIST_MEAN, MNIST_STD, Net
+from .model import CNN, MNIST_MEAN, MNIST_STD, Net, layers_from_json, layers_to_json
 
 INPUT_LAYOUT = "NCHW (N,1,28,28) float32; raw pixels 0-255, ink=255, normalised inside the model runtime"
 
@@ -30,7 +34,7 @@ class WeightsError(ValueError):
     """A weights file is unreadable or does not hold this architecture."""
 
 
-def state_dict_for_export(model: Net) -> dict[str, torch.Tensor]:
+def state_dict_for_export(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The float32 tensors of ``model.state_dict()``, contiguous, without the int counters."""
     return {
         name: tensor.detach().to(torch.float32).contiguous().cpu()
@@ -48,7 +52,8 @@ def save_safetensors(model: Net, path: Path, extra_metadata: dict[str, str] | No
     import torchvision
 
     metadata = {
-        "architecture": ARCHITECTURE,
+        "architecture": model.architecture,
+        "layers": layers_to_json(model.layers),
         "mnist_mean": repr(MNIST_MEAN),
         "mnist_std": repr(MNIST_STD),
         "input": INPUT_LAYOUT,
@@ -106,6 +111,22 @@ def convert_weights(src: Path, dst: Path, dtype: str) -> Path:
     return dst
 
 
+def update_metadata(path: Path, changes: dict[str, str]) -> Path:
+    """Rewrite the weights file ``path`` with ``changes`` merged into its metadata (atomically;
+    the tensors, their names and dtypes are kept byte for byte). A file from before layer plans
+    gets its ``layers`` written too.
+
+    Raises:
+        WeightsError: ``path`` is unreadable or does not describe a model.
+    """
+    from safetensors.torch import load_file
+
+    metadata = {**read_model_metadata(path), **changes}
+    tensors = load_file(str(path))
+    write_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return Path(path)
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """The string metadata of a safetensors file.
 
@@ -120,29 +141,40 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def read_model_metadata(path: Path) -> dict[str, str]:
-    """``read_metadata``, checked to be this model's: ``architecture`` is ``ARCHITECTURE``.
+    """``read_metadata``, checked to describe a model: ``architecture`` is set and ``layers``
+    is a valid plan. A file from before layer plans (no ``layers``) gets the ``cnn`` plan when
+    its architecture is the ``cnn``'s id.
 
     Raises:
-        WeightsError: unreadable file, or another architecture (named).
+        WeightsError: unreadable file, no architecture, or a missing or invalid plan (named).
     """
     metadata = read_metadata(path)
     found = metadata.get("architecture")
-    if found != ARCHITECTURE:
-        raise WeightsError(f"{path}: architecture is {found!r}, expected {ARCHITECTURE!r}")
+    if not found:
+        raise WeightsError(f"{path}: no `architecture` in the metadata (was it written by trainer/export.py?)")
+    if "layers" not in metadata:
+        if found != CNN.id:
+            raise WeightsError(f"{path}: architecture {found!r} without a `layers` plan in the metadata")
+        metadata["layers"] = layers_to_json(CNN.layers)
+    try:
+        layers_from_json(metadata["layers"])
+    except ValueError as e:
+        raise WeightsError(f"{path}: {e}") from None
     return metadata
 
 
 def load_model(path: Path) -> Net:
-    """Load a ``Net`` in eval mode from a file written by ``save_safetensors``.
+    """Load a ``Net`` in eval mode from a file written by ``save_safetensors``: its layer plan
+    from the metadata, its tensors by name.
 
     Raises:
-        WeightsError: unreadable file, another architecture, or tensors that do not match
-            (the message names the missing, unexpected or mis-shaped tensors).
+        WeightsError: unreadable file, no valid plan, or tensors that do not match (the message
+            names the missing, unexpected or mis-shaped tensors).
     """
     from safetensors.torch import load_file
 
-    read_model_metadata(path)
-    model = Net()
+    metadata = read_model_metadata(path)
+    model = Net(layers_from_json(metadata["layers"]), metadata["architecture"])
     expected = state_dict_for_export(model)
     tensors = load_file(str(path))
     problems = [f"missing tensor {name}" for name in expected if name not in tensors]

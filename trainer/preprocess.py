@@ -12,7 +12,9 @@ centre of mass):
    x + 0.5, y + 0.5) lands on (14, 14), the shift rounded half up; values clamped to 0..255.
 
 The tests compare it with the JS in Chromium. ``ink_from_image`` and ``load_ink`` are the
-Python side's way in from image files (the page reads its canvas's alpha instead).
+Python side's way in from image files; ``ink_from_rgba``, which they use for images drawn on a
+transparent background, is the twin of the page's ``inkFromImageData`` (ink = 255 - BT.601 luma
+of the pixel composited over white).
 Convention everywhere: grey values 0..255, ink = 255, background = 0, row-major (H, W).
 """
 
@@ -35,6 +37,9 @@ DIGIT_BOX = 20
 NOISE_FLOOR = 16
 #: Largest image ``load_ink`` decodes, in pixels: more is refused as a decompression bomb.
 MAX_PIXELS = 40_000_000
+#: ITU-R BT.601 luma weights of R, G, B (Pillow's "L" conversion): grey = 0.299 R + 0.587 G +
+#: 0.114 B. Mirrors ``LUMA_WEIGHTS`` in web/pen.js (tests/test_redraw.py checks that they agree).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 class ImageError(ValueError):
@@ -162,16 +167,47 @@ def _grey(image: Image.Image) -> np.ndarray:
     if image.mode in ("1", "L"):
         return np.asarray(image.convert("L"), dtype=np.float64)
     rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
-    return rgb @ np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma, as Pillow's "L"
+    return rgb @ np.array(LUMA_WEIGHTS)  # ITU-R BT.601 luma, as Pillow's "L"
+
+
+def ink_from_rgba(rgba) -> np.ndarray:
+    """Ink of a picture drawn on a transparent background, as the page reads its canvas.
+
+    The twin of ``inkFromImageData`` in web/preprocess.js, operation for operation (so both
+    give the same numbers): each pixel composited over white paper, then 255 - its BT.601 luma,
+    i.e. ``alpha * (255 - (0.299 r + 0.587 g + 0.114 b)) / 255``, rounded to the nearest
+    integer with ties to even (as a ``Uint8ClampedArray`` stores it). Black ink gives its alpha
+    exactly; an opaque light blue (#4fc3f7) 89; white or a transparent pixel 0.
+
+    Args:
+        rgba: (H, W, 4) array of R, G, B, alpha in 0..255, not premultiplied (as Pillow's
+            "RGBA" mode and the canvas's ImageData hold them).
+
+    Returns:
+        (H, W) float32 of integers in 0..255, ink = 255, background = 0.
+
+    Raises:
+        ValueError: ``rgba`` is not (H, W, 4) or has values outside 0..255 (or NaN).
+    """
+    rgba = np.asarray(rgba)
+    if rgba.ndim != 3 or rgba.shape[2] != 4:
+        raise ValueError(f"expected an (H, W, 4) RGBA array, got shape {rgba.shape}")
+    values = rgba.astype(np.float64)
+    if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 255):
+        raise ValueError("RGBA values must lie in 0..255")
+    red, green, blue, alpha = (values[..., i] for i in range(4))
+    luma = LUMA_WEIGHTS[0] * red + LUMA_WEIGHTS[1] * green + LUMA_WEIGHTS[2] * blue
+    return np.rint(alpha * (255 - luma) / 255).astype(np.float32)
 
 
 def ink_from_image(image: Image.Image) -> np.ndarray:
     """The ink of a picture of a digit, in the page's convention.
 
     * Transparency: when the image has an alpha channel that varies and a transparent
-      background (median alpha of the border pixels <= 127), the alpha is the ink, as on the
-      page's canvas (any colour drawn on transparent). Otherwise the image is composited over
-      white and handled as an opaque one.
+      background (median alpha of the border pixels <= 127), it is read as the page reads its
+      canvas (``ink_from_rgba``): composited over white, ink = 255 - luma, so black ink gives
+      its alpha and light colours faint ink (white ink on transparent gives none). Otherwise
+      the image is composited over white and handled as an opaque one.
     * Grey: luma 0.299 R + 0.587 G + 0.114 B. 16-bit images (I;16, or I/F with values above
       255) are scaled by 255/65535; F images with values in 0..1 by 255.
     * Polarity: the median of the border pixels is taken as the background. A bright
@@ -195,10 +231,10 @@ def ink_from_image(image: Image.Image) -> np.ndarray:
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float64)
         alpha = rgba[..., 3]
         if alpha.size and alpha.min() != alpha.max() and np.median(_border(alpha)) <= 127:
-            return alpha.astype(np.float32)
+            return ink_from_rgba(rgba)
         opacity = alpha[..., None] / 255
         composited = rgba[..., :3] * opacity + 255 * (1 - opacity)
-        grey = composited @ np.array([0.299, 0.587, 0.114])
+        grey = composited @ np.array(LUMA_WEIGHTS)
     else:
         grey = _grey(image)
     if not grey.size:

@@ -17,10 +17,16 @@ on inputs of the second kind without collecting drawings, every test digit is
 
 Convention everywhere: grey values 0..255, ink = 255, background = 0, row-major (H, W).
 
+An adverse-pen variant (``adverse_set``, the page's "challenge" pen of web/pen.js) draws the
+skeleton, traced into ordered strokes (``trace_strokes``), with a pen whose width (8-32 px) and
+colour change along the stroke; a colour's ink is 255 - its BT.601 luma on white, so light blue
+or pale cyan strokes are faint. Digit i is drawn with pen seed ``ADVERSE_SEED + i``.
+
 Building takes about 1.5 ms of CPU per digit for the skeleton and 5 ms per digit and pen width
-for drawing and preprocessing, so ``redrawn_sets`` spreads the digits over the CPU cores (one
-skeleton per digit serves every pen width) and caches each built set as a ``.npy`` file under
-``data/redrawn/``, keyed by a hash of everything that determines it.
+for drawing and preprocessing (about 20 ms per digit for the adverse pen, skeleton included), so
+``redrawn_sets`` and ``adverse_set`` spread the digits over the CPU cores (one skeleton per digit
+serves every pen width) and cache each built set as a ``.npy`` file under ``data/redrawn/``,
+keyed by a hash of everything that determines it.
 """
 
 from __future__ import annotations
@@ -43,8 +49,8 @@ from .preprocess import MNIST_SIZE, to_mnist
 #: Side of the page's drawing canvas in pixels: mirrors ``<canvas id="draw" width="280"
 #: height="280">`` in web/index.html (tests/test_redraw.py checks that they agree).
 CANVAS_SIZE = 280
-#: Pen width of the page, in canvas pixels: mirrors ``PEN_WIDTH`` in web/app.js (its
-#: ``ctx.lineWidth``, round caps and joints), checked by tests/test_redraw.py.
+#: Pen width of the page's normal pen, in canvas pixels: mirrors ``PEN_WIDTH`` in web/pen.js
+#: (its ``lineWidth``, round caps and joints), checked by tests/test_redraw.py.
 PAGE_PEN_WIDTH = 20
 #: Pen widths of the redrawn sets, in canvas pixels: thin to fat strokes around the page's 20
 #: (after ``to_mnist`` scales a digit by about 20/200, a pen of w px gives strokes of about
@@ -141,15 +147,24 @@ def redraw(skel: np.ndarray, pen_width: float) -> np.ndarray:
     Raises:
         ValueError: ``skel`` is not (280, 280), or ``pen_width`` is not a positive number.
     """
+    width = _check_pen_width(pen_width)
+    return _draw_in_box(skel, width, lambda region: _draw(region, width))
+
+
+def _draw_in_box(skel, pen_width: float, draw) -> np.ndarray:
+    """A (280, 280) float32 canvas with ``draw(region)`` of the skeleton's bounding box: only
+    that box, widened by the pen's radius (``pen_width / 2`` canvas px), can get ink.
+
+    Raises:
+        ValueError: ``skel`` is not (280, 280).
+    """
     skel = np.asarray(skel, dtype=bool)
     if skel.shape != (CANVAS_SIZE, CANVAS_SIZE):
         raise ValueError(f"expected a ({CANVAS_SIZE}, {CANVAS_SIZE}) skeleton, got shape {skel.shape}")
-    width = _check_pen_width(pen_width)
     out = np.zeros((CANVAS_SIZE, CANVAS_SIZE), dtype=np.float32)
-    # Only the skeleton's box, widened by the pen's radius, can get ink: draw just that part.
-    box = _bounding_box(skel, margin=math.ceil(width / 2) + 1)
+    box = _bounding_box(skel, margin=math.ceil(pen_width / 2) + 1)
     if box is not None:
-        out[box] = _draw(skel[box], width)
+        out[box] = draw(skel[box])
     return out
 
 
@@ -288,18 +303,17 @@ def default_processes(n: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def _build(images: np.ndarray, pen_widths: tuple[float, ...], processes: int, progress: bool) -> np.ndarray:
-    """(N, len(pen_widths), 28, 28) float32: every digit redrawn with every pen width."""
+def _map_chunks(worker, tasks: list, total: int, desc: str, processes: int, progress: bool) -> list:
+    """``[worker(task) for task in tasks]``, over ``processes`` forked worker processes when
+    more than 1, with a tqdm bar counting ``len`` of each result up to ``total`` digits."""
     from tqdm import tqdm
 
-    tasks = [(images[i : i + CHUNK], pen_widths) for i in range(0, len(images), CHUNK)]
-    bar = tqdm(total=len(images), desc=f"redrawing (pens {', '.join(f'{w:g}' for w in pen_widths)})",
-               unit="digit", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc=desc, unit="digit", disable=not progress, leave=False)
     parts = []
     with bar:
         if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
             for task in tasks:
-                parts.append(_redraw_chunk(task))
+                parts.append(worker(task))
                 bar.update(len(parts[-1]))
         else:
             # fork, not spawn: spawn re-runs the caller's main script in every worker, which
@@ -307,9 +321,17 @@ def _build(images: np.ndarray, pen_widths: tuple[float, ...], processes: int, pr
             # only numpy, Pillow and scikit-image, never torch's thread pools, which fork would
             # not carry over. Leaving the ``with`` (an error, Ctrl-C) terminates the workers.
             with multiprocessing.get_context("fork").Pool(processes) as pool:
-                for part in pool.imap(_redraw_chunk, tasks):
+                for part in pool.imap(worker, tasks):
                     parts.append(part)
                     bar.update(len(part))
+    return parts
+
+
+def _build(images: np.ndarray, pen_widths: tuple[float, ...], processes: int, progress: bool) -> np.ndarray:
+    """(N, len(pen_widths), 28, 28) float32: every digit redrawn with every pen width."""
+    tasks = [(images[i : i + CHUNK], pen_widths) for i in range(0, len(images), CHUNK)]
+    parts = _map_chunks(_redraw_chunk, tasks, len(images),
+                        f"redrawing (pens {', '.join(f'{w:g}' for w in pen_widths)})", processes, progress)
     if not parts:
         return np.zeros((0, len(pen_widths), MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
     return np.concatenate(parts)
@@ -376,3 +398,345 @@ def redrawn_set(images, pen_width: float, *, cache_dir: Path | None = DEFAULT_CA
 def blank_count(redrawn: np.ndarray) -> int:
     """How many of the (N, 28, 28) redrawn digits are blank (all zeros: no prediction on the page)."""
     return int((np.asarray(redrawn).reshape(len(redrawn), -1).max(axis=1, initial=0) == 0).sum())
+
+
+# --- the adverse pen ----------------------------------------------------------------------------
+#
+# The page's "challenge: adverse pen" (web/pen.js): its width and colour change along the stroke,
+# and a colour's ink is 255 - its BT.601 luma (light, cold colours give faint strokes). The
+# ``redrawn_adverse`` test set draws every test digit's skeleton, traced into ordered strokes,
+# with that pen. The constants and the pen's functions below are twins of web/pen.js's;
+# tests/test_redraw.py compares the constants with the file and the pen's values with Node.
+
+#: Narrowest and widest adverse pen, in canvas pixels (``ADVERSE_MIN_WIDTH``, ``ADVERSE_MAX_WIDTH``).
+ADVERSE_MIN_WIDTH = 8
+ADVERSE_MAX_WIDTH = 32
+#: Stroke length between two random widths, in canvas pixels (``WIDTH_KNOT_PX``).
+WIDTH_KNOT_PX = 24
+#: Stroke length drawn in one colour, in canvas pixels (``COLOUR_RUN_PX``).
+COLOUR_RUN_PX = 40
+#: Longest piece of stroke drawn with one width and colour, in canvas pixels (``PIECE_PX``).
+PIECE_PX = 4
+#: The adverse pen's colours, "#rrggbb", dark to light (``ADVERSE_PALETTE``).
+ADVERSE_PALETTE = ("#000000", "#1a237e", "#b71c1c", "#2e7d32", "#e91e63",
+                   "#00bcd4", "#ff9800", "#4fc3f7", "#80deea", "#b3e5fc")
+#: Hash streams of the pen's random numbers (``WIDTH_STREAM``, ``COLOUR_STREAM``).
+WIDTH_STREAM = 1
+COLOUR_STREAM = 2
+#: Pen seed of the adverse set's first digit: digit i of the test split is drawn with seed
+#: ``ADVERSE_SEED + i``, so the first N digits of a ``--limit N`` run are drawn as in a full run.
+ADVERSE_SEED = 1729
+
+_MASK32 = 0xFFFFFFFF
+#: The 8 neighbour offsets (dy, dx), in the order the tracer tries them.
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def hash32(x: int) -> int:
+    """web/pen.js's ``hash32`` (Chris Wellons' "lowbias32"): an int taken modulo 2^32 -> an
+    int in 0 .. 2^32 - 1."""
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    x ^= x >> 16
+    return x
+
+
+def uniform(seed: int, stream: int, k: int) -> float:
+    """web/pen.js's ``uniform``: the k-th random number of a stream of a seed, in [0, 1)."""
+    return hash32(hash32(hash32(seed) + stream) + k) / 4294967296
+
+
+def _check_seed(seed) -> int:
+    """``seed`` as an int, or ValueError unless it is an integer in 0 .. 2^32 - 1."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= _MASK32:
+        raise ValueError(f"pen seed must be an integer in 0..2^32-1, got {seed!r}")
+    return int(seed)
+
+
+def adverse_width(seed: int, distance: float) -> float:
+    """web/pen.js's ``adverseWidth``: the pen's diameter in canvas pixels, in
+    [ADVERSE_MIN_WIDTH, ADVERSE_MAX_WIDTH], after ``distance`` canvas pixels of stroke (random
+    knots every WIDTH_KNOT_PX, smoothstep in between; the same float operations as the JS)."""
+    position = distance / WIDTH_KNOT_PX
+    k = math.floor(position)
+    t = position - k
+    s = t * t * (3 - 2 * t)
+    span = ADVERSE_MAX_WIDTH - ADVERSE_MIN_WIDTH
+    a = ADVERSE_MIN_WIDTH + span * uniform(seed, WIDTH_STREAM, k)
+    b = ADVERSE_MIN_WIDTH + span * uniform(seed, WIDTH_STREAM, k + 1)
+    return a + (b - a) * s
+
+
+def adverse_colour_index(seed: int, run: int) -> int:
+    """web/pen.js's ``adverseColourIndex``: the palette index of colour run ``run`` (>= 0);
+    each run has another colour than the run before."""
+    indices = _colour_runs(seed)  # the walk's indices so far, extended as far as needed
+    n = len(ADVERSE_PALETTE)
+    if not indices:
+        indices.append(math.floor(uniform(seed, COLOUR_STREAM, 0) * n))
+    for r in range(len(indices), run + 1):
+        indices.append((indices[-1] + 1 + math.floor(uniform(seed, COLOUR_STREAM, r) * (n - 1))) % n)
+    return indices[run]
+
+
+@functools.lru_cache(maxsize=64)
+def _colour_runs(seed: int) -> list[int]:
+    """The palette indices of ``seed``'s colour runs computed so far (``adverse_colour_index``
+    extends the list): a redrawn digit asks for run after run, so each is computed once."""
+    return []
+
+
+def adverse_at(seed: int, distance: float) -> tuple[float, str]:
+    """web/pen.js's ``adverseAt``: the adverse pen after ``distance`` canvas pixels of stroke.
+
+    Args:
+        seed: integer 0 .. 2^32 - 1.
+        distance: canvas pixels drawn so far, finite and >= 0.
+
+    Returns:
+        (diameter in canvas pixels, colour "#rrggbb" from ``ADVERSE_PALETTE``).
+
+    Raises:
+        ValueError: a bad seed or distance.
+    """
+    seed = _check_seed(seed)
+    if not (isinstance(distance, (int, float, np.floating, np.integer)) and math.isfinite(distance)
+            and distance >= 0):
+        raise ValueError(f"pen distance must be a finite number >= 0, got {distance!r}")
+    distance = float(distance)
+    return (adverse_width(seed, distance),
+            ADVERSE_PALETTE[adverse_colour_index(seed, math.floor(distance / COLOUR_RUN_PX))])
+
+
+def ink_of_colour(colour: str) -> float:
+    """web/pen.js's ``inkOfColour``: the ink of an opaque "#rrggbb" on white paper, 255 - its
+    BT.601 luma (``trainer.preprocess.LUMA_WEIGHTS``), in 0..255, not rounded.
+
+    Raises:
+        ValueError: ``colour`` is not "#" and six hex digits.
+    """
+    from .preprocess import LUMA_WEIGHTS
+
+    if not (isinstance(colour, str) and len(colour) == 7 and colour[0] == "#"
+            and all(c in "0123456789abcdefABCDEF" for c in colour[1:])):
+        raise ValueError(f'expected a colour "#rrggbb", got {colour!r}')
+    red, green, blue = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    luma = LUMA_WEIGHTS[0] * red + LUMA_WEIGHTS[1] * green + LUMA_WEIGHTS[2] * blue
+    return 255 * (255 - luma) / 255
+
+
+def trace_strokes(skel: np.ndarray) -> list[np.ndarray]:
+    """A skeleton as ordered strokes, the way a pen could draw it.
+
+    The skeleton pixels are a graph (8-neighbours; a diagonal step is left out where a pixel
+    at its corner already joins the two). Strokes are walked until every edge is drawn once:
+    each starts at the topmost (then leftmost) pixel with an odd number of undrawn edges (an
+    end or a junction), or with any undrawn edge when there is none (a loop such as a 0), and
+    goes on along undrawn edges, at each pixel taking the one straightest ahead (the direction
+    of the last 4 steps), until it reaches a pixel with none. Pixels with no neighbour at all
+    come last, as one-pixel strokes (dots).
+
+    Args:
+        skel: (H, W) bool skeleton, as from ``skeleton``.
+
+    Returns:
+        the strokes in drawing order, each an (L, 2) int64 array of (row, column) pixels, L >= 1,
+        consecutive pixels 8-neighbours. Empty for an empty skeleton.
+    """
+    skel = np.asarray(skel, dtype=bool)
+    ys, xs = np.nonzero(skel)  # row-major: topmost, then leftmost first
+    pixels = list(zip(ys.tolist(), xs.tolist()))
+    present = set(pixels)
+    adjacency = {}
+    for y, x in pixels:
+        adjacency[(y, x)] = [
+            (y + dy, x + dx) for dy, dx in _NEIGHBOURS
+            if (y + dy, x + dx) in present
+            and not (dy and dx and ((y + dy, x) in present or (y, x + dx) in present))
+        ]
+    drawn: set[tuple] = set()
+    degree = {p: len(near) for p, near in adjacency.items()}  # undrawn edges per pixel
+
+    def undrawn(p):
+        return [q for q in adjacency[p] if (min(p, q), max(p, q)) not in drawn]
+
+    strokes = []
+    while True:
+        free = [p for p in pixels if degree[p]]
+        if not free:
+            break
+        odd = [p for p in free if degree[p] % 2 == 1]
+        path = [(odd or free)[0]]
+        while options := undrawn(path[-1]):
+            p = path[-1]
+            back = path[max(0, len(path) - 5)]
+            ahead = (p[0] - back[0], p[1] - back[1])
+            # The undrawn edge straightest ahead (largest cosine); the first one when starting.
+            q = max(options, key=lambda q: ((q[0] - p[0]) * ahead[0] + (q[1] - p[1]) * ahead[1])
+                    / math.hypot(q[0] - p[0], q[1] - p[1]))
+            drawn.add((min(p, q), max(p, q)))
+            degree[p] -= 1
+            degree[q] -= 1
+            path.append(q)
+        strokes.append(np.array(path, dtype=np.int64))
+    strokes += [np.array([p], dtype=np.int64) for p in pixels if not adjacency[p]]
+    return strokes
+
+
+def redraw_adverse(skel: np.ndarray, seed: int) -> np.ndarray:
+    """Draw a skeleton with the page's adverse pen on a blank canvas, anti-aliased.
+
+    As the page draws a stroke: the strokes of ``trace_strokes`` in order, each in pieces of at
+    most ``PIECE_PX`` canvas pixels along the skeleton; a piece is a round-capped line from its
+    first to its last pixel, with the width and colour of ``adverse_at(seed, distance)`` at the
+    distance drawn before it (counted over all the strokes), its ink that colour's on white
+    (``ink_of_colour``). A later piece covers an earlier one where they overlap (an opaque
+    colour painted over another on the canvas). Drawn at ``SUPERSAMPLE`` times the resolution,
+    then box-averaged.
+
+    Args:
+        skel: (280, 280) bool skeleton, as from ``skeleton``.
+        seed: the pen's seed, integer 0 .. 2^32 - 1.
+
+    Returns:
+        (280, 280) float32 in 0..255, ink = 255, background = 0. All zeros for an empty skeleton.
+
+    Raises:
+        ValueError: ``skel`` is not (280, 280), or a bad seed.
+    """
+    seed = _check_seed(seed)
+    return _draw_in_box(skel, ADVERSE_MAX_WIDTH, lambda region: _draw_adverse(region, seed))
+
+
+def _draw_adverse(skel: np.ndarray, seed: int) -> np.ndarray:
+    """``redraw_adverse`` on a region: (H, W) bool skeleton -> (H, W) float32 ink, 0..255.
+
+    Every piece is drawn into an int32 label image with its own label (a later piece
+    overwrites), and the labels are then mapped to their pieces' ink and box-averaged."""
+    height, width = skel.shape
+    labels = Image.new("I", (width * SUPERSAMPLE, height * SUPERSAMPLE), 0)
+    pen = ImageDraw.Draw(labels)
+    inks = [0.0]  # label 0: paper
+
+    def centre(index: int) -> float:  # as in _draw: canvas pixel i's centre, supersampled
+        return index * SUPERSAMPLE + (SUPERSAMPLE - 1) / 2
+
+    def piece(start, end, distance: float) -> None:
+        diameter, colour = adverse_at(seed, distance)
+        diameter *= SUPERSAMPLE
+        inks.append(ink_of_colour(colour))
+        label = len(inks) - 1
+        half = (diameter - 1) / 2  # as in _draw: Pillow's ellipse box includes its end pixels
+        (ay, ax), (by, bx) = (centre(v) for v in start), (centre(v) for v in end)
+        for cy, cx in ((ay, ax), (by, bx)):
+            pen.ellipse((cx - half, cy - half, cx + half, cy + half), fill=label)
+        if (ay, ax) != (by, bx):
+            pen.line(((ax, ay), (bx, by)), fill=label, width=max(1, round(diameter)))
+
+    distance = 0.0
+    for stroke in trace_strokes(skel):
+        points = stroke.tolist()
+        if len(points) == 1:
+            piece(points[0], points[0], distance)
+            continue
+        steps = np.hypot(*np.diff(stroke, axis=0).T).tolist()  # 1 or sqrt(2) px each
+        i = 0
+        while i < len(steps):
+            j, length = i + 1, steps[i]
+            while j < len(steps) and length + steps[j] <= PIECE_PX:
+                length += steps[j]
+                j += 1
+            piece(points[i], points[j], distance)
+            distance += length
+            i = j
+    ink = np.asarray(inks, dtype=np.float64)[np.asarray(labels, dtype=np.int32)]
+    ink = ink.reshape(height, SUPERSAMPLE, width, SUPERSAMPLE).mean(axis=(1, 3))
+    return ink.astype(np.float32)
+
+
+def redraw_adverse_digit(image28: np.ndarray, seed: int) -> np.ndarray:
+    """One MNIST digit redrawn with the adverse pen and preprocessed as the page does.
+
+    Args:
+        image28: (28, 28) uint8 MNIST digit, 0..255, ink = 255.
+        seed: the pen's seed, integer 0 .. 2^32 - 1.
+
+    Returns:
+        (28, 28) float32 in 0..255, ink = 255: ``to_mnist`` of the redrawn canvas; all zeros
+        for a digit whose skeleton is empty.
+
+    Raises:
+        ValueError: ``image28`` is not a (28, 28) uint8 array, or a bad seed.
+    """
+    skel = skeleton(image28)
+    pixels = to_mnist(redraw_adverse(skel, seed)) if skel.any() else None
+    return pixels if pixels is not None else np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
+
+
+#: The functions whose source is part of the adverse set's cache key (besides ``_ALGORITHM``'s).
+_ADVERSE_ALGORITHM = (hash32, uniform, adverse_width, adverse_colour_index, adverse_at, ink_of_colour,
+                      trace_strokes, redraw_adverse, _draw_adverse, redraw_adverse_digit)
+
+
+def _adverse_chunk(task: tuple[np.ndarray, int]) -> np.ndarray:
+    """Worker: ((k, 28, 28) uint8 digits, seed of the first) -> (k, 28, 28) float32."""
+    images, first_seed = task
+    return np.stack([redraw_adverse_digit(image, (first_seed + i) & _MASK32) for i, image in enumerate(images)])
+
+
+def adverse_cache_path(cache_dir: Path, images: np.ndarray, seed: int) -> Path:
+    """Where the adverse-pen set of ``images`` drawn from ``seed`` is cached:
+    ``adverse-seed<seed>-n<N>-<hash>.npy``, the hash covering ``_algorithm_digest``, the adverse
+    pen's functions and constants, the seed, N and the digits' bytes."""
+    import inspect
+
+    digest = hashlib.sha256(f"{_algorithm_digest()} adverse seed={seed} n={len(images)}".encode())
+    for function in _ADVERSE_ALGORITHM:
+        digest.update(inspect.getsource(function).encode())
+    from .preprocess import LUMA_WEIGHTS
+
+    digest.update(repr((ADVERSE_MIN_WIDTH, ADVERSE_MAX_WIDTH, WIDTH_KNOT_PX, COLOUR_RUN_PX, PIECE_PX,
+                        ADVERSE_PALETTE, WIDTH_STREAM, COLOUR_STREAM, _NEIGHBOURS, LUMA_WEIGHTS)).encode())
+    digest.update(images.tobytes())
+    return Path(cache_dir) / f"adverse-seed{seed}-n{len(images)}-{digest.hexdigest()[:16]}.npy"
+
+
+def adverse_set(images, seed: int = ADVERSE_SEED, *, cache_dir: Path | None = DEFAULT_CACHE_DIR,
+                processes: int | None = None, progress: bool = True) -> np.ndarray:
+    """``images`` redrawn with the page's adverse pen, built once and cached.
+
+    Digit i is drawn with pen seed ``seed + i`` (modulo 2^32): the set of the first N digits is
+    the first N of the full set's.
+
+    Args:
+        images: (N, 28, 28) uint8 MNIST digits, 0..255, ink = 255 (numpy, or a CPU tensor).
+        seed: pen seed of the first digit, integer 0 .. 2^32 - 1.
+        cache_dir: folder of the ``.npy`` cache (created when needed); None: no cache.
+        processes: worker processes; None: ``default_processes(N)``; 1: in this process.
+        progress: show a tqdm progress bar and a line of timing while building.
+
+    Returns:
+        (N, 28, 28) float32 in 0..255, ink = 255; a digit with an empty skeleton is all zeros.
+
+    Raises:
+        ValueError: ``images`` is not (N, 28, 28) uint8, or a bad seed.
+    """
+    images = _check_images(images)
+    seed = _check_seed(seed)
+    path = adverse_cache_path(cache_dir, images, seed) if cache_dir is not None else None
+    if path is not None and (cached := _load_cached(path, len(images))) is not None:
+        return cached
+    started = time.perf_counter()
+    workers = processes or default_processes(len(images))
+    tasks = [(images[i : i + CHUNK], (seed + i) & _MASK32) for i in range(0, len(images), CHUNK)]
+    parts = _map_chunks(_adverse_chunk, tasks, len(images), "redrawing (adverse pen)", workers, progress)
+    built = np.concatenate(parts) if parts else np.zeros((0, MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
+    if progress:
+        print(f"redrew {len(images):,} digits with the adverse pen in {time.perf_counter() - started:.1f} s "
+              f"({workers} process{'es' if workers > 1 else ''}; blank: {blank_count(built)})", flush=True)
+    if path is not None:
+        _save_cached(path, built)
+    return built

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from . import data
 from .export import save_safetensors, write_atomically, write_metrics
-from .model import IMAGE_SIZE, Net, count_parameters, normalize
+from .uncertainty import calibrate
+from .model import ARCHITECTURES, DEFAULT_ARCHITECTURE, IMAGE_SIZE, Net, build, count_parameters, normalize
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -177,6 +178,7 @@ class Config:
         ValueError: from ``validate()``, for a value out of range or an unknown preset.
     """
 
+    arch: str = DEFAULT_ARCHITECTURE  # a key of trainer.model.ARCHITECTURES
     epochs: int = 16
     batch_size: int = 128
     lr: float = 3e-3
@@ -216,6 +218,8 @@ class Config:
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.arch in ARCHITECTURES,
+             f"unknown arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}"),
             (self.augment in AUGMENT_PRESETS,
              f"unknown augment {self.augment!r}: choose one of {', '.join(AUGMENT_PRESETS)}"),
             (self.threads >= 0 and self.limit >= 0, "threads and limit must be >= 0"),
@@ -267,6 +271,17 @@ def ema_update(decay: float):
 CHECKPOINT = "checkpoint.pt"
 
 
+def output_names(arch: str) -> tuple[str, str, str]:
+    """File names (weights, metrics, checkpoint) of a run of ``arch`` in the output folder: the
+    default architecture's are ``model.safetensors``, ``metrics.json`` and ``checkpoint.pt``
+    (what ``invoke serve`` and the wasm builds use); another's carry its name, e.g.
+    ``mlp.safetensors``, ``mlp.metrics.json`` and ``mlp.checkpoint.pt``, so several
+    architectures live side by side in ``models/``."""
+    if arch == DEFAULT_ARCHITECTURE:
+        return "model.safetensors", "metrics.json", CHECKPOINT
+    return f"{arch}.safetensors", f"{arch}.metrics.json", f"{arch}.{CHECKPOINT}"
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write a training checkpoint atomically (a temporary file, then a rename)."""
     write_atomically(path, lambda tmp: torch.save(state, tmp))
@@ -294,7 +309,8 @@ def load_checkpoint(path: Path, config: Config) -> dict:
 
 def train(config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path = DEFAULT_OUT_DIR,
           resume: bool = False) -> dict:
-    """Train and write ``out_dir/model.safetensors`` and ``out_dir/metrics.json``.
+    """Train and write the weights and metrics to ``out_dir`` (names: ``output_names``;
+    for the default ``cnn``, ``model.safetensors`` and ``metrics.json``).
 
     After every epoch the full training state goes to ``out_dir/checkpoint.pt``; with
     ``resume=True`` training continues from there (deleted once the run has finished).
@@ -311,7 +327,8 @@ def train(config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path 
     config.validate()
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
-    checkpoint_path = out_dir / CHECKPOINT
+    weights_name, metrics_name, checkpoint_name = output_names(config.arch)
+    checkpoint_path = out_dir / checkpoint_name
     torch.manual_seed(config.seed)
     # cuBLAS is deterministic only with a fixed workspace (set before its first use).
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -330,7 +347,7 @@ def train(config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path 
 
     # channels_last (NHWC) weights: about a third faster convolutions on the CPU than NCHW
     # (measured: 71 vs 106 ms per training step of 128 images on 2 cores); same model.
-    model = Net().to(device, memory_format=torch.channels_last)
+    model = build(config.arch).to(device, memory_format=torch.channels_last)
     ema = None
     if config.ema_decay > 0:
         ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
@@ -407,6 +424,7 @@ def train(config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path 
     metrics = {
         "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"],
+        "architecture": config.arch,
         "test_images": len(test_split.labels),
         "train_images": len(labels),
         "train_time_s": final["elapsed_s"],
@@ -417,10 +435,13 @@ def train(config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path 
         "augment": asdict(aug),
         "history": history,
     }
-    save_safetensors(evaluated.cpu().eval(), out_dir / "model.safetensors", {"test_accuracy": f"{final['test_accuracy']:.4f}"})
-    write_metrics(out_dir / "metrics.json", metrics)
+    save_safetensors(evaluated.cpu().eval(), out_dir / weights_name, {"test_accuracy": f"{final['test_accuracy']:.4f}"})
+    # The "not sure" threshold of MC dropout, chosen on the validation split, into the metadata.
+    calibration = calibrate(out_dir / weights_name, data_dir, limit=min(config.limit, 5000))
+    metrics["unsure_mutual_information"] = calibration["threshold"]
+    write_metrics(out_dir / metrics_name, metrics)
     checkpoint_path.unlink(missing_ok=True)
-    print(f"wrote {out_dir / 'model.safetensors'} (test accuracy {final['test_accuracy']:.2%})")
+    print(f"wrote {out_dir / weights_name} (test accuracy {final['test_accuracy']:.2%})")
     return metrics
 
 
@@ -431,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "augment":
             parser.add_argument(flag, choices=list(AUGMENT_PRESETS), default=defaults.augment)
+        elif f.name == "arch":
+            parser.add_argument(flag, choices=list(ARCHITECTURES), default=defaults.arch)
         else:
             parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")

@@ -3,20 +3,35 @@
 // Contract for tests and tools (keep it stable):
 //   canvas[data-testid="draw"]        the drawing surface
 //   [data-testid="clear"]             clears it
+//   [data-testid="adverse-pen"]       checkbox "challenge: adverse pen": when checked, strokes use
+//                                     web/pen.js's adverse pen (width and colour change along the
+//                                     stroke); data-seed: that pen's seed (a new one at every
+//                                     Clear and switch-on; ?penseed=N in the URL fixes it to N)
 //   [data-testid="prediction"]        data-digit (0-9, "" when none), data-seq (completed
-//                                     inferences shown), data-probs (JSON, 10 probabilities)
-//   window.mnist                      { async predict(pixels) -> 10 probabilities, backend }
+//                                     inferences shown), data-probs (JSON, 10 probabilities),
+//                                     data-unsure ("true"/"false": MC dropout's verdict, "" when
+//                                     none), data-model (the model that answered)
+//   [data-testid="model"]             the model picker (<select>); ?model=NAME picks at start
+//   window.mnist                      { async predict(pixels) -> 10 probabilities, backend,
+//                                       models, model, async load(name),
+//                                       async predictUncertain(pixels, {samples}) }
 //                                     pixels: 784 numbers, 28x28 row-major, 0..255, ink = 255;
 //                                     backend: the one running, with the reason in brackets
 //                                     when a preferred one could not, e.g.
-//                                     "fast-simd128 (no relaxed SIMD in this browser)"
+//                                     "fast-simd128 (no relaxed SIMD in this browser)";
+//                                     models: names that can be loaded; model: the one running;
+//                                     load(name) switches (rejects with the reason, keeping the
+//                                     current model); predictUncertain -> {probs, std, entropy,
+//                                     mutualInformation, unsure} (MC dropout, default 20 samples)
 //
 // The model runs in a module worker (web/worker.js, driven by web/inference.js); this thread
 // draws and preprocesses. While a prediction runs, newer drawings replace each other and only
 // the newest is classified next.
 
 import { inkFromImageData, toMnist, MNIST_SIZE } from "./preprocess.js";
+import { createPen } from "./pen.js";
 import { LatestOnly, spawnWorker, startFirstWorking } from "./inference.js";
+import { ModelPicker } from "./models.js";
 
 // Start-up runs in parallel, not in series: the worker loads its scripts while config.json
 // (preloaded by index.html) arrives, and the model is loaded in it as soon as the choice is made.
@@ -26,8 +41,8 @@ const configReady = fetch("config.json").then((response) => {
   return response.json();
 });
 
-const PEN_WIDTH = 20;          // px on the 280x280 canvas: ~2 px strokes after scaling to 20x20
-const LIVE_INTERVAL_MS = 100;  // at most one live prediction per interval while drawing
+const LIVE_INTERVAL_MS = 100;
+const MC_SAMPLES = 20;         // MC-dropout passes per live prediction (trainer/uncertainty.py's default)  // at most one live prediction per interval while drawing
 
 const $ = (id) => document.getElementById(id);
 const drawCanvas = $("draw");
@@ -66,13 +81,22 @@ function buildBars() {
   const bars = $("bars");
   for (let d = 0; d < 10; d++) {
     const li = document.createElement("li");
-    li.innerHTML = `<span>${d}</span><span class="track"><span class="fill"></span></span><span class="pct">–</span>`;
+    // .spread: mean ± one standard deviation of the MC-dropout samples, over the bar.
+    li.innerHTML = `<span>${d}</span><span class="track"><span class="fill"></span><span class="spread"></span></span><span class="pct">–</span>`;
     bars.appendChild(li);
   }
 }
 
-function show(probs, elapsedMs) {
+/**
+ * Show a prediction: `probs` (10, the model's eval-mode answer) on the bars, and, when given,
+ * MC dropout's `uncertainty` ({probabilities, std, mutualInformation, unsure}) as a band of
+ * mean ± std over each bar and a "not sure" verdict. `probs` null: nothing drawn.
+ */
+function show(probs, elapsedMs, uncertainty = null) {
   const items = $("bars").children;
+  predictionEl.dataset.unsure = "";
+  predictionEl.classList.remove("unsure");
+  for (const li of items) li.querySelector(".spread").style.width = "0";
   if (probs === null) {
     predictionEl.dataset.digit = "";
     predictionEl.dataset.probs = "[]";
@@ -94,6 +118,21 @@ function show(probs, elapsedMs) {
   }
   $("digit").textContent = String(top);
   $("confidence").textContent = `${(probs[top] * 100).toFixed(1)}% sure`;
+  if (uncertainty) {
+    for (let d = 0; d < 10; d++) {
+      const mean = uncertainty.probabilities[d], std = uncertainty.std[d];
+      const low = Math.max(0, mean - std), high = Math.min(1, mean + std);
+      const band = items[d].querySelector(".spread");
+      band.style.left = `${(low * 100).toFixed(1)}%`;
+      band.style.width = `${((high - low) * 100).toFixed(1)}%`;
+    }
+    const mi = uncertainty.mutualInformation.toFixed(3);
+    if (uncertainty.unsure) {
+      $("confidence").textContent = `not sure: the ${uncertainty.samples} dropout samples disagree (mutual information ${mi} nats)`;
+      predictionEl.classList.add("unsure");
+    }
+    predictionEl.dataset.unsure = uncertainty.unsure === null ? "" : String(uncertainty.unsure);
+  }
   // Our kernels take a fraction of a millisecond: show what the (isolated, 5 us) clock resolves.
   $("timing").textContent = `last inference ${elapsedMs.toFixed(elapsedMs < 1 ? 2 : 1)} ms`;
   predictionEl.dataset.digit = String(top);
@@ -111,13 +150,35 @@ function drawPreview(pixels) {
   previewCtx.putImageData(image, 0, 0);
 }
 
+/**
+ * The adverse pen's seed: ?penseed=N in the URL (an integer 0..2^32-1, for reproducible
+ * drawings), else a random one.
+ * @returns {number}
+ */
+function penSeed() {
+  const fixed = new URLSearchParams(location.search).get("penseed");
+  if (fixed !== null && /^\d+$/.test(fixed) && Number(fixed) <= 0xffffffff) return Number(fixed);
+  return crypto.getRandomValues(new Uint32Array(1))[0];
+}
+
+/**
+ * Drawing on the canvas with web/pen.js's pens: the normal one, or the adverse one while the
+ * "challenge: adverse pen" checkbox is checked. Clear (and switching the adverse pen on) starts
+ * a new pen: distance 0, a new seed.
+ * @param {() => void} classify  called while drawing (at most every LIVE_INTERVAL_MS) and at
+ *   the end of each stroke
+ * @param {() => void} onClear  called when the canvas is cleared
+ */
 function setupDrawing(classify, onClear) {
-  let drawing = false, last = null, lastLive = 0;
-  ctx.lineCap = "round";
-  ctx.lineJoin = "round";
-  ctx.lineWidth = PEN_WIDTH;
-  ctx.strokeStyle = "#111";
-  ctx.fillStyle = "#111";
+  const adverseToggle = $("adverse-pen");
+  let drawing = false, last = null, lastLive = 0, pen = null;
+  const newPen = () => {
+    pen = createPen({ adverse: adverseToggle.checked, seed: penSeed() });
+    adverseToggle.dataset.seed = String(pen.seed);
+    drawCanvas.classList.toggle("adverse", pen.adverse);
+  };
+  newPen();
+  adverseToggle.addEventListener("change", newPen);
 
   const point = (e) => {
     const r = drawCanvas.getBoundingClientRect();
@@ -127,30 +188,25 @@ function setupDrawing(classify, onClear) {
     drawing = true;
     last = point(e);
     drawCanvas.setPointerCapture(e.pointerId);
-    ctx.beginPath();
-    ctx.arc(last[0], last[1], PEN_WIDTH / 2, 0, Math.PI * 2);
-    ctx.fill();
+    pen.down(ctx, last);
     e.preventDefault();
   });
   drawCanvas.addEventListener("pointermove", (e) => {
     if (!drawing) return;
     const p = point(e);
-    ctx.beginPath();
-    ctx.moveTo(last[0], last[1]);
-    ctx.lineTo(p[0], p[1]);
-    ctx.stroke();
+    pen.move(ctx, last, p);
     last = p;
     const now = performance.now();
     if (now - lastLive >= LIVE_INTERVAL_MS) {
       lastLive = now;
-      classify();
+      classify(false); // live: the plain prediction, quick
     }
     e.preventDefault();
   });
   const end = (e) => {
     if (!drawing) return;
     drawing = false;
-    classify();
+    classify(true); // the stroke is done: with MC dropout
     e.preventDefault();
   };
   drawCanvas.addEventListener("pointerup", end);
@@ -158,6 +214,7 @@ function setupDrawing(classify, onClear) {
   $("clear").addEventListener("click", () => {
     onClear();
     ctx.clearRect(0, 0, drawCanvas.width, drawCanvas.height);
+    newPen();
     drawPreview(null);
     show(null);
   });
@@ -176,13 +233,53 @@ async function main() {
   try {
     const config = await configReady;
     const { candidates, note } = chooseBackends(config, new URLSearchParams(location.search).get("backend"));
-    const { classifier, label, failures } = await startFirstWorking(candidates, firstWorker);
+    const embedded = config.embedded || "embedded";
+    const { classifier, label, failures } = await startFirstWorking(candidates, firstWorker, embedded);
+    let reclassify = () => {};
+    const picker = new ModelPicker(classifier, config, $("model"), (name) => {
+      predictionEl.dataset.model = name;
+      reclassify(); // the drawing on the canvas, by the new model
+    });
+    predictionEl.dataset.model = picker.current;
     window.mnist = {
       backend: label,
       async predict(pixels) {
         return Array.from((await classifier.predict(checkPixels(pixels))).probs);
       },
+      get models() {
+        return picker.names;
+      },
+      get model() {
+        return picker.current;
+      },
+      load: (name) => switchTo(name),
+      async predictUncertain(pixels, { samples = MC_SAMPLES } = {}) {
+        const { uncertainty: u } = await classifier.predict(checkPixels(pixels), samples);
+        return { probs: u.probabilities, std: u.std, entropy: u.entropy, mutualInformation: u.mutualInformation, unsure: u.unsure };
+      },
     };
+    const switchTo = (name) => picker.load(name).then(
+      () => {
+        setStatus(`model ${name} (${classifier.model.architecture}): draw a digit`);
+        return name;
+      },
+      (err) => {
+        setStatus(`model ${name} not loaded: ${err.message}; still using ${picker.current}`, true);
+        throw err;
+      },
+    );
+    $("model").addEventListener("change", () => switchTo($("model").value).catch(() => {}));
+    // A weights file dropped anywhere on the page becomes a model of the picker.
+    document.addEventListener("dragover", (e) => e.preventDefault());
+    document.addEventListener("drop", (e) => {
+      e.preventDefault();
+      const file = e.dataTransfer?.files?.[0];
+      if (!file) return;
+      picker.addFile(file).then(
+        (name) => setStatus(`model ${name} loaded from ${file.name}`),
+        (err) => setStatus(`${file.name} not loaded: ${err.message}; still using ${picker.current}`, true),
+      );
+    });
     $("backend").textContent = label;
     const links = (config.backends || []).filter((b) => b !== classifier.backend)
       .map((b) => `<a href="?backend=${b}">use ${b}</a>`).join("");
@@ -192,10 +289,14 @@ async function main() {
 
     const live = new LatestOnly(
       classifier,
-      ({ probs, ms }) => show(probs, ms),
+      ({ probs, ms, uncertainty }) => show(probs, ms, uncertainty),
       (err) => setStatus(`prediction failed: ${err.message}`, true),
     );
-    setupDrawing(() => {
+    const wanted = new URLSearchParams(location.search).get("model");
+    if (wanted && wanted !== picker.current) await switchTo(wanted).catch(() => {});
+    // final: the drawing is done (pen up, a model switch): also MC dropout's verdict. While the
+    // pen moves, only the plain prediction: on burn's builds 20 samples cost 20 predictions.
+    reclassify = (final = true) => {
       const ink = inkFromImageData(ctx.getImageData(0, 0, drawCanvas.width, drawCanvas.height));
       const pixels = toMnist(ink, drawCanvas.width, drawCanvas.height);
       drawPreview(pixels);
@@ -204,8 +305,9 @@ async function main() {
         show(null);
         return;
       }
-      live.submit(pixels); // toMnist returns a fresh Float32Array; postMessage copies it
-    }, () => live.drop());
+      live.submit(pixels, final ? MC_SAMPLES : 0); // a fresh Float32Array; postMessage copies it
+    };
+    setupDrawing(reclassify, () => live.drop());
   } catch (err) {
     setStatus(`could not load the model: ${err.message}. Run \`invoke build-wasm\` and reload.`, true);
     console.error(err);

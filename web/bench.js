@@ -35,7 +35,7 @@ async function timeEach(images, predict) {
  */
 export async function runBuild(backend, images, profileRepeats = 0) {
   const t0 = performance.now();
-  const classifier = await loadClassifier(backend);
+  const { classifier } = await loadClassifier(backend);
   const initMs = performance.now() - t0;
   const inputs = images.map((img) => Float32Array.from(img));
   const result = await timeEach(inputs, (px) => classifier.predict(px));

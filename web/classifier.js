@@ -64,8 +64,11 @@ export async function backendProblem(backend) {
  * The .wasm download and its streaming compilation start at once, while the build's JS glue
  * is still being fetched, rather than after it (the glue's init() would only start them then).
  * @param {string} backend "fast-relaxed", "fast-simd128", "flex", "ndarray" or "wgpu"
- * @returns {Promise<object>} its Classifier: `.backend`, `predict(Float32Array(784))` → 10
- *   probabilities (or a Promise of them); CPU builds also `profile(pixels, repeats)` → JSON.
+ * @returns {Promise<{classifier: object, Classifier: Function}>} the embedded model's
+ *   classifier (`.backend`, `.architecture`, `.unsureThreshold`, `predict(Float32Array(784))` → 10
+ *   probabilities, `uncertainty(pixels, samples, seed)` → JSON, either possibly as a Promise;
+ *   CPU builds also `profile(pixels, repeats)` → JSON) and the build's class, whose
+ *   `Classifier.fromBytes(Uint8Array)` loads another weights file (a Promise on WebGPU).
  *   Rejects with the reason when the build cannot run here.
  */
 export async function loadClassifier(backend) {
@@ -77,5 +80,6 @@ export async function loadClassifier(backend) {
   const glue = await import(new URL("mnist_wasm.js", base).href);
   await glue.default({ module_or_path: compiled }); // instantiate the compiled module
   const { Classifier } = glue;
-  return typeof Classifier.create === "function" ? await Classifier.create() : new Classifier();
+  const classifier = typeof Classifier.create === "function" ? await Classifier.create() : new Classifier();
+  return { classifier, Classifier };
 }

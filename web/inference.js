@@ -15,17 +15,19 @@ export function spawnWorker() {
 
 /** A classifier running in its own module worker (web/worker.js). Use `InferenceWorker.start`. */
 export class InferenceWorker {
-  constructor(worker, backend) {
+  constructor(worker, backend, model) {
     this.worker = worker;
     this.backend = backend; // what the build reports: "fast-relaxed", "fast-simd128", "flex", ...
+    this.model = model; // the model in use: { name, architecture, unsureThreshold }
     this.nextId = 0;
     this.pending = new Map(); // id -> { resolve, reject }
     worker.onmessage = ({ data }) => {
       const waiting = this.pending.get(data.id);
       if (data.type !== "result" || !waiting) return;
       this.pending.delete(data.id);
-      if (data.error) waiting.reject(new Error(data.error));
-      else waiting.resolve({ probs: data.probs, ms: data.ms });
+      const { type, id, error, ...answer } = data;
+      if (error) waiting.reject(new Error(error));
+      else waiting.resolve(answer);
     };
     // A crash inside the worker (e.g. a wasm panic in a GPU callback) must not leave callers
     // waiting forever: reject everything pending, and later calls at once.
@@ -41,10 +43,11 @@ export class InferenceWorker {
    * the worker's scripts have run: it waits in the worker's queue.
    * @param {string} backend a folder of pkg/
    * @param {Worker} [worker] from spawnWorker(), not used for anything else yet
+   * @param {string} [name] what to call the build's embedded model (default "embedded")
    * @returns {Promise<InferenceWorker>} rejects with the reason when the build cannot run here
    *   (the worker is then terminated).
    */
-  static start(backend, worker = spawnWorker()) {
+  static start(backend, worker = spawnWorker(), name = "embedded") {
     return new Promise((resolve, reject) => {
       worker.onerror = (event) => {
         worker.terminate();
@@ -52,29 +55,50 @@ export class InferenceWorker {
       };
       worker.onmessage = ({ data }) => {
         if (data.type === "loaded") {
-          resolve(new InferenceWorker(worker, data.backend)); // replaces these handlers
+          resolve(new InferenceWorker(worker, data.backend, data.model)); // replaces these handlers
         } else if (data.type === "load-failed") {
           worker.terminate();
           reject(new Error(data.message));
         }
       };
-      worker.postMessage({ type: "load", backend });
+      worker.postMessage({ type: "load", backend, name });
+    });
+  }
+
+  /** Post `message` with a fresh id; resolves with the worker's answer (see web/worker.js). */
+  request(message) {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ ...message, id });
     });
   }
 
   /**
    * Classify one image in the worker.
    * @param {Float32Array} pixels 784 values, 28x28 row-major, 0..255, ink = 255
-   * @returns {Promise<{probs: Float32Array, ms: number}>} 10 probabilities and the predict time;
-   *   rejects with the model's message for a refused input.
+   * @param {number} [samples] > 0: also MC dropout with that many passes (1..1000)
+   * @returns {Promise<{probs: Float32Array, ms: number, uncertainty: object | null}>} 10
+   *   probabilities, the predict time, and the MC-dropout summary (`probabilities`, `std`,
+   *   `entropy`, `mutualInformation`, `samples`, `unsure`) when asked; rejects with the model's
+   *   message for a refused input.
    */
-  predict(pixels) {
-    if (this.failure) return Promise.reject(this.failure);
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ type: "predict", id, pixels });
-    });
+  predict(pixels, samples = 0) {
+    return this.request({ type: "predict", pixels, samples });
+  }
+
+  /**
+   * Switch to model `name`, loading it from `source` (a URL or the bytes of a .safetensors
+   * file; null: the embedded one) the first time.
+   * @returns {Promise<{name: string, architecture: string, unsureThreshold: number | null}>}
+   *   rejects with the reason (not found, not a model, a model this build cannot run), and the
+   *   worker keeps the model it had.
+   */
+  async loadModel(name, source) {
+    const { model } = await this.request({ type: "model", name, source });
+    this.model = model;
+    return model;
   }
 }
 
@@ -85,12 +109,13 @@ export class InferenceWorker {
  * @param {Worker} [worker] a fresh worker from spawnWorker() for the first backend started
  *   (terminated if none starts in it); later ones get a new worker each, so a failed start
  *   leaves nothing behind
+ * @param {string} [name] what to call the builds' embedded model (default "embedded")
  * @returns {Promise<{classifier: InferenceWorker, label: string, failures: string[]}>} label is
  *   the backend, with the reason in brackets when an earlier choice failed, e.g.
  *   "fast-simd128 (no relaxed SIMD in this browser)"; failures lists "backend: reason" for each
  *   one skipped. Rejects when none of them runs.
  */
-export async function startFirstWorking(candidates, worker = undefined) {
+export async function startFirstWorking(candidates, worker = undefined, name = "embedded") {
   const failures = [];
   let spare = worker; // used by the first start, whatever its outcome
   for (const backend of candidates) {
@@ -99,7 +124,7 @@ export async function startFirstWorking(candidates, worker = undefined) {
       if (problem) throw new Error(problem);
       const thisWorker = spare ?? spawnWorker();
       spare = undefined;
-      const classifier = await InferenceWorker.start(backend, thisWorker);
+      const classifier = await InferenceWorker.start(backend, thisWorker, name);
       const reasons = failures.map((f) => f.slice(f.indexOf(": ") + 2));
       const label = reasons.length ? `${classifier.backend} (${reasons.join("; ")})` : classifier.backend;
       return { classifier, label, failures };
@@ -114,7 +139,8 @@ export async function startFirstWorking(candidates, worker = undefined) {
 /**
  * Classify the newest drawing only. While a prediction runs, later submissions replace each
  * other; when it finishes, the newest one waiting (if any) goes next. `onResult(result)` gets
- * every completed prediction in order, or `onError(err)`.
+ * every completed prediction in order (the result of `classifier.predict(pixels, samples)`),
+ * or `onError(err)`.
  */
 export class LatestOnly {
   constructor(classifier, onResult, onError) {
@@ -124,8 +150,9 @@ export class LatestOnly {
     this.generation = 0; // bumped by drop(): results of older drawings are not shown
   }
 
-  submit(pixels) {
-    this.waiting = pixels;
+  /** Classify `pixels` when the classifier is free; `samples` > 0 adds MC dropout. */
+  submit(pixels, samples = 0) {
+    this.waiting = { pixels, samples };
     if (!this.busy) this.next();
   }
 
@@ -137,12 +164,12 @@ export class LatestOnly {
 
   async next() {
     if (this.waiting === null) return;
-    const pixels = this.waiting;
+    const { pixels, samples } = this.waiting;
     const generation = this.generation;
     this.waiting = null;
     this.busy = true;
     try {
-      const result = await this.classifier.predict(pixels);
+      const result = await this.classifier.predict(pixels, samples);
       if (generation === this.generation) this.onResult(result);
     } catch (err) {
       if (generation === this.generation) this.onError(err);

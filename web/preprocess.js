@@ -11,6 +11,8 @@
 // Pure functions on arrays (no DOM), so they can be tested and ported as they are.
 // Values: ink in 0..255 (255 = full ink, 0 = background), row-major.
 
+import { inkOf } from "./pen.js";
+
 /** Side of the model's input image, in pixels. */
 export const MNIST_SIZE = 28;
 /** Side of the box the digit is scaled into before centring (MNIST's 20x20). */
@@ -125,13 +127,22 @@ export function toMnist(ink, width, height) {
 }
 
 /**
- * Ink of a canvas drawn with an opaque colour on a transparent background: its alpha channel.
- * @param {ImageData} image
- * @returns {Uint8ClampedArray} width*height values in 0..255
+ * Ink of a canvas drawn on a transparent background, as the page shows it on white paper:
+ * each pixel composited over white, then 255 - its BT.601 luma (web/pen.js's inkOf:
+ * alpha * (255 - luma(r, g, b)) / 255), rounded. Black strokes give their alpha exactly (full
+ * ink inside, the coverage at anti-aliased edges); lighter colours give fainter ink (opaque
+ * light blue #4fc3f7: 89), as a grey-scale scan of coloured ink on paper would.
+ * trainer/preprocess.py's ink_from_rgba is its twin (tests/test_preprocess.py compares them).
+ * @param {ImageData} image  RGBA, not premultiplied, 0..255 per channel
+ * @returns {Uint8ClampedArray} width*height values in 0..255, ink = 255, row-major (rounded to
+ *   the nearest integer, ties to even)
  */
 export function inkFromImageData(image) {
   const { data, width, height } = image;
   const ink = new Uint8ClampedArray(width * height);
-  for (let i = 0; i < width * height; i++) ink[i] = data[i * 4 + 3];
+  for (let i = 0; i < width * height; i++) {
+    const a = data[i * 4 + 3];
+    if (a !== 0) ink[i] = inkOf(data[i * 4], data[i * 4 + 1], data[i * 4 + 2], a);
+  }
   return ink;
 }

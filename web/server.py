@@ -2,10 +2,30 @@
 
 Static part: the front end under web/ (``.wasm`` as ``application/wasm``, so the browser
 compiles it while it downloads; no caching so a rebuild shows at once; cross-origin isolated,
-see ISOLATION_HEADERS) and one dynamic file, ``/config.json``: ``{"default": backend,
-"backends": [built]}``, which tells the page what it may load. Python sources under web/ are
-never served. Other methods than GET/HEAD on a static path: 405 (with ``Allow: GET, HEAD``)
-where the file exists, 404 where it does not; unknown methods: 501.
+see ISOLATION_HEADERS) and one dynamic file, ``/config.json``, which tells the page what it may
+load::
+
+    {"default": backend, "backends": [built backends],
+     "embedded": name of the model the wasm embeds, or null,
+     "models": [{"name": "cnn", "url": "models/model.safetensors",
+                 "architecture": "mnist-conv-bn-gelu-v1", "summary": "..." or null,
+                 "test_accuracy": 0.993 or null, "parameters": 260810, "bytes": 1045712,
+                 "embedded": true}, ...]}
+
+``models`` describes every ``*.safetensors`` file directly in the models folder
+(``make_server(models_dir=...)``, default the repo's models/), embedded one first, then by
+name (see ``list_models``): ``name`` is the file stem, except that the file the wasm embeds is
+named by its architecture (``cnn``); ``architecture`` is the file's metadata id and ``summary``
+its description from ``trainer.model.ARCHITECTURES`` (null for an id this code does not know);
+``test_accuracy`` is a fraction 0..1 from the metadata; ``parameters`` counts every tensor
+element (BatchNorm running statistics included); ``bytes`` is the file size. Files that are not
+readable models are left out, with one warning line on stderr each. The list is made once, when
+the server starts: restart it to list files added later. Each file is served at its ``url``
+(relative: ``GET/HEAD /models/<file name>``, ``application/octet-stream``); any other path under
+``/models/`` (another name, a subfolder, ``..``, another extension) is 404.
+
+Python sources under web/ are never served. Other methods than GET/HEAD on a static path: 405
+(with ``Allow: GET, HEAD``) where the file exists, 404 where it does not; unknown methods: 501.
 
 API part, ``POST /api/predict``, one digit per request, in either form:
 
@@ -16,20 +36,31 @@ API part, ``POST /api/predict``, one digit per request, in either form:
 * ``Content-Type: application/json`` with ``{"pixels": [784 numbers]}``: a 28x28 image,
   row-major, 0..255, ink = 255, already MNIST-style (used as is, no preprocessing).
 
+``POST /api/predict?samples=N`` (N an integer 1..``MAX_SAMPLES`` (1000)) also runs MC dropout:
+N forward passes of the embedded model with dropout on (native ``mnist_infer.uncertainty``, mask
+seed 0, so the same request gives the same numbers), and the answer gains an ``uncertainty``
+object (below). Other query parameters are ignored.
+
 Answers, always JSON (``Content-Type: application/json``), never a stack trace:
 
 * 200 ``{"predictions": {"all": [{"class_name": "zero", "label": 0, "probability": p}, ...10],
-  "prediction": {the most probable entry}}, "success": true}``
+  "prediction": {the most probable entry}}, "success": true}``; with ``?samples=N`` also
+  ``"uncertainty": {"probabilities": [10 means of the passes' softmax, 0..1, sum 1],
+  "std": [10 standard deviations of the passes' softmax, >= 0], "entropy": H (nats, 0..ln 10),
+  "mutual_information": I (nats, 0..H), "samples": N, "unsure": true/false, or null when the
+  weights carry no calibrated threshold}`` (see ``trainer.uncertainty``)
 * ``{"success": false, "error": "<message>"}`` with
-  400 bad input (not JSON, no ``pixels``, not 784 numbers, a value that is not a finite number
+  400 bad input (``samples`` not an integer 1..1000 or given twice, not JSON, no ``pixels``,
+  not 784 numbers, a value that is not a finite number
   in 0..255, all pixels 0, not an image, a blank image, an image over ``MAX_IMAGE_SIDE`` (4096) px a side,
   no ``image`` field, a missing or unsupported Content-Type, a body shorter than its
   Content-Length), 404 any other path under ``/api/``,
   405 another method on ``/api/predict`` (``Allow: POST``), 408 the body did not arrive within
   ``Handler.timeout`` seconds, 411 no Content-Length (chunked bodies are not accepted),
   413 Content-Length above ``max_body`` (refused before the body is read), 503 the native
-  classifier ``mnist_infer`` is not built, 500 anything unexpected (logged to stderr with its
-  traceback; the client gets a one-line message).
+  classifier ``mnist_infer`` is not built (for ``predict``, or for ``uncertainty`` when
+  ``samples`` is given), 500 anything unexpected (logged to stderr with its traceback; the
+  client gets a one-line message).
 
 The server binds 127.0.0.1 unless told otherwise: the API is for this machine.
 """
@@ -40,13 +71,16 @@ import errno
 import io
 import json
 import math
+import os
 import re
+import shutil
 import socket
 import sys
 import threading
 import time
 import traceback
 import warnings
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -56,13 +90,23 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import numpy as np
 
 WEB_DIR = Path(__file__).resolve().parent
+#: The weights files listed in /config.json by default, and the one the wasm embeds by default
+#: (``invoke serve`` passes its own: ``--models`` and ``tasks.weights_path()``).
+MODELS_DIR = WEB_DIR.parent / "models"
+EMBEDDED_WEIGHTS = MODELS_DIR / "model.safetensors"
+#: URL prefix of the listed weights files (``models/<file name>`` relative to the page).
+MODELS_PATH = "/models/"
 
 PREDICT_PATH = "/api/predict"
+#: Most MC-dropout passes ``?samples=N`` may ask for (the native module's own limit).
+MAX_SAMPLES = 1000
+#: Seed of the MC-dropout masks: the same request always gets the same numbers.
+UNCERTAINTY_SEED = 0
 #: Largest request body accepted by default, in bytes (``make_server(max_body=...)``).
 MAX_BODY = 2_000_000
 #: Input layout of the classifier: 28x28 pixels, row-major.
@@ -91,6 +135,11 @@ ISOLATION_HEADERS = {
 
 #: (N, 784) float32 pixels 0..255 -> (N, 10) probabilities.
 ClassifyPixels = Callable[[np.ndarray], np.ndarray]
+#: ``(pixels, samples=N, seed=S) -> dict``, the contract of ``mnist_infer.uncertainty``: pixels
+#: (784,) float32 0..255 (one image), N MC-dropout passes (1..1000), S the mask seed; returns
+#: ``{"probabilities": (10,), "std": (10,), "entropy": float, "mutual_information": float,
+#: "samples": N, "unsure": bool or None}`` (see the module docstring for units and ranges).
+UncertaintyFn = Callable[..., dict]
 
 
 class ApiError(Exception):
@@ -214,6 +263,75 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def samples_from_query(query: str) -> int | None:
+    """The ``samples`` parameter of a query string: None when absent, else an int 1..MAX_SAMPLES.
+
+    Raises:
+        ApiError: 400 for a value that is not a decimal integer in 1..MAX_SAMPLES (``abc``,
+            ``0``, ``2.5``, ``-1``, empty) or for ``samples`` given more than once.
+    """
+    values = parse_qs(query, keep_blank_values=True).get("samples")
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"samples is given {len(values)} times; give it once")
+    text = values[0]
+    # At most 7 digits before int(): the bound check then needs no huge integers.
+    if not re.fullmatch(r"[0-9]{1,7}", text) or not 1 <= int(text) <= MAX_SAMPLES:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            f"samples must be an integer from 1 to {MAX_SAMPLES} (MC-dropout passes), got {short_repr(text)}",
+        )
+    return int(text)
+
+
+def uncertainty_payload(result: dict, samples: int) -> dict:
+    """The ``uncertainty`` object of the API answer from an ``UncertaintyFn`` result (plain
+    Python types: lists of 10 floats, floats, an int, a bool or None).
+
+    Raises:
+        RuntimeError: the result does not hold 10 finite probabilities and 10 finite stds >= 0,
+            finite entropy and mutual information, ``samples`` passes and a bool-or-None
+            ``unsure`` (a broken uncertainty function: the API answers 500).
+    """
+    try:
+        probabilities = np.asarray(result["probabilities"], dtype=np.float64)
+        std = np.asarray(result["std"], dtype=np.float64)
+        entropy = float(result["entropy"])
+        mutual_information = float(result["mutual_information"])
+        unsure, passes = result["unsure"], result["samples"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise RuntimeError(f"the uncertainty function returned an unusable result ({e!r})") from None
+    if probabilities.shape != (10,) or std.shape != (10,):
+        raise RuntimeError(f"the uncertainty function returned shapes {probabilities.shape} and {std.shape}, not (10,)")
+    values = np.concatenate([probabilities, std, [entropy, mutual_information]])
+    if not np.isfinite(values).all() or (std < 0).any():
+        raise RuntimeError("the uncertainty function returned non-finite values or a negative std")
+    if passes != samples or not (unsure is None or isinstance(unsure, bool)):
+        raise RuntimeError(f"the uncertainty function returned samples={passes!r}, unsure={unsure!r}")
+    return {
+        "probabilities": probabilities.tolist(),
+        "std": std.tolist(),
+        "entropy": entropy,
+        "mutual_information": mutual_information,
+        "samples": samples,
+        "unsure": unsure,
+    }
+
+
+def native_module():
+    """The native module ``mnist_infer``; ApiError 503 when it is not built."""
+    try:
+        import mnist_infer
+    except ImportError as e:
+        raise ApiError(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            f"the native classifier mnist_infer is not built ({e}): "
+            "run `./dev serve` (or `invoke setup` in the venv), which builds it, then retry",
+        ) from None
+    return mnist_infer
+
+
 class Classifier:
     """``classify_pixels``, or the native ``mnist_infer.predict`` imported on first use.
 
@@ -232,20 +350,140 @@ class Classifier:
         return probabilities
 
     def _native(self) -> ClassifyPixels:
-        try:
-            import mnist_infer
-        except ImportError as e:
-            raise ApiError(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                f"the native classifier mnist_infer is not built ({e}): "
-                "run `./dev serve` (or `invoke setup` in the venv), which builds it, then retry",
-            ) from None
-        self._classify = mnist_infer.predict
+        self._classify = native_module().predict
         return self._classify
 
 
+class Uncertainty:
+    """``uncertainty``, or the native ``mnist_infer.uncertainty`` imported on first use.
+
+    Calling it with (784,) float32 pixels and a number of passes 1..MAX_SAMPLES returns the
+    API's ``uncertainty`` object (``uncertainty_payload``; masks seeded with UNCERTAINTY_SEED),
+    or raises ApiError 503 when the native module is not built (tried again on the next call).
+    """
+
+    def __init__(self, uncertainty: UncertaintyFn | None = None) -> None:
+        self._uncertainty = uncertainty
+
+    def __call__(self, pixels: np.ndarray, samples: int) -> dict:
+        uncertainty = self._uncertainty or self._native()
+        return uncertainty_payload(uncertainty(pixels, samples=samples, seed=UNCERTAINTY_SEED), samples)
+
+    def _native(self) -> UncertaintyFn:
+        self._uncertainty = native_module().uncertainty
+        return self._uncertainty
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    """The weights files the server offers (``list_models``).
+
+    Attributes:
+        entries: config.json's ``models`` list (see the module docstring), embedded one first.
+        files: file name, as in each entry's ``url`` after ``models/`` -> the file served.
+        embedded: the ``name`` of the embedded entry, None when it is not listed.
+    """
+
+    entries: list[dict]
+    files: dict[str, Path]
+    embedded: str | None
+
+
+def warn(message: str) -> None:
+    """One line on stderr, as the request log writes them."""
+    sys.stderr.write(f"[serve] {' '.join(message.split())}\n")
+
+
+def list_models(models_dir: Path, embedded: Path | None = EMBEDDED_WEIGHTS) -> ModelListing:
+    """Describe every ``*.safetensors`` file directly in ``models_dir`` (not in subfolders, not
+    hidden ones) for /config.json, reading only the files' headers (no tensor is loaded).
+
+    ``embedded`` is the weights file the wasm and the native module embed: its entry has
+    ``"embedded": true``, comes first, and is named by its architecture's short name (``cnn``)
+    unless another listed file already has that stem (then by its own stem). When it lies
+    outside ``models_dir`` it is listed too (it is what the page runs without a download); a
+    file of the same name in ``models_dir`` then gives way to it, with a warning. The others
+    follow sorted by name, each named by its file stem.
+
+    A file that is not a readable model (not safetensors, no ``architecture``, a bad layer plan:
+    ``trainer.export.read_model_metadata``) is left out with one warning line on stderr.
+
+    Raises:
+        SystemExit: ``models_dir`` is not a folder.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from trainer.export import WeightsError, read_model_metadata  # imports torch: on first use
+    from trainer.model import ARCHITECTURES
+
+    if not models_dir.is_dir():
+        raise SystemExit(f"the models folder {models_dir} is not a folder")
+    files = {
+        path.name: path
+        for path in sorted(models_dir.iterdir())
+        if path.suffix == ".safetensors" and not path.name.startswith(".") and path.is_file()
+    }
+    embedded_file = None  # its file name, a key of `files`
+    if embedded is not None:
+        target = embedded.resolve()
+        embedded_file = next((name for name, path in files.items() if path.resolve() == target), None)
+        if embedded_file is None and target.is_file():
+            if target.name in files:
+                warn(f"{files[target.name]}: not listed, the embedded weights {embedded} have its name")
+            files[target.name] = embedded
+            embedded_file = target.name
+        elif embedded_file is None:
+            warn(f"the embedded weights {embedded} are not a file: not listed")
+
+    by_id = {a.id: a for a in ARCHITECTURES.values()}
+    entries, served = [], {}
+    for name, path in files.items():
+        try:
+            metadata = read_model_metadata(path)
+            with safe_open(str(path), framework="pt") as f:
+                parameters = sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+            size = path.stat().st_size
+        except (WeightsError, SafetensorError, OSError, ValueError) as e:
+            reason = str(e) if str(path) in str(e) else f"{path}: {e}"
+            warn(f"model not listed, not a readable model file: {reason}")
+            continue
+        architecture = by_id.get(metadata["architecture"])
+        entries.append({
+            "name": Path(name).stem,  # the embedded one is renamed below
+            "url": "models/" + quote(name),
+            "architecture": metadata["architecture"],
+            "summary": architecture.summary if architecture else None,
+            "test_accuracy": fraction(metadata.get("test_accuracy")),
+            "parameters": int(parameters),
+            "bytes": size,
+            "embedded": name == embedded_file,
+        })
+        served[name] = path
+    embedded_name = None
+    for entry in entries:
+        if entry["embedded"]:
+            architecture = by_id.get(entry["architecture"])
+            stems = {e["name"] for e in entries if not e["embedded"]}
+            short = architecture.name if architecture else None
+            if short and short not in stems:
+                entry["name"] = short
+            embedded_name = entry["name"]
+    entries.sort(key=lambda e: (not e["embedded"], e["name"]))
+    return ModelListing(entries, served, embedded_name)
+
+
+def fraction(text: str | None) -> float | None:
+    """A metadata string holding a number 0..1 (``"0.9931"``) as a float, else None."""
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if 0 <= value <= 1 else None
+
+
 class Handler(SimpleHTTPRequestHandler):
-    """Static files from web/, /config.json, and POST /api/predict (see the module docstring)."""
+    """Static files from web/, /config.json, the listed weights files under /models/, and
+    POST /api/predict (see the module docstring)."""
 
     extensions_map = {
         **SimpleHTTPRequestHandler.extensions_map,
@@ -258,9 +496,12 @@ class Handler(SimpleHTTPRequestHandler):
     #: Seconds a client may stay silent (while sending its request) before it is dropped.
     timeout = 30
 
-    def __init__(self, *args, config: dict, classifier: Classifier, max_body: int, log_requests: bool, **kwargs):
+    def __init__(self, *args, config: dict, classifier: Classifier, uncertainty: Uncertainty,
+                 model_files: dict[str, Path], max_body: int, log_requests: bool, **kwargs):
         self.config = config
         self.classifier = classifier
+        self.uncertainty = uncertainty
+        self.model_files = model_files
         self.max_body = max_body
         self.log_requests = log_requests
         super().__init__(*args, directory=str(WEB_DIR), **kwargs)
@@ -273,6 +514,8 @@ class Handler(SimpleHTTPRequestHandler):
             self.api()
         elif path == "/config.json":
             self.reply_json(HTTPStatus.OK, self.config)
+        elif is_models(path):
+            self.send_model(path)
         elif is_hidden(path):
             self.send_error(HTTPStatus.NOT_FOUND)
         else:
@@ -282,6 +525,8 @@ class Handler(SimpleHTTPRequestHandler):
         path = self.url_path()
         if is_api(path):
             self.api()
+        elif is_models(path):
+            self.send_model(path)
         elif is_hidden(path):
             self.send_error(HTTPStatus.NOT_FOUND)
         else:
@@ -301,7 +546,10 @@ class Handler(SimpleHTTPRequestHandler):
     def refuse_static_write(self) -> None:
         """405 for a method other than GET/HEAD on a static file that exists, else 404."""
         path = self.url_path()
-        exists = path == "/config.json" or (not is_hidden(path) and Path(self.translate_path(self.path)).exists())
+        if is_models(path):
+            exists = self.model_file(path) is not None
+        else:
+            exists = path == "/config.json" or (not is_hidden(path) and Path(self.translate_path(self.path)).exists())
         if exists:
             self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
             self.send_header("Allow", "GET, HEAD")
@@ -310,6 +558,33 @@ class Handler(SimpleHTTPRequestHandler):
         else:
             self.send_error(HTTPStatus.NOT_FOUND)
         self.linger()
+
+    # --- the weights files -------------------------------------------------------------------
+
+    def model_file(self, path: str) -> Path | None:
+        """The listed file that ``/models/<file name>`` names (percent-decoded), else None."""
+        return self.model_files.get(unquote(path[len(MODELS_PATH):]))
+
+    def send_model(self, path: str) -> None:
+        """GET/HEAD ``/models/<file name>``: the file's bytes as application/octet-stream, or 404
+        when the name is not in the listing (or the file is gone since the server started)."""
+        file = self.model_file(path)
+        try:
+            if file is None:
+                raise FileNotFoundError(path)
+            f = open(file, "rb")  # noqa: SIM115 (closed below, after the headers)
+        except OSError:
+            self.send_error(HTTPStatus.NOT_FOUND, "no such model file")
+            return
+        with f:
+            stat = os.fstat(f.fileno())
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(stat.st_size))
+            self.send_header("Last-Modified", self.date_time_string(int(stat.st_mtime)))
+            self.end_headers()
+            if self.command != "HEAD":
+                shutil.copyfileobj(f, self.wfile)
 
     # --- the API --------------------------------------------------------------------------
 
@@ -332,7 +607,9 @@ class Handler(SimpleHTTPRequestHandler):
             self.reply_error(HTTPStatus.INTERNAL_SERVER_ERROR, message)
 
     def predict(self) -> dict:
-        """Read, check and classify the request body; returns the 200 payload."""
+        """Read, check and classify the request body (and with ``?samples=N`` run MC dropout on
+        it); returns the 200 payload."""
+        samples = samples_from_query(urlsplit(self.path).query)
         body = self.read_body()
         content_type = self.headers.get("Content-Type")
         if content_type is None:
@@ -351,7 +628,10 @@ class Handler(SimpleHTTPRequestHandler):
         probabilities = self.classifier(pixels.reshape(1, NUM_PIXELS))
         from trainer.classify import predictions_payload  # imported on first use, like preprocess
 
-        return predictions_payload(probabilities[0])
+        payload = predictions_payload(probabilities[0])
+        if samples is not None:
+            payload["uncertainty"] = self.uncertainty(pixels.reshape(NUM_PIXELS), samples)
+        return payload
 
     def read_body(self) -> bytes:
         """The request body, by its Content-Length (411 without one, 413 above max_body)."""
@@ -452,15 +732,22 @@ def is_api(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
 
 
+def is_models(path: str) -> bool:
+    """Paths of the weights files: ``/models/...`` (none other than the listed ones is served)."""
+    return path == MODELS_PATH.rstrip("/") or path.startswith(MODELS_PATH)
+
+
 def is_hidden(path: str) -> bool:
     """Python sources and caches under web/ are never served."""
     return path.endswith((".py", ".pyc")) or "__pycache__" in path
 
 
 class Server(ThreadingHTTPServer):
-    """One thread per connection; a listen backlog that takes bursts of parallel clients."""
+    """One thread per connection; a listen backlog that takes bursts of parallel clients.
+    ``config`` is the /config.json document it answers (set by ``make_server``)."""
 
     request_queue_size = 128
+    config: dict = {}
 
 
 def make_server(
@@ -471,8 +758,11 @@ def make_server(
     classify_pixels: ClassifyPixels | None = None,
     max_body: int = MAX_BODY,
     *,
+    uncertainty: UncertaintyFn | None = None,
+    models_dir: Path | None = None,
+    embedded: Path | None = None,
     log_requests: bool = True,
-) -> ThreadingHTTPServer:
+) -> Server:
     """A server bound to (host, port); port 0 picks a free one (see ``server.server_port``).
 
     Args:
@@ -481,30 +771,47 @@ def make_server(
             POST /api/predict; None: ``mnist_infer.predict`` (the native Rust module), imported
             on the first request (503 while it is not built).
         max_body: largest request body in bytes; larger ones get 413 before being read.
+        uncertainty: MC dropout for ``POST /api/predict?samples=N`` (``UncertaintyFn``: (784,)
+            float32 pixels, ``samples=N``, ``seed=0`` -> dict); None: ``mnist_infer.uncertainty``
+            on the embedded model, imported on the first such request (503 while not built).
+        models_dir: the folder whose ``*.safetensors`` files /config.json lists and /models/
+            serves (None: the repo's models/). Listed once, here: see ``list_models``.
+        embedded: the weights file the wasm and the native module embed, flagged and named by
+            its architecture in the listing (None: the repo's models/model.safetensors).
         log_requests: one stderr line per request (errors are logged regardless).
 
     Raises:
-        SystemExit: the port is in use or the address cannot be bound, with a clear message.
+        SystemExit: the port is in use or the address cannot be bound, or ``models_dir`` is
+            not a folder, with a clear message.
     """
-    config = {"default": default_backend, "backends": list(backends)}
+    listing = list_models(MODELS_DIR if models_dir is None else Path(models_dir),
+                          EMBEDDED_WEIGHTS if embedded is None else Path(embedded))
+    config = {"default": default_backend, "backends": list(backends),
+              "embedded": listing.embedded, "models": listing.entries}
     handler = partial(
-        Handler, config=config, classifier=Classifier(classify_pixels), max_body=max_body, log_requests=log_requests
+        Handler, config=config, classifier=Classifier(classify_pixels), uncertainty=Uncertainty(uncertainty),
+        model_files=listing.files, max_body=max_body, log_requests=log_requests,
     )
     try:
-        return Server((host, port), handler)
+        server = Server((host, port), handler)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise SystemExit(f"port {port} on {host} is already in use: pass --port to pick another") from e
         raise SystemExit(f"cannot listen on {host}:{port}: {e.strerror}") from e
+    server.config = config
+    return server
 
 
 def serve(host: str, port: int, default_backend: str, backends: list[str], **kwargs) -> None:
-    """Serve until Ctrl-C; ``kwargs`` go to make_server (classify_pixels, max_body)."""
+    """Serve until Ctrl-C; ``kwargs`` go to make_server (classify_pixels, max_body,
+    uncertainty, models_dir, embedded)."""
     server = make_server(host, port, default_backend, backends, **kwargs)
     shown = "localhost" if host in ("127.0.0.1", "localhost") else host
+    models = [m["name"] + (" (embedded)" if m["embedded"] else "") for m in server.config["models"]]
     print(
         f"Serving web/ at http://{shown}:{server.server_port}/ "
-        f"(backend {default_backend}; built: {', '.join(backends)}). Ctrl-C stops.",
+        f"(backend {default_backend}; built: {', '.join(backends)}; "
+        f"models: {', '.join(models) or 'none'}). Ctrl-C stops.",
         flush=True,
     )
     if kwargs.get("classify_pixels") is None and find_spec("mnist_infer") is None:

@@ -31,7 +31,12 @@ extern crate std;
 mod fast;
 #[cfg(feature = "fast")]
 pub mod kernels;
+#[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+pub mod layers;
 pub mod model;
+mod params;
+pub mod plan;
+pub mod uncertainty;
 mod weights;
 
 use alloc::format;
@@ -48,7 +53,8 @@ use burn::tensor::activation::softmax;
 #[cfg(feature = "fast")]
 pub use kernels::{Isa, Network};
 pub use model::Model;
-pub use weights::{ARCHITECTURE, LoadError};
+pub use uncertainty::Uncertainty;
+pub use weights::{ARCHITECTURE, LoadError, Metadata};
 
 /// Side of the square input image, in pixels.
 pub const IMAGE_SIZE: usize = 28;
@@ -58,6 +64,8 @@ pub const INPUT_LEN: usize = IMAGE_SIZE * IMAGE_SIZE;
 pub const NUM_CLASSES: usize = model::NUM_CLASSES;
 /// Largest accepted pixel value (ink); the background is 0.
 pub const MAX_PIXEL: f32 = 255.0;
+/// Most MC-dropout samples one call takes (the page and the API use 20 by default).
+pub const MAX_SAMPLES: usize = 1000;
 
 #[cfg(not(any(
     feature = "ndarray",
@@ -182,13 +190,22 @@ impl Backend {
         match self {
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => {
-                Device::wgpu_options()
+                // burn registers one runtime per device: a second model (loaded at run time)
+                // shares the device the first one started.
+                use core::sync::atomic::{AtomicBool, Ordering};
+                static STARTED: AtomicBool = AtomicBool::new(false);
+                if STARTED.load(Ordering::Acquire) {
+                    return Ok(self.device());
+                }
+                let device = Device::wgpu_options()
                     .init_async()
                     .await
                     .map_err(|e| LoadError::Device {
                         backend: self.name(),
                         problem: without_js_stack(&e.to_string()),
-                    })
+                    })?;
+                STARTED.store(true, Ordering::Release);
+                Ok(device)
             }
             #[allow(unreachable_patterns)] // every backend is wgpu in a wgpu-only build
             cpu => Ok(cpu.device()),
@@ -205,6 +222,10 @@ pub enum InputError {
     NonFinite { index: usize, value: f32 },
     /// A value is outside `0.0..=255.0` (raw pixels are expected, not normalised ones).
     OutOfRange { index: usize, value: f32 },
+    /// MC dropout takes one image: this many values were given.
+    NotOneImage(usize),
+    /// MC dropout's sample count is outside `1..=MAX_SAMPLES`.
+    Samples(usize),
 }
 
 impl fmt::Display for InputError {
@@ -223,6 +244,14 @@ impl fmt::Display for InputError {
             InputError::OutOfRange { index, value } => write!(
                 f,
                 "pixel {index} is {value}: pixels must be raw values in 0..=255 (ink = 255), not normalised"
+            ),
+            InputError::NotOneImage(len) => write!(
+                f,
+                "MC dropout takes one image ({INPUT_LEN} pixel values), got {len} values"
+            ),
+            InputError::Samples(n) => write!(
+                f,
+                "MC dropout samples must be between 1 and {MAX_SAMPLES}, got {n}"
             ),
         }
     }
@@ -259,13 +288,55 @@ impl From<InputError> for PredictError {
 /// What runs the forward pass.
 #[derive(Debug)]
 enum Engine {
-    /// The burn model on a burn device (absent from a build with only `fast`, so that none
+    /// A burn model on a burn device (absent from a build with only `fast`, so that none
     /// of burn's compute kernels is linked into it).
     #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
-    Burn { model: Model, device: Device },
+    Burn { model: BurnModel, device: Device },
     /// This crate's kernels, on the weights read from the file.
     #[cfg(feature = "fast")]
     Fast(Network),
+}
+
+/// What runs on a burn backend: the burn `Module` of the `cnn` (loaded by burn-store), or any
+/// other layer plan on burn's tensor operations ([`layers::LayerModel`]).
+#[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+#[derive(Debug)]
+enum BurnModel {
+    Cnn(Model),
+    Layers(layers::LayerModel),
+}
+
+#[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+impl BurnModel {
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            BurnModel::Cnn(m) => m.forward(images),
+            BurnModel::Layers(m) => m.forward(images),
+        }
+    }
+
+    fn forward_mc(&self, image: Tensor<4>, samples: usize, seed: u64) -> Tensor<2> {
+        match self {
+            BurnModel::Cnn(m) => m.forward_mc(image, samples, seed),
+            BurnModel::Layers(m) => m.forward_mc(image, samples, seed),
+        }
+    }
+
+    fn profile(
+        &self,
+        images: Tensor<4>,
+        repeats: usize,
+        now: &mut dyn FnMut() -> f64,
+    ) -> Vec<(String, f64)> {
+        match self {
+            BurnModel::Cnn(m) => m
+                .profile(images, repeats, now)
+                .into_iter()
+                .map(|(n, t)| (n.to_string(), t))
+                .collect(),
+            BurnModel::Layers(m) => m.profile(images, repeats, now),
+        }
+    }
 }
 
 /// The loaded model, ready to classify on one backend.
@@ -273,8 +344,7 @@ enum Engine {
 pub struct Classifier {
     engine: Engine,
     backend: Backend,
-    mean: f32,
-    std: f32,
+    metadata: Metadata,
 }
 
 impl Classifier {
@@ -311,15 +381,25 @@ impl Classifier {
         }
     }
 
-    /// burn-store loads the burn model on `device`.
+    /// The `cnn`: burn-store loads the burn model on `device`; any other plan: its tensors
+    /// on `device` for burn's tensor operations.
     #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
     fn load_burn(bytes: &[u8], backend: Backend, device: Device) -> Result<Self, LoadError> {
-        let (model, normalization) = weights::load(bytes, &device)?;
+        let metadata = weights::read_metadata(bytes)?;
+        let model = if metadata.plan == plan::cnn() {
+            BurnModel::Cnn(weights::load(bytes, &device)?.0)
+        } else {
+            let file = safetensors::SafeTensors::deserialize(bytes)
+                .map_err(|e| LoadError::Format(e.to_string()))?;
+            let checked = params::check_file(&metadata.plan, &file, [1, IMAGE_SIZE, IMAGE_SIZE])
+                .map_err(LoadError::Tensors)?;
+            check_outputs(checked.shapes.last().map_or(0, |s| s.len()))?;
+            BurnModel::Layers(layers::LayerModel::new(&checked, &device))
+        };
         Ok(Self {
             engine: Engine::Burn { model, device },
             backend,
-            mean: normalization.mean,
-            std: normalization.std,
+            metadata,
         })
     }
 
@@ -333,16 +413,17 @@ impl Classifier {
                 problem: "this CPU lacks the instruction set".to_string(),
             });
         }
-        let normalization = weights::read_metadata(bytes)?;
+        let metadata = weights::read_metadata(bytes)?;
         let file = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| LoadError::Format(e.to_string()))?;
         let input = [1, IMAGE_SIZE, IMAGE_SIZE];
-        let network = Network::from_safetensors(&file, input, isa).map_err(LoadError::Tensors)?;
+        let network = Network::from_safetensors(&file, &metadata.plan, input, isa)
+            .map_err(LoadError::Tensors)?;
+        check_outputs(network.output_len())?;
         Ok(Self {
             engine: Engine::Fast(network),
             backend,
-            mean: normalization.mean,
-            std: normalization.std,
+            metadata,
         })
     }
 
@@ -353,7 +434,14 @@ impl Classifier {
 
     /// The input normalisation `(mean, std)` read from the weights file.
     pub fn normalization(&self) -> (f32, f32) {
-        (self.mean, self.std)
+        let n = self.metadata.normalization;
+        (n.mean, n.std)
+    }
+
+    /// What the weights file's metadata says: architecture, layer plan, normalisation, the
+    /// "not sure" threshold.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
     }
 
     /// Logits for a batch of images.
@@ -420,6 +508,84 @@ impl Classifier {
         }
     }
 
+    /// MC dropout on one image: `samples` forward passes with dropout on, masks drawn from
+    /// `seed` ([`uncertainty::dropout_mask`]), summarised ([`Uncertainty`]). Synchronous:
+    /// on wgpu in a browser use [`Classifier::uncertainty_async`].
+    ///
+    /// `pixels`: 784 values as [`Classifier::logits`]. The fast kernels run the layers before
+    /// the first dropout once; the burn backends run a `[samples, 1, 28, 28]` batch.
+    ///
+    /// # Errors
+    /// [`InputError`] for bad pixels, more or fewer than one image, or `samples` outside
+    /// `1..=MAX_SAMPLES`.
+    pub fn uncertainty(
+        &self,
+        pixels: &[f32],
+        samples: usize,
+        seed: u64,
+    ) -> Result<Uncertainty, InputError> {
+        self.check_mc(pixels, samples)?;
+        let probabilities = match &self.engine {
+            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+            Engine::Burn { model, device } => to_vec(softmax(
+                model.forward_mc(self.images(pixels, device), samples, seed),
+                1,
+            )),
+            #[cfg(feature = "fast")]
+            Engine::Fast(network) => {
+                let mut values = network.forward_mc(&self.normalize(pixels), samples, seed);
+                kernels::softmax_rows(&mut values, NUM_CLASSES);
+                values
+            }
+        };
+        Ok(uncertainty::summarize(&probabilities, NUM_CLASSES))
+    }
+
+    /// [`Classifier::uncertainty`] with an asynchronous read-back (wgpu in a browser).
+    ///
+    /// # Errors
+    /// As `uncertainty`, and [`PredictError::Device`] when the device fails to return it.
+    pub async fn uncertainty_async(
+        &self,
+        pixels: &[f32],
+        samples: usize,
+        seed: u64,
+    ) -> Result<Uncertainty, PredictError> {
+        match &self.engine {
+            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+            Engine::Burn { model, device } => {
+                self.check_mc(pixels, samples)?;
+                let logits = model.forward_mc(self.images(pixels, device), samples, seed);
+                let data = softmax(logits, 1)
+                    .into_data_async()
+                    .await
+                    .map_err(|e| PredictError::Device(format!("{e:?}")))?;
+                Ok(uncertainty::summarize(&f32_values(data), NUM_CLASSES))
+            }
+            #[cfg(feature = "fast")]
+            Engine::Fast(_) => Ok(self.uncertainty(pixels, samples, seed)?),
+        }
+    }
+
+    fn check_mc(&self, pixels: &[f32], samples: usize) -> Result<(), InputError> {
+        check_pixels(pixels)?;
+        if pixels.len() != INPUT_LEN {
+            return Err(InputError::NotOneImage(pixels.len()));
+        }
+        if !(1..=MAX_SAMPLES).contains(&samples) {
+            return Err(InputError::Samples(samples));
+        }
+        Ok(())
+    }
+
+    /// Whether an [`Uncertainty`] counts as "not sure": its mutual information is above the
+    /// file's `unsure_mutual_information` threshold; `None` for an uncalibrated file.
+    pub fn unsure(&self, uncertainty: &Uncertainty) -> Option<bool> {
+        self.metadata
+            .unsure_threshold
+            .map(|t| uncertainty.mutual_information > t)
+    }
+
     /// Where one prediction's time goes: each layer (burn backends) or fused stage (the fast
     /// kernels) of the forward pass on `pixels`, run `repeats` times and timed with `now`
     /// (any clock; `performance.now()` in a browser, ms). Returns `(name, mean time per run)`
@@ -441,8 +607,7 @@ impl Classifier {
             Engine::Burn { .. } if self.backend == Backend::Wgpu => Ok(Vec::new()),
             #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
             Engine::Burn { model, device } => {
-                let times = model.profile(self.images(pixels, device), repeats, now);
-                Ok(times.into_iter().map(|(n, t)| (n.to_string(), t)).collect())
+                Ok(model.profile(self.images(pixels, device), repeats, now))
             }
             #[cfg(feature = "fast")]
             Engine::Fast(network) => {
@@ -484,7 +649,9 @@ impl Classifier {
     pub fn normalize(&self, pixels: &[f32]) -> Vec<f32> {
         pixels
             .iter()
-            .map(|&p| (p / MAX_PIXEL - self.mean) / self.std)
+            .map(|&p| {
+                (p / MAX_PIXEL - self.metadata.normalization.mean) / self.metadata.normalization.std
+            })
             .collect()
     }
 
@@ -496,6 +663,16 @@ impl Classifier {
             device,
         )
     }
+}
+
+/// A model must give one value per class.
+fn check_outputs(outputs: usize) -> Result<(), LoadError> {
+    if outputs != NUM_CLASSES {
+        return Err(LoadError::Tensors(format!(
+            "the model gives {outputs} outputs per image, not {NUM_CLASSES}"
+        )));
+    }
+    Ok(())
 }
 
 /// wgpu wraps a browser exception as `JsValue(<name>: <message>\n<stack>)`: keep

@@ -16,6 +16,8 @@ pub const CHANNELS: usize = 64;
 pub const FLAT_FEATURES: usize = CHANNELS * 5 * 5;
 /// Width of the two hidden linear layers.
 pub const HIDDEN: usize = 128;
+/// Dropout probability after `fc1` and `fc2` (training, and MC dropout at inference).
+pub const DROPOUT: f32 = 0.25;
 /// Number of classes (digits 0-9).
 pub const NUM_CLASSES: usize = 10;
 
@@ -109,6 +111,28 @@ impl Model {
         let x: Tensor<2> = x.flatten(1, 3);
         let x = self.activation.forward(self.fc1.forward(x));
         let x = self.activation.forward(self.fc2.forward(x));
+        self.fc3.forward(x)
+    }
+}
+
+impl Model {
+    /// MC dropout on the burn backends: logits `[samples, 10]` of one normalised image
+    /// `[1, 1, 28, 28]`, repeated into a `[samples, 1, 28, 28]` batch, with the dropout after
+    /// `fc1` and after `fc2` (p = 0.25, as `trainer.model.CNN`) applied with the masks of
+    /// [`crate::uncertainty::dropout_mask`] from `seed` (the first layer's `samples * 128`
+    /// values, then the second's): the same masks as the fast kernels and `trainer.uncertainty`.
+    pub fn forward_mc(&self, image: Tensor<4>, samples: usize, seed: u64) -> Tensor<2> {
+        let device = image.device();
+        let mask = |start: u64| {
+            let values = crate::uncertainty::dropout_mask(seed, start, samples * HIDDEN, DROPOUT);
+            Tensor::<2>::from_data(TensorData::new(values, [samples, HIDDEN]), &device)
+        };
+        let x = self
+            .conv2
+            .forward(self.conv1.forward(image.repeat_dim(0, samples)));
+        let x: Tensor<2> = x.flatten(1, 3);
+        let x = self.activation.forward(self.fc1.forward(x)) * mask(0);
+        let x = self.activation.forward(self.fc2.forward(x)) * mask((samples * HIDDEN) as u64);
         self.fc3.forward(x)
     }
 }

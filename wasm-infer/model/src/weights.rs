@@ -3,8 +3,8 @@
 //! burn-store does the tensor work: `SafetensorsStore` reads the file and
 //! `PyTorchToBurnAdapter` transposes Linear weights and renames BatchNorm's
 //! `weight`/`bias` to `gamma`/`beta`. This module adds the checks that make a wrong file fail
-//! loudly: the architecture name and the normalisation constants in the metadata, and no
-//! missing, mis-shaped or unused tensor.
+//! loudly: the architecture, its layer plan and the normalisation constants in the metadata,
+//! and no missing, mis-shaped or unused tensor.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -16,9 +16,10 @@ use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use safetensors::SafeTensors;
 
 use crate::model::Model;
+use crate::plan::{self, Layer};
 
-/// Value of the `architecture` metadata key that this crate implements
-/// (`trainer.model.ARCHITECTURE`).
+/// Value of the `architecture` metadata key of the default model, the `cnn`
+/// (`trainer.model.ARCHITECTURE`): the burn model [`Model`]; the burn backends run it only.
 pub const ARCHITECTURE: &str = "mnist-conv-bn-gelu-v1";
 
 /// Why a weights file was refused.
@@ -28,8 +29,8 @@ pub enum LoadError {
     Format(String),
     /// A metadata key is missing or unparsable.
     Metadata { key: &'static str, problem: String },
-    /// The file holds another architecture.
-    Architecture { found: String },
+    /// The file holds an architecture this backend cannot run (the reason is given).
+    Architecture { found: String, problem: String },
     /// Tensors do not match the model; the message names each of them.
     Tensors(String),
     /// The backend's device did not start (wgpu: no adapter, device request refused).
@@ -46,10 +47,9 @@ impl fmt::Display for LoadError {
             LoadError::Metadata { key, problem } => {
                 write!(f, "weights metadata `{key}`: {problem}")
             }
-            LoadError::Architecture { found } => write!(
-                f,
-                "weights are for architecture `{found}`, this model is `{ARCHITECTURE}`"
-            ),
+            LoadError::Architecture { found, problem } => {
+                write!(f, "weights are for architecture `{found}`: {problem}")
+            }
             LoadError::Tensors(e) => write!(f, "weights do not match the model: {e}"),
             LoadError::Device { backend, problem } => {
                 write!(f, "the {backend} device did not start: {problem}")
@@ -67,13 +67,33 @@ pub struct Normalization {
     pub std: f32,
 }
 
+/// What the metadata says about the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metadata {
+    /// The `architecture` id, e.g. `mnist-conv-bn-gelu-v1` (the `cnn`) or `mnist-mlp-v1`.
+    pub architecture: String,
+    /// The layer plan (`layers`; the `cnn`'s for a file from before plans).
+    pub plan: Vec<Layer>,
+    pub normalization: Normalization,
+    /// `unsure_mutual_information`: the MC-dropout mutual information (nats) above which a
+    /// prediction is "not sure", chosen on a validation split (`trainer.uncertainty`); none
+    /// when the file has not been calibrated.
+    pub unsure_threshold: Option<f32>,
+}
+
 /// Load the model and its normalisation from the bytes of a safetensors file.
 #[cfg_attr(
     not(any(feature = "ndarray", feature = "flex", feature = "wgpu")),
     allow(dead_code) // a fast-only build reads the file itself (fast.rs); tests compare
 )]
-pub fn load(bytes: &[u8], device: &Device) -> Result<(Model, Normalization), LoadError> {
-    let normalization = read_metadata(bytes)?;
+pub fn load(bytes: &[u8], device: &Device) -> Result<(Model, Metadata), LoadError> {
+    let metadata = read_metadata(bytes)?;
+    if metadata.plan != plan::cnn() {
+        return Err(LoadError::Architecture {
+            found: metadata.architecture,
+            problem: format!("the burn model `Model` is the `{ARCHITECTURE}` layers only"),
+        });
+    }
     let mut model = Model::new(device);
     let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
         .with_from_adapter(PyTorchToBurnAdapter)
@@ -94,16 +114,17 @@ pub fn load(bytes: &[u8], device: &Device) -> Result<(Model, Normalization), Loa
             "tensors in the file that the model does not use: {unused:?}"
         )));
     }
-    Ok((model, normalization))
+    Ok((model, metadata))
 }
 
-/// Check the metadata (architecture, normalisation) of a safetensors file, before any tensor
-/// is read.
+/// Check the metadata (architecture, layer plan, normalisation) of a safetensors file, before
+/// any tensor is read.
 ///
 /// # Errors
-/// [`LoadError::Format`] for an unreadable header, [`LoadError::Architecture`] for another
-/// model, [`LoadError::Metadata`] for a missing or invalid key.
-pub(crate) fn read_metadata(bytes: &[u8]) -> Result<Normalization, LoadError> {
+/// [`LoadError::Format`] for an unreadable header, [`LoadError::Architecture`] for a file
+/// from before layer plans that is not the `cnn`, [`LoadError::Metadata`] for a missing or
+/// invalid key.
+pub(crate) fn read_metadata(bytes: &[u8]) -> Result<Metadata, LoadError> {
     let (_, metadata) =
         SafeTensors::read_metadata(bytes).map_err(|e| LoadError::Format(e.to_string()))?;
     let map = metadata.metadata().as_ref();
@@ -115,24 +136,41 @@ pub(crate) fn read_metadata(bytes: &[u8]) -> Result<Normalization, LoadError> {
                 problem: "missing (was the file written by trainer/export.py?)".to_string(),
             })
     };
-    let architecture = get("architecture")?;
-    if architecture != ARCHITECTURE {
-        return Err(LoadError::Architecture {
-            found: architecture.to_string(),
-        });
-    }
+    let architecture = get("architecture")?.to_string();
+    let plan = match map.and_then(|m| m.get("layers")) {
+        Some(json) => plan::parse(json).map_err(|problem| LoadError::Metadata {
+            key: "layers",
+            problem,
+        })?,
+        None if architecture == ARCHITECTURE => plan::cnn(),
+        None => {
+            return Err(LoadError::Architecture {
+                found: architecture,
+                problem: "no `layers` plan in the metadata".to_string(),
+            });
+        }
+    };
     let number = |key: &'static str| -> Result<f32, LoadError> {
         let text = get(key)?;
         match text.parse::<f32>() {
-            Ok(v) if v.is_finite() && (key != "mnist_std" || v > 0.0) => Ok(v),
+            Ok(v) if v.is_finite() && (key == "mnist_mean" || v > 0.0) => Ok(v),
             _ => Err(LoadError::Metadata {
                 key,
                 problem: format!("`{text}` is not a valid value"),
             }),
         }
     };
-    Ok(Normalization {
-        mean: number("mnist_mean")?,
-        std: number("mnist_std")?,
+    let unsure_threshold = match map.and_then(|m| m.get("unsure_mutual_information")) {
+        Some(_) => Some(number("unsure_mutual_information")?),
+        None => None,
+    };
+    Ok(Metadata {
+        architecture,
+        plan,
+        normalization: Normalization {
+            mean: number("mnist_mean")?,
+            std: number("mnist_std")?,
+        },
+        unsure_threshold,
     })
 }

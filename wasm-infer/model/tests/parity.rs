@@ -220,14 +220,33 @@ fn refuses_bad_weights(backend: Backend) {
         LoadError::Format(_)
     ));
 
+    // Without a layer plan, only the cnn's id says what the layers are.
     let other_arch = altered(|_, meta| {
+        meta.remove("layers");
         meta.insert("architecture".into(), "resnet18".into());
     });
-    assert_eq!(
+    assert!(matches!(
         load_error(&other_arch),
-        LoadError::Architecture {
-            found: "resnet18".into()
-        }
+        LoadError::Architecture { found, .. } if found == "resnet18"
+    ));
+    let bad_plan = altered(|_, meta| {
+        meta.insert("layers".into(), r#"[{"kind":"attention"}]"#.into());
+    });
+    let error = load_error(&bad_plan);
+    assert!(
+        matches!(error, LoadError::Metadata { key: "layers", .. })
+            && error.to_string().contains("attention"),
+        "{error}"
+    );
+    // A plan that does not match the tensors (conv1 said to have 32 channels).
+    let wrong_plan = altered(|_, meta| {
+        let plan = meta["layers"].replacen(r#""out_channels":64"#, r#""out_channels":32"#, 1);
+        meta.insert("layers".into(), plan);
+    });
+    let message = load_error(&wrong_plan).to_string();
+    assert!(
+        message.contains("conv1") || message.contains("burn backends"),
+        "{message}"
     );
 
     let no_std = altered(|_, meta| {
@@ -327,4 +346,46 @@ fn fast_profile_names_every_stage_and_times_it() {
         "{names:?}"
     );
     assert!(stages.iter().all(|(_, ms)| *ms >= 0.0 && ms.is_finite()));
+}
+
+/// MC dropout gives the same samples on every backend: the burn backends run a batch of
+/// `samples` copies of the image, the fast kernels the convolutions once, and both draw the
+/// masks from the same seed. Different seeds give different samples; one image only.
+#[test]
+fn mc_dropout_agrees_across_backends_and_follows_the_seed() {
+    let fixture = fixture();
+    let image = &fixture.pixels[..INPUT_LEN];
+    let reference = Classifier::from_safetensors(&weights(), backends().next().unwrap()).unwrap();
+    let expected = reference.uncertainty(image, 20, 7).unwrap();
+    assert_eq!(expected.samples, 20);
+    assert!((expected.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    for backend in backends() {
+        let classifier = Classifier::from_safetensors(&weights(), backend).unwrap();
+        let u = classifier.uncertainty(image, 20, 7).unwrap();
+        for (a, b) in u.probabilities.iter().zip(&expected.probabilities) {
+            assert!((a - b).abs() < 1e-4, "{}: {a} vs {b}", backend.name());
+        }
+        assert!((u.mutual_information - expected.mutual_information).abs() < 1e-4);
+        assert!(matches!(
+            classifier.uncertainty(&fixture.pixels[..2 * INPUT_LEN], 20, 7),
+            Err(InputError::NotOneImage(1568))
+        ));
+        assert!(matches!(
+            classifier.uncertainty(image, 0, 7),
+            Err(InputError::Samples(0))
+        ));
+    }
+    // Another seed, other masks.
+    let other = reference.uncertainty(image, 20, 8).unwrap();
+    assert_ne!(other.std, expected.std);
+}
+
+/// The default model's layer plan, written by Python (`trainer.model.CNN`), is the burn
+/// model's (`plan::cnn()`, from `model.rs`): so the burn backends run it as burn's `Module`.
+#[test]
+fn the_committed_cnn_plan_is_the_burn_models() {
+    let bytes = weights();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let json = &meta.metadata().as_ref().unwrap()["layers"];
+    assert_eq!(mnist_model::plan::parse(json).unwrap(), mnist_model::plan::cnn());
 }

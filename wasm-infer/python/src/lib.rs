@@ -5,6 +5,7 @@
 //! import numpy as np, mnist_infer
 //! probabilities = mnist_infer.predict(pixels)      # (784,) -> (10,), or (N, 784) -> (N, 10)
 //! clf = mnist_infer.Classifier("other.safetensors", backend="ndarray")
+//! u = mnist_infer.uncertainty(pixels, samples=20, seed=0)  # MC dropout: dict of the summary
 //! ```
 //!
 //! Pixels follow MNIST's convention: 28x28 row-major, 0..=255, ink = 255 (the model normalises
@@ -19,6 +20,7 @@ use numpy::ndarray::{Array1, Array2};
 use numpy::{AllowTypeChange, IntoPyArray, PyArrayDyn, PyArrayLikeDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 /// `models/model.safetensors` (or `$MNIST_WEIGHTS` at build time), embedded in the module.
 static WEIGHTS: &[u8] = include_bytes!(env!("MNIST_WEIGHTS_PATH"));
@@ -73,6 +75,47 @@ impl Classifier {
     /// Logits (before softmax), shaped like [`Classifier::predict`]'s result.
     fn logits<'py>(&self, py: Python<'py>, pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         run(py, &self.inner, pixels, mnist_model::Classifier::logits)
+    }
+
+    /// MC dropout on one image (784 pixels): `samples` passes with dropout on, masks from
+    /// `seed` (the same as `trainer.uncertainty`'s). Returns a dict: `probabilities` and `std`
+    /// (float32 (10,): mean and standard deviation over the samples), `entropy` and
+    /// `mutual_information` (float, nats), `samples` (int) and `unsure` (bool, or None when
+    /// the weights file has no `unsure_mutual_information` threshold).
+    /// Raises ValueError for bad pixels, not one image, or samples outside 1..=1000.
+    #[pyo3(signature = (pixels, samples = 20, seed = 0))]
+    fn uncertainty<'py>(
+        &self,
+        py: Python<'py>,
+        pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
+        samples: usize,
+        seed: u64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let values: Vec<f32> = pixels.as_array().iter().copied().collect();
+        let u = py
+            .detach(|| self.inner.uncertainty(&values, samples, seed).map_err(|e| e.to_string()))
+            .map_err(PyValueError::new_err)?;
+        let unsure = self.inner.unsure(&u);
+        let dict = PyDict::new(py);
+        dict.set_item("probabilities", Array1::from_vec(u.probabilities).into_pyarray(py))?;
+        dict.set_item("std", Array1::from_vec(u.std).into_pyarray(py))?;
+        dict.set_item("entropy", u.entropy)?;
+        dict.set_item("mutual_information", u.mutual_information)?;
+        dict.set_item("samples", u.samples)?;
+        dict.set_item("unsure", unsure)?;
+        Ok(dict)
+    }
+
+    /// The `architecture` id in the weights file's metadata, e.g. "mnist-conv-bn-gelu-v1".
+    #[getter]
+    fn architecture(&self) -> String {
+        self.inner.metadata().architecture.clone()
+    }
+
+    /// The "not sure" threshold on the mutual information (nats), or None.
+    #[getter]
+    fn unsure_threshold(&self) -> Option<f32> {
+        self.inner.metadata().unsure_threshold
     }
 
     /// Name of the backend: "fast-avx2", "fast-sse2", "fast-scalar", "flex" or "ndarray".
@@ -168,11 +211,25 @@ fn logits<'py>(py: Python<'py>, pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange
     default_classifier()?.logits(py, pixels)
 }
 
-/// The native module: `predict`, `logits`, `Classifier`, and constants describing the input.
+/// MC dropout on the embedded model (see `Classifier.uncertainty`).
+#[pyfunction]
+#[pyo3(signature = (pixels, samples = 20, seed = 0))]
+fn uncertainty<'py>(
+    py: Python<'py>,
+    pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
+    samples: usize,
+    seed: u64,
+) -> PyResult<Bound<'py, PyDict>> {
+    default_classifier()?.uncertainty(py, pixels, samples, seed)
+}
+
+/// The native module: `predict`, `logits`, `uncertainty`, `Classifier`, and constants
+/// describing the input.
 #[pymodule]
 fn mnist_infer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(predict, m)?)?;
     m.add_function(wrap_pyfunction!(logits, m)?)?;
+    m.add_function(wrap_pyfunction!(uncertainty, m)?)?;
     m.add_class::<Classifier>()?;
     m.add("BACKEND", default_backend().name())?;
     m.add("BACKENDS", available())?;

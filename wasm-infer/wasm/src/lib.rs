@@ -10,6 +10,8 @@
 //! const classifier = new Classifier();              // throws if the weights do not load
 //! const probabilities = classifier.predict(pixels); // Float32Array(784) -> Float32Array(10)
 //! const other = Classifier.fromBytes(new Uint8Array(await (await fetch(url)).arrayBuffer()));
+//! const { probabilities, std, mutualInformation, unsure } =
+//!   JSON.parse(classifier.uncertainty(pixels, 20, 0));  // MC dropout, 20 samples, seed 0
 //! ```
 //!
 //! The WebGPU build (`wgpu`) must wait for the GPU, so both calls return Promises:
@@ -19,6 +21,8 @@
 //! await init();
 //! const classifier = await Classifier.create();          // rejects without a WebGPU device
 //! const probabilities = await classifier.predict(pixels);
+//! const other = await Classifier.fromBytes(bytes);
+//! const summary = JSON.parse(await classifier.uncertainty(pixels, 20, 0));
 //! ```
 
 use mnist_model::{Backend, INPUT_LEN, InputError, NUM_CLASSES};
@@ -115,6 +119,17 @@ impl Classifier {
         check_one_image(pixels)?;
         self.inner.probabilities(pixels).map_err(js_error)
     }
+
+    /// MC dropout on one image: `samples` (1..=1000) forward passes with dropout on, masks
+    /// drawn from `seed` (the same masks as `trainer.uncertainty`). Returns JSON:
+    /// `{"probabilities": [10 means], "std": [10 standard deviations], "entropy": nats,
+    /// "mutualInformation": nats, "samples": n, "unsure": true | false | null}` (`unsure` is
+    /// null for weights without a calibrated threshold). Throws like `predict`, and for a
+    /// sample count out of range.
+    pub fn uncertainty(&self, pixels: &[f32], samples: usize, seed: u32) -> Result<String, JsError> {
+        let u = self.inner.uncertainty(pixels, samples, seed.into()).map_err(js_error)?;
+        Ok(uncertainty_json(&self.inner, &u))
+    }
 }
 
 #[cfg(feature = "wgpu")]
@@ -143,6 +158,46 @@ impl Classifier {
             .await
             .map_err(js_error)
     }
+
+    /// Load a weights file at run time onto a new WebGPU device: resolves to a `Classifier`,
+    /// rejects like `create` and for a file the burn backends cannot run (named).
+    #[wasm_bindgen(js_name = fromBytes)]
+    pub async fn from_bytes(bytes: Vec<u8>) -> Result<Classifier, JsError> {
+        let inner = mnist_model::Classifier::from_safetensors_async(&bytes, BACKEND)
+            .await
+            .map_err(js_error)?;
+        Ok(Classifier { inner })
+    }
+
+    /// MC dropout on the GPU: resolves to the JSON of the CPU builds' `uncertainty`.
+    pub async fn uncertainty(&self, pixels: Vec<f32>, samples: usize, seed: u32) -> Result<String, JsError> {
+        let u = self
+            .inner
+            .uncertainty_async(&pixels, samples, seed.into())
+            .await
+            .map_err(js_error)?;
+        Ok(uncertainty_json(&self.inner, &u))
+    }
+}
+
+/// The JSON the `uncertainty` methods return (see the CPU builds' `uncertainty`).
+fn uncertainty_json(classifier: &mnist_model::Classifier, u: &mnist_model::Uncertainty) -> String {
+    let list = |values: &[f32]| {
+        let items: Vec<String> = values.iter().map(|v| format!("{v}")).collect();
+        format!("[{}]", items.join(","))
+    };
+    let unsure = match classifier.unsure(u) {
+        Some(flag) => flag.to_string(),
+        None => "null".to_string(),
+    };
+    format!(
+        "{{\"probabilities\":{},\"std\":{},\"entropy\":{},\"mutualInformation\":{},\"samples\":{},\"unsure\":{unsure}}}",
+        list(&u.probabilities),
+        list(&u.std),
+        u.entropy,
+        u.mutual_information,
+        u.samples
+    )
 }
 
 #[wasm_bindgen]
@@ -192,5 +247,18 @@ impl Classifier {
     #[wasm_bindgen(getter, js_name = numClasses)]
     pub fn num_classes(&self) -> usize {
         NUM_CLASSES
+    }
+
+    /// The `architecture` id in the weights' metadata, e.g. `"mnist-conv-bn-gelu-v1"`.
+    #[wasm_bindgen(getter)]
+    pub fn architecture(&self) -> String {
+        self.inner.metadata().architecture.clone()
+    }
+
+    /// The MC-dropout mutual information (nats) above which a prediction is "not sure", from
+    /// the weights' metadata; `undefined` when the file has none.
+    #[wasm_bindgen(getter, js_name = unsureThreshold)]
+    pub fn unsure_threshold(&self) -> Option<f32> {
+        self.inner.metadata().unsure_threshold
     }
 }

@@ -92,24 +92,27 @@ impl Packed {
     }
 }
 
-/// A stride-1, valid-padding 2-D convolution with its activation and optional 2x2 max-pool,
-/// on one NHWC image.
+/// A stride-1 2-D convolution (zero `padding` on every side) with its activation and
+/// optional 2x2 max-pool, on one NHWC image.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ConvLayer {
     /// `k = kernel_h * kernel_w * in_channels`, `n = out_channels`.
     pub weights: Packed,
     pub in_channels: usize,
     pub kernel_size: [usize; 2],
+    pub padding: usize,
     pub activation: Activation,
     pub max_pool_2x2: bool,
 }
 
 impl ConvLayer {
-    /// Output `[height, width]` for an input of `[height, width]` (after the pool, if any).
+    /// Output `[height, width]` for an input of `[height, width]` (after the pool, if any);
+    /// the input must be at least the kernel's size once padded.
     pub(crate) fn output_size(&self, input: [usize; 2]) -> [usize; 2] {
+        let p = 2 * self.padding;
         let conv = [
-            input[0] + 1 - self.kernel_size[0],
-            input[1] + 1 - self.kernel_size[1],
+            input[0] + p + 1 - self.kernel_size[0],
+            input[1] + p + 1 - self.kernel_size[1],
         ];
         if self.max_pool_2x2 {
             [conv[0] / 2, conv[1] / 2]
@@ -122,6 +125,28 @@ impl ConvLayer {
     /// `output_size([height, width])`.
     #[inline(always)]
     pub(crate) fn run<S: Simd>(&self, input: &[f32], size: [usize; 2], out: &mut [f32]) {
+        // A zero border, then the valid convolution of the padded image (one call of it:
+        // each inlined copy of the kernel costs code size).
+        let padded;
+        let (input, size) = if self.padding > 0 {
+            let (p, c) = (self.padding, self.in_channels);
+            let [h, w] = size;
+            let pw = w + 2 * p;
+            let mut buffer = vec![0.0; (h + 2 * p) * pw * c];
+            for (y, row) in input.chunks_exact(w * c).enumerate() {
+                buffer[((y + p) * pw + p) * c..][..w * c].copy_from_slice(row);
+            }
+            padded = buffer;
+            (&padded[..], [h + 2 * p, pw])
+        } else {
+            (input, size)
+        };
+        self.valid::<S>(input, size, out)
+    }
+
+    /// [`ConvLayer::run`] on an input that is already padded.
+    #[inline(always)]
+    fn valid<S: Simd>(&self, input: &[f32], size: [usize; 2], out: &mut [f32]) {
         let [h, w] = size;
         let c_in = self.in_channels;
         let c_out = self.weights.n;
@@ -129,7 +154,12 @@ impl ConvLayer {
         assert!(
             h >= kh && w >= kw && input.len() == h * w * c_in && self.weights.k == kh * kw * c_in
         );
-        let [oh, ow] = self.output_size(size);
+        let conv = [h + 1 - kh, w + 1 - kw];
+        let [oh, ow] = if self.max_pool_2x2 {
+            [conv[0] / 2, conv[1] / 2]
+        } else {
+            conv
+        };
         assert_eq!(out.len(), oh * ow * c_out);
         // One segment per kernel row: its `kw` pixels of `c_in` channels are contiguous in
         // NHWC, in the packed weights' k order ((ky * kw + kx) * c_in + c). Fewer, longer

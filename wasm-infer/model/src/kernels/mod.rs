@@ -7,13 +7,14 @@
 //!
 //! ```text
 //! input [N, C, H, W] (NCHW, normalised) -> to NHWC
-//!   -> conv layers   (stride 1, valid; + bias, activation, optional 2x2 max-pool), NHWC
+//!   -> operations on NHWC images: convolutions (stride 1, zero padding; + bias, activation,
+//!      optional fused 2x2 max-pool), residual blocks, max-pools, global average pool
 //!   -> flatten (h, w, c)   (the first linear layer's weights are permuted to match at load)
-//!   -> linear layers (+ bias, activation)        -> logits [N, classes]
+//!   -> linear layers (+ bias, activation), dropout  -> logits [N, classes]
 //! ```
 //!
-//! Shapes (channels, kernel sizes, image size, feature counts) are read from the weights, so a
-//! changed architecture of the same kinds of layers keeps these kernels. The instruction set
+//! The operations come from the weights file's layer plan (`crate::plan`) and their shapes
+//! from its tensors, so any architecture made of these kinds of layers runs on these kernels. The instruction set
 //! is chosen at run time ([`Isa`]); every kernel is written once (`gemm`, `gelu`) over the
 //! `simd::Simd` vocabulary.
 
@@ -24,6 +25,7 @@ mod simd;
 use alloc::vec;
 use alloc::vec::Vec;
 
+pub(crate) use crate::params::Shape;
 pub use gemm::Activation;
 pub(crate) use gemm::{ConvLayer, LinearLayer, Packed};
 use simd::Simd;
@@ -134,23 +136,48 @@ impl Isa {
     }
 }
 
-/// One step of [`Network::forward`], for timing them separately.
+/// One step of [`Network::forward`] (an index into the network's operations), for timing
+/// them separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// Convolution `i` with its bias, activation and pool: NHWC in, NHWC out.
-    Conv(usize),
-    /// Linear layer `i` with its bias and activation.
-    Linear(usize),
+pub struct Stage(pub usize);
+
+/// One operation of the forward pass, on NHWC images or flat feature rows.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Op {
+    /// Convolution with bias (BatchNorm folded in), activation, optional 2x2 max-pool.
+    Conv(ConvLayer),
+    /// `relu(b(a(x)) + shortcut(x))`.
+    Residual(alloc::boxed::Box<Residual>),
+    /// `k` x `k` max-pool, stride `k`, floor mode.
+    MaxPool(usize),
+    /// Mean over the pixels of each channel.
+    GlobalAvgPool,
+    /// Linear layer with bias and activation (after convolutions, its inputs are permuted
+    /// at load from PyTorch's `(c, h, w)` flatten order to the kernels' `(h, w, c)`).
+    Linear(LinearLayer),
+    /// Dropout with this probability: the identity, except under MC dropout.
+    Dropout(f32),
 }
 
-/// A conv/linear network ready for the kernels (built by `crate::fast` from a burn model).
+/// A residual block's convolutions (`b` and `shortcut` without activation).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Residual {
+    pub a: ConvLayer,
+    pub b: ConvLayer,
+    pub shortcut: Option<ConvLayer>,
+}
+
+/// A network ready for the kernels (built by `crate::fast` from a layer plan and weights).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Network {
     pub(crate) isa: Isa,
     /// `[channels, height, width]` of one input image.
     pub(crate) input: [usize; 3],
-    pub(crate) convs: Vec<ConvLayer>,
-    pub(crate) linears: Vec<LinearLayer>,
+    pub(crate) ops: Vec<Op>,
+    /// A readable name per operation, e.g. `conv1 + bias + GELU + 2x2 max-pool (fused)`.
+    pub(crate) names: Vec<alloc::string::String>,
+    /// `shapes[i]` enters `ops[i]`; `shapes[ops.len()]` is the output.
+    pub(crate) shapes: Vec<Shape>,
 }
 
 impl Network {
@@ -164,63 +191,22 @@ impl Network {
         self.input.iter().product()
     }
 
-    /// Outputs per image (the last linear layer's features; 1 if there is none).
+    /// Outputs per image (the last operation's features).
     pub fn output_len(&self) -> usize {
-        self.linears.last().map(|l| l.weights.n).unwrap_or(1)
+        self.shapes.last().map_or(0, |s| s.len())
     }
 
-    /// The steps of the forward pass, in order.
+    /// The steps of the forward pass, in order (dropout, the identity at inference, is none).
     pub fn stages(&self) -> Vec<Stage> {
-        (0..self.convs.len())
-            .map(Stage::Conv)
-            .chain((0..self.linears.len()).map(Stage::Linear))
+        (0..self.ops.len())
+            .filter(|&i| !matches!(self.ops[i], Op::Dropout(_)))
+            .map(Stage)
             .collect()
     }
 
-    /// A readable name for `stage`, e.g. `conv1 + bias + GELU + 2x2 max-pool` (1-based, like
-    /// the PyTorch layer names).
+    /// A readable name for `stage`, e.g. `conv1 + bias + GELU + 2x2 max-pool (fused)`.
     pub fn stage_name(&self, stage: Stage) -> alloc::string::String {
-        let activation = |a: Activation| match a {
-            Activation::Identity => "",
-            Activation::Relu => " + ReLU",
-            Activation::Gelu => " + GELU",
-        };
-        match stage {
-            Stage::Conv(i) => alloc::format!(
-                "conv{} + bias{}{} (fused)",
-                i + 1,
-                activation(self.convs[i].activation),
-                if self.convs[i].max_pool_2x2 {
-                    " + 2x2 max-pool"
-                } else {
-                    ""
-                }
-            ),
-            Stage::Linear(i) => alloc::format!(
-                "fc{} + bias{}",
-                i + 1,
-                activation(self.linears[i].activation)
-            ),
-        }
-    }
-
-    /// `[height, width]` of the images entering conv `i`.
-    fn conv_input_size(&self, i: usize) -> [usize; 2] {
-        let start = [self.input[1], self.input[2]];
-        self.convs[..i]
-            .iter()
-            .fold(start, |size, conv| conv.output_size(size))
-    }
-
-    /// Values per image after `stage`.
-    fn output_len_of(&self, stage: Stage) -> usize {
-        match stage {
-            Stage::Conv(i) => {
-                let [h, w] = self.convs[i].output_size(self.conv_input_size(i));
-                h * w * self.convs[i].weights.n
-            }
-            Stage::Linear(i) => self.linears[i].weights.n,
-        }
+        self.names[stage.0].clone()
     }
 
     /// Logits for a batch: `input` is `[N, C, H, W]` (NCHW, already normalised), `N >= 1`;
@@ -232,6 +218,42 @@ impl Network {
         let mut x = self.to_nhwc(input);
         for stage in self.stages() {
             x = self.run(stage, &x);
+        }
+        x
+    }
+
+    /// MC dropout (Gal & Ghahramani, 2016): logits `[samples, output_len]` of one image
+    /// (`input`: `[1, C, H, W]`, normalised) under `samples` random dropout masks.
+    ///
+    /// The layers before the first dropout are deterministic, so they run once and their
+    /// output is repeated `samples` times; every dropout layer then masks its `[samples,
+    /// features]` input, value `i` (row-major, counting on across the dropout layers in order)
+    /// kept when `uniform(seed, i) >= p` and scaled by `1 / (1 - p)`
+    /// ([`crate::uncertainty::dropout_mask`]; `trainer.uncertainty` draws the same masks from
+    /// the same seed). Without dropout layers all rows are equal.
+    ///
+    /// # Panics
+    /// When `input` is not one image, or `samples` is 0.
+    pub fn forward_mc(&self, input: &[f32], samples: usize, seed: u64) -> Vec<f32> {
+        assert!(input.len() == self.input_len() && samples > 0);
+        let mut x = self.to_nhwc(input);
+        let mut repeated = false;
+        let mut counter = 0u64;
+        for (i, op) in self.ops.iter().enumerate() {
+            if let Op::Dropout(p) = *op {
+                if !repeated {
+                    x = x.repeat(samples);
+                    repeated = true;
+                }
+                let mask = crate::uncertainty::dropout_mask(seed, counter, x.len(), p);
+                x.iter_mut().zip(&mask).for_each(|(v, m)| *v *= m);
+                counter += x.len() as u64;
+            } else {
+                x = self.run(Stage(i), &x);
+            }
+        }
+        if !repeated {
+            x = x.repeat(samples);
         }
         x
     }
@@ -262,18 +284,16 @@ impl Network {
     }
 
     /// One stage over a batch: `input` is the previous stage's output (NHWC after `to_nhwc`).
+    ///
+    /// # Panics
+    /// When `input.len()` is not a whole batch of the stage's input shape.
     pub fn run(&self, stage: Stage, input: &[f32]) -> Vec<f32> {
-        let in_len = match stage {
-            Stage::Conv(0) => self.input_len(),
-            Stage::Conv(i) => self.output_len_of(Stage::Conv(i - 1)),
-            Stage::Linear(_) => 0, // any batch of whole rows (checked by the kernel)
-        };
-        let batch = if in_len > 0 { input.len() / in_len } else { 1 };
-        let out_len = match stage {
-            Stage::Linear(i) => input.len() / self.linears[i].weights.k * self.linears[i].weights.n,
-            _ => batch * self.output_len_of(stage),
-        };
-        let mut out = vec![0.0; out_len];
+        let (in_len, out_len) = (self.shapes[stage.0].len(), self.shapes[stage.0 + 1].len());
+        assert!(
+            in_len > 0 && input.len().is_multiple_of(in_len),
+            "a batch of {in_len}-value inputs"
+        );
+        let mut out = vec![0.0; input.len() / in_len * out_len];
         match self.isa {
             Isa::Scalar => self.run_with::<simd::Scalar>(stage, input, &mut out),
             #[cfg(target_arch = "x86_64")]
@@ -314,22 +334,125 @@ impl Network {
     /// that it is compiled with that entry point's target features.
     #[inline(always)]
     fn run_with<S: Simd>(&self, stage: Stage, input: &[f32], out: &mut [f32]) {
-        match stage {
-            Stage::Conv(i) => {
-                let size = self.conv_input_size(i);
-                let conv = &self.convs[i];
-                let in_len = size[0] * size[1] * conv.in_channels;
-                let out_len = out.len() / (input.len() / in_len);
-                for (src, dst) in input
-                    .chunks_exact(in_len)
-                    .zip(out.chunks_exact_mut(out_len))
-                {
-                    conv.run::<S>(src, size, dst);
+        let (shape, out_shape) = (self.shapes[stage.0], self.shapes[stage.0 + 1]);
+        let images = input
+            .chunks_exact(shape.len())
+            .zip(out.chunks_exact_mut(out_shape.len()));
+        let size = match shape {
+            Shape::Image([h, w, _]) => [h, w],
+            Shape::Flat(_) => [1, 1],
+        };
+        match &self.ops[stage.0] {
+            Op::Conv(_) | Op::Residual(_) => {
+                // Both kinds as convolution steps, so that the kernel is inlined once.
+                let (steps, residual) = match &self.ops[stage.0] {
+                    Op::Conv(conv) => (alloc::vec![(conv, Buffer::Input, Buffer::Out)], None),
+                    Op::Residual(block) => {
+                        let mut steps = alloc::vec![
+                            (&block.a, Buffer::Input, Buffer::Temp),
+                            (&block.b, Buffer::Temp, Buffer::Out),
+                        ];
+                        if let Some(shortcut) = &block.shortcut {
+                            steps.push((shortcut, Buffer::Input, Buffer::Temp));
+                        }
+                        (steps, Some(block))
+                    }
+                    _ => unreachable!(),
+                };
+                for (src, dst) in images {
+                    let projected = convolve::<S>(&steps, src, size, dst);
+                    if let Some(block) = residual {
+                        // relu(b(a(x)) + shortcut(x)), the shortcut the identity or projected.
+                        let skip = if block.shortcut.is_some() {
+                            &projected[..]
+                        } else {
+                            src
+                        };
+                        dst.iter_mut()
+                            .zip(skip)
+                            .for_each(|(o, s)| *o = (*o + s).max(0.0));
+                    }
                 }
             }
-            Stage::Linear(i) => self.linears[i].run::<S>(input, out),
+            Op::MaxPool(k) => {
+                let Shape::Image([_, _, c]) = shape else {
+                    unreachable!("checked at load")
+                };
+                images.for_each(|(src, dst)| max_pool(src, [size[0], size[1], c], *k, dst));
+            }
+            Op::GlobalAvgPool => images.for_each(|(src, dst)| global_avg_pool(src, dst)),
+            Op::Linear(linear) => linear.run::<S>(input, out),
+            Op::Dropout(_) => out.copy_from_slice(input),
         }
     }
+}
+
+/// Where a convolution step of [`convolve`] reads or writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Buffer {
+    /// The operation's input image.
+    Input,
+    /// A scratch image.
+    Temp,
+    /// The operation's output image.
+    Out,
+}
+
+/// Run convolution steps on one image of `size`, each `(layer, from, to)`, in order; returns
+/// the last image written to `Temp`. Every convolution of the network goes through this one
+/// call of the kernel: each inlined copy of it is about 20 KB of wasm per instruction set.
+#[inline(always)]
+fn convolve<S: Simd>(
+    steps: &[(&ConvLayer, Buffer, Buffer)],
+    input: &[f32],
+    size: [usize; 2],
+    out: &mut [f32],
+) -> Vec<f32> {
+    let mut temp = Vec::new();
+    for &(conv, from, to) in steps {
+        let [oh, ow] = conv.output_size(size);
+        let mut result = vec![0.0; oh * ow * conv.weights.n];
+        let src = if from == Buffer::Temp {
+            &temp[..]
+        } else {
+            input
+        };
+        conv.run::<S>(src, size, &mut result);
+        if to == Buffer::Out {
+            out.copy_from_slice(&result);
+        } else {
+            temp = result;
+        }
+    }
+    temp
+}
+
+/// `k` x `k` max-pool (stride `k`, floor) of one NHWC image `[h, w, c]`.
+fn max_pool(input: &[f32], [h, w, c]: [usize; 3], k: usize, out: &mut [f32]) {
+    let (oh, ow) = (h / k, w / k);
+    for y in 0..oh {
+        for x in 0..ow {
+            let dst = &mut out[(y * ow + x) * c..][..c];
+            dst.fill(f32::NEG_INFINITY);
+            for dy in 0..k {
+                for dx in 0..k {
+                    let src = &input[((y * k + dy) * w + x * k + dx) * c..][..c];
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d = d.max(*s));
+                }
+            }
+        }
+    }
+}
+
+/// Mean over the pixels of one NHWC image, per channel: `out` has the channels.
+fn global_avg_pool(input: &[f32], out: &mut [f32]) {
+    let c = out.len();
+    out.fill(0.0);
+    for pixel in input.chunks_exact(c) {
+        out.iter_mut().zip(pixel).for_each(|(o, v)| *o += v);
+    }
+    let pixels = (input.len() / c) as f32;
+    out.iter_mut().for_each(|o| *o /= pixels);
 }
 
 /// Row-wise softmax of `[N, classes]` logits, in place: `exp(x - max) / Σ exp(x - max)`.

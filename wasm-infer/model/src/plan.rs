@@ -1,0 +1,151 @@
+//! The layer plan: which layers a weights file's network has, in order, read from the file's
+//! `layers` metadata (JSON written by `trainer.model.layers_to_json`; the Python `Layer` specs
+//! there document each kind). The fast kernels build any plan of these kinds; the burn model
+//! ([`crate::model::Model`]) is the `cnn` plan, [`cnn`].
+//!
+//! ```text
+//! [{"kind":"conv","name":"conv1","in_channels":1,"out_channels":64,"kernel_size":3,
+//!   "padding":0,"norm":true,"activation":"gelu","pool":2}, ..., {"kind":"flatten"},
+//!  {"kind":"linear","name":"fc1","in_features":1600,"out_features":128,"activation":"relu"},
+//!  {"kind":"dropout","p":0.25}, ...]
+//! ```
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use serde::Deserialize;
+
+use crate::model::{CONV_BLOCKS, DROPOUT, LINEARS};
+
+/// The activation that ends a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Act {
+    /// The layer's output as it is.
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// Exact (erf-based) GELU.
+    Gelu,
+}
+
+/// One layer of a plan. Names are state_dict prefixes: a conv's tensors are `NAME.conv.*` and
+/// `NAME.norm.*`, a residual block's `NAME.a.*`, `NAME.b.*`, `NAME.shortcut.*`, a linear
+/// layer's `NAME.weight` / `NAME.bias`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Layer {
+    /// Convolution (stride 1, zero padding), optional BatchNorm, activation, optional
+    /// `pool` x `pool` max-pool (0: none).
+    Conv {
+        name: String,
+        in_channels: usize,
+        out_channels: usize,
+        kernel_size: usize,
+        padding: usize,
+        norm: bool,
+        activation: Act,
+        pool: usize,
+    },
+    /// `relu(b(a(x)) + shortcut(x))`: `a` = "same" conv + BatchNorm + ReLU, `b` = the same
+    /// without ReLU, shortcut = identity or (channels change) 1x1 conv + BatchNorm.
+    Residual {
+        name: String,
+        in_channels: usize,
+        out_channels: usize,
+        kernel_size: usize,
+    },
+    /// `kernel_size` x `kernel_size` max-pool, stride `kernel_size`, floor mode.
+    MaxPool { kernel_size: usize },
+    /// Mean over the pixels of each channel: `[C, H, W]` -> `[C]`.
+    GlobalAvgPool,
+    /// `[C, H, W]` -> `[C * H * W]` in PyTorch's `(c, h, w)` order.
+    Flatten,
+    /// Fully connected layer and activation.
+    Linear {
+        name: String,
+        in_features: usize,
+        out_features: usize,
+        activation: Act,
+    },
+    /// Inverted dropout with probability `p`: the identity at inference, random masks under
+    /// MC dropout.
+    Dropout { p: f32 },
+}
+
+/// Parse a plan from its JSON text.
+///
+/// # Errors
+/// A message naming the problem: not JSON, an unknown kind or field, a missing field, an empty
+/// plan, or a dropout probability outside `[0, 1)`.
+pub fn parse(json: &str) -> Result<Vec<Layer>, String> {
+    let plan: Vec<Layer> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if plan.is_empty() {
+        return Err("the plan has no layers".to_string());
+    }
+    for layer in &plan {
+        if let Layer::Dropout { p } = layer
+            && !(0.0..1.0).contains(p)
+        {
+            return Err(format!("dropout probability {p} is not in [0, 1)"));
+        }
+    }
+    Ok(plan)
+}
+
+/// The `cnn` plan, from the burn model's own definition ([`crate::model`]'s `CONV_BLOCKS` and
+/// `LINEARS`; `DROPOUT` after each hidden linear layer, as `trainer.model.CNN`). What the
+/// burn backends run, and the plan of a file that predates plans in the metadata.
+pub fn cnn() -> Vec<Layer> {
+    let mut plan: Vec<Layer> = CONV_BLOCKS
+        .iter()
+        .map(|&(name, c_in, c_out)| Layer::Conv {
+            name: name.to_string(),
+            in_channels: c_in,
+            out_channels: c_out,
+            kernel_size: 3,
+            padding: 0,
+            norm: true,
+            activation: Act::Gelu,
+            pool: 2,
+        })
+        .collect();
+    plan.push(Layer::Flatten);
+    for (i, &(name, k, n)) in LINEARS.iter().enumerate() {
+        let last = i + 1 == LINEARS.len();
+        plan.push(Layer::Linear {
+            name: name.to_string(),
+            in_features: k,
+            out_features: n,
+            activation: if last { Act::None } else { Act::Relu },
+        });
+        if !last {
+            plan.push(Layer::Dropout { p: DROPOUT });
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_parse_and_bad_ones_are_named() {
+        let plan = parse(
+            r#"[{"kind":"flatten"},{"kind":"linear","name":"fc","in_features":784,
+                "out_features":10,"activation":"none"},{"kind":"dropout","p":0.5}]"#,
+        )
+        .unwrap();
+        assert_eq!(plan.len(), 3);
+        assert!(matches!(plan[2], Layer::Dropout { p } if p == 0.5));
+        let unknown = parse(r#"[{"kind":"attention"}]"#).unwrap_err();
+        assert!(unknown.contains("attention"), "{unknown}");
+        let field = parse(r#"[{"kind":"max_pool","kernel_size":2,"stride":1}]"#).unwrap_err();
+        assert!(field.contains("stride"), "{field}");
+        assert!(parse("[]").unwrap_err().contains("no layers"));
+        assert!(parse(r#"[{"kind":"dropout","p":1.0}]"#).is_err());
+        assert!(parse("not json").is_err());
+    }
+}
