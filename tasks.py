@@ -11,6 +11,7 @@
     invoke bench                      in-browser speed against ONNX Runtime Web
     invoke bench-api                  /api/predict throughput; native Rust vs PyTorch per image
     invoke bench-train                train with 3 seeds: mean ± std accuracy and wall time
+    invoke samples --export F.npz     the collected drawings (data/samples.db) to a file; --import F.npz
 
 Every task installs what it needs first (idempotently: what is there is not fetched again).
 The work itself lives in trainer/, wasm-infer/ and web/; this file only calls it.
@@ -35,6 +36,8 @@ PKG = WEB / "pkg"
 MODEL_DIR = ROOT / "models"
 WEIGHTS = MODEL_DIR / "model.safetensors"
 TARGET = ROOT / "target"
+#: The SQLite database of the digits collected through POST /api/samples (web/samples.py).
+SAMPLES_DB = ROOT / "data" / "samples.db"
 WASM_TARGET = "wasm32-unknown-unknown"
 NOSTD_TARGET = "thumbv7em-none-eabihf"
 #: Backends proven no_std on NOSTD_TARGET (without SIMD: see wasm-infer/model/Cargo.toml);
@@ -459,8 +462,11 @@ FALLBACK_BACKENDS = ("fast-simd128", *CPU_BACKENDS)
                       "compile takes minutes, and for one small image it is slower than the CPU kernels",
             "weights-dtype": WEIGHTS_DTYPE_HELP,
             "models": "folder whose *.safetensors models the page offers (default models/), listed in "
-                      "/config.json and served under /models/ (read once, at start)"})
-def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False, weights_dtype="f32", models=None):
+                      "/config.json and served under /models/ (read once, at start)",
+            "samples-db": "SQLite file where POST /api/samples stores drawn digits (default data/samples.db; "
+                          "created on the first sample)"})
+def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False, weights_dtype="f32", models=None,
+          samples_db=None):
     """Build what is stale, then serve web/ at http://<host>:<port>."""
     embedded = weights_path()  # the file the builds embed (an f16 copy of it with --weights-dtype f16)
     models_dir = Path(models) if models else MODEL_DIR
@@ -479,7 +485,48 @@ def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False,
 
     served = [b for b in built_backends() if b in offered]
     serve_web(host=host, port=int(port), default_backend=backend, backends=served,
-              models_dir=models_dir, embedded=embedded)
+              models_dir=models_dir, embedded=embedded, samples_db=Path(samples_db) if samples_db else SAMPLES_DB)
+
+
+@task(name="samples", help={
+    "export": "write every sample to this .npz file (pixels (N, 28, 28) uint8, labels (N,) int64, "
+              "metadata: UTF-8 JSON; see web/samples.py)",
+    "import": "add the samples of such a .npz file (exact duplicates are skipped)",
+    "db": "the SQLite sample database (default data/samples.db)",
+})
+def samples_task(c, export=None, import_=None, db=None):
+    """The collected drawings: counts per label; --export F.npz, --import F.npz."""
+    from web.samples import StoreError, open_store
+
+    path = Path(db) if db else SAMPLES_DB
+    if export and import_:
+        raise Exit("give --export or --import, not both")
+    try:
+        if import_:
+            if not Path(import_).is_file():
+                raise Exit(f"--import: no such file: {import_}")
+            store = open_store(path)  # created when missing: importing fills a new database
+            try:
+                result = store.import_npz(import_)
+            except (ValueError, FileNotFoundError) as e:
+                raise Exit(f"--import: nothing imported: {e}") from None
+            print(f"{import_}: {result.added} samples added, {result.duplicates} duplicates skipped")
+        elif not path.is_file():
+            raise Exit(f"no sample database at {path} (it is made by the first POST /api/samples or --import)")
+        else:
+            store = open_store(path, create=False)
+        if export:
+            target = Path(export)
+            if not target.parent.is_dir():
+                raise Exit(f"--export: the folder {target.parent} does not exist")
+            if target.is_dir():
+                raise Exit(f"--export names a file; {target} is a folder")
+            print(f"{target}: {store.export_npz(target)} samples exported")
+        counts = store.label_counts()
+        per_label = ", ".join(f"{label}: {n}" for label, n in counts.items())
+        print(f"{path}: {sum(counts.values())} samples ({per_label})")
+    except StoreError as e:
+        raise Exit(str(e)) from None
 
 
 @task

@@ -1,4 +1,5 @@
-"""The local web server of `invoke serve`: web/ over Python's http.server, plus a prediction API.
+"""The local web server of `invoke serve`: web/ over Python's http.server, plus a prediction API
+and the collection of drawn samples.
 
 Static part: the front end under web/ (``.wasm`` as ``application/wasm``, so the browser
 compiles it while it downloads; no caching so a rebuild shows at once; cross-origin isolated,
@@ -62,6 +63,37 @@ Answers, always JSON (``Content-Type: application/json``), never a stack trace:
   ``samples`` is given), 500 anything unexpected (logged to stderr with its traceback; the
   client gets a one-line message).
 
+Sample collection, ``/api/samples``: drawn digits with their labels, kept in a SQLite database
+(``make_server(samples_db=...)``, default ``data/samples.db``; format, durability and the
+sample's fields in ``web/samples.py``), opened (created, migrated) on first use:
+
+* ``POST /api/samples``, ``Content-Type: application/json``, one sample::
+
+    {"label": 0..9, "pixels": [784 numbers 0..255: 28x28, row-major, ink = 255],
+     "strokes": [[[x, y, t_ms], ...], ...]  (1..1000 strokes of >= 1 point, canvas px, t_ms >= 0),
+     "pen_width": number of canvas px > 0, "canvas": [width, height]  (integers 1..10000),
+     optional: "writer": text or null, "predicted": 0..9 or null, "model": text or null (1..200
+     characters), "created_at": "YYYY-MM-DDTHH:MM:SS.mmmZ" (UTC, when drawn; default: now)}
+
+  Pixels are stored as uint8, rounded half up. 201 ``{"success": true, "id": n}`` once the
+  sample is committed to disk (it survives the server being killed right after); no other key
+  is accepted.
+* ``GET /api/samples?after=ID&limit=N`` (``after`` an integer >= 0, default 0; ``limit``
+  1..``MAX_PAGE`` (1000), default 100; other parameters ignored): 200 ``{"samples": [up to N
+  samples with id > ID, in id order, each {"id": n, "created_at": "...", "label", "predicted",
+  "model", "writer", "pixels": [784 ints 0..255], "strokes", "pen_width", "canvas": [w, h]}],
+  "next": the id to pass as ``after`` for the next page, or null on the last page,
+  "total": the number of samples in the database}``. HEAD: the same headers, no body.
+
+Errors as above: 400 a body that is not such a sample (the message names the field:
+``label must be an integer 0..9, got 10``, ``pixels[3] is -1, not a number in 0..255``,
+``unknown field 'lable'``...), not JSON or not ``Content-Type: application/json``, ``after`` or
+``limit`` not an integer in range or given twice; 405 another method (``Allow: GET, HEAD,
+POST``); 411, 413 (``max_body``), 408 as for predict; 503 the database cannot be used (its
+folder cannot be created or written, a newer schema version, another application's file, SQLite
+failing): the message says which file and why; the next request tries again; 500 anything
+unexpected.
+
 The server binds 127.0.0.1 unless told otherwise: the API is for this machine.
 """
 
@@ -94,6 +126,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import numpy as np
 
+from web.samples import DEFAULT_DB, SampleStore, StoreError, open_store
+
 WEB_DIR = Path(__file__).resolve().parent
 #: The weights files listed in /config.json by default, and the one the wasm embeds by default
 #: (``invoke serve`` passes its own: ``--models`` and ``tasks.weights_path()``).
@@ -103,6 +137,12 @@ EMBEDDED_WEIGHTS = MODELS_DIR / "model.safetensors"
 MODELS_PATH = "/models/"
 
 PREDICT_PATH = "/api/predict"
+SAMPLES_PATH = "/api/samples"
+#: The methods each API path takes (the ``Allow`` header of its 405).
+API_METHODS = {PREDICT_PATH: "POST", SAMPLES_PATH: "GET, HEAD, POST"}
+#: Samples per ``GET /api/samples`` page: the default and the most ``limit`` may ask for.
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
 #: Most MC-dropout passes ``?samples=N`` may ask for (the native module's own limit).
 MAX_SAMPLES = 1000
 #: Seed of the MC-dropout masks: the same request always gets the same numbers.
@@ -285,6 +325,26 @@ def samples_from_query(query: str) -> int | None:
     return int(text)
 
 
+def int_from_query(query: str, name: str, low: int, high: int, default: int) -> int:
+    """The integer parameter ``name`` of a query string, ``default`` when absent.
+
+    Raises:
+        ApiError: 400 for a value that is not a decimal integer in low..high, or for ``name``
+            given more than once.
+    """
+    values = parse_qs(query, keep_blank_values=True).get(name)
+    if values is None:
+        return default
+    if len(values) > 1:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} is given {len(values)} times; give it once")
+    text = values[0]
+    # At most 19 digits before int(): the bound check then needs no huge integers.
+    if not re.fullmatch(r"[0-9]{1,19}", text) or not low <= int(text) <= high:
+        message = f"{name} must be an integer from {low} to {high}, got {short_repr(text)}"
+        raise ApiError(HTTPStatus.BAD_REQUEST, message)
+    return int(text)
+
+
 def uncertainty_payload(result: dict, samples: int) -> dict:
     """The ``uncertainty`` object of the API answer from an ``UncertaintyFn`` result (plain
     Python types: lists of 10 floats, floats, an int, a bool or None).
@@ -372,6 +432,26 @@ class Uncertainty:
     def _native(self) -> UncertaintyFn:
         self._uncertainty = native_module().uncertainty
         return self._uncertainty
+
+
+class Samples:
+    """The sample database at ``path``, opened (created, migrated: ``web.samples.open_store``)
+    on first use; ``store()`` raises ApiError 503 while it cannot be opened (tried again on the
+    next call), with the reason."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._store: SampleStore | None = None
+        self._lock = threading.Lock()
+
+    def store(self) -> SampleStore:
+        with self._lock:  # one opener at a time: the others wait and get its store
+            if self._store is None:
+                try:
+                    self._store = open_store(self.path)
+                except StoreError as e:
+                    raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"cannot save or list samples: {e}") from None
+            return self._store
 
 
 @dataclass(frozen=True)
@@ -482,8 +562,8 @@ def fraction(text: str | None) -> float | None:
 
 
 class Handler(SimpleHTTPRequestHandler):
-    """Static files from web/, /config.json, the listed weights files under /models/, and
-    POST /api/predict (see the module docstring)."""
+    """Static files from web/, /config.json, the listed weights files under /models/,
+    POST /api/predict and GET/POST /api/samples (see the module docstring)."""
 
     extensions_map = {
         **SimpleHTTPRequestHandler.extensions_map,
@@ -497,10 +577,11 @@ class Handler(SimpleHTTPRequestHandler):
     timeout = 30
 
     def __init__(self, *args, config: dict, classifier: Classifier, uncertainty: Uncertainty,
-                 model_files: dict[str, Path], max_body: int, log_requests: bool, **kwargs):
+                 samples: Samples, model_files: dict[str, Path], max_body: int, log_requests: bool, **kwargs):
         self.config = config
         self.classifier = classifier
         self.uncertainty = uncertainty
+        self.samples = samples
         self.model_files = model_files
         self.max_body = max_body
         self.log_requests = log_requests
@@ -590,20 +671,32 @@ class Handler(SimpleHTTPRequestHandler):
 
     def api(self) -> None:
         """Answer a request under /api/ with JSON, whatever happens."""
+        path = self.url_path()
         try:
-            if self.url_path() != PREDICT_PATH:
-                path = short_repr(self.url_path(), 60)
-                raise ApiError(HTTPStatus.NOT_FOUND, f"no API at {path}; try POST {PREDICT_PATH}")
-            if self.command != "POST":
-                raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{PREDICT_PATH} takes POST, not {self.command}")
-            self.reply_json(HTTPStatus.OK, self.predict())
+            if path == PREDICT_PATH:
+                if self.command != "POST":
+                    raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{PREDICT_PATH} takes POST, not {self.command}")
+                self.reply_json(HTTPStatus.OK, self.predict())
+            elif path == SAMPLES_PATH:
+                if self.command == "POST":
+                    self.reply_json(HTTPStatus.CREATED, self.add_sample())
+                elif self.command in ("GET", "HEAD"):
+                    self.reply_json(HTTPStatus.OK, self.list_samples())
+                else:
+                    message = f"{SAMPLES_PATH} takes GET or POST, not {self.command}"
+                    raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, message)
+            else:
+                shown = short_repr(path, 60)
+                raise ApiError(HTTPStatus.NOT_FOUND,
+                               f"no API at {shown}; try POST {PREDICT_PATH}, or GET/POST {SAMPLES_PATH}")
         except ApiError as e:
             self.reply_error(e.status, e.message)
         except (ConnectionError, TimeoutError):
             self.close_connection = True  # the client is gone or stalled while we answered
         except Exception:
-            self.log_error("POST %s failed:\n%s", PREDICT_PATH, traceback.format_exc())
-            message = "internal error while predicting (details in the server log)"
+            self.log_error("%s %s failed:\n%s", self.command, short_repr(path, 60), traceback.format_exc())
+            doing = "predicting" if path == PREDICT_PATH else "handling the samples"
+            message = f"internal error while {doing} (details in the server log)"
             self.reply_error(HTTPStatus.INTERNAL_SERVER_ERROR, message)
 
     def predict(self) -> dict:
@@ -632,6 +725,36 @@ class Handler(SimpleHTTPRequestHandler):
         if samples is not None:
             payload["uncertainty"] = self.uncertainty(pixels.reshape(NUM_PIXELS), samples)
         return payload
+
+    def add_sample(self) -> dict:
+        """POST /api/samples: read, check and store one sample; returns the 201 payload."""
+        body = self.read_body()
+        if self.headers.get("Content-Type") is None or self.headers.get_content_type() != "application/json":
+            shown = short_repr(self.headers.get("Content-Type"), 60)
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"send the sample as Content-Type: application/json, not {shown}")
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF, over-long integers
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {e}") from None
+        store = self.samples.store()
+        try:
+            sample_id = store.add(document)
+        except ValueError as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"not a valid sample: {e}") from None
+        except StoreError as e:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"the sample was not saved: {e}") from None
+        return {"success": True, "id": sample_id}
+
+    def list_samples(self) -> dict:
+        """GET /api/samples?after=ID&limit=N: one page of samples; returns the 200 payload."""
+        query = urlsplit(self.path).query
+        after = int_from_query(query, "after", 0, 2**63 - 1, 0)
+        limit = int_from_query(query, "limit", 1, MAX_PAGE, DEFAULT_PAGE)
+        store = self.samples.store()
+        try:
+            return store.browse(after, limit)
+        except StoreError as e:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"cannot list samples: {e}") from None
 
     def read_body(self) -> bytes:
         """The request body, by its Content-Length (411 without one, 413 above max_body)."""
@@ -671,7 +794,8 @@ class Handler(SimpleHTTPRequestHandler):
 
     def reply_error(self, status: HTTPStatus, message: str) -> None:
         """``{"success": false, "error": message}`` with ``status``; then drops an unread body."""
-        headers = {"Allow": "POST"} if status == HTTPStatus.METHOD_NOT_ALLOWED else None
+        allow = API_METHODS.get(self.url_path(), "POST") if hasattr(self, "path") else "POST"
+        headers = {"Allow": allow} if status == HTTPStatus.METHOD_NOT_ALLOWED else None
         self.reply_json(status, {"success": False, "error": message}, headers)
         self.linger()
 
@@ -761,6 +885,7 @@ def make_server(
     uncertainty: UncertaintyFn | None = None,
     models_dir: Path | None = None,
     embedded: Path | None = None,
+    samples_db: Path | None = None,
     log_requests: bool = True,
 ) -> Server:
     """A server bound to (host, port); port 0 picks a free one (see ``server.server_port``).
@@ -778,6 +903,8 @@ def make_server(
             serves (None: the repo's models/). Listed once, here: see ``list_models``.
         embedded: the weights file the wasm and the native module embed, flagged and named by
             its architecture in the listing (None: the repo's models/model.safetensors).
+        samples_db: the SQLite file of /api/samples (None: the repo's data/samples.db); opened,
+            created if missing, on the first samples request, not here (503 while it cannot be).
         log_requests: one stderr line per request (errors are logged regardless).
 
     Raises:
@@ -790,6 +917,7 @@ def make_server(
               "embedded": listing.embedded, "models": listing.entries}
     handler = partial(
         Handler, config=config, classifier=Classifier(classify_pixels), uncertainty=Uncertainty(uncertainty),
+        samples=Samples(DEFAULT_DB if samples_db is None else Path(samples_db)),
         model_files=listing.files, max_body=max_body, log_requests=log_requests,
     )
     try:
@@ -804,7 +932,7 @@ def make_server(
 
 def serve(host: str, port: int, default_backend: str, backends: list[str], **kwargs) -> None:
     """Serve until Ctrl-C; ``kwargs`` go to make_server (classify_pixels, max_body,
-    uncertainty, models_dir, embedded)."""
+    uncertainty, models_dir, embedded, samples_db)."""
     server = make_server(host, port, default_backend, backends, **kwargs)
     shown = "localhost" if host in ("127.0.0.1", "localhost") else host
     models = [m["name"] + (" (embedded)" if m["embedded"] else "") for m in server.config["models"]]
@@ -816,6 +944,7 @@ def serve(host: str, port: int, default_backend: str, backends: list[str], **kwa
     )
     if kwargs.get("classify_pixels") is None and find_spec("mnist_infer") is None:
         print(f"POST {PREDICT_PATH} answers 503 until the native module mnist_infer is built.", flush=True)
+    print(f"Samples saved from the page ({SAMPLES_PATH}) go to {kwargs.get('samples_db') or DEFAULT_DB}.", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
