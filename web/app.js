@@ -12,9 +12,12 @@
 //                                     data-unsure ("true"/"false": MC dropout's verdict, "" when
 //                                     none), data-model (the model that answered)
 //   [data-testid="model"]             the model picker (<select>); ?model=NAME picks at start
+//   [data-testid="label"], [data-testid="save"]  the digit the drawing is (preset to the
+//                                     prediction) and the button that saves the drawing with it
+//                                     (POST /api/samples); the status line says "saved as sample #N"
 //   window.mnist                      { async predict(pixels) -> 10 probabilities, backend,
 //                                       models, model, async load(name),
-//                                       async predictUncertain(pixels, {samples}) }
+//                                       async predictUncertain(pixels, {samples}), lastPixels }
 //                                     pixels: 784 numbers, 28x28 row-major, 0..255, ink = 255;
 //                                     backend: the one running, with the reason in brackets
 //                                     when a preferred one could not, e.g.
@@ -22,14 +25,16 @@
 //                                     models: names that can be loaded; model: the one running;
 //                                     load(name) switches (rejects with the reason, keeping the
 //                                     current model); predictUncertain -> {probs, std, entropy,
-//                                     mutualInformation, unsure} (MC dropout, default 20 samples)
+//                                     mutualInformation, unsure} (MC dropout, default 20 samples);
+//                                     lastPixels: the 784 preprocessed pixels the canvas last sent
+//                                     to the model (an Array), null while the canvas is blank
 //
 // The model runs in a module worker (web/worker.js, driven by web/inference.js); this thread
 // draws and preprocesses. While a prediction runs, newer drawings replace each other and only
 // the newest is classified next.
 
 import { inkFromImageData, toMnist, MNIST_SIZE } from "./preprocess.js";
-import { createPen } from "./pen.js";
+import { ADVERSE_MAX_WIDTH, ADVERSE_MIN_WIDTH, PEN_WIDTH, createPen } from "./pen.js";
 import { LatestOnly, spawnWorker, startFirstWorking } from "./inference.js";
 import { ModelPicker } from "./models.js";
 
@@ -50,6 +55,14 @@ const ctx = drawCanvas.getContext("2d", { willReadFrequently: true });
 const previewCtx = $("preview").getContext("2d");
 const predictionEl = $("prediction");
 let seq = 0;
+
+/** The drawing on the canvas, as a sample for POST /api/samples would keep it. */
+const sketch = {
+  strokes: [], // each a list of [x, y, t_ms] points in canvas px, t from the first pen-down
+  t0: 0,
+  penWidth: PEN_WIDTH, // the pen's width in canvas px (the adverse pen: the middle of its range)
+  pixels: null, // the 784 preprocessed pixels last sent to the model, or null when blank
+};
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -117,6 +130,7 @@ function show(probs, elapsedMs, uncertainty = null) {
     items[d].querySelector(".pct").textContent = `${(probs[d] * 100).toFixed(1)}%`;
   }
   $("digit").textContent = String(top);
+  $("label").value = String(top); // what a "save" will call it, unless the user says otherwise
   $("confidence").textContent = `${(probs[top] * 100).toFixed(1)}% sure`;
   if (uncertainty) {
     for (let d = 0; d < 10; d++) {
@@ -176,7 +190,9 @@ function setupDrawing(classify, onClear) {
     pen = createPen({ adverse: adverseToggle.checked, seed: penSeed() });
     adverseToggle.dataset.seed = String(pen.seed);
     drawCanvas.classList.toggle("adverse", pen.adverse);
+    sketch.penWidth = pen.adverse ? (ADVERSE_MIN_WIDTH + ADVERSE_MAX_WIDTH) / 2 : PEN_WIDTH;
   };
+  const at = ([x, y]) => [Math.round(x * 10) / 10, Math.round(y * 10) / 10, Math.round(performance.now() - sketch.t0)];
   newPen();
   adverseToggle.addEventListener("change", newPen);
 
@@ -187,6 +203,8 @@ function setupDrawing(classify, onClear) {
   drawCanvas.addEventListener("pointerdown", (e) => {
     drawing = true;
     last = point(e);
+    if (sketch.strokes.length === 0) sketch.t0 = performance.now();
+    sketch.strokes.push([at(last)]);
     drawCanvas.setPointerCapture(e.pointerId);
     pen.down(ctx, last);
     e.preventDefault();
@@ -196,6 +214,7 @@ function setupDrawing(classify, onClear) {
     const p = point(e);
     pen.move(ctx, last, p);
     last = p;
+    sketch.strokes[sketch.strokes.length - 1].push(at(p));
     const now = performance.now();
     if (now - lastLive >= LIVE_INTERVAL_MS) {
       lastLive = now;
@@ -213,11 +232,48 @@ function setupDrawing(classify, onClear) {
   drawCanvas.addEventListener("pointercancel", end);
   $("clear").addEventListener("click", () => {
     onClear();
+    sketch.strokes = [];
+    sketch.pixels = null;
     ctx.clearRect(0, 0, drawCanvas.width, drawCanvas.height);
     newPen();
     drawPreview(null);
     show(null);
   });
+}
+
+/**
+ * Save the drawing with the digit chosen in the label picker: POST /api/samples (the server's
+ * SQLite store, web/samples.py). The status line says "saved as sample #N", or why not.
+ * @param {string} model the model that made the shown prediction
+ */
+async function saveSample(model) {
+  if (sketch.pixels === null) {
+    setStatus("nothing to save: draw a digit first", true);
+    return;
+  }
+  const predicted = predictionEl.dataset.digit === "" ? null : Number(predictionEl.dataset.digit);
+  const sample = {
+    label: Number($("label").value),
+    pixels: Array.from(sketch.pixels),
+    strokes: sketch.strokes,
+    pen_width: sketch.penWidth,
+    canvas: [drawCanvas.width, drawCanvas.height],
+    predicted,
+    model,
+    created_at: new Date().toISOString(),
+  };
+  try {
+    const response = await fetch("api/samples", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(sample),
+    });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+    setStatus(`saved as sample #${answer.id} (a ${sample.label})`);
+  } catch (err) {
+    setStatus(`not saved: ${err.message}`, true);
+  }
 }
 
 function checkPixels(pixels) {
@@ -253,6 +309,9 @@ async function main() {
         return picker.current;
       },
       load: (name) => switchTo(name),
+      get lastPixels() {
+        return sketch.pixels ? Array.from(sketch.pixels) : null;
+      },
       async predictUncertain(pixels, { samples = MC_SAMPLES } = {}) {
         const { uncertainty: u } = await classifier.predict(checkPixels(pixels), samples);
         return { probs: u.probabilities, std: u.std, entropy: u.entropy, mutualInformation: u.mutualInformation, unsure: u.unsure };
@@ -299,6 +358,7 @@ async function main() {
     reclassify = (final = true) => {
       const ink = inkFromImageData(ctx.getImageData(0, 0, drawCanvas.width, drawCanvas.height));
       const pixels = toMnist(ink, drawCanvas.width, drawCanvas.height);
+      sketch.pixels = pixels;
       drawPreview(pixels);
       if (pixels === null) {
         live.drop();
@@ -308,6 +368,7 @@ async function main() {
       live.submit(pixels, final ? MC_SAMPLES : 0); // a fresh Float32Array; postMessage copies it
     };
     setupDrawing(reclassify, () => live.drop());
+    $("save").addEventListener("click", () => saveSample(picker.current));
   } catch (err) {
     setStatus(`could not load the model: ${err.message}. Run \`invoke build-wasm\` and reload.`, true);
     console.error(err);
