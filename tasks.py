@@ -389,20 +389,32 @@ def bench_train(c, seeds="0,1,2", out_dir=None):
     "out_dir": "report folder (default reports/<weights file name>; with --all: reports/models)",
     "limit": "the first N test digits only (default 0: all 10,000); with --all also N scribbles",
     "data_dir": "MNIST folder (default data/)",
+    "samples": "also score the drawings saved from the page, from this database (e.g. data/samples.db)",
     "all": "compare every models/*.safetensors: comparison.json/.md/.png in reports/models/ "
            "(accuracy, calibration, out-of-distribution detection, wasm predict time) and each "
            "model's report in reports/<name>/",
 })
-def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None, all_=False):
+def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None, all_=False, samples=None):
     """Accuracy on clean, augmented and redrawn MNIST test digits; plots; a markdown summary.
 
     --all: one comparison of every model in models/ (trainer/compare.py).
+    --samples DB: also the drawings saved from the page (web/samples.py), per writer too.
     """
     from trainer import data
     from trainer.evaluate import DEFAULT_WEIGHTS
     from trainer.evaluate import evaluate as run_evaluation
     from trainer.export import WeightsError
 
+    collected = None
+    if samples:
+        from web.samples import StoreError, open_store
+
+        if not Path(samples).is_file():
+            raise Exit(f"error: --samples: no sample database at {samples}")
+        try:
+            collected = open_store(Path(samples), create=False).arrays()
+        except StoreError as e:
+            raise Exit(f"error: --samples: {e}")
     if all_:
         from trainer.compare import CompareError, compare
 
@@ -410,13 +422,13 @@ def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None, all_=False):
             raise Exit("error: --all compares every model in models/; leave out --weights")
         try:
             compare(out_dir=Path(out_dir) if out_dir else None, data_dir=Path(data_dir) if data_dir else None,
-                    limit=int(limit))
+                    limit=int(limit), samples=collected)
         except (CompareError, WeightsError, data.DataError, ValueError) as e:
             raise Exit(f"error: {e}")
         return
     try:
         run_evaluation(Path(weights) if weights else DEFAULT_WEIGHTS, Path(out_dir) if out_dir else None,
-                       Path(data_dir) if data_dir else None, limit=int(limit))
+                       Path(data_dir) if data_dir else None, limit=int(limit), samples=collected)
     except (WeightsError, data.DataError, ValueError) as e:
         raise Exit(f"error: {e}")
 

@@ -214,3 +214,19 @@ def test_a_negative_limit_is_refused(tmp_path):
     shutil.copy(WEIGHTS, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="limit"):
         compare(tmp_path, tmp_path / "out", limit=-1)
+
+
+def test_collected_drawings_become_a_column(tmp_path, mnist_test):
+    """`invoke evaluate --all --samples DB`: every model scored on the saved drawings too."""
+    from trainer.compare import comparison_table
+
+    rows = [{"name": "a", "architecture": "cnn", "parameters": 1, "file_bytes": 1,
+             "accuracy": {"clean": 0.99, "augmented": 0.98, "page_pen": 0.97, "redrawn_mean": 0.97,
+                          "adverse": 0.9, "samples": 0.875},
+             "calibration": {"eval": {"ece": 0.01}, "mc_dropout": {"ece": 0.02}},
+             "ood": {"auroc_entropy": 0.9, "auroc_mutual_information": 0.9, "unsure_digits": 0.01,
+                     "unsure_nondigits": 0.5}}]
+    table = comparison_table(rows)
+    assert table.splitlines()[0].endswith("| collected drawings |") and "87.50%" in table.splitlines()[2]
+    rows[0]["accuracy"]["samples"] = None
+    assert "collected" not in comparison_table(rows)

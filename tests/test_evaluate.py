@@ -174,3 +174,26 @@ def test_command_line_errors_exit_with_a_message(tmp_path, capsys):
         main(["--weights", str(corrupt), "--out-dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_collected_drawings_are_scored_per_writer(tmp_path, mnist_test):
+    """`invoke evaluate --samples`: drawings saved from the page (here: MNIST test digits 100-159
+    stored through web.samples, as the page would) scored as a set of their own, per writer."""
+    from web.samples import open_store
+
+    store = open_store(tmp_path / "samples.db")
+    images, labels = mnist_test.images[100:160], mnist_test.labels[100:160]
+    for i, (image, label) in enumerate(zip(images, labels)):
+        wrong = i == 0  # one sample whose writer gave the wrong label
+        store.add({"label": (int(label) + 1) % 10 if wrong else int(label), "pixels": image.flatten().tolist(),
+                   "strokes": [[[0, 0, 0]]], "pen_width": 20, "canvas": [280, 280],
+                   "writer": "ann" if i < 20 else ("bob" if i < 50 else None)})
+    result = evaluate(WEIGHTS, tmp_path / "report", limit=10, pen_widths=(PAGE_PEN_WIDTH,),
+                      cache_dir=tmp_path / "cache", adverse_pen=False, samples=store.arrays())
+    collected = result["sets"]["samples"]
+    writers = collected["per_writer"]
+    assert collected["n"] == 60 and result["sets"]["clean"]["n"] == 10
+    assert {name: w["n"] for name, w in writers.items()} == {"ann": 20, "bob": 30, "(no writer)": 10}
+    assert writers["ann"]["accuracy"] <= 19 / 20 and collected["errors"] >= 1
+    assert writers["bob"]["accuracy"] >= 0.95
+    assert "collected drawings" in (tmp_path / "report" / "summary.md").read_text()

@@ -79,7 +79,8 @@ def test_constants_mirror_the_page():
     assert "width: PEN_WIDTH" in pen and "ctx.lineWidth = width" in pen and 'ctx.lineCap = "round"' in pen
     assert 'PEN_COLOUR = "#000000"' in pen, "the normal pen is black: full ink"
     app = (ROOT / "web" / "app.js").read_text()
-    assert 'import { createPen } from "./pen.js"' in app and "pen.move(ctx" in app and "pen.down(ctx" in app
+    assert re.search(r'import \{[^}]*\bcreatePen\b[^}]*\} from "\./pen\.js"', app), "the page draws with pen.js"
+    assert "pen.move(ctx" in app and "pen.down(ctx" in app
     assert PAGE_PEN_WIDTH in PEN_WIDTHS
 
 

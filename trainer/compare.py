@@ -62,7 +62,7 @@ import torch
 from tqdm import tqdm
 
 from . import data
-from .evaluate import ADVERSE_KEY, DEFAULT_REPORTS_DIR, _figure, _shown_path, logits_of, redrawn_key, set_label
+from .evaluate import ADVERSE_KEY, DEFAULT_REPORTS_DIR, SAMPLES_KEY, _figure, _shown_path, logits_of, redrawn_key, set_label
 from .evaluate import evaluate as evaluate_model
 from .export import WeightsError, load_model, read_metadata, write_metrics
 from .model import ARCHITECTURES, DEFAULT_ARCHITECTURE
@@ -557,10 +557,15 @@ def table_row(row: dict) -> list[str]:
 
 
 def comparison_table(rows: list[dict]) -> str:
-    """The markdown table: one row per model."""
-    align = ["---", "---", *["---:"] * (len(TABLE_COLUMNS) - 2)]
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(table_row(row)) + " |" for row in rows]
+    """The markdown table: one row per model (plus a column for the collected drawings when
+    they were given: ``compare(samples=...)``)."""
+    collected = any(row["accuracy"].get("samples") is not None for row in rows)
+    columns = [*TABLE_COLUMNS, "collected drawings"] if collected else list(TABLE_COLUMNS)
+    align = ["---", "---", *["---:"] * (len(columns) - 2)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
+    for row in rows:
+        cells = table_row(row) + ([_pct(row["accuracy"].get("samples"))] if collected else [])
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -702,11 +707,15 @@ def plot_scribbles(images: torch.Tensor, path: Path, side: int = 6) -> None:
 def compare(models_dir: str | Path = DEFAULT_MODELS_DIR, out_dir: str | Path | None = None,
             data_dir: str | Path | None = None, limit: int = 0, *, reports_dir: str | Path | None = None,
             cache_dir: str | Path | None = None, scribble_count: int | None = None,
-            wasm_build: str | Path = WASM_BUILD, wasm_rounds: int = WASM_ROUNDS) -> dict:
+            wasm_build: str | Path = WASM_BUILD, wasm_rounds: int = WASM_ROUNDS,
+            samples: tuple | None = None) -> dict:
     """Compare every ``*.safetensors`` model in ``models_dir``; write comparison.json/.md/.png.
 
     Args:
         models_dir: folder of the models (``models/``).
+        samples: drawings collected by the page, ``(images, labels, writers)`` as
+            ``trainer.evaluate.evaluate`` takes them: every model is scored on them too (a
+            ``collected drawings`` column; per writer in each model's report).
         out_dir: the comparison folder (created); None: ``reports/models``.
         data_dir: MNIST folder; None: ``data/``.
         limit: the first ``limit`` MNIST test digits only, and ``limit`` scribbles (0: all
@@ -748,7 +757,7 @@ def compare(models_dir: str | Path = DEFAULT_MODELS_DIR, out_dir: str | Path | N
         print(f"\n== {name} ({path.name}, {entry['architecture']}) ==")
         started = time.perf_counter()
         evaluation = evaluate_model(path, reports / name, data_path if data_dir is not None else None,
-                                    limit=int(limit), cache_dir=cache_dir)
+                                    limit=int(limit), cache_dir=cache_dir, samples=samples)
         timings[f"{name}_evaluate"] = time.perf_counter() - started
         sets = {key: result["accuracy"] for key, result in evaluation["sets"].items()}
         redrawn = [sets[redrawn_key(w)] for w in evaluation["pen_widths"] if redrawn_key(w) in sets]
@@ -775,6 +784,7 @@ def compare(models_dir: str | Path = DEFAULT_MODELS_DIR, out_dir: str | Path | N
                 "page_pen": sets.get(redrawn_key(PAGE_PEN_WIDTH)),
                 "redrawn_mean": float(np.mean(redrawn)) if redrawn else None,
                 "adverse": sets.get(ADVERSE_KEY),
+                "samples": sets.get(SAMPLES_KEY),
             },
             **numbers,
         })

@@ -185,11 +185,17 @@ def redrawn_key(pen_width: float) -> str:
     return f"redrawn_pen{pen_width:g}"
 
 
+#: Key of the collected drawings (``invoke evaluate --samples``) in evaluation.json.
+SAMPLES_KEY = "samples"
+
+
 def set_label(key: str) -> str:
     """Row label of a test set in the summary table, e.g. ``redrawn pen 20 (page)``,
     ``redrawn, adverse pen``."""
     if key == ADVERSE_KEY:
         return "redrawn, adverse pen"
+    if key == SAMPLES_KEY:
+        return "collected drawings (--samples)"
     if not key.startswith("redrawn_pen"):
         return key
     width = float(key.removeprefix("redrawn_pen"))
@@ -422,7 +428,8 @@ def _shown_path(path: Path) -> str:
 
 def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None = None,
              data_dir: str | Path | None = None, limit: int = 0, pen_widths=PEN_WIDTHS,
-             cache_dir: str | Path | None = None, adverse_pen: bool = True) -> dict:
+             cache_dir: str | Path | None = None, adverse_pen: bool = True,
+             samples: tuple[np.ndarray, np.ndarray, list] | None = None) -> dict:
     """Evaluate ``weights`` on every test set and write the report folder.
 
     Args:
@@ -433,6 +440,10 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
         pen_widths: pen widths of the redrawn sets, in canvas pixels (the page's is 20).
         cache_dir: cache of the redrawn sets; None: ``<data_dir>/redrawn``.
         adverse_pen: add the adverse-pen set (``redrawn_adverse``).
+        samples: drawings collected by the page (``web.samples``), as ``(images, labels,
+            writers)``: (N, 28, 28) uint8 (ink = 255, already preprocessed), (N,) labels 0..9 and
+            N writer names (or None); added as the set ``samples``, not limited by ``limit``,
+            with accuracy per writer (``per_writer``).
 
     Returns:
         the report written to ``evaluation.json``: ``sets`` maps each test set's key
@@ -468,13 +479,29 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
         sets[redrawn_key(width)] = torch.from_numpy(array)
     if adverse_pen:
         sets[ADVERSE_KEY] = torch.from_numpy(adverse_set(split.images.numpy(), ADVERSE_SEED, cache_dir=cache))
+    labels_of = {key: split.labels for key in sets}
+    writers = None
+    if samples is not None:
+        images, labels, writers = samples
+        if len(images) == 0:
+            raise ValueError("no collected drawings to evaluate (the sample database is empty)")
+        sets[SAMPLES_KEY] = torch.as_tensor(np.asarray(images, dtype=np.float32))
+        labels_of[SAMPLES_KEY] = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     timings["test_sets"] = time.perf_counter() - started
 
     started = time.perf_counter()
     results = {}
     for key, images in sets.items():
-        logits = logits_of(model, images, desc=f"{set_label(key)} ({n:,} digits)")
-        results[key] = score(logits, split.labels, images)
+        logits = logits_of(model, images, desc=f"{set_label(key)} ({len(images):,} digits)")
+        results[key] = score(logits, labels_of[key], images)
+        if key == SAMPLES_KEY:
+            correct = (logits.argmax(1) == labels_of[key]).numpy()
+            names = ["(no writer)" if w is None else str(w) for w in writers]
+            results[key]["per_writer"] = {
+                name: {"n": int(sum(1 for w in names if w == name)),
+                       "accuracy": float(np.mean([c for c, w in zip(correct, names) if w == name]))}
+                for name in sorted(set(names))
+            }
     timings["inference"] = time.perf_counter() - started
 
     history, curves_note = metrics_beside(weights, metadata)

@@ -338,6 +338,23 @@ class SampleStore:
         samples = samples[:limit]
         return {"samples": samples, "next": samples[-1]["id"] if more else None, "total": total}
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """Every sample, in id order, as a test set: images (N, 28, 28) uint8 (ink = 255),
+        labels (N,) int64 0..9 and the N writers (None where none was given).
+
+        Raises:
+            StoreError: the database failed.
+        """
+        images, labels, writers, after = [], [], [], 0
+        while batch := self.page(after, 1000):
+            for sample in batch:
+                images.append(np.asarray(sample["pixels"], dtype=np.uint8).reshape(28, 28))
+                labels.append(sample["label"])
+                writers.append(sample["writer"])
+            after = batch[-1]["id"]
+        images = np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
+        return images, np.asarray(labels, dtype=np.int64), writers
+
     def count(self) -> int:
         """How many samples the database holds."""
         with self.connect() as db:
