@@ -2,6 +2,7 @@
 
     invoke train                      train and write models/model.safetensors (+ metrics.json)
     invoke evaluate                   report: clean / augmented / redrawn-MNIST accuracy, plots
+    invoke personalize                teaching a hand, measured: synthetic writers before/after
     invoke build-wasm --backend all   compile the Rust crate to wasm: our kernels (fast-relaxed,
                                       fast-simd128), burn's flex, ndarray and wgpu
     invoke serve                      build what is stale, serve web/ on http://127.0.0.1:8000
@@ -390,11 +391,12 @@ def bench_train(c, seeds="0,1,2", out_dir=None):
     "limit": "the first N test digits only (default 0: all 10,000); with --all also N scribbles",
     "data_dir": "MNIST folder (default data/)",
     "samples": "also score the drawings saved from the page, from this database (e.g. data/samples.db)",
+    "writers": "synthetic writers in the writer-separated test set (trainer/writers.py; default 20, 0: none)",
     "all": "compare every models/*.safetensors: comparison.json/.md/.png in reports/models/ "
            "(accuracy, calibration, out-of-distribution detection, wasm predict time) and each "
            "model's report in reports/<name>/",
 })
-def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None, all_=False, samples=None):
+def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None, all_=False, samples=None, writers=None):
     """Accuracy on clean, augmented and redrawn MNIST test digits; plots; a markdown summary.
 
     --all: one comparison of every model in models/ (trainer/compare.py).
@@ -428,9 +430,26 @@ def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None, all_=False, 
         return
     try:
         run_evaluation(Path(weights) if weights else DEFAULT_WEIGHTS, Path(out_dir) if out_dir else None,
-                       Path(data_dir) if data_dir else None, limit=int(limit), samples=collected)
+                       Path(data_dir) if data_dir else None, limit=int(limit), samples=collected,
+                       **({"writers": int(writers)} if writers is not None else {}))
     except (WeightsError, data.DataError, ValueError) as e:
         raise Exit(f"error: {e}")
+
+
+@task(help={
+    "weights": "the model to teach (default models/model.safetensors)",
+    "writers": "synthetic writers (trainer/writers.py; default 50)",
+    "shots": "digits per class taught (default 3); the writer's other digits are the test",
+    "tune": "try the grid of pulls and step counts on other writers instead (prints it)",
+})
+def personalize(c, weights=None, writers=50, shots=3, tune=False):
+    """Teach the model each synthetic writer's hand (the page's "Teach it", natively): accuracy
+    on that writer's other digits before and after, MNIST accuracy after; reports/teach/."""
+    native_module()
+    from trainer.personalize import main
+
+    main([*(["--weights", weights] if weights else []), "--writers", str(writers), "--shots", str(shots),
+          *(["--tune"] if tune else [])])
 
 
 @task

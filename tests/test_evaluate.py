@@ -22,7 +22,7 @@ N = 300
 PNGS = ("confusion_matrix.png", f"confusion_matrix_pen{PAGE_PEN_WIDTH}.png", "per_class_accuracy.png",
         "training_curves.png", "worst_errors.png", f"worst_errors_pen{PAGE_PEN_WIDTH}.png",
         "worst_errors_adverse.png")
-SET_KEYS = ("clean", "augmented", *(f"redrawn_pen{w}" for w in PEN_WIDTHS), "redrawn_adverse")
+SET_KEYS = ("clean", "augmented", *(f"redrawn_pen{w}" for w in PEN_WIDTHS), "redrawn_adverse", "writers")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,25 @@ def test_json_is_what_was_returned(report):
     assert result["n"] == N and result["limit"] == N
 
 
+def test_synthetic_writers_are_scored_per_writer(report, model, mnist_test):
+    """One synthetic writer per 100 digits of the limit (3 here), each scored on its own."""
+    from trainer.writers import writers_set
+
+    result = report[0]["sets"]["writers"]
+    written = writers_set(mnist_test.images.numpy(), mnist_test.labels.numpy(), writers=3, progress=False,
+                          cache_dir=None)
+    with torch.no_grad():
+        predicted = model(normalize(torch.from_numpy(written.images).float().unsqueeze(1))).argmax(1).numpy()
+    correct = predicted == written.labels
+    assert result["accuracy"] == pytest.approx(correct.mean())
+    assert set(result["per_writer"]) == {"writer 00", "writer 01", "writer 02"}
+    for w in range(3):
+        mine = result["per_writer"][f"writer {w:02d}"]
+        assert mine["n"] == 100 and mine["accuracy"] == pytest.approx(correct[written.writers == w].mean())
+    summary = (report[1] / "summary.md").read_text()
+    assert "**synthetic writers**: 3 writers" in summary
+
+
 def test_clean_accuracy_matches_the_model(report, direct_logits, mnist_test):
     clean = report[0]["sets"]["clean"]
     labels = mnist_test.labels[:N]
@@ -90,7 +109,8 @@ def test_numbers_are_consistent(report, mnist_test, key):
     confusion = np.array(result["confusion_matrix"])
     assert confusion.shape == (10, 10) and confusion.sum() == result["n"] == N
     np.testing.assert_array_equal(confusion.sum(axis=1), result["per_class_n"])
-    np.testing.assert_array_equal(confusion.sum(axis=1), torch.bincount(mnist_test.labels[:N], minlength=10).numpy())
+    per_class = [N // 10] * 10 if key == "writers" else torch.bincount(mnist_test.labels[:N], minlength=10).numpy()
+    np.testing.assert_array_equal(confusion.sum(axis=1), per_class)
     assert result["errors"] == N - np.trace(confusion)
     assert result["accuracy"] == pytest.approx(np.trace(confusion) / N)
     for digit, accuracy in enumerate(result["per_class_accuracy"]):
@@ -130,7 +150,7 @@ def test_training_curves_need_the_weights_own_metrics(tmp_path, capsys, metrics)
     summary = (out / "summary.md").read_text()
     expected = "no metrics.json beside" if metrics is None else "is from another run"
     assert expected in summary and any(expected in note for note in result["notes"])
-    assert tuple(result["sets"]) == ("clean", "augmented", f"redrawn_pen{PAGE_PEN_WIDTH}", "redrawn_adverse")
+    assert tuple(result["sets"]) == ("clean", "augmented", f"redrawn_pen{PAGE_PEN_WIDTH}", "redrawn_adverse", "writers")
     printed = capsys.readouterr().out
     assert "| test set | accuracy | errors | n |" in printed and "| clean |" in printed
 

@@ -121,3 +121,26 @@ def test_every_model_runs_on_webgpu_with_mc_dropout(webgpu_browser, webgpu_serve
         reference = summarize(mc_probabilities(model, images[:1], samples=20, seed=0))
         assert (torch.tensor(got["probs"]) - reference["probabilities"][0]).abs().max() < 1e-3, name
     page.close()
+
+
+def test_teaching_runs_on_webgpu_like_the_native_kernels(webgpu_browser, webgpu_server, mnist_test):
+    """window.mnist.teach on the wgpu build (Classifier.teach_async: the features read back
+    from the GPU, the last layer re-fitted on the CPU) answers like the native module taught
+    the same examples."""
+    import numpy as np
+
+    import mnist_infer
+
+    pixels = mnist_test.images[:80].reshape(80, -1).numpy().astype(np.float32)
+    labels = mnist_test.labels[:80].numpy()
+    teach = [int(np.flatnonzero(labels == d)[0]) for d in range(10)]
+    wrong = (labels[teach] + 1) % 10  # one example per digit, each labelled as the next digit
+    page = open_page(webgpu_browser, webgpu_server, "wgpu")
+    for i, label in zip(teach, wrong):
+        page.evaluate("([p, l]) => window.mnist.teach(p, l)", [pixels[i].tolist(), int(label)])
+    assert page.evaluate("window.mnist.taught") == [1] * 10
+    shown = np.array(page.evaluate(PREDICT_ALL, pixels.tolist()))
+    native = mnist_infer.Classifier()
+    native.teach(pixels[teach], wrong)
+    np.testing.assert_allclose(shown, native.predict(pixels), atol=1e-3)
+    page.close()

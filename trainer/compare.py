@@ -62,7 +62,7 @@ import torch
 from tqdm import tqdm
 
 from . import data
-from .evaluate import ADVERSE_KEY, DEFAULT_REPORTS_DIR, SAMPLES_KEY, _figure, _shown_path, logits_of, redrawn_key, set_label
+from .evaluate import ADVERSE_KEY, DEFAULT_REPORTS_DIR, SAMPLES_KEY, WRITERS_KEY, _figure, _shown_path, logits_of, redrawn_key, set_label
 from .evaluate import evaluate as evaluate_model
 from .export import WeightsError, load_model, read_metadata, write_metrics
 from .model import ARCHITECTURES, DEFAULT_ARCHITECTURE
@@ -537,7 +537,7 @@ def _size(n_bytes: int) -> str:
 
 
 TABLE_COLUMNS = ("model", "architecture", "parameters", "file", "clean", "augmented",
-                 f"pen {PAGE_PEN_WIDTH} (page)", "pens mean", "adverse pen", "ECE", "ECE (MC)",
+                 f"pen {PAGE_PEN_WIDTH} (page)", "pens mean", "adverse pen", "synthetic writers", "ECE", "ECE (MC)",
                  "AUROC entropy", "AUROC MI", "not sure: digits", "not sure: scribbles",
                  "wasm ms/predict", f"vs {BASELINE}")
 
@@ -548,7 +548,7 @@ def table_row(row: dict) -> list[str]:
     return [
         row["name"], row["architecture"], f"{row['parameters']:,}", _size(row["file_bytes"]),
         _pct(acc["clean"]), _pct(acc["augmented"]), _pct(acc["page_pen"]), _pct(acc["redrawn_mean"]),
-        _pct(acc["adverse"]),
+        _pct(acc["adverse"]), _pct(acc.get("writers")),
         _num(row["calibration"]["eval"]["ece"], 4), _num(row["calibration"]["mc_dropout"]["ece"], 4),
         _num(ood["auroc_entropy"]), _num(ood["auroc_mutual_information"]),
         _pct(ood["unsure_digits"]), _pct(ood["unsure_nondigits"]),
@@ -583,8 +583,8 @@ def write_markdown(path: Path, report: dict) -> None:
         "",
         "- **parameters**: tensor elements in the file (weights, biases, BatchNorm running statistics); "
         "**file**: the safetensors file's size.",
-        f"- **clean / augmented / pen {PAGE_PEN_WIDTH} (page) / adverse pen**: accuracy on `trainer.evaluate`'s test "
-        f"sets; **pens mean**: the mean over the redrawn sets with pens {', '.join(f'{w:g}' for w in s['pen_widths'])} px. "
+        f"- **clean / augmented / pen {PAGE_PEN_WIDTH} (page) / adverse pen / synthetic writers**: accuracy on "
+        f"`trainer.evaluate`'s test sets (the writers: `trainer/writers.py`, writer-separated); **pens mean**: the mean over the redrawn sets with pens {', '.join(f'{w:g}' for w in s['pen_widths'])} px. "
         "Each model's own report: " + ", ".join(f"[{r['name']}]({r['report']})" for r in report["models"]) + ".",
         f"- **ECE**: expected calibration error on the clean test digits, {s['ece_bins']} equal-width confidence "
         f"bins (Guo et al. 2017), eval-mode softmax; **ECE (MC)**: the same with the mean of {s['mc_samples']} "
@@ -785,6 +785,7 @@ def compare(models_dir: str | Path = DEFAULT_MODELS_DIR, out_dir: str | Path | N
                 "redrawn_mean": float(np.mean(redrawn)) if redrawn else None,
                 "adverse": sets.get(ADVERSE_KEY),
                 "samples": sets.get(SAMPLES_KEY),
+                "writers": sets.get(WRITERS_KEY),
             },
             **numbers,
         })

@@ -12,7 +12,12 @@ Test sets, all built from the 10,000 MNIST test digits (or the first ``limit``):
 - ``redrawn, adverse pen`` (key ``redrawn_adverse``): the same strokes drawn with the page's
   "challenge" pen (web/pen.js; ``trainer.redraw.adverse_set``): width 8-32 px and colour
   changing along the stroke, light colours giving faint ink; digit i with pen seed
-  ``ADVERSE_SEED + i``.
+  ``ADVERSE_SEED + i``;
+- ``synthetic writers`` (key ``writers``): ``trainer.writers``' writers (seeds from
+  ``WRITER_SEED``), each writing 10 digits per class in its own consistent style (slant,
+  pen width, elastic field, crossed 7s, flagged 1s, ...) from glyphs of MNIST's test digits,
+  with the page's pen and preprocessing: a writer-separated test, scored per writer too
+  (``per_writer``); 20 writers, or one per 100 digits of ``limit``.
 
 The report folder gets ``evaluation.json`` (every number), ``summary.md`` (the table to compare
 models by, the model's metadata, links to the plots) and PNG plots: ``confusion_matrix.png``
@@ -52,6 +57,8 @@ from .redraw import (
     redrawn_sets,
 )
 from .train import Augment, random_warp
+from .writers import DEFAULT_CACHE_DIR as WRITERS_CACHE_DIR
+from .writers import writers_set
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = ROOT / "models" / "model.safetensors"
@@ -65,6 +72,9 @@ WORST_ERRORS = 25
 BATCH_SIZE = 500
 #: Key of the adverse-pen set in evaluation.json (its row: "redrawn, adverse pen").
 ADVERSE_KEY = "redrawn_adverse"
+#: Key of the synthetic writers' set (``trainer.writers``), and how many writers by default.
+WRITERS_KEY = "writers"
+WRITERS = 20
 
 __all__ = ["evaluate", "main", "accuracy_by_dtype", "augmented_images", "score", "WeightsError"]
 
@@ -196,6 +206,8 @@ def set_label(key: str) -> str:
         return "redrawn, adverse pen"
     if key == SAMPLES_KEY:
         return "collected drawings (--samples)"
+    if key == WRITERS_KEY:
+        return "synthetic writers"
     if not key.startswith("redrawn_pen"):
         return key
     width = float(key.removeprefix("redrawn_pen"))
@@ -244,6 +256,16 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _writers_line(result: dict) -> str:
+    """The summary's line on the synthetic writers: what they are, the worst ones."""
+    per_writer = result["per_writer"]
+    worst = sorted(per_writer.items(), key=lambda item: item[1]["accuracy"])[:3]
+    return (f"- **synthetic writers**: {len(per_writer)} writers of `trainer/writers.py`, each writing 10 digits "
+            "per class in one consistent style (slant, size, pen width, elastic field, crossed 7s, flagged 1s, "
+            "hooked 9s) from glyphs of MNIST test digits, with the page's pen and preprocessing; weakest: "
+            + ", ".join(f"{name} {r['accuracy']:.0%}" for name, r in worst) + ".")
+
+
 def write_summary(path: Path, report: dict, plots: dict[str, str], notes: list[str]) -> None:
     """Write summary.md: the table, what the sets are, the model's metadata, plots, notes."""
     metadata = report["metadata"]
@@ -263,6 +285,7 @@ def write_summary(path: Path, report: dict, plots: dict[str, str], notes: list[s
            f"width {ADVERSE_MIN_WIDTH}-{ADVERSE_MAX_WIDTH} px and colour changing along the stroke, ink = "
            f"255 − BT.601 luma of the colour on white (light blue and cyan give faint strokes); "
            f"pen seeds {report['adverse_seed']} + digit index."] if report.get("adverse_seed") is not None else []),
+        *([_writers_line(report["sets"][WRITERS_KEY])] if WRITERS_KEY in report["sets"] else []),
         "",
         "## Model",
         "",
@@ -429,7 +452,7 @@ def _shown_path(path: Path) -> str:
 def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None = None,
              data_dir: str | Path | None = None, limit: int = 0, pen_widths=PEN_WIDTHS,
              cache_dir: str | Path | None = None, adverse_pen: bool = True,
-             samples: tuple[np.ndarray, np.ndarray, list] | None = None) -> dict:
+             samples: tuple[np.ndarray, np.ndarray, list] | None = None, writers: int = WRITERS) -> dict:
     """Evaluate ``weights`` on every test set and write the report folder.
 
     Args:
@@ -444,6 +467,8 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
             writers)``: (N, 28, 28) uint8 (ink = 255, already preprocessed), (N,) labels 0..9 and
             N writer names (or None); added as the set ``samples``, not limited by ``limit``,
             with accuracy per writer (``per_writer``).
+        writers: synthetic writers in the set ``writers`` (0: none); with a ``limit``, at most
+            one per 100 digits of it. Their cache: ``<cache_dir>/writers``, or ``data/writers``.
 
     Returns:
         the report written to ``evaluation.json``: ``sets`` maps each test set's key
@@ -480,9 +505,19 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
     if adverse_pen:
         sets[ADVERSE_KEY] = torch.from_numpy(adverse_set(split.images.numpy(), ADVERSE_SEED, cache_dir=cache))
     labels_of = {key: split.labels for key in sets}
-    writers = None
+    writers_of = {}  # key -> a writer name per digit, for the sets scored per writer
+    if limit:
+        writers = min(writers, math.ceil(n / 100))
+    if writers:
+        full = data.load_split(train=False, data_dir=data_path)
+        written = writers_set(full.images.numpy(), full.labels.numpy(), writers=writers,
+                              cache_dir=cache / "writers" if cache_dir is not None else WRITERS_CACHE_DIR)
+        sets[WRITERS_KEY] = torch.from_numpy(written.images).float()
+        labels_of[WRITERS_KEY] = torch.from_numpy(written.labels)
+        writers_of[WRITERS_KEY] = [f"writer {w:02d}" for w in written.writers]
     if samples is not None:
-        images, labels, writers = samples
+        images, labels, names = samples
+        writers_of[SAMPLES_KEY] = ["(no writer)" if w is None else str(w) for w in names]
         if len(images) == 0:
             raise ValueError("no collected drawings to evaluate (the sample database is empty)")
         sets[SAMPLES_KEY] = torch.as_tensor(np.asarray(images, dtype=np.float32))
@@ -494,9 +529,9 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
     for key, images in sets.items():
         logits = logits_of(model, images, desc=f"{set_label(key)} ({len(images):,} digits)")
         results[key] = score(logits, labels_of[key], images)
-        if key == SAMPLES_KEY:
+        if key in writers_of:
             correct = (logits.argmax(1) == labels_of[key]).numpy()
-            names = ["(no writer)" if w is None else str(w) for w in writers]
+            names = writers_of[key]
             results[key]["per_writer"] = {
                 name: {"n": int(sum(1 for w in names if w == name)),
                        "accuracy": float(np.mean([c for c, w in zip(correct, names) if w == name]))}
@@ -548,11 +583,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pen-widths", default=",".join(map(str, PEN_WIDTHS)),
                         help="comma-separated pen widths of the redrawn sets, canvas px")
     parser.add_argument("--no-adverse-pen", action="store_true", help="leave out the adverse-pen set")
+    parser.add_argument("--writers", type=int, default=WRITERS, help="synthetic writers (0: none; default %(default)s)")
     args = parser.parse_args(argv)
     try:
         widths = tuple(float(w) for w in args.pen_widths.split(","))
         evaluate(args.weights, args.out_dir, args.data_dir, limit=args.limit, pen_widths=widths,
-                 adverse_pen=not args.no_adverse_pen)
+                 adverse_pen=not args.no_adverse_pen, writers=args.writers)
     except (WeightsError, data.DataError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
 

@@ -14,7 +14,10 @@
 //   [data-testid="model"]             the model picker (<select>); ?model=NAME picks at start
 //   [data-testid="label"], [data-testid="save"]  the digit the drawing is (preset to the
 //                                     prediction) and the button that saves the drawing with it
-//                                     (POST /api/samples); the status line says "saved as sample #N"
+//                                     (POST /api/samples; without a server API, in this browser's
+//                                     IndexedDB); the status line says "saved as sample #N"
+//   [data-testid="teach"]             teaches the model the drawing as that digit (web/teach.js)
+//   [data-testid="taught"]            data-count: examples taught; [data-testid="forget"] forgets them
 //   window.mnist                      { async predict(pixels) -> 10 probabilities, backend,
 //                                       models, model, async load(name),
 //                                       async predictUncertain(pixels, {samples}), lastPixels }
@@ -27,7 +30,11 @@
 //                                     current model); predictUncertain -> {probs, std, entropy,
 //                                     mutualInformation, unsure} (MC dropout, default 20 samples);
 //                                     lastPixels: the 784 preprocessed pixels the canvas last sent
-//                                     to the model (an Array), null while the canvas is blank
+//                                     to the model (an Array), null while the canvas is blank;
+//                                     async teach(pixels, label) adds one example (rejects a label
+//                                     that is not a digit 0-9 or a blank image), async forget(),
+//                                     taught: examples per digit (10 counts); predictions use the
+//                                     taught model once there are examples, and a reload keeps them
 //
 // The model runs in a module worker (web/worker.js, driven by web/inference.js); this thread
 // draws and preprocesses. While a prediction runs, newer drawings replace each other and only
@@ -37,6 +44,8 @@ import { inkFromImageData, toMnist, MNIST_SIZE } from "./preprocess.js";
 import { ADVERSE_MAX_WIDTH, ADVERSE_MIN_WIDTH, PEN_WIDTH, createPen } from "./pen.js";
 import { LatestOnly, spawnWorker, startFirstWorking } from "./inference.js";
 import { ModelPicker } from "./models.js";
+import { openLocal } from "./local.js";
+import { Teacher } from "./teach.js";
 
 // Start-up runs in parallel, not in series: the worker loads its scripts while config.json
 // (preloaded by index.html) arrives, and the model is loaded in it as soon as the choice is made.
@@ -243,10 +252,12 @@ function setupDrawing(classify, onClear) {
 
 /**
  * Save the drawing with the digit chosen in the label picker: POST /api/samples (the server's
- * SQLite store, web/samples.py). The status line says "saved as sample #N", or why not.
+ * SQLite store, web/samples.py), or, where no server API answers (a static host, the server
+ * gone), this browser's IndexedDB. The status line says "saved as sample #N", or why not.
  * @param {string} model the model that made the shown prediction
+ * @param {Promise<import("./local.js").LocalStore>} local the browser's store
  */
-async function saveSample(model) {
+async function saveSample(model, local) {
   if (sketch.pixels === null) {
     setStatus("nothing to save: draw a digit first", true);
     return;
@@ -262,18 +273,38 @@ async function saveSample(model) {
     model,
     created_at: new Date().toISOString(),
   };
+  let response;
   try {
-    const response = await fetch("api/samples", {
+    response = await fetch("api/samples", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(sample),
     });
+  } catch {
+    response = null; // no server at all
+  }
+  try {
+    // No API here (a static file server answers 404 or 501, or nothing): keep it in the browser.
+    if (response === null || [404, 405, 501].includes(response.status)) {
+      const key = await (await local).add("samples", sample);
+      setStatus(`saved in this browser as sample #${key} (a ${sample.label}): no server API here`);
+      return;
+    }
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
     setStatus(`saved as sample #${answer.id} (a ${sample.label})`);
   } catch (err) {
     setStatus(`not saved: ${err.message}`, true);
   }
+}
+
+/** Show how many examples the model was taught. */
+function showTaught(counts) {
+  const total = counts.reduce((a, b) => a + b, 0);
+  $("taught").dataset.count = String(total);
+  $("taught").textContent = total ? `taught ${total} of your digits` : "not taught your hand yet";
+  $("forget").hidden = total === 0;
+  predictionEl.dataset.taught = String(total);
 }
 
 function checkPixels(pixels) {
@@ -297,6 +328,21 @@ async function main() {
       reclassify(); // the drawing on the canvas, by the new model
     });
     predictionEl.dataset.model = picker.current;
+    const local = openLocal();
+    local.catch((err) => console.warn(`nothing is kept in this browser: ${err.message}`));
+    const teacher = new Teacher(classifier, await local.catch(() => null));
+    await teacher.restore().catch((err) => setStatus(`could not re-teach the kept examples: ${err.message}`, true));
+    showTaught(teacher.taught);
+    const teach = async (pixels, label) => {
+      await teacher.add(pixels, label);
+      showTaught(teacher.taught);
+      reclassify();
+    };
+    const forget = async () => {
+      await teacher.forget();
+      showTaught(teacher.taught);
+      reclassify();
+    };
     window.mnist = {
       backend: label,
       async predict(pixels) {
@@ -315,6 +361,11 @@ async function main() {
       async predictUncertain(pixels, { samples = MC_SAMPLES } = {}) {
         const { uncertainty: u } = await classifier.predict(checkPixels(pixels), samples);
         return { probs: u.probabilities, std: u.std, entropy: u.entropy, mutualInformation: u.mutualInformation, unsure: u.unsure };
+      },
+      teach,
+      forget,
+      get taught() {
+        return teacher.taught;
       },
     };
     const switchTo = (name) => picker.load(name).then(
@@ -368,7 +419,22 @@ async function main() {
       live.submit(pixels, final ? MC_SAMPLES : 0); // a fresh Float32Array; postMessage copies it
     };
     setupDrawing(reclassify, () => live.drop());
-    $("save").addEventListener("click", () => saveSample(picker.current));
+    $("save").addEventListener("click", () => saveSample(picker.current, local));
+    $("teach").addEventListener("click", () => {
+      if (sketch.pixels === null) {
+        setStatus("nothing to teach: draw a digit first", true);
+        return;
+      }
+      const label = Number($("label").value);
+      teach(sketch.pixels, label).then(
+        () => setStatus(`taught: that is a ${label} (${teacher.taught[label]} of ${label}); Clear and draw the next`),
+        (err) => setStatus(`not taught: ${err.message}`, true),
+      );
+    });
+    $("forget").addEventListener("click", () => forget().then(
+      () => setStatus("forgot your hand: back to the trained model"),
+      (err) => setStatus(`could not forget: ${err.message}`, true),
+    ));
   } catch (err) {
     setStatus(`could not load the model: ${err.message}. Run \`invoke build-wasm\` and reload.`, true);
     console.error(err);

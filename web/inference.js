@@ -18,7 +18,7 @@ export class InferenceWorker {
   constructor(worker, backend, model) {
     this.worker = worker;
     this.backend = backend; // what the build reports: "fast-relaxed", "fast-simd128", "flex", ...
-    this.model = model; // the model in use: { name, architecture, unsureThreshold }
+    this.model = model; // the model in use: { name, architecture, unsureThreshold, taught }
     this.nextId = 0;
     this.pending = new Map(); // id -> { resolve, reject }
     worker.onmessage = ({ data }) => {
@@ -89,9 +89,24 @@ export class InferenceWorker {
   }
 
   /**
+   * Teach the model in the worker (and every model switched to later) these examples,
+   * replacing what it was taught: its last layer is re-fitted to them.
+   * @param {Float32Array} pixels N * 784 values, as `predict`
+   * @param {Uint32Array} labels N digits 0-9 (N = 0: back to the trained model)
+   * @returns {Promise<number[]>} examples per digit 0-9; rejects with the model's reason (a blank
+   *   image, a bad label), and the worker keeps what it was taught before.
+   */
+  async teach(pixels, labels) {
+    const { taught } = await this.request({ type: "teach", pixels, labels });
+    this.model = { ...this.model, taught };
+    return taught;
+  }
+
+  /**
    * Switch to model `name`, loading it from `source` (a URL or the bytes of a .safetensors
    * file; null: the embedded one) the first time.
-   * @returns {Promise<{name: string, architecture: string, unsureThreshold: number | null}>}
+   * @returns {Promise<{name: string, architecture: string, unsureThreshold: number | null,
+   *   taught: number[]}>}
    *   rejects with the reason (not found, not a model, a model this build cannot run), and the
    *   worker keeps the model it had.
    */

@@ -8,9 +8,15 @@
 //                                                             is kept, so switching back is instant
 //               { type: "predict", id, pixels, samples }      pixels: Float32Array(784), 0..255, ink = 255;
 //                                                             samples > 0 adds MC dropout with that many passes
+//               { type: "teach", id, pixels, labels }         every taught example: pixels Float32Array(N * 784),
+//                                                             labels Uint32Array(N) (N = 0: forget); the model
+//                                                             in use re-fits its last layer to them, and every
+//                                                             model switched to later is taught them too
 // Messages out: { type: "loaded", backend, model }            the classifier is ready (model: its description)
 //               { type: "load-failed", message }              this backend cannot run here (why)
-//               { type: "result", id, model }                 switched; model: { name, architecture, unsureThreshold }
+//               { type: "result", id, model }                 switched; model: { name, architecture, unsureThreshold,
+//                                                             taught } (taught: examples per digit it learnt)
+//               { type: "result", id, taught }                taught: examples per digit 0-9
 //               { type: "result", id, probs, ms, uncertainty } probs: Float32Array(10); ms: predict time;
 //                                                             uncertainty: MC-dropout summary or null
 //               { type: "result", id, error }                 refused (bad input, a file that does not load):
@@ -18,7 +24,9 @@
 //
 // The build is loaded by web/classifier.js; CPU builds answer at once, the WebGPU build with a
 // Promise, and both are awaited. The page spawns this worker before it has chosen a build and
-// posts "load" when it has: a message sent earlier waits until this module has run.
+// posts "load" when it has: a message sent earlier waits until this module has run. Messages
+// are handled one at a time, in order: a WebGPU call awaits, and the next must not start
+// meanwhile on the same classifier.
 
 import { loadClassifier } from "./classifier.js";
 
@@ -28,10 +36,39 @@ const MC_SEED = 0;
 let Classifier = null; // the build's class, for Classifier.fromBytes
 let classifier = null; // the model in use
 let current = null; // its description
-const loaded = new Map(); // name -> { classifier, model }
+const loaded = new Map(); // name -> { classifier, model, version: of the examples it was taught }
+// What the page taught (all of it); version counts the changes.
+let examples = { pixels: new Float32Array(0), labels: new Uint32Array(0), version: 0 };
 
 function describe(name, instance) {
-  return { name, architecture: instance.architecture, unsureThreshold: instance.unsureThreshold ?? null };
+  return {
+    name,
+    architecture: instance.architecture,
+    unsureThreshold: instance.unsureThreshold ?? null,
+    taught: Array.from(instance.taught),
+  };
+}
+
+/** Teach the model in use the current examples, unless it has them already. */
+async function teachCurrent() {
+  const entry = loaded.get(current.name);
+  if (entry.version !== examples.version) {
+    await entry.classifier.teach(examples.pixels, examples.labels); // throws: unchanged
+    entry.version = examples.version;
+    entry.model = current = describe(current.name, entry.classifier);
+  }
+  return current.taught;
+}
+
+async function teach({ pixels, labels }) {
+  const before = examples;
+  examples = { pixels, labels, version: before.version + 1 };
+  try {
+    return { taught: await teachCurrent() };
+  } catch (err) {
+    examples = before;
+    throw err;
+  }
 }
 
 async function switchModel(name, source) {
@@ -44,9 +81,10 @@ async function switchModel(name, source) {
       bytes = new Uint8Array(await response.arrayBuffer());
     }
     const instance = await Classifier.fromBytes(bytes); // throws with the reason; nothing changes
-    loaded.set(name, { classifier: instance, model: describe(name, instance) });
+    loaded.set(name, { classifier: instance, model: describe(name, instance), version: 0 });
   }
   ({ classifier, model: current } = loaded.get(name));
+  await teachCurrent().catch(() => {}); // a model that cannot be taught runs as trained (taught: zeros)
   return current;
 }
 
@@ -58,12 +96,20 @@ async function predict({ pixels, samples }) {
   return { probs, ms, uncertainty };
 }
 
-self.onmessage = async ({ data: message }) => {
+const ANSWERS = { model: (m) => switchModel(m.name, m.source).then((model) => ({ model })), predict, teach };
+
+let queue = Promise.resolve(); // the message being handled
+self.onmessage = ({ data: message }) => {
+  const handle = () => handleMessage(message);
+  queue = queue.then(handle, handle);
+};
+
+async function handleMessage(message) {
   if (message.type === "load") {
     try {
       ({ classifier, Classifier } = await loadClassifier(message.backend));
       current = describe(message.name ?? "embedded", classifier);
-      loaded.set(current.name, { classifier, model: current });
+      loaded.set(current.name, { classifier, model: current, version: 0 });
       self.postMessage({ type: "loaded", backend: classifier.backend, model: current });
     } catch (err) {
       self.postMessage({ type: "load-failed", message: err?.message || String(err) });
@@ -71,11 +117,9 @@ self.onmessage = async ({ data: message }) => {
     return;
   }
   try {
-    const answer = message.type === "model"
-      ? { model: await switchModel(message.name, message.source) }
-      : await predict(message);
+    const answer = await ANSWERS[message.type](message);
     self.postMessage({ type: "result", id: message.id, ...answer });
   } catch (err) {
     self.postMessage({ type: "result", id: message.id, error: err?.message || String(err) });
   }
-};
+}

@@ -164,20 +164,27 @@ impl LayerModel {
         }
     }
 
-    fn run(&self, images: Tensor<4>, mut masks: Option<(u64, u64)>) -> Tensor<2> {
+    /// The steps before `end` (all of them for logits, all but the last for features).
+    fn run(&self, images: Tensor<4>, mut masks: Option<(u64, u64)>, end: usize) -> Tensor<2> {
         let mut x = Values::Images(images);
-        for op in &self.ops {
+        for op in &self.ops[..end] {
             x = self.step(op, x, &mut masks);
         }
         match x {
-            Values::Features(logits) => logits,
+            Values::Features(values) => values,
             Values::Images(_) => unreachable!("checked: a plan ends with features"),
         }
     }
 
     /// Normalised images `[N, 1, 28, 28]` -> logits `[N, 10]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.run(images, None)
+        self.run(images, None, self.ops.len())
+    }
+
+    /// Normalised images `[N, 1, 28, 28]` -> the penultimate features `[N, F]` (every step
+    /// but the last, the head that `crate::adapt` re-fits).
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        self.run(images, None, self.ops.len() - 1)
     }
 
     /// MC dropout: logits `[samples, 10]` of one normalised image `[1, 1, 28, 28]`, repeated
@@ -185,7 +192,12 @@ impl LayerModel {
     /// [`dropout_mask`]`(seed, ...)` over its `[samples, features]` input, the value index
     /// counting on across the layers: the fast kernels' and `trainer.uncertainty`'s masks.
     pub fn forward_mc(&self, image: Tensor<4>, samples: usize, seed: u64) -> Tensor<2> {
-        self.run(image.repeat_dim(0, samples), Some((seed, 0)))
+        self.run(image.repeat_dim(0, samples), Some((seed, 0)), self.ops.len())
+    }
+
+    /// [`LayerModel::forward_mc`] up to the penultimate features `[samples, F]`.
+    pub fn features_mc(&self, image: Tensor<4>, samples: usize, seed: u64) -> Tensor<2> {
+        self.run(image.repeat_dim(0, samples), Some((seed, 0)), self.ops.len() - 1)
     }
 
     /// Each step run `repeats` times on the output of the one before, timed with `now`:

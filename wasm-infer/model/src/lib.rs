@@ -27,6 +27,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod adapt;
 #[cfg(feature = "fast")]
 mod fast;
 #[cfg(feature = "fast")]
@@ -47,11 +48,10 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use burn::prelude::*;
-#[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
-use burn::tensor::activation::softmax;
 
 #[cfg(feature = "fast")]
 pub use kernels::{Isa, Network};
+pub use adapt::Head;
 pub use model::Model;
 pub use uncertainty::Uncertainty;
 pub use weights::{ARCHITECTURE, LoadError, Metadata};
@@ -66,6 +66,8 @@ pub const NUM_CLASSES: usize = model::NUM_CLASSES;
 pub const MAX_PIXEL: f32 = 255.0;
 /// Most MC-dropout samples one call takes (the page and the API use 20 by default).
 pub const MAX_SAMPLES: usize = 1000;
+/// Most examples one [`Classifier::teach`] takes (re-fitting on 1000 takes about a second).
+pub const MAX_TAUGHT: usize = 1000;
 
 #[cfg(not(any(
     feature = "ndarray",
@@ -285,6 +287,66 @@ impl From<InputError> for PredictError {
     }
 }
 
+/// Why [`Classifier::teach`] refused its examples. Nothing changes for refused examples: the
+/// classifier keeps what it was taught before.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TeachError {
+    /// The pixels were refused ([`InputError`]).
+    Input(InputError),
+    /// Not one label (0-9) per image: this many images, these labels.
+    Labels { images: usize, labels: usize },
+    /// A label is not a digit 0-9.
+    Label { index: usize, label: u32 },
+    /// Image `index` has no ink: there is nothing to learn from it.
+    Blank(usize),
+    /// More than [`MAX_TAUGHT`] examples.
+    TooMany(usize),
+    /// The model cannot be taught (its last layer is not a linear one; the reason).
+    Unsupported(String),
+    /// The device could not return the features.
+    Device(String),
+}
+
+impl fmt::Display for TeachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TeachError::Input(e) => e.fmt(f),
+            TeachError::Labels { images, labels } => write!(
+                f,
+                "one label per image is needed: {images} images, {labels} labels"
+            ),
+            TeachError::Label { index, label } => {
+                write!(f, "label {index} is {label}: labels are digits 0-9")
+            }
+            TeachError::Blank(index) => write!(
+                f,
+                "image {index} is blank: draw the digit before teaching it"
+            ),
+            TeachError::TooMany(n) => write!(
+                f,
+                "at most {MAX_TAUGHT} examples can be taught at once, got {n}"
+            ),
+            TeachError::Unsupported(why) => write!(f, "this model cannot be taught: {why}"),
+            TeachError::Device(e) => write!(f, "the device could not return the features: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for TeachError {}
+
+impl From<InputError> for TeachError {
+    fn from(e: InputError) -> Self {
+        TeachError::Input(e)
+    }
+}
+
+/// The head re-fitted by [`Classifier::teach`], and how many examples of each class it learnt.
+#[derive(Clone, Debug)]
+struct Taught {
+    head: Head,
+    counts: [usize; NUM_CLASSES],
+}
+
 /// What runs the forward pass.
 #[derive(Debug)]
 enum Engine {
@@ -322,6 +384,31 @@ impl BurnModel {
         }
     }
 
+    fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            BurnModel::Cnn(m) => m.features(images),
+            BurnModel::Layers(m) => m.features(images),
+        }
+    }
+
+    fn features_mc(&self, image: Tensor<4>, samples: usize, seed: u64) -> Tensor<2> {
+        match self {
+            BurnModel::Cnn(m) => m.features_mc(image, samples, seed),
+            BurnModel::Layers(m) => m.features_mc(image, samples, seed),
+        }
+    }
+
+    /// Logits, or with a taught head the features it takes; `mc`: MC dropout's
+    /// `(samples, seed)` on one image.
+    fn output(&self, images: Tensor<4>, mc: Option<(usize, u64)>, features: bool) -> Tensor<2> {
+        match (mc, features) {
+            (None, false) => self.forward(images),
+            (None, true) => self.features(images),
+            (Some((n, seed)), false) => self.forward_mc(images, n, seed),
+            (Some((n, seed)), true) => self.features_mc(images, n, seed),
+        }
+    }
+
     fn profile(
         &self,
         images: Tensor<4>,
@@ -345,6 +432,10 @@ pub struct Classifier {
     engine: Engine,
     backend: Backend,
     metadata: Metadata,
+    /// The trained last layer, which teaching re-fits, or why the model cannot be taught.
+    head: Result<Head, String>,
+    /// What [`Classifier::teach`] learnt; none until examples are taught.
+    taught: Option<Taught>,
 }
 
 impl Classifier {
@@ -399,7 +490,9 @@ impl Classifier {
         Ok(Self {
             engine: Engine::Burn { model, device },
             backend,
+            head: read_head(&metadata, bytes),
             metadata,
+            taught: None,
         })
     }
 
@@ -423,7 +516,9 @@ impl Classifier {
         Ok(Self {
             engine: Engine::Fast(network),
             backend,
+            head: read_head(&metadata, bytes),
             metadata,
+            taught: None,
         })
     }
 
@@ -444,7 +539,8 @@ impl Classifier {
         &self.metadata
     }
 
-    /// Logits for a batch of images.
+    /// Logits for a batch of images (with the taught head once [`Classifier::teach`] has
+    /// examples).
     ///
     /// `pixels`: `N * 784` values, N >= 1, each image 28x28 row-major, 0..=255, ink = 255.
     /// Returns `N * 10` logits, image by image.
@@ -453,36 +549,16 @@ impl Classifier {
     /// [`InputError`] for a wrong length, a non-finite value or a value outside 0..=255.
     pub fn logits(&self, pixels: &[f32]) -> Result<Vec<f32>, InputError> {
         check_pixels(pixels)?;
-        match &self.engine {
-            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
-            Engine::Burn { model, device } => {
-                Ok(to_vec(model.forward(self.images(pixels, device))))
-            }
-            #[cfg(feature = "fast")]
-            Engine::Fast(network) => Ok(network.forward(&self.normalize(pixels))),
-        }
+        Ok(self.to_logits(self.output(pixels, None)))
     }
 
     /// Softmax probabilities for a batch of images: like [`Classifier::logits`], each group of
     /// 10 values sums to 1. Reads the result back synchronously: on wgpu in a browser use
     /// [`Classifier::probabilities_async`].
     pub fn probabilities(&self, pixels: &[f32]) -> Result<Vec<f32>, InputError> {
-        match &self.engine {
-            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
-            Engine::Burn { model, device } => {
-                check_pixels(pixels)?;
-                Ok(to_vec(softmax(
-                    model.forward(self.images(pixels, device)),
-                    1,
-                )))
-            }
-            #[cfg(feature = "fast")]
-            Engine::Fast(_) => {
-                let mut values = self.logits(pixels)?;
-                kernels::softmax_rows(&mut values, NUM_CLASSES);
-                Ok(values)
-            }
-        }
+        let mut values = self.logits(pixels)?;
+        softmax_rows(&mut values, NUM_CLASSES);
+        Ok(values)
     }
 
     /// [`Classifier::probabilities`] with an asynchronous read-back, which every backend
@@ -492,25 +568,16 @@ impl Classifier {
     /// [`PredictError::Input`] as `probabilities`; [`PredictError::Device`] when the device
     /// fails to return the result.
     pub async fn probabilities_async(&self, pixels: &[f32]) -> Result<Vec<f32>, PredictError> {
-        match &self.engine {
-            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
-            Engine::Burn { model, device } => {
-                check_pixels(pixels)?;
-                let probabilities = softmax(model.forward(self.images(pixels, device)), 1);
-                let data = probabilities
-                    .into_data_async()
-                    .await
-                    .map_err(|e| PredictError::Device(format!("{e:?}")))?;
-                Ok(f32_values(data))
-            }
-            #[cfg(feature = "fast")]
-            Engine::Fast(_) => Ok(self.probabilities(pixels)?),
-        }
+        check_pixels(pixels)?;
+        let mut values = self.to_logits(self.output_async(pixels, None).await?);
+        softmax_rows(&mut values, NUM_CLASSES);
+        Ok(values)
     }
 
     /// MC dropout on one image: `samples` forward passes with dropout on, masks drawn from
-    /// `seed` ([`uncertainty::dropout_mask`]), summarised ([`Uncertainty`]). Synchronous:
-    /// on wgpu in a browser use [`Classifier::uncertainty_async`].
+    /// `seed` ([`uncertainty::dropout_mask`]), summarised ([`Uncertainty`]); with the taught
+    /// head once examples are taught. Synchronous: on wgpu in a browser use
+    /// [`Classifier::uncertainty_async`].
     ///
     /// `pixels`: 784 values as [`Classifier::logits`]. The fast kernels run the layers before
     /// the first dropout once; the burn backends run a `[samples, 1, 28, 28]` batch.
@@ -525,20 +592,9 @@ impl Classifier {
         seed: u64,
     ) -> Result<Uncertainty, InputError> {
         self.check_mc(pixels, samples)?;
-        let probabilities = match &self.engine {
-            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
-            Engine::Burn { model, device } => to_vec(softmax(
-                model.forward_mc(self.images(pixels, device), samples, seed),
-                1,
-            )),
-            #[cfg(feature = "fast")]
-            Engine::Fast(network) => {
-                let mut values = network.forward_mc(&self.normalize(pixels), samples, seed);
-                kernels::softmax_rows(&mut values, NUM_CLASSES);
-                values
-            }
-        };
-        Ok(uncertainty::summarize(&probabilities, NUM_CLASSES))
+        let mut values = self.to_logits(self.output(pixels, Some((samples, seed))));
+        softmax_rows(&mut values, NUM_CLASSES);
+        Ok(uncertainty::summarize(&values, NUM_CLASSES))
     }
 
     /// [`Classifier::uncertainty`] with an asynchronous read-back (wgpu in a browser).
@@ -551,19 +607,173 @@ impl Classifier {
         samples: usize,
         seed: u64,
     ) -> Result<Uncertainty, PredictError> {
+        self.check_mc(pixels, samples)?;
+        let mut values = self.to_logits(self.output_async(pixels, Some((samples, seed))).await?);
+        softmax_rows(&mut values, NUM_CLASSES);
+        Ok(uncertainty::summarize(&values, NUM_CLASSES))
+    }
+
+    /// Teach the classifier one user's hand: re-fit its last layer to these labelled images
+    /// ([`adapt`]), replacing what was taught before; from then on every prediction uses the
+    /// re-fitted layer. No examples: the same as [`Classifier::forget`]. Synchronous: on wgpu
+    /// in a browser use [`Classifier::teach_async`].
+    ///
+    /// `pixels`: `N * 784` values as [`Classifier::logits`]; `labels`: `N` digits 0-9.
+    ///
+    /// # Errors
+    /// [`TeachError`] for bad pixels, a blank image, a label that is not a digit, not one
+    /// label per image, more than [`MAX_TAUGHT`] examples, or a model whose last layer is not
+    /// linear. Refused examples change nothing.
+    pub fn teach(&mut self, pixels: &[f32], labels: &[u32]) -> Result<(), TeachError> {
+        self.teach_with(pixels, labels, adapt::PULL, adapt::STEPS)
+    }
+
+    /// [`Classifier::teach`] with another pull and step count than [`adapt::PULL`] and
+    /// [`adapt::STEPS`] (for tuning them; `pull` > 0).
+    ///
+    /// # Errors
+    /// As `teach`.
+    pub fn teach_with(
+        &mut self,
+        pixels: &[f32],
+        labels: &[u32],
+        pull: f32,
+        steps: usize,
+    ) -> Result<(), TeachError> {
+        let Some(head) = self.check_teach(pixels, labels)? else {
+            self.forget();
+            return Ok(());
+        };
+        let features = self.engine_output(pixels, None, true);
+        self.taught = Some(fit(&head, &features, labels, pull, steps));
+        Ok(())
+    }
+
+    /// [`Classifier::teach`] with an asynchronous read-back of the features (wgpu in a
+    /// browser).
+    ///
+    /// # Errors
+    /// As `teach`, and [`TeachError::Device`] when the device fails to return the features.
+    pub async fn teach_async(&mut self, pixels: &[f32], labels: &[u32]) -> Result<(), TeachError> {
+        let Some(head) = self.check_teach(pixels, labels)? else {
+            self.forget();
+            return Ok(());
+        };
+        let features = self
+            .engine_output_async(pixels, None, true)
+            .await
+            .map_err(|e| TeachError::Device(e.to_string()))?;
+        self.taught = Some(fit(&head, &features, labels, adapt::PULL, adapt::STEPS));
+        Ok(())
+    }
+
+    /// Undo [`Classifier::teach`]: back to the trained model.
+    pub fn forget(&mut self) {
+        self.taught = None;
+    }
+
+    /// Examples taught per class (0-9); all zero before [`Classifier::teach`].
+    pub fn taught(&self) -> [usize; NUM_CLASSES] {
+        self.taught.as_ref().map_or([0; NUM_CLASSES], |t| t.counts)
+    }
+
+    /// The head teaching starts from, when the examples are acceptable and there are some.
+    fn check_teach(&self, pixels: &[f32], labels: &[u32]) -> Result<Option<Head>, TeachError> {
+        if pixels.is_empty() && labels.is_empty() {
+            return Ok(None);
+        }
+        check_pixels(pixels)?;
+        let images = pixels.len() / INPUT_LEN;
+        if labels.len() != images {
+            return Err(TeachError::Labels {
+                images,
+                labels: labels.len(),
+            });
+        }
+        if images > MAX_TAUGHT {
+            return Err(TeachError::TooMany(images));
+        }
+        if let Some((index, &label)) = labels
+            .iter()
+            .enumerate()
+            .find(|&(_, &l)| l as usize >= NUM_CLASSES)
+        {
+            return Err(TeachError::Label { index, label });
+        }
+        if let Some(index) = pixels
+            .chunks_exact(INPUT_LEN)
+            .position(|image| image.iter().all(|&p| p == 0.0))
+        {
+            return Err(TeachError::Blank(index));
+        }
+        self.head
+            .clone()
+            .map(Some)
+            .map_err(TeachError::Unsupported)
+    }
+
+    /// The engine's output for checked pixels: logits, or with a taught head its features.
+    fn output(&self, pixels: &[f32], mc: Option<(usize, u64)>) -> Vec<f32> {
+        self.engine_output(pixels, mc, self.taught.is_some())
+    }
+
+    async fn output_async(
+        &self,
+        pixels: &[f32],
+        mc: Option<(usize, u64)>,
+    ) -> Result<Vec<f32>, PredictError> {
+        self.engine_output_async(pixels, mc, self.taught.is_some())
+            .await
+    }
+
+    /// Logits (`features` false) or the penultimate features of checked pixels; `mc`: MC
+    /// dropout's `(samples, seed)` on one image. Synchronous read-back.
+    fn engine_output(&self, pixels: &[f32], mc: Option<(usize, u64)>, features: bool) -> Vec<f32> {
         match &self.engine {
             #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
             Engine::Burn { model, device } => {
-                self.check_mc(pixels, samples)?;
-                let logits = model.forward_mc(self.images(pixels, device), samples, seed);
-                let data = softmax(logits, 1)
+                to_vec(model.output(self.images(pixels, device), mc, features))
+            }
+            #[cfg(feature = "fast")]
+            Engine::Fast(network) => {
+                let x = self.normalize(pixels);
+                match (mc, features) {
+                    (None, false) => network.forward(&x),
+                    (None, true) => network.features(&x),
+                    (Some((n, seed)), false) => network.forward_mc(&x, n, seed),
+                    (Some((n, seed)), true) => network.features_mc(&x, n, seed),
+                }
+            }
+        }
+    }
+
+    /// [`Classifier::engine_output`] with an asynchronous read-back.
+    async fn engine_output_async(
+        &self,
+        pixels: &[f32],
+        mc: Option<(usize, u64)>,
+        features: bool,
+    ) -> Result<Vec<f32>, PredictError> {
+        match &self.engine {
+            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+            Engine::Burn { model, device } => {
+                let data = model
+                    .output(self.images(pixels, device), mc, features)
                     .into_data_async()
                     .await
                     .map_err(|e| PredictError::Device(format!("{e:?}")))?;
-                Ok(uncertainty::summarize(&f32_values(data), NUM_CLASSES))
+                Ok(f32_values(data))
             }
             #[cfg(feature = "fast")]
-            Engine::Fast(_) => Ok(self.uncertainty(pixels, samples, seed)?),
+            Engine::Fast(_) => Ok(self.engine_output(pixels, mc, features)),
+        }
+    }
+
+    /// The taught head's logits of the engine's features, or the engine's logits as they are.
+    fn to_logits(&self, values: Vec<f32>) -> Vec<f32> {
+        match &self.taught {
+            Some(taught) => taught.head.logits(&values),
+            None => values,
         }
     }
 
@@ -627,7 +837,7 @@ impl Classifier {
                     times.push((network.stage_name(stage), ms));
                     x = network.run(stage, &x);
                 }
-                let ms = mean(&mut || kernels::softmax_rows(&mut x.clone(), NUM_CLASSES));
+                let ms = mean(&mut || softmax_rows(&mut x.clone(), NUM_CLASSES));
                 times.push((String::from("softmax"), ms));
                 Ok(times)
             }
@@ -662,6 +872,44 @@ impl Classifier {
             TensorData::new(self.normalize(pixels), [n, 1, IMAGE_SIZE, IMAGE_SIZE]),
             device,
         )
+    }
+}
+
+/// The file's last layer as the head teaching re-fits, or why there is none.
+fn read_head(metadata: &Metadata, bytes: &[u8]) -> Result<Head, String> {
+    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let dense = params::read_head(&metadata.plan, &file)?;
+    Ok(Head {
+        weight: dense.weight,
+        bias: dense.bias,
+        classes: dense.shape[0],
+        features: dense.shape[1],
+    })
+}
+
+/// `head` re-fitted to checked examples.
+fn fit(head: &Head, features: &[f32], labels: &[u32], pull: f32, steps: usize) -> Taught {
+    let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+    let mut counts = [0; NUM_CLASSES];
+    labels.iter().for_each(|&l| counts[l] += 1);
+    Taught {
+        head: head.fit_with(features, &labels, pull, steps),
+        counts,
+    }
+}
+
+/// Row-wise softmax of `[N, classes]` logits, in place: `exp(x - max) / Σ exp(x - max)`.
+pub fn softmax_rows(values: &mut [f32], classes: usize) {
+    for row in values.chunks_exact_mut(classes) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = libm::expf(*v - max);
+            sum += *v;
+        }
+        for v in row.iter_mut() {
+            *v /= sum;
+        }
     }
 }
 

@@ -107,11 +107,16 @@ impl Model {
 
     /// Normalised images `[N, 1, 28, 28]` -> logits `[N, 10]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.fc3.forward(self.features(images))
+    }
+
+    /// Normalised images `[N, 1, 28, 28]` -> the penultimate features `[N, 128]`, the input
+    /// of `fc3` (the head that `crate::adapt` re-fits).
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
         let x = self.conv2.forward(self.conv1.forward(images));
         let x: Tensor<2> = x.flatten(1, 3);
         let x = self.activation.forward(self.fc1.forward(x));
-        let x = self.activation.forward(self.fc2.forward(x));
-        self.fc3.forward(x)
+        self.activation.forward(self.fc2.forward(x))
     }
 }
 
@@ -122,6 +127,11 @@ impl Model {
     /// [`crate::uncertainty::dropout_mask`] from `seed` (the first layer's `samples * 128`
     /// values, then the second's): the same masks as the fast kernels and `trainer.uncertainty`.
     pub fn forward_mc(&self, image: Tensor<4>, samples: usize, seed: u64) -> Tensor<2> {
+        self.fc3.forward(self.features_mc(image, samples, seed))
+    }
+
+    /// [`Model::forward_mc`] up to the penultimate features `[samples, 128]` (masked).
+    pub fn features_mc(&self, image: Tensor<4>, samples: usize, seed: u64) -> Tensor<2> {
         let device = image.device();
         let mask = |start: u64| {
             let values = crate::uncertainty::dropout_mask(seed, start, samples * HIDDEN, DROPOUT);
@@ -132,8 +142,7 @@ impl Model {
             .forward(self.conv1.forward(image.repeat_dim(0, samples)));
         let x: Tensor<2> = x.flatten(1, 3);
         let x = self.activation.forward(self.fc1.forward(x)) * mask(0);
-        let x = self.activation.forward(self.fc2.forward(x)) * mask((samples * HIDDEN) as u64);
-        self.fc3.forward(x)
+        self.activation.forward(self.fc2.forward(x)) * mask((samples * HIDDEN) as u64)
     }
 }
 

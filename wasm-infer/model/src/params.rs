@@ -431,6 +431,38 @@ pub(crate) fn check_model(model: &Model, input: [usize; 3]) -> Result<Checked, S
     check(&crate::plan::cnn(), &mut ModelSource(model), input)
 }
 
+/// The plan's last layer, read from `file` as a [`Dense`], when it is a linear layer without
+/// activation: the head that `crate::adapt` re-fits to taught examples (every plan of
+/// `trainer/model.py` ends with one). Read after the model itself loaded, so its shape has been
+/// checked.
+///
+/// # Errors
+/// A message when the plan ends otherwise or the tensors cannot be read.
+pub(crate) fn read_head(plan: &[Layer], file: &SafeTensors) -> Result<Dense, String> {
+    match plan.last() {
+        Some(Layer::Linear {
+            name,
+            activation: Act::None,
+            ..
+        }) => {
+            let p = FileSource {
+                file,
+                used: BTreeSet::new(),
+            }
+            .linear(name)?;
+            Ok(Dense {
+                bias: p.bias.unwrap_or_else(|| alloc::vec![0.0; p.shape[0]]),
+                weight: p.weight,
+                shape: p.shape,
+                activation: Act::None,
+            })
+        }
+        _ => Err(String::from(
+            "the model does not end with a linear layer without activation, the layer teaching re-fits",
+        )),
+    }
+}
+
 /// A layer's tensors agree with what the plan says about it.
 fn check_spec(
     name: &str,

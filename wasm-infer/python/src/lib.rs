@@ -6,6 +6,8 @@
 //! probabilities = mnist_infer.predict(pixels)      # (784,) -> (10,), or (N, 784) -> (N, 10)
 //! clf = mnist_infer.Classifier("other.safetensors", backend="ndarray")
 //! u = mnist_infer.uncertainty(pixels, samples=20, seed=0)  # MC dropout: dict of the summary
+//! clf.teach(examples, labels)   # (N, 784), (N,) digits: re-fit the last layer to a hand
+//! clf.taught, clf.forget()      # examples per class; back to the trained model
 //! ```
 //!
 //! Pixels follow MNIST's convention: 28x28 row-major, 0..=255, ink = 255 (the model normalises
@@ -13,7 +15,7 @@
 //! runs with the GIL released, so Python threads (e.g. a threaded HTTP server) can overlap.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
 use mnist_model::{Backend, INPUT_LEN, NUM_CLASSES};
 use numpy::ndarray::{Array1, Array2};
@@ -40,9 +42,12 @@ fn default_backend() -> Backend {
 /// written by `trainer.export` (str or os.PathLike), its bytes, or None for the weights
 /// embedded at build time. Raises ValueError when the file does not fit the model (the message
 /// names the tensor), OSError when it cannot be read, ValueError for an unknown backend.
+///
+/// Predictions from several threads run in parallel; `teach` and `forget` wait for them (the
+/// lock is taken with the GIL released).
 #[pyclass(module = "mnist_infer", frozen)]
 struct Classifier {
-    inner: mnist_model::Classifier,
+    inner: RwLock<mnist_model::Classifier>,
 }
 
 #[pymethods]
@@ -64,17 +69,17 @@ impl Classifier {
                 load(&bytes, &path.display().to_string())?
             }
         };
-        Ok(Self { inner })
+        Ok(Self { inner: RwLock::new(inner) })
     }
 
     /// Probabilities (softmax): float32 (784,) -> (10,) or (N, 784) -> (N, 10).
     fn predict<'py>(&self, py: Python<'py>, pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        run(py, &self.inner, pixels, mnist_model::Classifier::probabilities)
+        run(py, self, pixels, mnist_model::Classifier::probabilities)
     }
 
     /// Logits (before softmax), shaped like [`Classifier::predict`]'s result.
     fn logits<'py>(&self, py: Python<'py>, pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        run(py, &self.inner, pixels, mnist_model::Classifier::logits)
+        run(py, self, pixels, mnist_model::Classifier::logits)
     }
 
     /// MC dropout on one image (784 pixels): `samples` passes with dropout on, masks from
@@ -92,10 +97,14 @@ impl Classifier {
         seed: u64,
     ) -> PyResult<Bound<'py, PyDict>> {
         let values: Vec<f32> = pixels.as_array().iter().copied().collect();
-        let u = py
-            .detach(|| self.inner.uncertainty(&values, samples, seed).map_err(|e| e.to_string()))
+        let (u, unsure) = py
+            .detach(|| {
+                let inner = self.read();
+                let u = inner.uncertainty(&values, samples, seed).map_err(|e| e.to_string())?;
+                let unsure = inner.unsure(&u);
+                Ok::<_, String>((u, unsure))
+            })
             .map_err(PyValueError::new_err)?;
-        let unsure = self.inner.unsure(&u);
         let dict = PyDict::new(py);
         dict.set_item("probabilities", Array1::from_vec(u.probabilities).into_pyarray(py))?;
         dict.set_item("std", Array1::from_vec(u.std).into_pyarray(py))?;
@@ -106,32 +115,85 @@ impl Classifier {
         Ok(dict)
     }
 
+    /// Teach the classifier a hand: re-fit its last layer to these examples (`pixels`:
+    /// (N, 784) or (784,); `labels`: N digits 0-9), replacing what was taught before; every
+    /// prediction uses it from then on. Empty arrays forget. Raises ValueError naming the
+    /// problem (a blank image, a label that is not a digit, not one label per image, bad
+    /// pixels, a model that cannot be taught); the classifier then keeps what it had.
+    ///
+    /// `pull` and `steps` override the re-fit's defaults (`TEACH_PULL`, `TEACH_STEPS`), for
+    /// tuning them (`trainer/personalize.py --tune`); `pull` must be > 0.
+    #[pyo3(signature = (pixels, labels, *, pull = mnist_model::adapt::PULL, steps = mnist_model::adapt::STEPS))]
+    fn teach<'py>(
+        &self,
+        py: Python<'py>,
+        pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
+        labels: PyArrayLikeDyn<'py, i64, AllowTypeChange>,
+        pull: f32,
+        steps: usize,
+    ) -> PyResult<()> {
+        if !(pull > 0.0 && pull.is_finite()) {
+            return Err(PyValueError::new_err(format!("pull must be a positive number, got {pull}")));
+        }
+        let values: Vec<f32> = pixels.as_array().iter().copied().collect();
+        let labels: Vec<u32> = labels
+            .as_array()
+            .iter()
+            .map(|&l| u32::try_from(l).unwrap_or(u32::MAX))
+            .collect();
+        py.detach(|| self.write().teach_with(&values, &labels, pull, steps).map_err(|e| e.to_string()))
+            .map_err(PyValueError::new_err)
+    }
+
+    /// Undo `teach`: back to the trained model.
+    fn forget(&self, py: Python<'_>) {
+        py.detach(|| self.write().forget());
+    }
+
+    /// Examples taught per digit 0-9: a list of 10 ints (zeros before `teach`).
+    #[getter]
+    fn taught(&self) -> Vec<usize> {
+        self.read().taught().to_vec()
+    }
+
     /// The `architecture` id in the weights file's metadata, e.g. "mnist-conv-bn-gelu-v1".
     #[getter]
     fn architecture(&self) -> String {
-        self.inner.metadata().architecture.clone()
+        self.read().metadata().architecture.clone()
     }
 
     /// The "not sure" threshold on the mutual information (nats), or None.
     #[getter]
     fn unsure_threshold(&self) -> Option<f32> {
-        self.inner.metadata().unsure_threshold
+        self.read().metadata().unsure_threshold
     }
 
     /// Name of the backend: "fast-avx2", "fast-sse2", "fast-scalar", "flex" or "ndarray".
     #[getter]
     fn backend(&self) -> &'static str {
-        self.inner.backend().name()
+        self.read().backend().name()
     }
 
     /// `(mean, std)` of the input normalisation, read from the weights file's metadata.
     #[getter]
     fn normalization(&self) -> (f32, f32) {
-        self.inner.normalization()
+        self.read().normalization()
     }
 
     fn __repr__(&self) -> String {
         format!("Classifier(backend={:?})", self.backend())
+    }
+}
+
+impl Classifier {
+    /// The model for reading. A panic while teaching leaves the lock poisoned but the model
+    /// whole (`teach` only replaces the taught head once it is computed), so go on with it.
+    fn read(&self) -> RwLockReadGuard<'_, mnist_model::Classifier> {
+        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, mnist_model::Classifier> {
+        self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -156,7 +218,7 @@ fn backend_named(name: &str) -> PyResult<Backend> {
 /// Check the array's shape, copy it out, compute without the GIL, shape the result.
 fn run<'py, E: std::fmt::Display>(
     py: Python<'py>,
-    classifier: &mnist_model::Classifier,
+    classifier: &Classifier,
     pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
     compute: fn(&mnist_model::Classifier, &[f32]) -> Result<Vec<f32>, E>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
@@ -172,7 +234,10 @@ fn run<'py, E: std::fmt::Display>(
     };
     let values: Vec<f32> = pixels.as_array().iter().copied().collect();
     let out = py
-        .detach(|| compute(classifier, &values).map_err(|e| e.to_string()))
+        .detach(|| {
+            let inner = classifier.read();
+            compute(&inner, &values).map_err(|e| e.to_string())
+        })
         .map_err(PyValueError::new_err)?;
     Ok(match batch {
         None => Array1::from_vec(out).into_dyn().into_pyarray(py),
@@ -189,7 +254,7 @@ fn default_classifier() -> PyResult<&'static Classifier> {
     DEFAULT
         .get_or_init(|| {
             mnist_model::Classifier::from_safetensors(WEIGHTS, default_backend())
-                .map(|inner| Classifier { inner })
+                .map(|inner| Classifier { inner: RwLock::new(inner) })
                 .map_err(|e| e.to_string())
         })
         .as_ref()
@@ -236,5 +301,7 @@ fn mnist_infer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("INPUT_LEN", INPUT_LEN)?;
     m.add("NUM_CLASSES", NUM_CLASSES)?;
     m.add("ARCHITECTURE", mnist_model::ARCHITECTURE)?;
+    m.add("TEACH_PULL", mnist_model::adapt::PULL)?;
+    m.add("TEACH_STEPS", mnist_model::adapt::STEPS)?;
     Ok(())
 }

@@ -12,6 +12,9 @@
 //! const other = Classifier.fromBytes(new Uint8Array(await (await fetch(url)).arrayBuffer()));
 //! const { probabilities, std, mutualInformation, unsure } =
 //!   JSON.parse(classifier.uncertainty(pixels, 20, 0));  // MC dropout, 20 samples, seed 0
+//! classifier.teach(examples, labels);  // N * 784 pixels, N digits: re-fit the last layer
+//! classifier.taught;                   // Uint32Array(10): examples per class
+//! classifier.forget();                 // back to the trained model
 //! ```
 //!
 //! The WebGPU build (`wgpu`) must wait for the GPU, so both calls return Promises:
@@ -23,6 +26,7 @@
 //! const probabilities = await classifier.predict(pixels);
 //! const other = await Classifier.fromBytes(bytes);
 //! const summary = JSON.parse(await classifier.uncertainty(pixels, 20, 0));
+//! await classifier.teach(examples, labels);
 //! ```
 
 use mnist_model::{Backend, INPUT_LEN, InputError, NUM_CLASSES};
@@ -130,6 +134,16 @@ impl Classifier {
         let u = self.inner.uncertainty(pixels, samples, seed.into()).map_err(js_error)?;
         Ok(uncertainty_json(&self.inner, &u))
     }
+
+    /// Teach the classifier a hand: re-fit its last layer to `labels.length` examples
+    /// (`pixels`: Float32Array of `labels.length * 784` values, as `predict`; `labels`:
+    /// Uint32Array of digits 0-9), replacing what was taught before; `predict` and
+    /// `uncertainty` use it from then on. Empty arrays forget. Throws an `Error` naming the
+    /// problem (a blank image, a label that is not a digit, not one label per image, bad
+    /// pixels); the classifier then keeps what it had.
+    pub fn teach(&mut self, pixels: &[f32], labels: &[u32]) -> Result<(), JsError> {
+        self.inner.teach(pixels, labels).map_err(js_error)
+    }
 }
 
 #[cfg(feature = "wgpu")]
@@ -177,6 +191,12 @@ impl Classifier {
             .await
             .map_err(js_error)?;
         Ok(uncertainty_json(&self.inner, &u))
+    }
+
+    /// Teach on the GPU's features: resolves when done, rejects like the CPU builds'
+    /// `teach` (and for a GPU failure).
+    pub async fn teach(&mut self, pixels: Vec<f32>, labels: Vec<u32>) -> Result<(), JsError> {
+        self.inner.teach_async(&pixels, &labels).await.map_err(js_error)
     }
 }
 
@@ -260,5 +280,16 @@ impl Classifier {
     #[wasm_bindgen(getter, js_name = unsureThreshold)]
     pub fn unsure_threshold(&self) -> Option<f32> {
         self.inner.metadata().unsure_threshold
+    }
+
+    /// Examples taught per digit 0-9 (a Uint32Array of 10; zeros before `teach`).
+    #[wasm_bindgen(getter)]
+    pub fn taught(&self) -> Vec<u32> {
+        self.inner.taught().iter().map(|&n| n as u32).collect()
+    }
+
+    /// Undo `teach`: back to the trained model.
+    pub fn forget(&mut self) {
+        self.inner.forget();
     }
 }

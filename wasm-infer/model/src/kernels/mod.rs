@@ -215,8 +215,19 @@ impl Network {
     /// # Panics
     /// When `input.len()` is not a multiple of [`Network::input_len`] (callers check first).
     pub fn forward(&self, input: &[f32]) -> Vec<f32> {
+        self.forward_to(input, self.ops.len())
+    }
+
+    /// The penultimate features `[N, F]` of a batch (`input` as [`Network::forward`]): every
+    /// operation but the last, the head that `crate::adapt` re-fits.
+    pub fn features(&self, input: &[f32]) -> Vec<f32> {
+        self.forward_to(input, self.ops.len() - 1)
+    }
+
+    /// The operations before `end`, at inference (dropout is the identity).
+    fn forward_to(&self, input: &[f32], end: usize) -> Vec<f32> {
         let mut x = self.to_nhwc(input);
-        for stage in self.stages() {
+        for stage in self.stages().into_iter().take_while(|s| s.0 < end) {
             x = self.run(stage, &x);
         }
         x
@@ -235,11 +246,20 @@ impl Network {
     /// # Panics
     /// When `input` is not one image, or `samples` is 0.
     pub fn forward_mc(&self, input: &[f32], samples: usize, seed: u64) -> Vec<f32> {
+        self.mc_to(input, samples, seed, self.ops.len())
+    }
+
+    /// [`Network::forward_mc`] up to the penultimate features: `[samples, F]`, the same masks.
+    pub fn features_mc(&self, input: &[f32], samples: usize, seed: u64) -> Vec<f32> {
+        self.mc_to(input, samples, seed, self.ops.len() - 1)
+    }
+
+    fn mc_to(&self, input: &[f32], samples: usize, seed: u64, end: usize) -> Vec<f32> {
         assert!(input.len() == self.input_len() && samples > 0);
         let mut x = self.to_nhwc(input);
         let mut repeated = false;
         let mut counter = 0u64;
-        for (i, op) in self.ops.iter().enumerate() {
+        for (i, op) in self.ops[..end].iter().enumerate() {
             if let Op::Dropout(p) = *op {
                 if !repeated {
                     x = x.repeat(samples);
@@ -453,19 +473,4 @@ fn global_avg_pool(input: &[f32], out: &mut [f32]) {
     }
     let pixels = (input.len() / c) as f32;
     out.iter_mut().for_each(|o| *o /= pixels);
-}
-
-/// Row-wise softmax of `[N, classes]` logits, in place: `exp(x - max) / Σ exp(x - max)`.
-pub fn softmax_rows(values: &mut [f32], classes: usize) {
-    for row in values.chunks_exact_mut(classes) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for v in row.iter_mut() {
-            *v = libm::expf(*v - max);
-            sum += *v;
-        }
-        for v in row.iter_mut() {
-            *v /= sum;
-        }
-    }
 }
