@@ -27,7 +27,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from invoke import Exit, task
@@ -38,7 +40,7 @@ PKG = WEB / "pkg"
 MODEL_DIR = ROOT / "models"
 WEIGHTS = MODEL_DIR / "model.safetensors"
 TARGET = ROOT / "target"
-#: The SQLite database of the digits collected through POST /api/samples (web/samples.py).
+#: The SQLite database of the digits collected through POST /api/samples (web/server/samples.py).
 SAMPLES_DB = ROOT / "data" / "samples.db"
 WASM_TARGET = "wasm32-unknown-unknown"
 NOSTD_TARGET = "thumbv7em-none-eabihf"
@@ -81,11 +83,19 @@ def log(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
-def run(cmd: list[str], env: dict | None = None, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command, streaming its output; raise Exit with its status when it fails."""
-    print("+ " + " ".join(str(c) for c in cmd), flush=True)
+def run(cmd: list[str], env: dict | None = None, cwd: Path = ROOT, check: bool = True,
+        log_file: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a command, streaming its output (to ``log_file`` instead when given); raise Exit
+    with its status when it fails."""
+    print("+ " + " ".join(str(c) for c in cmd) + (f"  (output: {log_file.relative_to(ROOT)})" if log_file else ""),
+          flush=True)
     start = time.monotonic()
-    result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd)
+    if log_file:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "w") as out:
+            result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    else:
+        result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd)
     seconds = time.monotonic() - start
     if seconds >= 10:  # where a cold build or a test run spends its time, in the log
         print(f"    ({seconds / 60:.1f} min: {Path(str(cmd[0])).name} {' '.join(str(c) for c in cmd[1:3])})", flush=True)
@@ -315,9 +325,10 @@ def build_one(backend: str, force: bool = False) -> Path:
     return wasm
 
 
-def native_module() -> None:
+def native_module(log_file: Path | None = None) -> None:
     """Build wasm-infer/python with maturin and install it into this Python as `mnist_infer`
-    (the same Rust model natively), unless the installed one is up to date."""
+    (the same Rust model natively), unless the installed one is up to date. The build's output
+    goes to ``log_file`` when one is given."""
     from importlib.util import find_spec
 
     stamp = TARGET / "native-build-stamp"
@@ -326,7 +337,8 @@ def native_module() -> None:
         return
     log("building the native Python module mnist_infer (wasm-infer/python) with maturin")
     maturin = Path(sys.executable).parent / "maturin"
-    run([maturin, "develop", "--profile", NATIVE_PROFILE, "--manifest-path", ROOT / "wasm-infer" / "python" / "Cargo.toml"])
+    run([maturin, "develop", "--profile", NATIVE_PROFILE, "--manifest-path", ROOT / "wasm-infer" / "python" / "Cargo.toml"],
+        log_file=log_file)
     TARGET.mkdir(exist_ok=True)
     stamp.write_text(digest)
 
@@ -348,13 +360,20 @@ def built_backends() -> list[str]:
     "label_smoothing": "cross-entropy label smoothing (default 0)",
     "resume": "continue the run killed in --out-dir from its last epoch checkpoint",
     "limit": "train on the first N images only (quick runs)",
+    "extra_samples": "a sample database (e.g. data/samples.db): its drawings join training, but for one "
+                     "writer in 5, held out; `invoke evaluate --samples` then scores the model on those",
+    "extra_repeat": "times each collected drawing is seen per epoch (default 10)",
+    "writers": "add the digits of N synthetic writers written from MNIST's training digits "
+               "(trainer/writers.py; default 0: none)",
+    "writers_per_class": "digits per class of each synthetic writer (default 5)",
     "threads": "torch threads (default: all cores)",
     "device": "cpu (default), cuda, cuda:N or auto",
     "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
     "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/)",
 })
 def train(c, arch=None, epochs=None, seed=None, augment=None, clean_epochs=None, ema_decay=None,
-          label_smoothing=None, resume=False, limit=None, threads=None, device=None, data_dir=None, out_dir=None):
+          label_smoothing=None, resume=False, limit=None, threads=None, device=None, data_dir=None, out_dir=None,
+          extra_samples=None, extra_repeat=None, writers=None, writers_per_class=None):
     """Train a model; write its weights + metrics to models/ (and, for the default cnn, the Rust fixture).
 
     --arch cnn (default) writes model.safetensors + metrics.json; mlp, lenet5 and resnet write
@@ -371,7 +390,9 @@ def train(c, arch=None, epochs=None, seed=None, augment=None, clean_epochs=None,
     try:
         config = Config.from_options(
             arch=arch, epochs=epochs, seed=seed, augment=augment, clean_epochs=clean_epochs, ema_decay=ema_decay,
-            label_smoothing=label_smoothing, limit=limit, threads=threads, device=device)
+            label_smoothing=label_smoothing, limit=limit, threads=threads, device=device,
+            extra_samples=extra_samples, extra_repeat=extra_repeat, writers=writers,
+            writers_per_class=writers_per_class)
         run_training(config, data_dir=data_path, out_dir=out, resume=resume)
     except KeyboardInterrupt:
         raise Exit(f"training interrupted; {out} keeps its model; `invoke train --resume` continues", code=130)
@@ -405,7 +426,7 @@ def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None, all_=False, 
     """Accuracy on clean, augmented and redrawn MNIST test digits; plots; a markdown summary.
 
     --all: one comparison of every model in models/ (trainer/compare.py).
-    --samples DB: also the drawings saved from the page (web/samples.py), per writer too.
+    --samples DB: also the drawings saved from the page (web/server/samples.py), per writer too.
     """
     from trainer import data
     from trainer.evaluate import DEFAULT_WEIGHTS
@@ -414,7 +435,7 @@ def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None, all_=False, 
 
     collected = None
     if samples:
-        from web.samples import StoreError, open_store
+        from web.server.samples import StoreError, open_store
 
         if not Path(samples).is_file():
             raise Exit(f"error: --samples: no sample database at {samples}")
@@ -517,7 +538,7 @@ def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False,
         if name == backend or name in SERVED_BACKENDS or (webgpu and name in GPU_BACKENDS) or (PKG / name).exists():
             build_one(name)  # the fallback, the page's first choice, and any build made before (kept fresh)
     native_module()  # answers POST /api/predict
-    from web.server import serve as serve_web
+    from web.server.app import serve as serve_web
 
     served = [b for b in built_backends() if b in offered]
     serve_web(host=host, port=int(port), default_backend=backend, backends=served,
@@ -526,13 +547,13 @@ def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False,
 
 @task(name="samples", help={
     "export": "write every sample to this .npz file (pixels (N, 28, 28) uint8, labels (N,) int64, "
-              "metadata: UTF-8 JSON; see web/samples.py)",
+              "metadata: UTF-8 JSON; see web/server/samples.py)",
     "import": "add the samples of such a .npz file (exact duplicates are skipped)",
     "db": "the SQLite sample database (default data/samples.db)",
 })
 def samples_task(c, export=None, import_=None, db=None):
     """The collected drawings: counts per label; --export F.npz, --import F.npz."""
-    from web.samples import StoreError, open_store
+    from web.server.samples import StoreError, open_store
 
     path = Path(db) if db else SAMPLES_DB
     if export and import_:
@@ -565,17 +586,45 @@ def samples_task(c, export=None, import_=None, db=None):
         raise Exit(str(e)) from None
 
 
-@task
-def setup(c):
-    """Install everything the build and the tests need (what is there is left alone)."""
+def install_tools() -> None:
+    """The tools and data the builds and the tests need: the wasm toolchain, wasm-bindgen,
+    wasm-opt, Chromium and MNIST (what is there is left alone)."""
     wasm_toolchain()
     wasm_bindgen_cli()
     wasm_opt()
     apt_install(("chromium",), "browser tests")
-    native_module()
     from trainer.data import ensure_mnist
 
     ensure_mnist()
+
+
+def in_background(what: str, work: Callable[[], None]) -> Callable[[], None]:
+    """Start ``work()`` in a thread; returns a function that waits for it and raises what it
+    raised (an Exit from a failed command keeps its message)."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as e:  # handed to the caller by wait()
+            failure.append(e)
+
+    thread = threading.Thread(target=target, name=what, daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    return wait
+
+
+@task
+def setup(c):
+    """Install everything the build and the tests need (what is there is left alone)."""
+    install_tools()
+    native_module()
 
 
 @task
@@ -594,8 +643,20 @@ def nostd(c):
 @task(help={"quick": "skip the no_std proof build"})
 def test(c, quick=False):
     """The whole suite: Rust parity tests, the no_std proof, Python and browser tests."""
-    setup(c)
-    build_wasm(c, backend="all")
+    install_tools()
+    # The native module (burn compiled for this CPU) builds beside the wasm builds (burn for
+    # wasm32): they share no compiled crate, and each alone leaves a core idle for long
+    # stretches (chains of crates that wait for each other, one-unit LTO links, wasm-opt).
+    log_file = TARGET / "native-build.log"
+    native = in_background("native module", lambda: native_module(log_file=log_file))
+    try:
+        build_wasm(c, backend="all")
+    finally:
+        try:
+            native()
+        except Exit:
+            print(log_file.read_text()[-6000:] if log_file.exists() else "", flush=True)
+            raise
     log("Rust: model vs PyTorch on real MNIST digits, burn's CPU backends and our kernels on every "
         "instruction set this CPU has (wgpu: in the browser tests)")
     # The native module's profile, and mnist-python named for its features (it has no Rust tests
@@ -606,7 +667,9 @@ def test(c, quick=False):
     if not quick:
         nostd(c)
     log("Python and browser tests")
-    run([sys.executable, "-m", "pytest"])
+    # One worker per core, a test file per worker at a time (its module fixtures built once):
+    # one process alone keeps one of 2 cores busy, as the tests wait on Chromium and servers.
+    run([sys.executable, "-m", "pytest", "-n", "auto", "--dist", "loadfile"])
 
 
 @task(positional=["images"], help={
@@ -620,7 +683,7 @@ def predict(c, images, json=False, top=1):
     import glob
 
     native_module()
-    from trainer.classify import main as classify_main
+    from web.server.classify import main as classify_main
 
     paths = []
     for item in filter(None, images.split(",")):
@@ -636,7 +699,7 @@ def bench(c, images=1000):
     """Median in-browser predict time per backend vs ONNX Runtime Web; wasm sizes; first prediction."""
     setup(c)
     build_wasm(c, backend="all")
-    from web.bench import main as run_bench
+    from web.server.bench_page import main as run_bench
 
     run_bench(images=int(images))
 
@@ -646,6 +709,6 @@ def bench(c, images=1000):
 def bench_api(c, requests=1000, concurrency=8):
     """POST /api/predict requests/s and latency; native Rust vs PyTorch predict time per image."""
     native_module()
-    from web.api_bench import main as run_api_bench
+    from web.server.bench_api import main as run_api_bench
 
     run_api_bench(requests=int(requests), concurrency=int(concurrency))

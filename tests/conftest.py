@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from trainer import data  # noqa: E402
 from trainer.export import load_model  # noqa: E402
 from trainer.model import normalize  # noqa: E402
-from web.browser import CHROMIUM, CHROMIUM_ARGS, WEBGPU_ARGS  # noqa: E402
+from web.server.browser import CHROMIUM, CHROMIUM_ARGS, WEBGPU_ARGS  # noqa: E402
 
 WEIGHTS = ROOT / "models" / "model.safetensors"
 #: The venv's invoke, the one `./dev` runs.
@@ -88,7 +88,7 @@ def invoke_serve(*options: str):
 def serve_prebuilt(webgpu: bool):
     """What `invoke serve` serves (with the same config.json), minus its builds (NO_BUILD)."""
     import tasks
-    from web.server import make_server
+    from web.server.app import make_server
 
     offered = [b for b in tasks.built_backends() if webgpu or b not in tasks.GPU_BACKENDS]
     server = make_server("127.0.0.1", 0, tasks.DEFAULT_BACKEND, offered, log_requests=False)

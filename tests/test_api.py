@@ -1,4 +1,4 @@
-"""POST /api/predict (web/server.py): real digits, every error path, fuzzing, concurrency.
+"""POST /api/predict (web/server/app.py): real digits, every error path, fuzzing, concurrency.
 
 The server runs in this process on a free loopback port and classifies with the native Rust
 module ``mnist_infer`` (built by ``invoke setup``), as ``invoke serve`` does. Set
@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from trainer.classify import CLASS_NAMES
-from trainer.preprocess import load_ink, to_mnist
-from web.server import image_from_multipart, make_server
+from web.server.classify import CLASS_NAMES
+from web.server.preprocess import load_ink, to_mnist
+from web.server.app import image_from_multipart, make_server
 
 #: True: fail instead of falling back to PyTorch when mnist_infer cannot be imported.
 NATIVE_REQUIRED = True
@@ -56,7 +56,7 @@ def classify_pixels():
         return native
     if NATIVE_REQUIRED:
         pytest.fail("mnist_infer is not importable: build it (./dev test or invoke setup)")
-    from trainer.classify import torch_predictor
+    from web.server.classify import torch_predictor
 
     return torch_predictor()  # the committed models/model.safetensors
 

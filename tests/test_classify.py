@@ -1,4 +1,4 @@
-"""trainer/classify.py: image files -> digits, with the native model (mnist_infer) and PyTorch."""
+"""web/server/classify.py: image files -> digits, with the native model (mnist_infer) and PyTorch."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from PIL import Image
 
 from tests.conftest import WEIGHTS
 from tests.test_preprocess import upscale
-from trainer import classify
-from trainer.classify import CLASS_NAMES, classify_image, main, predictions_payload
-from trainer.preprocess import BlankImageError
+from web.server import classify
+from web.server.classify import CLASS_NAMES, classify_image, main, predictions_payload
+from web.server.preprocess import BlankImageError
 
 
 def native_module():

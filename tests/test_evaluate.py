@@ -198,8 +198,8 @@ def test_command_line_errors_exit_with_a_message(tmp_path, capsys):
 
 def test_collected_drawings_are_scored_per_writer(tmp_path, mnist_test):
     """`invoke evaluate --samples`: drawings saved from the page (here: MNIST test digits 100-159
-    stored through web.samples, as the page would) scored as a set of their own, per writer."""
-    from web.samples import open_store
+    stored through web.server.samples, as the page would) scored as a set of their own, per writer."""
+    from web.server.samples import open_store
 
     store = open_store(tmp_path / "samples.db")
     images, labels = mnist_test.images[100:160], mnist_test.labels[100:160]

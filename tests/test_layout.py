@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 import mnist_infer
-from trainer import classify, model, preprocess
-from web import server
+from trainer import model
+from web.server import classify, preprocess
+from web.server import app as server
 
 PREPROCESS_JS = (Path(__file__).resolve().parent.parent / "web" / "preprocess.js").read_text()
 

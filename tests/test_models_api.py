@@ -1,4 +1,4 @@
-"""The model listing of web/server.py: /config.json's ``models`` and the files under /models/.
+"""The model listing of web/server/app.py: /config.json's ``models`` and the files under /models/.
 
 Each test serves a temporary models folder built from the committed models/model.safetensors
 and from trainer code (an untrained but valid mlp), so nothing depends on what else has been
@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from tests.conftest import WEIGHTS
 from trainer.export import save_safetensors
 from trainer.model import ARCHITECTURES, build
-from web.server import make_server
+from web.server.app import make_server
 
 ENTRY_KEYS = {"name", "url", "architecture", "summary", "test_accuracy", "parameters", "bytes", "embedded"}
 #: Tensor elements of each file, counted by hand from the layer shapes (weights + biases, and

@@ -1,4 +1,4 @@
-"""trainer/preprocess.py: MNIST-style preprocessing of images, and its parity with web/preprocess.js."""
+"""web/server/preprocess.py: MNIST-style preprocessing of images, and its parity with web/preprocess.js."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.conftest import open_page
 from trainer.model import normalize
-from trainer.preprocess import (
+from web.server.preprocess import (
     DIGIT_BOX,
     MNIST_SIZE,
     ImageError,

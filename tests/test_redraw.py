@@ -86,7 +86,7 @@ def test_constants_mirror_the_page():
 
 def test_adverse_pen_constants_mirror_pen_js():
     """Every constant of the adverse pen and the luma weights: the Python twins equal web/pen.js's."""
-    from trainer.preprocess import LUMA_WEIGHTS
+    from web.server.preprocess import LUMA_WEIGHTS
 
     for name in ("ADVERSE_MIN_WIDTH", "ADVERSE_MAX_WIDTH", "WIDTH_KNOT_PX", "COLOUR_RUN_PX", "PIECE_PX",
                  "WIDTH_STREAM", "COLOUR_STREAM"):

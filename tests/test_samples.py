@@ -1,5 +1,5 @@
-"""The sample collection: web/samples.py (SQLite store, schema migrations, npz export/import)
-and its HTTP side in web/server.py (POST/GET /api/samples), down to a server killed with
+"""The sample collection: web/server/samples.py (SQLite store, schema migrations, npz export/import)
+and its HTTP side in web/server/app.py (POST/GET /api/samples), down to a server killed with
 SIGKILL while samples are being written."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from web import samples as samples_module
-from web.samples import SCHEMA_VERSION, SampleStore, StoreError, open_store
-from web.server import make_server
+from web.server import samples as samples_module
+from web.server.samples import SCHEMA_VERSION, SampleStore, StoreError, open_store
+from web.server.app import make_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 20  # seconds a test request may take
@@ -612,7 +612,7 @@ def test_a_newer_database_gives_503(tmp_path):
 SERVER_SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from web.server import make_server
+from web.server.app import make_server
 server = make_server("127.0.0.1", 0, "flex", ["flex"], samples_db=sys.argv[2], log_requests=False)
 print(server.server_port, flush=True)
 server.serve_forever()

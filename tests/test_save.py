@@ -16,7 +16,7 @@ pytestmark = pytest.mark.browser
 
 def start(db):
     import tasks
-    from web.server import make_server
+    from web.server.app import make_server
 
     offered = [b for b in tasks.built_backends() if b not in tasks.GPU_BACKENDS]
     server = make_server("127.0.0.1", 0, tasks.DEFAULT_BACKEND, offered, log_requests=False, samples_db=db)

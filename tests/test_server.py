@@ -1,4 +1,4 @@
-"""web/server.py: MIME types, /config.json, what it refuses to serve; the backend options of
+"""web/server/app.py: MIME types, /config.json, what it refuses to serve; the backend options of
 `invoke serve` and `invoke build-wasm`."""
 
 import json
@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from web.server import make_server
+from web.server.app import make_server
 
 
 @pytest.fixture()
@@ -69,7 +69,8 @@ def test_every_response_makes_the_pages_cross_origin_isolated(local_server, path
     assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
 
 
-@pytest.mark.parametrize("path", ["server.py", "__init__.py", "nope.html", "../tasks.py"])
+@pytest.mark.parametrize("path", ["server/app.py", "server/", "server", "server/samples.py", "__init__.py", "nope.html",
+                                  "../tasks.py"])
 def test_sources_and_missing_files_are_404(local_server, path):
     status, _, _ = fetch(local_server + path)
     assert status == 404

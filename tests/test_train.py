@@ -171,3 +171,4 @@ def test_command_line_strings_become_typed_settings_or_a_clear_error():
         Config.from_options(epochs="abc")
     with pytest.raises(ValueError, match="--label-smoothing takes a number"):
         Config.from_options(label_smoothing="lots")
+

@@ -13,7 +13,7 @@ from PIL import Image
 
 from trainer import writers
 from trainer.model import normalize
-from trainer.preprocess import MNIST_SIZE
+from web.server.preprocess import MNIST_SIZE
 from trainer.redraw import CANVAS_SIZE, redraw
 from trainer.writers import (
     NUM_CLASSES,

@@ -34,7 +34,7 @@ Per model:
   be downloaded on this project's machines (EMNIST letters, Fashion-MNIST, ... are out of
   reach). Each is 1-3 random smooth strokes (cubic Bezier curves or random walks with a slowly
   turning heading) drawn with the page's round pen (``PAGE_PEN_WIDTH`` = 20 px) on the
-  280x280 canvas (``trainer.redraw.redraw``), then preprocessed by ``trainer.preprocess.to_mnist``
+  280x280 canvas (``trainer.redraw.redraw``), then preprocessed by ``web.server.preprocess.to_mnist``
   as the page does. Scribble i comes from the generator seeded with ``(SCRIBBLE_SEED, i)``, so
   the first N scribbles are the same in every run and for every N. A random scribble can look
   like a digit now and then (a lone stroke is a fair "1"); such scribbles count against the
@@ -66,7 +66,7 @@ from .evaluate import ADVERSE_KEY, DEFAULT_REPORTS_DIR, SAMPLES_KEY, WRITERS_KEY
 from .evaluate import evaluate as evaluate_model
 from .export import WeightsError, load_model, read_metadata, write_metrics
 from .model import ARCHITECTURES, DEFAULT_ARCHITECTURE
-from .preprocess import to_mnist
+from web.server.preprocess import to_mnist
 from .redraw import CANVAS_SIZE, PAGE_PEN_WIDTH, PEN_WIDTHS, redraw
 from .uncertainty import DEFAULT_SAMPLES, mc_probabilities, summarize
 

@@ -146,3 +146,47 @@ def load_split(train: bool, data_dir: Path = DEFAULT_DATA_DIR) -> Split:
 
     dataset = MNIST(str(ensure_mnist(data_dir)), train=train, download=False)
     return Split(images=dataset.data, labels=dataset.targets)
+
+
+# --- drawings collected by the page (web/server/samples.py) -------------------------------
+
+#: One writer in ``HELD_OUT_EVERY`` of the collected drawings is kept out of training
+#: (``invoke train --extra-samples``); ``invoke evaluate --samples`` scores such a model on them.
+HELD_OUT_EVERY = 5
+
+
+def is_held_out(writer: str | None, image) -> bool:
+    """Whether a collected drawing belongs to the writers held out for testing.
+
+    The rule hashes what identifies the writer: SHA-256 of the writer name, or of the 784 pixel
+    bytes for a drawing saved without one (each is then its own writer); held out when that
+    number mod ``HELD_OUT_EVERY`` is 0. It needs no state and never changes its answer, so a
+    drawing added later cannot move a writer between training and testing, and every writer's
+    drawings stay on one side.
+
+    Args:
+        writer: the writer name given when the drawing was saved, or None.
+        image: (28, 28) uint8 array-like, the drawing's pixels (used only when ``writer`` is None).
+    """
+    import numpy as np
+
+    key = f"writer:{writer}".encode() if writer is not None else b"pixels:" + np.asarray(image, np.uint8).tobytes()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % HELD_OUT_EVERY == 0
+
+
+def split_collected(images, labels, writers: list[str | None]) -> tuple[tuple, tuple]:
+    """The collected drawings split by writer (``is_held_out``) into (training, held-out) parts.
+
+    Args:
+        images: (N, 28, 28) uint8 numpy array (ink = 255, preprocessed as the page does);
+            labels: (N,) int64 0..9; writers: N writer names or None (``SampleStore.arrays()``).
+
+    Returns:
+        two ``(images, labels, writers)`` tuples of the same types, together all N drawings.
+    """
+    held = [is_held_out(w, image) for w, image in zip(writers, images)]
+    parts = []
+    for side in (False, True):
+        index = [i for i, h in enumerate(held) if h == side]
+        parts.append((images[index], labels[index], [writers[i] for i in index]))
+    return parts[0], parts[1]

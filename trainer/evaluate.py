@@ -463,7 +463,7 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
         pen_widths: pen widths of the redrawn sets, in canvas pixels (the page's is 20).
         cache_dir: cache of the redrawn sets; None: ``<data_dir>/redrawn``.
         adverse_pen: add the adverse-pen set (``redrawn_adverse``).
-        samples: drawings collected by the page (``web.samples``), as ``(images, labels,
+        samples: drawings collected by the page (``web.server.samples``), as ``(images, labels,
             writers)``: (N, 28, 28) uint8 (ink = 255, already preprocessed), (N,) labels 0..9 and
             N writer names (or None); added as the set ``samples``, not limited by ``limit``,
             with accuracy per writer (``per_writer``).
@@ -515,11 +515,21 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
         sets[WRITERS_KEY] = torch.from_numpy(written.images).float()
         labels_of[WRITERS_KEY] = torch.from_numpy(written.labels)
         writers_of[WRITERS_KEY] = [f"writer {w:02d}" for w in written.writers]
+    notes = []
     if samples is not None:
         images, labels, names = samples
-        writers_of[SAMPLES_KEY] = ["(no writer)" if w is None else str(w) for w in names]
         if len(images) == 0:
             raise ValueError("no collected drawings to evaluate (the sample database is empty)")
+        if "extra_samples" in metadata:
+            # Trained on the other writers' drawings (`invoke train --extra-samples`): only the
+            # held-out writers are a test.
+            _, (images, labels, names) = data.split_collected(np.asarray(images), np.asarray(labels), list(names))
+            scored = (f"scored on the {len(labels)} of the writers held out from training only" if len(labels)
+                      else "none of these drawings is by a writer held out from training: the set is left out")
+            notes.append(f"collected drawings: this model trained on drawings of the sample database "
+                         f"{json.loads(metadata['extra_samples'])['database']}; {scored} (trainer.data.is_held_out)")
+    if samples is not None and len(labels) > 0:
+        writers_of[SAMPLES_KEY] = ["(no writer)" if w is None else str(w) for w in names]
         sets[SAMPLES_KEY] = torch.as_tensor(np.asarray(images, dtype=np.float32))
         labels_of[SAMPLES_KEY] = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     timings["test_sets"] = time.perf_counter() - started
@@ -545,7 +555,7 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
     plots = write_plots(out, sets, results, history)
     timings["plots"] = time.perf_counter() - started
 
-    notes = [curves_note] if curves_note else []
+    notes = ([curves_note] if curves_note else []) + notes
     blanks = {key: r["blank"] for key, r in results.items() if r["blank"]}
     if blanks:
         notes.append("blank inputs (the page would show no prediction; scored as the model's guess on "

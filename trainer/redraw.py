@@ -12,7 +12,7 @@ on inputs of the second kind without collecting drawings, every test digit is
    skeleton pixels, plus a filled disk of that diameter on every skeleton pixel, so that caps
    and joints are round), drawn at ``SUPERSAMPLE`` times the resolution and box-downsampled,
    which anti-aliases the edges as a browser canvas does;
-3. passed through the page's own preprocessing, ``trainer.preprocess.to_mnist`` (the Python
+3. passed through the page's own preprocessing, ``web.server.preprocess.to_mnist`` (the Python
    twin of web/preprocess.js), which gives the model's 28x28 input.
 
 Convention everywhere: grey values 0..255, ink = 255, background = 0, row-major (H, W).
@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw
 
 from .data import DEFAULT_DATA_DIR
 from .export import write_atomically
-from .preprocess import MNIST_SIZE, to_mnist
+from web.server.preprocess import MNIST_SIZE, to_mnist
 
 #: Side of the page's drawing canvas in pixels: mirrors ``<canvas id="draw" width="280"
 #: height="280">`` in web/index.html (tests/test_redraw.py checks that they agree).
@@ -243,7 +243,7 @@ def _check_images(images) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def _algorithm_digest() -> str:
     """sha256 of what a redrawn set depends on: the source of the functions that compute it
-    (here and the whole of trainer/preprocess.py), its constants, ``ALGORITHM_VERSION`` and
+    (here and the whole of web/server/preprocess.py), its constants, ``ALGORITHM_VERSION`` and
     the versions of Pillow and scikit-image. Editing anything else in this module (messages,
     caching, the pool) keeps the cache."""
     import inspect
@@ -251,7 +251,7 @@ def _algorithm_digest() -> str:
     import PIL
     import skimage
 
-    from . import preprocess
+    from web.server import preprocess
 
     digest = hashlib.sha256(Path(preprocess.__file__).read_bytes())
     for function in _ALGORITHM:
@@ -513,12 +513,12 @@ def adverse_at(seed: int, distance: float) -> tuple[float, str]:
 
 def ink_of_colour(colour: str) -> float:
     """web/pen.js's ``inkOfColour``: the ink of an opaque "#rrggbb" on white paper, 255 - its
-    BT.601 luma (``trainer.preprocess.LUMA_WEIGHTS``), in 0..255, not rounded.
+    BT.601 luma (``web.server.preprocess.LUMA_WEIGHTS``), in 0..255, not rounded.
 
     Raises:
         ValueError: ``colour`` is not "#" and six hex digits.
     """
-    from .preprocess import LUMA_WEIGHTS
+    from web.server.preprocess import LUMA_WEIGHTS
 
     if not (isinstance(colour, str) and len(colour) == 7 and colour[0] == "#"
             and all(c in "0123456789abcdefABCDEF" for c in colour[1:])):
@@ -696,7 +696,7 @@ def adverse_cache_path(cache_dir: Path, images: np.ndarray, seed: int) -> Path:
     digest = hashlib.sha256(f"{_algorithm_digest()} adverse seed={seed} n={len(images)}".encode())
     for function in _ADVERSE_ALGORITHM:
         digest.update(inspect.getsource(function).encode())
-    from .preprocess import LUMA_WEIGHTS
+    from web.server.preprocess import LUMA_WEIGHTS
 
     digest.update(repr((ADVERSE_MIN_WIDTH, ADVERSE_MAX_WIDTH, WIDTH_KNOT_PX, COLOUR_RUN_PX, PIECE_PX,
                         ADVERSE_PALETTE, WIDTH_STREAM, COLOUR_STREAM, _NEIGHBOURS, LUMA_WEIGHTS)).encode())

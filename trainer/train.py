@@ -21,6 +21,7 @@ state is in the checkpoint, and ``torch.use_deterministic_algorithms(True)`` is 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -38,6 +39,10 @@ from .uncertainty import calibrate
 from .model import ARCHITECTURES, DEFAULT_ARCHITECTURE, IMAGE_SIZE, Net, build, count_parameters, normalize
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "models"
+#: Seed of the first synthetic writer of the training set (``Config.writers``): far from the test
+#: writers' (``trainer.writers.WRITER_SEED`` = 20,150 and the next few hundred) and the tuning
+#: writers' (``trainer.personalize.TUNE_FIRST_SEED`` = 120,150 and up).
+TRAIN_WRITER_SEED = 10_000_000
 
 
 @dataclass
@@ -191,6 +196,14 @@ class Config:
     threads: int = 0  # 0: torch's default (all cores)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto" (CUDA when there is one)
     limit: int = 0  # 0: all 60,000 training images; >0: the first `limit` (for quick runs)
+    # A sample database (web/server/samples.py) whose drawings join the training images, all but
+    # the writers held out for testing (trainer.data.is_held_out); "" for none.
+    extra_samples: str = ""
+    extra_repeat: int = 10  # each collected drawing appears this many times per epoch
+    # Synthetic writers (trainer/writers.py) written from MNIST's TRAINING digits, seeds from
+    # TRAIN_WRITER_SEED (the test writers' never come near), added to the training images.
+    writers: int = 0
+    writers_per_class: int = 5
 
     @classmethod
     def from_options(cls, **options: str | None) -> "Config":
@@ -224,10 +237,51 @@ class Config:
              f"unknown augment {self.augment!r}: choose one of {', '.join(AUGMENT_PRESETS)}"),
             (self.threads >= 0 and self.limit >= 0, "threads and limit must be >= 0"),
             (self.clean_epochs >= 0, f"clean_epochs must be >= 0, got {self.clean_epochs}"),
+            (self.extra_repeat >= 1, f"extra_repeat must be at least 1, got {self.extra_repeat}"),
+            (self.writers >= 0 and self.writers_per_class >= 1,
+             f"writers must be >= 0 and writers_per_class >= 1, got {self.writers} and {self.writers_per_class}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+
+def collected_for_training(path: str | Path, repeat: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The drawings of a sample database that may join training: every writer's but those held
+    out for testing (``trainer.data.split_collected``), each repeated ``repeat`` times.
+
+    Returns:
+        images (M * repeat, 28, 28) uint8 (ink = 255), labels (M * repeat,) int64, and a summary
+        {"database", "train", "held_out", "train_writers", "held_out_writers", "repeat"} (counts of
+        drawings and of writers; a drawing without a writer counts as a writer of its own).
+
+    Raises:
+        ValueError: no database at ``path``, an unreadable or newer one, or no drawing of it
+            left for training.
+    """
+    from web.server.samples import StoreError, open_store
+
+    db = Path(path)
+    if not db.is_file():
+        raise ValueError(f"--extra-samples: no sample database at {db}")
+    try:
+        images, labels, writers = open_store(db, create=False).arrays()
+    except StoreError as e:
+        raise ValueError(f"--extra-samples: {e}") from e
+    (train_images, train_labels, train_writers), (_, held_labels, held_writers) = data.split_collected(
+        images, labels, writers)
+    if len(train_labels) == 0:
+        raise ValueError(f"--extra-samples: none of the {len(labels)} drawings in {db} is for training "
+                         "(their writers are all held out for testing)")
+
+    def writer_count(names: list) -> int:
+        return len({name if name is not None else ("no writer", i) for i, name in enumerate(names)})
+
+    summary = {"database": str(db), "train": len(train_labels), "held_out": len(held_labels),
+               "train_writers": writer_count(train_writers), "held_out_writers": writer_count(held_writers),
+               "repeat": repeat}
+    return (torch.from_numpy(train_images).repeat(repeat, 1, 1), torch.from_numpy(train_labels).repeat(repeat),
+            summary)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -342,6 +396,23 @@ def train(config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path 
     test_split = data.load_split(train=False, data_dir=data_dir)
     if config.limit > 0:
         train_split = data.Split(train_split.images[: config.limit], train_split.labels[: config.limit])
+    if config.writers:
+        from .writers import writers_set
+
+        full = data.load_split(train=True, data_dir=data_dir)  # the glyphs come from every training digit
+        written = writers_set(full.images.numpy(), full.labels.numpy(), writers=config.writers,
+                              per_class=config.writers_per_class, first_seed=TRAIN_WRITER_SEED,
+                              cache_dir=Path(data_dir) / "writers")
+        train_split = data.Split(torch.cat([train_split.images, torch.from_numpy(written.images)]),
+                                 torch.cat([train_split.labels, torch.from_numpy(written.labels)]))
+        print(f"--writers: {len(written.labels):,} digits of {config.writers} synthetic writers join training")
+    extra = None
+    if config.extra_samples:
+        extra_images, extra_labels, extra = collected_for_training(config.extra_samples, config.extra_repeat)
+        train_split = data.Split(torch.cat([train_split.images, extra_images]),
+                                 torch.cat([train_split.labels, extra_labels]))
+        print(f"--extra-samples: {extra['train']} drawings of {extra['train_writers']} writers join training "
+              f"(x{extra['repeat']}); {extra['held_out']} of {extra['held_out_writers']} writers held out for testing")
     images = (train_split.images.unsqueeze(1).float() / 255.0).to(device)  # (N, 1, 28, 28) in [0, 1]
     labels = train_split.labels.to(device)
 
@@ -435,7 +506,12 @@ def train(config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path 
         "augment": asdict(aug),
         "history": history,
     }
-    save_safetensors(evaluated.cpu().eval(), out_dir / weights_name, {"test_accuracy": f"{final['test_accuracy']:.4f}"})
+    written = {"test_accuracy": f"{final['test_accuracy']:.4f}"}
+    if extra is not None:
+        # `invoke evaluate --samples` reads it to score this model on the held-out writers only.
+        metrics["extra_samples"] = extra
+        written["extra_samples"] = json.dumps(extra)
+    save_safetensors(evaluated.cpu().eval(), out_dir / weights_name, written)
     # The "not sure" threshold of MC dropout, chosen on the validation split, into the metadata.
     calibration = calibrate(out_dir / weights_name, data_dir, limit=min(config.limit, 5000))
     metrics["unsure_mutual_information"] = calibration["threshold"]

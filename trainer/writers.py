@@ -43,7 +43,7 @@ what a model does with one person's habits (issue 15). This module makes writers
      the writer's width (a disk on every point, a line of that width between neighbours, at
      ``SUPERSAMPLE`` times the resolution, box-averaged) along the strokes resampled every
      ``RESAMPLE_PX``, on a blank 280 x 280 canvas;
-  3. passed through the page's preprocessing, ``trainer.preprocess.to_mnist``, and rounded to
+  3. passed through the page's preprocessing, ``web.server.preprocess.to_mnist``, and rounded to
      28 x 28 uint8, ink = 255.
 
 ``writers_set`` builds many writers (writer i has seed ``first_seed + i``) over the CPU cores and
@@ -80,7 +80,7 @@ from PIL import Image, ImageDraw
 
 from .data import DEFAULT_DATA_DIR
 from .export import write_atomically
-from .preprocess import MNIST_SIZE, to_mnist
+from web.server.preprocess import MNIST_SIZE, to_mnist
 from .redraw import (
     CANVAS_SIZE,
     SUPERSAMPLE,

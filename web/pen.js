@@ -20,7 +20,7 @@
 // weights (LUMA_WEIGHTS) on the sRGB values. MNIST came from scans of dark ink on white paper;
 // a grey-scale scan of coloured ink records its lightness, which luma approximates. BT.601
 // (not BT.709's 0.2126/0.7152/0.0722) because it is what Python's side already uses for colour
-// images (trainer/preprocess.py, Pillow's convert("L"), torchvision's rgb_to_grayscale), so a
+// images (web/server/preprocess.py, Pillow's convert("L"), torchvision's rgb_to_grayscale), so a
 // screenshot of the canvas given to `invoke predict` gets the ink the page gives the model.
 // Composited over white: ink = alpha * (255 - luma(r, g, b)) / 255, so black gives ink = alpha
 // exactly (what the page read before colours counted), and an opaque light blue (#4fc3f7)
@@ -169,7 +169,7 @@ export function parseColour(hex) {
 
 /**
  * BT.601 luma of an sRGB colour: 0.299 r + 0.587 g + 0.114 b, in that order of additions
- * (trainer/preprocess.py computes it the same way, so both give the same bits).
+ * (web/server/preprocess.py computes it the same way, so both give the same bits).
  * @param {number} r @param {number} g @param {number} b  0..255
  * @returns {number} 0..255 (not rounded)
  */

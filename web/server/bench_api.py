@@ -2,7 +2,7 @@
 
 One run, on real MNIST test digits, measures and prints:
 
-* the API (web/server.py started in this process on a free loopback port, request logging
+* the API (web/server/app.py started in this process on a free loopback port, request logging
   off): requests per second, median and p95 latency in ms, for JSON ``{"pixels": [...]}``
   bodies and for PNG files (112x112, dark ink on white) sent as multipart/form-data, first
   from one client (sequential), then from ``concurrency`` clients at once. Every answer must
@@ -34,11 +34,11 @@ import torch
 from PIL import Image, ImageOps
 
 from trainer import data
-from trainer.classify import torch_predictor
+from .classify import torch_predictor
 
-from .server import PREDICT_PATH, make_server
+from .app import PREDICT_PATH, make_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BOUNDARY = "----api-bench-boundary"
 BATCH = 1000
 

@@ -80,7 +80,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: Where ``invoke serve`` and ``invoke samples`` keep the samples unless told otherwise.
 DEFAULT_DB = ROOT / "data" / "samples.db"
 

@@ -9,11 +9,11 @@ Then the time of each stage of one forward pass (the builds' own `profile`) for 
 and burn's flex, side by side.
 Writes the same figures to reports/bench.json.
 
-The pages are served cross-origin isolated (web/server.py), so performance.now() resolves 5 us,
+The pages are served cross-origin isolated (web/server/app.py), so performance.now() resolves 5 us,
 not 100 us: a predict takes a fraction of a millisecond.
 
 The wgpu build runs on the WebGPU adapter Chromium has: here SwiftShader, a CPU implementation
-(see web/browser.py), so its figures are CPU figures, not a GPU's.
+(see web/server/browser.py), so its figures are CPU figures, not a GPU's.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from trainer.export import export_onnx, load_model
 from trainer.model import MNIST_MEAN, MNIST_STD
 
 from .browser import CHROMIUM, WEBGPU_ARGS
-from .server import make_server
+from .app import make_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
 ORT_DIST = WEB / "node_modules" / "onnxruntime-web" / "dist"
 ORT_WASM = ORT_DIST / "ort-wasm-simd-threaded.wasm"

@@ -32,7 +32,7 @@ API part, ``POST /api/predict``, one digit per request, in either form:
 
 * ``Content-Type: multipart/form-data`` with a file field ``image`` (any format Pillow reads,
   any size, ink dark on light or light on dark): it goes through the page's MNIST-style
-  preprocessing (``trainer.preprocess``: crop to the ink, 20 px longer side, centre of mass
+  preprocessing (``web.server.preprocess``: crop to the ink, 20 px longer side, centre of mass
   at the centre of 28x28). ``curl -X POST -F image=@7.png http://127.0.0.1:8000/api/predict``
 * ``Content-Type: application/json`` with ``{"pixels": [784 numbers]}``: a 28x28 image,
   row-major, 0..255, ink = 255, already MNIST-style (used as is, no preprocessing).
@@ -65,7 +65,7 @@ Answers, always JSON (``Content-Type: application/json``), never a stack trace:
 
 Sample collection, ``/api/samples``: drawn digits with their labels, kept in a SQLite database
 (``make_server(samples_db=...)``, default ``data/samples.db``; format, durability and the
-sample's fields in ``web/samples.py``), opened (created, migrated) on first use:
+sample's fields in ``web/server/samples.py``), opened (created, migrated) on first use:
 
 * ``POST /api/samples``, ``Content-Type: application/json``, one sample::
 
@@ -126,9 +126,10 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import numpy as np
 
-from web.samples import DEFAULT_DB, SampleStore, StoreError, open_store
+from .samples import DEFAULT_DB, SampleStore, StoreError, open_store
 
-WEB_DIR = Path(__file__).resolve().parent
+#: The static page: web/, the folder above this package.
+WEB_DIR = Path(__file__).resolve().parent.parent
 #: The weights files listed in /config.json by default, and the one the wasm embeds by default
 #: (``invoke serve`` passes its own: ``--models`` and ``tasks.weights_path()``).
 MODELS_DIR = WEB_DIR.parent / "models"
@@ -273,7 +274,7 @@ def form_part_counter() -> Callable[..., EmailMessage]:
 
 def pixels_from_image(data: bytes) -> np.ndarray:
     """An image file -> (784,) float32 MNIST-style pixels; ApiError 400 for non-images and blanks."""
-    from trainer import classify, preprocess  # imported on first use: `invoke serve` starts without them
+    from . import classify, preprocess  # imported on first use: `invoke serve` starts without them
 
     size = image_size(data)
     if size and max(size) > MAX_IMAGE_SIDE:
@@ -435,7 +436,7 @@ class Uncertainty:
 
 
 class Samples:
-    """The sample database at ``path``, opened (created, migrated: ``web.samples.open_store``)
+    """The sample database at ``path``, opened (created, migrated: ``web.server.samples.open_store``)
     on first use; ``store()`` raises ApiError 503 while it cannot be opened (tried again on the
     next call), with the reason."""
 
@@ -719,7 +720,7 @@ class Handler(SimpleHTTPRequestHandler):
                 "send multipart/form-data (field image) or application/json ({\"pixels\": [...]})",
             )
         probabilities = self.classifier(pixels.reshape(1, NUM_PIXELS))
-        from trainer.classify import predictions_payload  # imported on first use, like preprocess
+        from .classify import predictions_payload  # imported on first use, like preprocess
 
         payload = predictions_payload(probabilities[0])
         if samples is not None:
@@ -862,8 +863,9 @@ def is_models(path: str) -> bool:
 
 
 def is_hidden(path: str) -> bool:
-    """Python sources and caches under web/ are never served."""
-    return path.endswith((".py", ".pyc")) or "__pycache__" in path
+    """This package (web/server/) and any Python source or cache under web/ are never served."""
+    return (path == "/server" or path.startswith("/server/") or path.endswith((".py", ".pyc"))
+            or "__pycache__" in path)
 
 
 class Server(ThreadingHTTPServer):

@@ -24,7 +24,7 @@ from .preprocess import MNIST_SIZE, BlankImageError, ImageError, load_ink, to_mn
 Predict = Callable[[np.ndarray], np.ndarray]
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "model.safetensors"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "model.safetensors"
 PIXELS = MNIST_SIZE * MNIST_SIZE
 
 
@@ -50,8 +50,8 @@ def torch_predictor(weights_path: str | os.PathLike = DEFAULT_WEIGHTS) -> Predic
     wrong shape or non-finite values)."""
     import torch
 
-    from .export import load_model
-    from .model import normalize
+    from trainer.export import load_model
+    from trainer.model import normalize
 
     model = load_model(Path(weights_path))
 
