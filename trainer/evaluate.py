@@ -528,10 +528,10 @@ def evaluate(weights: str | Path = DEFAULT_WEIGHTS, out_dir: str | Path | None =
                       else "none of these drawings is by a writer held out from training: the set is left out")
             notes.append(f"collected drawings: this model trained on drawings of the sample database "
                          f"{json.loads(metadata['extra_samples'])['database']}; {scored} (trainer.data.is_held_out)")
-    if samples is not None and len(labels) > 0:
-        writers_of[SAMPLES_KEY] = ["(no writer)" if w is None else str(w) for w in names]
-        sets[SAMPLES_KEY] = torch.as_tensor(np.asarray(images, dtype=np.float32))
-        labels_of[SAMPLES_KEY] = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        if len(labels):
+            writers_of[SAMPLES_KEY] = ["(no writer)" if w is None else str(w) for w in names]
+            sets[SAMPLES_KEY] = torch.as_tensor(np.asarray(images, dtype=np.float32))
+            labels_of[SAMPLES_KEY] = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     timings["test_sets"] = time.perf_counter() - started
 
     started = time.perf_counter()

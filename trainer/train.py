@@ -392,14 +392,13 @@ def train(config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path 
     generator = torch.Generator().manual_seed(config.seed)
     aug = AUGMENT_PRESETS[config.augment]
 
-    train_split = data.load_split(train=True, data_dir=data_dir)
+    full = data.load_split(train=True, data_dir=data_dir)
     test_split = data.load_split(train=False, data_dir=data_dir)
-    if config.limit > 0:
-        train_split = data.Split(train_split.images[: config.limit], train_split.labels[: config.limit])
+    train_split = data.Split(full.images[: config.limit], full.labels[: config.limit]) if config.limit > 0 else full
     if config.writers:
         from .writers import writers_set
 
-        full = data.load_split(train=True, data_dir=data_dir)  # the glyphs come from every training digit
+        # The writers' glyphs come from every training digit, whatever the limit.
         written = writers_set(full.images.numpy(), full.labels.numpy(), writers=config.writers,
                               per_class=config.writers_per_class, first_seed=TRAIN_WRITER_SEED,
                               cache_dir=Path(data_dir) / "writers")
