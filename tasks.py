@@ -8,14 +8,18 @@
     invoke serve                      build what is stale, serve web/ on http://127.0.0.1:8000
                                       (our kernels: relaxed SIMD where the browser has it)
     invoke predict IMAGE...           classify image files with the native Rust model
-    invoke test                       every test: Rust parity, no_std proof, Python, browser
+    invoke test                       every test: lint, Rust parity, no_std proof, Python, browser
+    invoke test --quick               lint + the Python tests without native module, wasm, browser
+    invoke lint                       ruff (lint, format) and rustfmt, checks only
     invoke bench                      in-browser speed against ONNX Runtime Web
     invoke bench-api                  /api/predict throughput; native Rust vs PyTorch per image
     invoke bench-train                train with 3 seeds: mean ± std accuracy and wall time
     invoke samples --export F.npz     the collected drawings (data/samples.db) to a file; --import F.npz
 
 Every task installs what it needs first (idempotently: what is there is not fetched again).
-The work itself lives in trainer/, wasm-infer/ and web/; this file only calls it.
+The work itself lives in trainer/ (training, evaluation), mnist_common/ (what training and
+serving share), server/ (the API), bench/, wasm-infer/ (Rust) and web/ (the static page);
+this file only calls it.
 """
 
 from __future__ import annotations
@@ -34,21 +38,23 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-ROOT = Path(__file__).resolve().parent
-WEB = ROOT / "web"
-PKG = WEB / "pkg"
-MODEL_DIR = ROOT / "models"
-WEIGHTS = MODEL_DIR / "model.safetensors"
-TARGET = ROOT / "target"
-#: The SQLite database of the digits collected through POST /api/samples (web/server/samples.py).
-SAMPLES_DB = ROOT / "data" / "samples.db"
+from mnist_common.paths import DEFAULT_WEIGHTS as WEIGHTS
+from mnist_common.paths import MODELS_DIR as MODEL_DIR
+from mnist_common.paths import PKG_DIR as PKG
+from mnist_common.paths import (
+    ROOT,
+    SAMPLES_DB,  # the drawings collected through POST /api/samples
+)
+from mnist_common.paths import TARGET_DIR as TARGET
+from mnist_common.paths import WEB_DIR as WEB
+
 WASM_TARGET = "wasm32-unknown-unknown"
 NOSTD_TARGET = "thumbv7em-none-eabihf"
-#: Backends proven no_std on NOSTD_TARGET (without SIMD: see wasm-infer/model/Cargo.toml);
+#: Backends proven no_std on NOSTD_TARGET (without SIMD: see wasm-infer/mnist-model/Cargo.toml);
 #: `fast` builds this project's kernels with their scalar fallback.
 NOSTD_BACKENDS = ("flex", "ndarray", "fast")
 
-#: This project's own kernels (wasm-infer/model/src/kernels) as wasm builds -> mnist-wasm's
+#: This project's own kernels (wasm-infer/mnist-model/src/kernels) as wasm builds -> mnist-wasm's
 #: cargo feature. fast-relaxed needs relaxed SIMD (the page checks before loading it).
 FAST_BACKENDS = {"fast-relaxed": "fast-relaxed", "fast-simd128": "fast"}
 #: burn's CPU backends: run everywhere, natively too (the Rust tests and the Python module use them).
@@ -83,12 +89,15 @@ def log(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
-def run(cmd: list[str], env: dict | None = None, cwd: Path = ROOT, check: bool = True,
-        log_file: Path | None = None) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], env: dict | None = None, cwd: Path = ROOT, check: bool = True, log_file: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run a command, streaming its output (to ``log_file`` instead when given); raise Exit
     with its status when it fails."""
-    print("+ " + " ".join(str(c) for c in cmd) + (f"  (output: {log_file.relative_to(ROOT)})" if log_file else ""),
-          flush=True)
+    print(
+        "+ " + " ".join(str(c) for c in cmd) + (f"  (output: {log_file.relative_to(ROOT)})" if log_file else ""),
+        flush=True,
+    )
     start = time.monotonic()
     if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +107,9 @@ def run(cmd: list[str], env: dict | None = None, cwd: Path = ROOT, check: bool =
         result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd)
     seconds = time.monotonic() - start
     if seconds >= 10:  # where a cold build or a test run spends its time, in the log
-        print(f"    ({seconds / 60:.1f} min: {Path(str(cmd[0])).name} {' '.join(str(c) for c in cmd[1:3])})", flush=True)
+        print(
+            f"    ({seconds / 60:.1f} min: {Path(str(cmd[0])).name} {' '.join(str(c) for c in cmd[1:3])})", flush=True
+        )
     if check and result.returncode != 0:
         raise Exit(f"command failed ({result.returncode}): {' '.join(str(c) for c in cmd)}", code=result.returncode)
     return result
@@ -260,7 +271,8 @@ def rust_inputs(skip: tuple[str, ...] = ()) -> list[Path]:
     .rs/.toml files outside tests/ and outside the folders named in `skip`."""
     files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", weights_path()]
     return files + sorted(
-        p for p in (ROOT / "wasm-infer").rglob("*")
+        p
+        for p in (ROOT / "wasm-infer").rglob("*")
         if p.suffix in {".rs", ".toml"} and "tests" not in p.parts and not set(skip) & set(p.parts)
     )
 
@@ -272,8 +284,10 @@ def wasm_opt_flags(backend: str) -> tuple[str, ...]:
 
 def source_digest(backend: str, route: str) -> str:
     """Hash of everything a wasm build depends on: sources, lock files, weights, toolchain route."""
-    return files_digest(f"{backend}\n{route}\n{wasm_opt_flags(backend)}\n",
-                        [WEB / "package-lock.json", *rust_inputs(skip=("python",))])
+    return files_digest(
+        f"{backend}\n{route}\n{wasm_opt_flags(backend)}\n",
+        [WEB / "package-lock.json", *rust_inputs(skip=("mnist-infer",))],
+    )
 
 
 def requested_backends(backend: str) -> tuple[str, ...]:
@@ -299,8 +313,18 @@ def build_one(backend: str, force: bool = False) -> Path:
     bindgen = wasm_bindgen_cli()
     optimizer = wasm_opt()
     run(
-        [toolchain["cargo"], "build", "--release", "--target", WASM_TARGET, *toolchain["build_std"],
-         "-p", "mnist-wasm", "--features", FAST_BACKENDS.get(backend, backend)],
+        [
+            toolchain["cargo"],
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            *toolchain["build_std"],
+            "-p",
+            "mnist-wasm",
+            "--features",
+            FAST_BACKENDS.get(backend, backend),
+        ],
         env=toolchain["env"],
     )
     raw = Path(toolchain["env"]["CARGO_TARGET_DIR"]) / WASM_TARGET / "release" / "mnist_wasm.wasm"
@@ -321,24 +345,35 @@ def build_one(backend: str, force: bool = False) -> Path:
     size = wasm.stat().st_size
     gz = len(gzip.compress(wasm.read_bytes(), 9))
     weights = weights_path().stat().st_size
-    log(f"{wasm.relative_to(ROOT)}: {size / 1e6:.2f} MB ({gz / 1e6:.2f} MB gzip), of which weights {weights / 1e6:.2f} MB")
+    log(
+        f"{wasm.relative_to(ROOT)}: {size / 1e6:.2f} MB ({gz / 1e6:.2f} MB gzip), of which weights {weights / 1e6:.2f} MB"
+    )
     return wasm
 
 
 def native_module(log_file: Path | None = None) -> None:
-    """Build wasm-infer/python with maturin and install it into this Python as `mnist_infer`
+    """Build wasm-infer/mnist-infer with maturin and install it into this Python as `mnist_infer`
     (the same Rust model natively), unless the installed one is up to date. The build's output
     goes to ``log_file`` when one is given."""
     from importlib.util import find_spec
 
     stamp = TARGET / "native-build-stamp"
-    digest = files_digest(sys.executable, rust_inputs(skip=("wasm",)))
+    digest = files_digest(sys.executable, rust_inputs(skip=("mnist-wasm",)))
     if find_spec("mnist_infer") is not None and stamp.exists() and stamp.read_text() == digest:
         return
-    log("building the native Python module mnist_infer (wasm-infer/python) with maturin")
+    log("building the native Python module mnist_infer (wasm-infer/mnist-infer) with maturin")
     maturin = Path(sys.executable).parent / "maturin"
-    run([maturin, "develop", "--profile", NATIVE_PROFILE, "--manifest-path", ROOT / "wasm-infer" / "python" / "Cargo.toml"],
-        log_file=log_file)
+    run(
+        [
+            maturin,
+            "develop",
+            "--profile",
+            NATIVE_PROFILE,
+            "--manifest-path",
+            ROOT / "wasm-infer" / "mnist-infer" / "Cargo.toml",
+        ],
+        log_file=log_file,
+    )
     TARGET.mkdir(exist_ok=True)
     stamp.write_text(digest)
 
@@ -347,33 +382,76 @@ def built_backends() -> list[str]:
     return [b for b in BACKENDS if (PKG / b / "mnist_wasm_bg.wasm").exists()]
 
 
+def write_static_site(models_dir: Path = MODEL_DIR) -> None:
+    """web/config.json and web/models/: what `invoke serve` answers for /config.json and
+    /models/, written as files, so that any static server of web/ (`python -m http.server` in
+    web/, a static host) serves a page that predicts and switches models. Both are build
+    outputs (ignored by git); the CPU builds are offered, wgpu only by `invoke serve --webgpu`."""
+    from server.app import list_models, page_config
+
+    listing = list_models(models_dir, weights_path())
+    folder = WEB / "models"
+    folder.mkdir(exist_ok=True)
+    for stale in folder.glob("*.safetensors"):
+        if stale.name not in listing.files:
+            stale.unlink()
+    for name, source in listing.files.items():
+        copy = folder / name
+        if not copy.exists() or copy.read_bytes() != source.read_bytes():
+            shutil.copyfile(source, copy)
+    offered = [b for b in built_backends() if b not in GPU_BACKENDS]
+    config = page_config(DEFAULT_BACKEND, offered, listing)
+    (WEB / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    log(f"wrote web/config.json (builds: {', '.join(offered) or 'none'}) and web/models/ ({len(listing.files)} models)")
+
+
 # --- tasks ------------------------------------------------------------------------------
 
 
-@task(auto_shortflags=False, help={
-    "arch": "architecture: cnn (default), mlp, lenet5 or resnet (trainer/model.py)",
-    "epochs": "passes over the 60,000 training images (default 16)",
-    "seed": "random seed (default 0); same seed, same machine, same threads: same model",
-    "augment": "augmentation preset: draw (default: affine + stroke width, slant, elastic), affine or none",
-    "clean_epochs": "the last N epochs train on unaugmented images (default 3)",
-    "ema_decay": "decay of the weights' moving average, per step (default 0.9995; 0: off)",
-    "label_smoothing": "cross-entropy label smoothing (default 0)",
-    "resume": "continue the run killed in --out-dir from its last epoch checkpoint",
-    "limit": "train on the first N images only (quick runs)",
-    "extra_samples": "a sample database (e.g. data/samples.db): its drawings join training, but for one "
-                     "writer in 5, held out; `invoke evaluate --samples` then scores the model on those",
-    "extra_repeat": "times each collected drawing is seen per epoch (default 10)",
-    "writers": "add the digits of N synthetic writers written from MNIST's training digits "
-               "(trainer/writers.py; default 0: none)",
-    "writers_per_class": "digits per class of each synthetic writer (default 5)",
-    "threads": "torch threads (default: all cores)",
-    "device": "cpu (default), cuda, cuda:N or auto",
-    "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
-    "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/)",
-})
-def train(c, arch=None, epochs=None, seed=None, augment=None, clean_epochs=None, ema_decay=None,
-          label_smoothing=None, resume=False, limit=None, threads=None, device=None, data_dir=None, out_dir=None,
-          extra_samples=None, extra_repeat=None, writers=None, writers_per_class=None):
+@task(
+    auto_shortflags=False,
+    help={
+        "arch": "architecture: cnn (default), mlp, lenet5 or resnet (trainer/model.py)",
+        "epochs": "passes over the 60,000 training images (default 16)",
+        "seed": "random seed (default 0); same seed, same machine, same threads: same model",
+        "augment": "augmentation preset: draw (default: affine + stroke width, slant, elastic), affine or none",
+        "clean_epochs": "the last N epochs train on unaugmented images (default 3)",
+        "ema_decay": "decay of the weights' moving average, per step (default 0.9995; 0: off)",
+        "label_smoothing": "cross-entropy label smoothing (default 0)",
+        "resume": "continue the run killed in --out-dir from its last epoch checkpoint",
+        "limit": "train on the first N images only (quick runs)",
+        "extra_samples": "a sample database (e.g. data/samples.db): its drawings join training, but for one "
+        "writer in 5, held out; `invoke evaluate --samples` then scores the model on those",
+        "extra_repeat": "times each collected drawing is seen per epoch (default 10)",
+        "writers": "add the digits of N synthetic writers written from MNIST's training digits "
+        "(trainer/synthetic/writers.py; default 0: none)",
+        "writers_per_class": "digits per class of each synthetic writer (default 5)",
+        "threads": "torch threads (default: all cores)",
+        "device": "cpu (default), cuda, cuda:N or auto",
+        "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
+        "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/)",
+    },
+)
+def train(
+    c,
+    arch=None,
+    epochs=None,
+    seed=None,
+    augment=None,
+    clean_epochs=None,
+    ema_decay=None,
+    label_smoothing=None,
+    resume=False,
+    limit=None,
+    threads=None,
+    device=None,
+    data_dir=None,
+    out_dir=None,
+    extra_samples=None,
+    extra_repeat=None,
+    writers=None,
+    writers_per_class=None,
+):
     """Train a model; write its weights + metrics to models/ (and, for the default cnn, the Rust fixture).
 
     --arch cnn (default) writes model.safetensors + metrics.json; mlp, lenet5 and resnet write
@@ -389,93 +467,131 @@ def train(c, arch=None, epochs=None, seed=None, augment=None, clean_epochs=None,
     data_path = Path(data_dir) if data_dir else data.DEFAULT_DATA_DIR
     try:
         config = Config.from_options(
-            arch=arch, epochs=epochs, seed=seed, augment=augment, clean_epochs=clean_epochs, ema_decay=ema_decay,
-            label_smoothing=label_smoothing, limit=limit, threads=threads, device=device,
-            extra_samples=extra_samples, extra_repeat=extra_repeat, writers=writers,
-            writers_per_class=writers_per_class)
+            arch=arch,
+            epochs=epochs,
+            seed=seed,
+            augment=augment,
+            clean_epochs=clean_epochs,
+            ema_decay=ema_decay,
+            label_smoothing=label_smoothing,
+            limit=limit,
+            threads=threads,
+            device=device,
+            extra_samples=extra_samples,
+            extra_repeat=extra_repeat,
+            writers=writers,
+            writers_per_class=writers_per_class,
+        )
         run_training(config, data_dir=data_path, out_dir=out, resume=resume)
     except KeyboardInterrupt:
-        raise Exit(f"training interrupted; {out} keeps its model; `invoke train --resume` continues", code=130)
+        raise Exit(
+            f"training interrupted; {out} keeps its model; `invoke train --resume` continues", code=130
+        ) from None
     except (data.DataError, ValueError, FileNotFoundError) as e:
-        raise Exit(f"error: {e}")
+        raise Exit(f"error: {e}") from None
     if out.resolve() == DEFAULT_OUT_DIR and config.arch == DEFAULT_ARCHITECTURE:
         log(f"regenerated the Rust parity fixture: {write_fixture(out / 'model.safetensors', data_dir=data_path)}")
 
 
-@task(help={"seeds": "comma-separated seeds (default 0,1,2)",
-            "out_dir": "where each seed's run and summary.json go (default runs/bench-train)"})
+@task(
+    help={
+        "seeds": "comma-separated seeds (default 0,1,2)",
+        "out_dir": "where each seed's run and summary.json go (default runs/bench-train)",
+    }
+)
 def bench_train(c, seeds="0,1,2", out_dir=None):
     """Train with the defaults once per seed; print mean ± std test accuracy and wall time."""
-    from trainer.benchmark import main as run_benchmark
+    from bench.train import main as run_benchmark
 
     run_benchmark(["--seeds", seeds] + (["--out-dir", out_dir] if out_dir else []))
 
 
-@task(help={
-    "weights": "the model to evaluate (default models/model.safetensors)",
-    "out_dir": "report folder (default reports/<weights file name>; with --all: reports/models)",
-    "limit": "the first N test digits only (default 0: all 10,000); with --all also N scribbles",
-    "data_dir": "MNIST folder (default data/)",
-    "samples": "also score the drawings saved from the page, from this database (e.g. data/samples.db)",
-    "writers": "synthetic writers in the writer-separated test set (trainer/writers.py; default 20, 0: none)",
-    "all": "compare every models/*.safetensors: comparison.json/.md/.png in reports/models/ "
-           "(accuracy, calibration, out-of-distribution detection, wasm predict time) and each "
-           "model's report in reports/<name>/",
-})
+@task(
+    help={
+        "weights": "the model to evaluate (default models/model.safetensors)",
+        "out_dir": "report folder (default reports/<weights file name>; with --all: reports/models)",
+        "limit": "the first N test digits only (default 0: all 10,000); with --all also N scribbles",
+        "data_dir": "MNIST folder (default data/)",
+        "samples": "also score the drawings saved from the page, from this database (e.g. data/samples.db)",
+        "writers": "synthetic writers in the writer-separated test set (trainer/synthetic/writers.py; default 20, 0: none)",
+        "all": "compare every models/*.safetensors: comparison.json/.md/.png in reports/models/ "
+        "(accuracy, calibration, out-of-distribution detection, wasm predict time) and each "
+        "model's report in reports/<name>/",
+    }
+)
 def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None, all_=False, samples=None, writers=None):
     """Accuracy on clean, augmented and redrawn MNIST test digits; plots; a markdown summary.
 
-    --all: one comparison of every model in models/ (trainer/compare.py).
-    --samples DB: also the drawings saved from the page (web/server/samples.py), per writer too.
+    --all: one comparison of every model in models/ (trainer/evaluation/compare.py).
+    --samples DB: also the drawings saved from the page (mnist_common/samples.py), per writer too.
     """
     from trainer import data
-    from trainer.evaluate import DEFAULT_WEIGHTS
-    from trainer.evaluate import evaluate as run_evaluation
+    from trainer.evaluation.evaluate import DEFAULT_WEIGHTS
+    from trainer.evaluation.evaluate import evaluate as run_evaluation
     from trainer.export import WeightsError
 
     collected = None
     if samples:
-        from web.server.samples import StoreError, open_store
+        from mnist_common.samples import StoreError, open_store
 
         if not Path(samples).is_file():
             raise Exit(f"error: --samples: no sample database at {samples}")
         try:
             collected = open_store(Path(samples), create=False).arrays()
         except StoreError as e:
-            raise Exit(f"error: --samples: {e}")
+            raise Exit(f"error: --samples: {e}") from None
     if all_:
-        from trainer.compare import CompareError, compare
+        from trainer.evaluation.compare import CompareError, compare
 
         if weights:
             raise Exit("error: --all compares every model in models/; leave out --weights")
         try:
-            compare(out_dir=Path(out_dir) if out_dir else None, data_dir=Path(data_dir) if data_dir else None,
-                    limit=int(limit), samples=collected)
+            compare(
+                out_dir=Path(out_dir) if out_dir else None,
+                data_dir=Path(data_dir) if data_dir else None,
+                limit=int(limit),
+                samples=collected,
+            )
         except (CompareError, WeightsError, data.DataError, ValueError) as e:
-            raise Exit(f"error: {e}")
+            raise Exit(f"error: {e}") from None
         return
     try:
-        run_evaluation(Path(weights) if weights else DEFAULT_WEIGHTS, Path(out_dir) if out_dir else None,
-                       Path(data_dir) if data_dir else None, limit=int(limit), samples=collected,
-                       **({"writers": int(writers)} if writers is not None else {}))
+        run_evaluation(
+            Path(weights) if weights else DEFAULT_WEIGHTS,
+            Path(out_dir) if out_dir else None,
+            Path(data_dir) if data_dir else None,
+            limit=int(limit),
+            samples=collected,
+            **({"writers": int(writers)} if writers is not None else {}),
+        )
     except (WeightsError, data.DataError, ValueError) as e:
-        raise Exit(f"error: {e}")
+        raise Exit(f"error: {e}") from None
 
 
-@task(help={
-    "weights": "the model to teach (default models/model.safetensors)",
-    "writers": "synthetic writers (trainer/writers.py; default 50)",
-    "shots": "digits per class taught (default 3); the writer's other digits are the test",
-    "tune": "try the grid of pulls and step counts on other writers instead (prints it)",
-})
+@task(
+    help={
+        "weights": "the model to teach (default models/model.safetensors)",
+        "writers": "synthetic writers (trainer/synthetic/writers.py; default 50)",
+        "shots": "digits per class taught (default 3); the writer's other digits are the test",
+        "tune": "try the grid of pulls and step counts on other writers instead (prints it)",
+    }
+)
 def personalize(c, weights=None, writers=50, shots=3, tune=False):
     """Teach the model each synthetic writer's hand (the page's "Teach it", natively): accuracy
     on that writer's other digits before and after, MNIST accuracy after; reports/teach/."""
     native_module()
-    from trainer.personalize import main
+    from trainer.evaluation.personalize import main
 
-    main([*(["--weights", weights] if weights else []), "--writers", str(writers), "--shots", str(shots),
-          *(["--tune"] if tune else [])])
+    main(
+        [
+            *(["--weights", weights] if weights else []),
+            "--writers",
+            str(writers),
+            "--shots",
+            str(shots),
+            *(["--tune"] if tune else []),
+        ]
+    )
 
 
 @task
@@ -486,44 +602,65 @@ def fixtures(c):
     log(f"wrote {write_fixture()}")
 
 
-WEIGHTS_DTYPE_HELP = ("how the embedded weights are stored: f32 (default) or f16 (half the size, "
-                      "widened to f32 at load; prints the accuracy of both on the MNIST test set)")
+WEIGHTS_DTYPE_HELP = (
+    "how the embedded weights are stored: f32 (default) or f16 (half the size, "
+    "widened to f32 at load; prints the accuracy of both on the MNIST test set)"
+)
 
 
-@task(help={"backend": f"{', '.join(BACKENDS)} or all (default all)",
-            "force": "rebuild even when up to date",
-            "weights-dtype": WEIGHTS_DTYPE_HELP})
+@task(
+    help={
+        "backend": f"{', '.join(BACKENDS)} or all (default all)",
+        "force": "rebuild even when up to date",
+        "weights-dtype": WEIGHTS_DTYPE_HELP,
+    }
+)
 def build_wasm(c, backend="all", force=False, weights_dtype="f32"):
     """Compile wasm-infer to wasm (wasm-bindgen, wasm-opt) into web/pkg/<backend>/."""
     source = weights_path()
     use_weights_dtype(weights_dtype)
     for name in requested_backends(backend):
         build_one(name, force=force)
+    write_static_site()
     if weights_dtype != "f32":
-        from trainer.evaluate import accuracy_by_dtype
+        from trainer.evaluation.evaluate import accuracy_by_dtype
 
         for dtype, result in accuracy_by_dtype(source, ("f32", weights_dtype)).items():
-            log(f"MNIST test accuracy with {dtype} weights: {result['accuracy']:.2%} "
-                f"({result['errors']} errors, {result['changed']} predictions changed)")
+            log(
+                f"MNIST test accuracy with {dtype} weights: {result['accuracy']:.2%} "
+                f"({result['errors']} errors, {result['changed']} predictions changed)"
+            )
 
 
 #: Builds that run in every browser with wasm SIMD: what --backend may name.
 FALLBACK_BACKENDS = ("fast-simd128", *CPU_BACKENDS)
 
 
-@task(help={"host": "address to bind (default 127.0.0.1: this machine only)",
-            "port": "TCP port (default 8000)",
-            "backend": f"the build the page falls back to when it cannot run relaxed SIMD (default "
-                       f"{DEFAULT_BACKEND}; or flex, ndarray); ?backend=NAME in the URL picks any built one",
-            "webgpu": "also build and offer the WebGPU build (burn wgpu), for ?backend=wgpu; its first "
-                      "compile takes minutes, and for one small image it is slower than the CPU kernels",
-            "weights-dtype": WEIGHTS_DTYPE_HELP,
-            "models": "folder whose *.safetensors models the page offers (default models/), listed in "
-                      "/config.json and served under /models/ (read once, at start)",
-            "samples-db": "SQLite file where POST /api/samples stores drawn digits (default data/samples.db; "
-                          "created on the first sample)"})
-def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False, weights_dtype="f32", models=None,
-          samples_db=None):
+@task(
+    help={
+        "host": "address to bind (default 127.0.0.1: this machine only)",
+        "port": "TCP port (default 8000)",
+        "backend": f"the build the page falls back to when it cannot run relaxed SIMD (default "
+        f"{DEFAULT_BACKEND}; or flex, ndarray); ?backend=NAME in the URL picks any built one",
+        "webgpu": "also build and offer the WebGPU build (burn wgpu), for ?backend=wgpu; its first "
+        "compile takes minutes, and for one small image it is slower than the CPU kernels",
+        "weights-dtype": WEIGHTS_DTYPE_HELP,
+        "models": "folder whose *.safetensors models the page offers (default models/), listed in "
+        "/config.json and served under /models/ (read once, at start)",
+        "samples-db": "SQLite file where POST /api/samples stores drawn digits (default data/samples.db; "
+        "created on the first sample)",
+    }
+)
+def serve(
+    c,
+    host="127.0.0.1",
+    port=8000,
+    backend=DEFAULT_BACKEND,
+    webgpu=False,
+    weights_dtype="f32",
+    models=None,
+    samples_db=None,
+):
     """Build what is stale, then serve web/ at http://<host>:<port>."""
     embedded = weights_path()  # the file the builds embed (an f16 copy of it with --weights-dtype f16)
     models_dir = Path(models) if models else MODEL_DIR
@@ -531,29 +668,42 @@ def serve(c, host="127.0.0.1", port=8000, backend=DEFAULT_BACKEND, webgpu=False,
         raise Exit(f"--models names a folder of *.safetensors files; {models_dir} is not one")
     use_weights_dtype(weights_dtype)
     if backend not in FALLBACK_BACKENDS:
-        raise Exit(f"--backend names the fallback build: {', '.join(FALLBACK_BACKENDS)}, not {backend!r}. "
-                   "The page prefers fast-relaxed where the browser has relaxed SIMD; --webgpu adds wgpu.")
+        raise Exit(
+            f"--backend names the fallback build: {', '.join(FALLBACK_BACKENDS)}, not {backend!r}. "
+            "The page prefers fast-relaxed where the browser has relaxed SIMD; --webgpu adds wgpu."
+        )
     offered = [b for b in BACKENDS if webgpu or b not in GPU_BACKENDS]
     for name in offered:
         if name == backend or name in SERVED_BACKENDS or (webgpu and name in GPU_BACKENDS) or (PKG / name).exists():
             build_one(name)  # the fallback, the page's first choice, and any build made before (kept fresh)
+    write_static_site()
     native_module()  # answers POST /api/predict
-    from web.server.app import serve as serve_web
+    from server.app import serve as serve_web
 
     served = [b for b in built_backends() if b in offered]
-    serve_web(host=host, port=int(port), default_backend=backend, backends=served,
-              models_dir=models_dir, embedded=embedded, samples_db=Path(samples_db) if samples_db else SAMPLES_DB)
+    serve_web(
+        host=host,
+        port=int(port),
+        default_backend=backend,
+        backends=served,
+        models_dir=models_dir,
+        embedded=embedded,
+        samples_db=Path(samples_db) if samples_db else SAMPLES_DB,
+    )
 
 
-@task(name="samples", help={
-    "export": "write every sample to this .npz file (pixels (N, 28, 28) uint8, labels (N,) int64, "
-              "metadata: UTF-8 JSON; see web/server/samples.py)",
-    "import": "add the samples of such a .npz file (exact duplicates are skipped)",
-    "db": "the SQLite sample database (default data/samples.db)",
-})
+@task(
+    name="samples",
+    help={
+        "export": "write every sample to this .npz file (pixels (N, 28, 28) uint8, labels (N,) int64, "
+        "metadata: UTF-8 JSON; see mnist_common/samples.py)",
+        "import": "add the samples of such a .npz file (exact duplicates are skipped)",
+        "db": "the SQLite sample database (default data/samples.db)",
+    },
+)
 def samples_task(c, export=None, import_=None, db=None):
     """The collected drawings: counts per label; --export F.npz, --import F.npz."""
-    from web.server.samples import StoreError, open_store
+    from mnist_common.samples import StoreError, open_store
 
     path = Path(db) if db else SAMPLES_DB
     if export and import_:
@@ -636,13 +786,51 @@ def nostd(c):
     # or a dependency fails name resolution, and a library (rlib) is never linked anyway. It
     # skips LLVM's code generation, which took ~4 of the ~5 minutes of a cold `cargo build --release`.
     log(f"no_std check of mnist-model ({', '.join(NOSTD_BACKENDS)}) for {NOSTD_TARGET} ({toolchain['route']} route)")
-    run([toolchain["cargo"], "check", "--release", "--target", NOSTD_TARGET, *toolchain["build_std"],
-         "-p", "mnist-model", "--features", ",".join(NOSTD_BACKENDS)], env=toolchain["env"])
+    run(
+        [
+            toolchain["cargo"],
+            "check",
+            "--release",
+            "--target",
+            NOSTD_TARGET,
+            *toolchain["build_std"],
+            "-p",
+            "mnist-model",
+            "--features",
+            ",".join(NOSTD_BACKENDS),
+        ],
+        env=toolchain["env"],
+    )
 
 
-@task(help={"quick": "skip the no_std proof build"})
+#: The tests `invoke test --quick` runs: no native module, no wasm, no browser, no training.
+QUICK_TESTS = "not native and not browser and not slow"
+
+
+@task
+def lint(c):
+    """ruff (lint and format) on the Python, rustfmt on the Rust: checks only, changes nothing
+    (`ruff check --fix . && ruff format . && cargo fmt` fix what they can)."""
+    ruff = [sys.executable, "-m", "ruff"]
+    run([*ruff, "check", "."])
+    run([*ruff, "format", "--check", "."])
+    run(["cargo", "fmt", "--all", "--check"])
+
+
+@task(
+    help={
+        "quick": "lint and the Python tests that need no native module, no wasm, no browser "
+        "and no training run (a few minutes)"
+    }
+)
 def test(c, quick=False):
-    """The whole suite: Rust parity tests, the no_std proof, Python and browser tests."""
+    """The whole suite: lint, Rust parity tests, the no_std proof, Python and browser tests."""
+    if quick:
+        lint(c)
+        log(f"Python tests: -m '{QUICK_TESTS}'")
+        run([sys.executable, "-m", "pytest", "-n", "auto", "--dist", "loadfile", "-m", QUICK_TESTS])
+        return
+    lint(c)
     install_tools()
     # The native module (burn compiled for this CPU) builds beside the wasm builds (burn for
     # wasm32): they share no compiled crate, and each alone leaves a core idle for long
@@ -657,33 +845,53 @@ def test(c, quick=False):
         except Exit:
             print(log_file.read_text()[-6000:] if log_file.exists() else "", flush=True)
             raise
-    log("Rust: model vs PyTorch on real MNIST digits, burn's CPU backends and our kernels on every "
-        "instruction set this CPU has (wgpu: in the browser tests)")
-    # The native module's profile, and mnist-python named for its features (it has no Rust tests
+    log(
+        "Rust: model vs PyTorch on real MNIST digits, burn's CPU backends and our kernels on every "
+        "instruction set this CPU has (wgpu: in the browser tests)"
+    )
+    # The native module's profile, and mnist-infer named for its features (it has no Rust tests
     # of its own): the tests then reuse every dependency `native_module` compiled.
     features = [f"mnist-model/{f}" for f in CPU_BACKENDS + ("simd", "fast", "std")]
-    run(["cargo", "test", "--profile", NATIVE_PROFILE, "-p", "mnist-model", "-p", "mnist-python",
-         "--features", ",".join(features)])
-    if not quick:
-        nostd(c)
+    run(
+        [
+            "cargo",
+            "test",
+            "--profile",
+            NATIVE_PROFILE,
+            "-p",
+            "mnist-model",
+            "-p",
+            "mnist-infer",
+            "--features",
+            ",".join(features),
+        ]
+    )
+    nostd(c)
     log("Python and browser tests")
     # One worker per core, a test file per worker at a time (its module fixtures built once):
     # one process alone keeps one of 2 cores busy, as the tests wait on Chromium and servers.
-    run([sys.executable, "-m", "pytest", "-n", "auto", "--dist", "loadfile"])
+    # The native module is there now: a test that cannot import it fails instead of skipping.
+    run(
+        [sys.executable, "-m", "pytest", "-n", "auto", "--dist", "loadfile"],
+        env={**os.environ, "MNIST_REQUIRE_NATIVE": "1"},
+    )
 
 
-@task(positional=["images"], help={
-    "images": "image files (PNG, JPEG, ...; any size, either polarity): one path, a comma-separated "
-              "list, or a quoted glob such as 'digits/*.png'",
-    "json": "print one JSON document instead of a line per file",
-    "top": "show the K likeliest digits per file (1-10, default 1)",
-})
+@task(
+    positional=["images"],
+    help={
+        "images": "image files (PNG, JPEG, ...; any size, either polarity): one path, a comma-separated "
+        "list, or a quoted glob such as 'digits/*.png'",
+        "json": "print one JSON document instead of a line per file",
+        "top": "show the K likeliest digits per file (1-10, default 1)",
+    },
+)
 def predict(c, images, json=False, top=1):
     """Classify image files with the native Rust model and the page's MNIST preprocessing."""
     import glob
 
     native_module()
-    from web.server.classify import main as classify_main
+    from server.classify import main as classify_main
 
     paths = []
     for item in filter(None, images.split(",")):
@@ -699,16 +907,20 @@ def bench(c, images=1000):
     """Median in-browser predict time per backend vs ONNX Runtime Web; wasm sizes; first prediction."""
     setup(c)
     build_wasm(c, backend="all")
-    from web.server.bench_page import main as run_bench
+    from bench.page import main as run_bench
 
     run_bench(images=int(images))
 
 
-@task(help={"requests": "requests per measurement (default 1000)",
-            "concurrency": "client threads for the concurrent runs (default 8)"})
+@task(
+    help={
+        "requests": "requests per measurement (default 1000)",
+        "concurrency": "client threads for the concurrent runs (default 8)",
+    }
+)
 def bench_api(c, requests=1000, concurrency=8):
     """POST /api/predict requests/s and latency; native Rust vs PyTorch predict time per image."""
     native_module()
-    from web.server.bench_api import main as run_api_bench
+    from bench.api import main as run_api_bench
 
     run_api_bench(requests=int(requests), concurrency=int(concurrency))

@@ -18,10 +18,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.browser import CHROMIUM, CHROMIUM_ARGS, WEBGPU_ARGS  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer.export import load_model  # noqa: E402
 from trainer.model import normalize  # noqa: E402
-from web.server.browser import CHROMIUM, CHROMIUM_ARGS, WEBGPU_ARGS  # noqa: E402
 
 WEIGHTS = ROOT / "models" / "model.safetensors"
 #: The venv's invoke, the one `./dev` runs.
@@ -32,6 +32,20 @@ BACKENDS = ("fast-relaxed", "fast-simd128", "flex", "ndarray")
 #: Set (to anything) to serve what web/pkg holds as it is, building nothing: for running browser
 #: tests while the wasm is being rebuilt elsewhere. Without it the tests run `invoke serve`.
 NO_BUILD = bool(os.environ.get("MNIST_TEST_NO_BUILD"))
+#: Set by `invoke test` (the full suite): a missing native module is an error, not a reason to
+#: skip the tests marked `native` (`invoke test --quick` runs without them).
+REQUIRE_NATIVE = bool(os.environ.get("MNIST_REQUIRE_NATIVE"))
+
+
+def pytest_sessionstart(session):
+    if REQUIRE_NATIVE:
+        try:
+            import mnist_infer  # noqa: F401
+        except ImportError as e:
+            pytest.exit(
+                f"MNIST_REQUIRE_NATIVE is set but the native module is missing ({e}): `invoke setup` builds it",
+                returncode=3,
+            )
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +102,7 @@ def invoke_serve(*options: str):
 def serve_prebuilt(webgpu: bool):
     """What `invoke serve` serves (with the same config.json), minus its builds (NO_BUILD)."""
     import tasks
-    from web.server.app import make_server
+    from server.app import make_server
 
     offered = [b for b in tasks.built_backends() if webgpu or b not in tasks.GPU_BACKENDS]
     server = make_server("127.0.0.1", 0, tasks.DEFAULT_BACKEND, offered, log_requests=False)
@@ -157,7 +171,10 @@ def open_as_a_user(browser, url, query="", before_load=None):
         before_load(page)
     page.goto(url + query)
     page.wait_for_function("window.mnist !== undefined", timeout=60_000)
-    shown = (page.evaluate("window.mnist.backend"), page.locator("[data-testid=backend]").inner_text(),
-             page.locator("[data-testid=status]").inner_text())
+    shown = (
+        page.evaluate("window.mnist.backend"),
+        page.locator("[data-testid=backend]").inner_text(),
+        page.locator("[data-testid=status]").inner_text(),
+    )
     print(f"backend {shown[0]!r}; status {shown[2]!r}")
     return page, shown

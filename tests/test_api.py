@@ -1,4 +1,4 @@
-"""POST /api/predict (web/server/app.py): real digits, every error path, fuzzing, concurrency.
+"""POST /api/predict (server/app.py): real digits, every error path, fuzzing, concurrency.
 
 The server runs in this process on a free loopback port and classifies with the native Rust
 module ``mnist_infer`` (built by ``invoke setup``), as ``invoke serve`` does. Set
@@ -24,12 +24,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from web.server.classify import CLASS_NAMES
-from web.server.preprocess import load_ink, to_mnist
-from web.server.app import image_from_multipart, make_server
+from mnist_common.preprocess import load_ink, to_mnist
+from server.app import image_from_multipart, make_server
+from server.classify import CLASS_NAMES
+from tests.conftest import REQUIRE_NATIVE
 
-#: True: fail instead of falling back to PyTorch when mnist_infer cannot be imported.
-NATIVE_REQUIRED = True
+#: Fail instead of falling back to PyTorch when mnist_infer cannot be imported: under
+#: `invoke test` (MNIST_REQUIRE_NATIVE); `invoke test --quick` runs the API on PyTorch.
+NATIVE_REQUIRED = REQUIRE_NATIVE
 
 TIMEOUT = 20  # seconds a test request may take
 BOUNDARY = "----api-test-boundary-5b1f0e3a9c"
@@ -56,7 +58,7 @@ def classify_pixels():
         return native
     if NATIVE_REQUIRED:
         pytest.fail("mnist_infer is not importable: build it (./dev test or invoke setup)")
-    from web.server.classify import torch_predictor
+    from trainer.export import torch_predictor
 
     return torch_predictor()  # the committed models/model.safetensors
 
@@ -91,8 +93,14 @@ class Reply:
         return json.loads(self.body)
 
 
-def call(base: str, path: str = "/api/predict", method: str = "POST", body: bytes = b"",
-         headers: dict | None = None, content_length: bool = True) -> Reply:
+def call(
+    base: str,
+    path: str = "/api/predict",
+    method: str = "POST",
+    body: bytes = b"",
+    headers: dict | None = None,
+    content_length: bool = True,
+) -> Reply:
     """One HTTP request with exactly these headers (plus Host and, unless told not to,
     Content-Length); any status comes back as a Reply."""
     url = urlsplit(base)
@@ -118,15 +126,20 @@ def post_json(base: str, document, **kwargs) -> Reply:
     return call(base, body=body, headers={"Content-Type": "application/json"}, **kwargs)
 
 
-def multipart(fields: list[tuple[str, bytes]], boundary: str = BOUNDARY, filename: str = "digit.png",
-              part_type: str = "image/png") -> tuple[bytes, str]:
+def multipart(
+    fields: list[tuple[str, bytes]], boundary: str = BOUNDARY, filename: str = "digit.png", part_type: str = "image/png"
+) -> tuple[bytes, str]:
     """A multipart/form-data body of file fields (name, data), and its Content-Type."""
     body = b""
     for name, data in fields:
         body += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-            f"Content-Type: {part_type}\r\n\r\n"
-        ).encode() + data + b"\r\n"
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                f"Content-Type: {part_type}\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     body += f"--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
@@ -194,9 +207,20 @@ def assert_alive(base: str) -> None:
 # --- happy paths --------------------------------------------------------------------------------
 
 
-def test_native_classifier_is_used():
-    if native_predict() is None:
-        pytest.skip("mnist_infer is not importable: the API tests ran on the PyTorch predictor")
+@pytest.mark.native
+def test_the_default_classifier_is_the_native_module(mnist_test):
+    """A server given no classifier (as `invoke serve` starts it) answers with exactly
+    ``mnist_infer.predict``'s numbers, not PyTorch's."""
+    mnist_infer = pytest.importorskip("mnist_infer", reason="the native module is built by `invoke setup`")
+    server = start(classify_pixels=None)
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        images = mnist_test.images[:5].numpy().reshape(5, 784).astype(np.float32)
+        for pixels in images:
+            probabilities = check_payload(post_json(base, {"pixels": pixels.tolist()}).json())
+            np.testing.assert_array_equal(np.float32(probabilities), mnist_infer.predict(pixels))
+    finally:
+        stop(server)
 
 
 def test_png_digits_multipart(api, mnist_test, classify_pixels):
@@ -306,8 +330,14 @@ def test_the_uncertainty_function_is_injectable(classify_pixels):
     def fake(pixels, samples, seed):
         calls.append((np.array(pixels), samples, seed))
         p = np.full(10, 0.1, dtype=np.float32)
-        return {"probabilities": p, "std": p / 10, "entropy": math.log(10), "mutual_information": 0.5,
-                "samples": samples, "unsure": True}
+        return {
+            "probabilities": p,
+            "std": p / 10,
+            "entropy": math.log(10),
+            "mutual_information": 0.5,
+            "samples": samples,
+            "unsure": True,
+        }
 
     server = start(classify_pixels=classify_pixels, uncertainty=fake)
     base = f"http://127.0.0.1:{server.server_port}"
@@ -316,20 +346,36 @@ def test_the_uncertainty_function_is_injectable(classify_pixels):
         u = check_uncertainty(reply.json(), 7)
         assert u["unsure"] is True and u["mutual_information"] == 0.5
         np.testing.assert_allclose(u["std"], 0.01, rtol=1e-6)
-        (pixels, samples, seed), = calls
+        ((pixels, samples, seed),) = calls
         assert pixels.shape == (784,) and pixels.tolist() == INK and samples == 7 and seed == 0
     finally:
         stop(server)
 
 
-@pytest.mark.parametrize("broken", [
-    lambda pixels, samples, seed: {"probabilities": np.zeros(9), "std": np.zeros(10), "entropy": 0.0,
-                                   "mutual_information": 0.0, "samples": samples, "unsure": None},
-    lambda pixels, samples, seed: {"probabilities": np.full(10, 0.1), "std": np.full(10, -0.1), "entropy": 0.0,
-                                   "mutual_information": 0.0, "samples": samples, "unsure": None},
-    lambda pixels, samples, seed: {"probabilities": np.full(10, 0.1)},
-    lambda pixels, samples, seed: (_ for _ in ()).throw(ValueError("secret internal detail")),
-], ids=["wrong-shape", "negative-std", "missing-keys", "raises"])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        lambda pixels, samples, seed: {
+            "probabilities": np.zeros(9),
+            "std": np.zeros(10),
+            "entropy": 0.0,
+            "mutual_information": 0.0,
+            "samples": samples,
+            "unsure": None,
+        },
+        lambda pixels, samples, seed: {
+            "probabilities": np.full(10, 0.1),
+            "std": np.full(10, -0.1),
+            "entropy": 0.0,
+            "mutual_information": 0.0,
+            "samples": samples,
+            "unsure": None,
+        },
+        lambda pixels, samples, seed: {"probabilities": np.full(10, 0.1)},
+        lambda pixels, samples, seed: (_ for _ in ()).throw(ValueError("secret internal detail")),
+    ],
+    ids=["wrong-shape", "negative-std", "missing-keys", "raises"],
+)
 def test_a_failing_uncertainty_function_is_a_500(classify_pixels, broken, capfd):
     server = start(classify_pixels=classify_pixels, uncertainty=broken)
     base = f"http://127.0.0.1:{server.server_port}"
@@ -395,16 +441,29 @@ ERROR_CASES = {
     "blank-transparent": image_case(blank_png((0, 0, 0, 0), "RGBA"), words="blank"),
     "image-too-wide": image_case(thin_png(4097, 4), words="4097x4 px; the API takes at most 4096"),
     "image-10M-px-wide": image_case(thin_png(10_000_000, 1), words="at most 4096 px a side"),
-    "no-image-field": (dict(body=multipart([("file", b"x")])[0], headers={"Content-Type": multipart([])[1]}),
-                       400, "no form field named 'image'"),
+    "no-image-field": (
+        dict(body=multipart([("file", b"x")])[0], headers={"Content-Type": multipart([])[1]}),
+        400,
+        "no form field named 'image'",
+    ),
     "no-fields": (dict(body=b"", headers={"Content-Type": multipart([])[1]}), 400, "image"),
     "not-multipart-body": (dict(body=b"garbage\r\n\r\n", headers={"Content-Type": multipart([])[1]}), 400, "image"),
     # 2 MB of empty parts would take the email parser half a minute; nesting would recurse.
-    "too-many-parts": (dict(body=b"--x\r\n\r\n" * 249_000, headers={"Content-Type": "multipart/form-data; boundary=x"}),
-                       400, "more than 32 parts"),
-    "nested-parts": (dict(body=b"".join(b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
-                                        for i in range(5000)),
-                          headers={"Content-Type": "multipart/form-data; boundary=b0"}), 400, "more than 32 parts"),
+    "too-many-parts": (
+        dict(body=b"--x\r\n\r\n" * 249_000, headers={"Content-Type": "multipart/form-data; boundary=x"}),
+        400,
+        "more than 32 parts",
+    ),
+    "nested-parts": (
+        dict(
+            body=b"".join(
+                b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1) for i in range(5000)
+            ),
+            headers={"Content-Type": "multipart/form-data; boundary=b0"},
+        ),
+        400,
+        "more than 32 parts",
+    ),
     "no-boundary": (dict(body=b"--x\r\n\r\n--x--", headers={"Content-Type": "multipart/form-data"}), 400, "boundary"),
     "malformed-json": json_case(b'{"pixels": [1, 2', words="not valid JSON"),
     "not-utf8-json": json_case(b"\xff\xfe\xfa{}", words="not valid JSON"),
@@ -434,8 +493,11 @@ ERROR_CASES = {
     # Headers.
     "no-content-type": (dict(body=b"{}"), 400, "Content-Type"),
     "text-plain": (dict(body=b"{}", headers={"Content-Type": "text/plain"}), 400, "unsupported Content-Type"),
-    "urlencoded": (dict(body=b"image=x", headers={"Content-Type": "application/x-www-form-urlencoded"}),
-                   400, "unsupported Content-Type"),
+    "urlencoded": (
+        dict(body=b"image=x", headers={"Content-Type": "application/x-www-form-urlencoded"}),
+        400,
+        "unsupported Content-Type",
+    ),
     "raw-png": (dict(body=blank_png(0), headers={"Content-Type": "image/png"}), 400, "multipart/form-data"),
     "no-content-length": (dict(body=b"", headers=JSON, content_length=False), 411, "Content-Length"),
     "bad-content-length": (dict(body=b"{}", headers={**JSON, "Content-Length": "two"}), 400, "Content-Length"),
@@ -444,17 +506,24 @@ ERROR_CASES = {
     "over-2MB": (dict(body=b"", headers={**JSON, "Content-Length": "2000001"}), 413, "limit is 2000000"),
     "petabyte": (dict(body=b"", headers={**JSON, "Content-Length": str(10**15)}), 413, "limit"),
     # Methods and paths.
-    **{f"{m}-predict": (dict(method=m, content_length=False), 405, "takes POST")
-       for m in ("GET", "PUT", "DELETE", "PATCH", "OPTIONS")},
+    **{
+        f"{m}-predict": (dict(method=m, content_length=False), 405, "takes POST")
+        for m in ("GET", "PUT", "DELETE", "PATCH", "OPTIONS")
+    },
     "unknown-method": (dict(method="FROB", content_length=False), 501, "FROB"),
     "get-api-root": (dict(path="/api/", method="GET", content_length=False), 404, "no API"),
     "get-api": (dict(path="/api", method="GET", content_length=False), 404, "no API"),
     "post-unknown-api": (dict(path="/api/classify", body=b"{}", headers=JSON), 404, "POST /api/predict"),
     "trailing-slash": (dict(path="/api/predict/", body=b"{}", headers=JSON), 404, "no API"),
     # MC-dropout passes: an integer 1..1000, once (checked before anything else).
-    **{f"samples={value}": (dict(path=f"/api/predict?samples={value}", body=json.dumps({"pixels": INK}).encode(),
-                                 headers=JSON), 400, "samples")
-       for value in ("abc", "0", "1001", "-1", "2.5", "", "1e3", "%2020", "0x10", "9" * 30, "20&samples=20")},
+    **{
+        f"samples={value}": (
+            dict(path=f"/api/predict?samples={value}", body=json.dumps({"pixels": INK}).encode(), headers=JSON),
+            400,
+            "samples",
+        )
+        for value in ("abc", "0", "1001", "-1", "2.5", "", "1e3", "%2020", "0x10", "9" * 30, "20&samples=20")
+    },
 }
 
 
@@ -477,8 +546,17 @@ def test_query_string_is_ignored(api):
     assert post_json(api, {"pixels": INK}, path="/api/predict?x=1").status == 200
 
 
-@pytest.mark.parametrize("path, status", [("/", 405), ("/config.json", 405), ("/app.js", 405),
-                                          ("/nope.html", 404), ("/server.py", 404), ("/../tasks.py", 404)])
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/", 405),
+        ("/config.json", 405),
+        ("/app.js", 405),
+        ("/nope.html", 404),
+        ("/server.py", 404),
+        ("/../tasks.py", 404),
+    ],
+)
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
 def test_writes_to_static_paths_are_refused(api, path, status, method):
     reply = call(api, path, method=method, body=b"x" * 1000, headers={"Content-Type": "text/plain"})
@@ -508,8 +586,10 @@ def test_max_body_is_configurable(classify_pixels):
 def test_a_body_shorter_than_its_content_length_is_400(api):
     url = urlsplit(api)
     with socket.create_connection((url.hostname, url.port), timeout=10) as s:
-        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 100\r\n\r\n{\"pixels\":")
+        s.sendall(
+            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"pixels":'
+        )
         s.shutdown(socket.SHUT_WR)
         answer = b""
         while chunk := s.recv(65536):
@@ -525,16 +605,20 @@ def test_expect_100_continue(api):
     body = json.dumps({"pixels": INK}).encode()
     url = urlsplit(api)
     with socket.create_connection((url.hostname, url.port), timeout=10) as s:
-        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        s.sendall(
+            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
         assert s.recv(1000).split(b" ")[1] == b"100"  # before any of the body is sent
         s.sendall(body)
         answer = s.makefile("rb").read()
     assert answer.split(b" ")[1] == b"200" and b'"success": true' in answer
     # Too large: refused at once, with no invitation to send the body.
     with socket.create_connection((url.hostname, url.port), timeout=10) as s:
-        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Expect: 100-continue\r\nContent-Length: 3000000\r\n\r\n")
+        s.sendall(
+            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 3000000\r\n\r\n"
+        )
         s.shutdown(socket.SHUT_WR)
         answer = s.makefile("rb").read()
     assert answer.split(b" ")[1] == b"413" and b" 100 " not in answer
@@ -585,11 +669,15 @@ def test_default_classifier_is_the_native_module(mnist_test):
         stop(server)
 
 
-@pytest.mark.parametrize("broken", [
-    lambda pixels: (_ for _ in ()).throw(RuntimeError("secret internal detail")),
-    lambda pixels: np.zeros((1, 9), dtype=np.float32),
-    lambda pixels: np.full((1, 10), np.nan, dtype=np.float32),
-], ids=["raises", "wrong-shape", "nan"])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        lambda pixels: (_ for _ in ()).throw(RuntimeError("secret internal detail")),
+        lambda pixels: np.zeros((1, 9), dtype=np.float32),
+        lambda pixels: np.full((1, 10), np.nan, dtype=np.float32),
+    ],
+    ids=["raises", "wrong-shape", "nan"],
+)
 def test_a_failing_classifier_is_a_500_without_traceback(broken, capfd):
     server = start(classify_pixels=broken)
     base = f"http://127.0.0.1:{server.server_port}"
@@ -656,9 +744,11 @@ def test_fuzz_json(api, body):
 
 small_images = st.builds(
     lambda w, h, mode, seed, fmt: random_image(w, h, mode, seed, fmt),
-    st.integers(1, 60), st.integers(1, 60),
+    st.integers(1, 60),
+    st.integers(1, 60),
     st.sampled_from(["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK"]),
-    st.integers(0, 2**32 - 1), st.sampled_from(["PNG", "TIFF", "BMP", "GIF", "JPEG", "WEBP"]),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["PNG", "TIFF", "BMP", "GIF", "JPEG", "WEBP"]),
 )
 
 
@@ -682,10 +772,12 @@ def random_image(width: int, height: int, mode: str, seed: int, fmt: str) -> byt
 
 
 @FUZZ
-@given(data=st.binary(max_size=3000) | small_images,
-       name=st.sampled_from(["image", "image", "Image", "file", ""]) | st.text(max_size=10),
-       part_type=st.sampled_from(["image/png", "application/octet-stream", "text/plain; charset=utf-8"]),
-       truncate=st.integers(0, 100))
+@given(
+    data=st.binary(max_size=3000) | small_images,
+    name=st.sampled_from(["image", "image", "Image", "file", ""]) | st.text(max_size=10),
+    part_type=st.sampled_from(["image/png", "application/octet-stream", "text/plain; charset=utf-8"]),
+    truncate=st.integers(0, 100),
+)
 def test_fuzz_multipart(api, data, name, part_type, truncate):
     body, content_type = multipart([(name, data)], part_type=part_type)
     if truncate > 80:
@@ -694,10 +786,19 @@ def test_fuzz_multipart(api, data, name, part_type, truncate):
 
 
 @FUZZ
-@given(content_type=st.text(max_size=60).filter(lambda t: "\r" not in t and "\n" not in t) | st.sampled_from(
-           ["multipart/form-data; boundary=", "multipart/form-data; boundary=\"\"", "multipart/mixed; boundary=x",
-            "application/json; charset=utf-16", "multipart/form-data; boundary=a; boundary=b"]),
-       body=st.binary(max_size=500))
+@given(
+    content_type=st.text(max_size=60).filter(lambda t: "\r" not in t and "\n" not in t)
+    | st.sampled_from(
+        [
+            "multipart/form-data; boundary=",
+            'multipart/form-data; boundary=""',
+            "multipart/mixed; boundary=x",
+            "application/json; charset=utf-16",
+            "multipart/form-data; boundary=a; boundary=b",
+        ]
+    ),
+    body=st.binary(max_size=500),
+)
 def test_fuzz_content_types(api, content_type, body):
     try:
         content_type.encode("latin-1")

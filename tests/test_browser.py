@@ -42,12 +42,16 @@ def prediction(page):
 
 def wait_for_the_top_bar_to_show(page, probability):
     """The bar of the top digit, as rendered, fills `probability` of its track (within 2 %)."""
-    page.wait_for_function("""(p) => {
+    page.wait_for_function(
+        """(p) => {
         const li = document.querySelector('#bars li.top');
         const fill = li.querySelector('.fill').getBoundingClientRect().width;
         const track = li.querySelector('.track').getBoundingClientRect().width;
         return track > 0 && Math.abs(fill / track - p) < 0.02;
-    }""", arg=probability, timeout=5_000)
+    }""",
+        arg=probability,
+        timeout=5_000,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -156,7 +160,6 @@ def test_weights_loaded_at_run_time_answer_like_the_embedded_ones(browser, serve
 
     from tests.conftest import WEIGHTS
     from trainer.export import convert_weights, read_metadata
-
     from trainer.model import MLP, layers_to_json
 
     # The cnn's tensors under the mlp's layer plan: no build may run it.
@@ -205,14 +208,14 @@ def test_the_page_runs_our_relaxed_simd_kernels_by_itself(browser, server, mnist
 NO_RELAXED_SIMD = "WebAssembly.validate = () => false;\n"
 
 
-def test_without_relaxed_simd_the_page_runs_fast_simd128_and_says_why(browser, server, mnist_test,
-                                                                      torch_probabilities):
+def test_without_relaxed_simd_the_page_runs_fast_simd128_and_says_why(browser, server, mnist_test, torch_probabilities):
     def refuse_relaxed_simd(route):
         response = route.fetch()
         route.fulfill(response=response, body=NO_RELAXED_SIMD + response.text())
 
     page, (label, backend_line, status) = open_as_a_user(
-        browser, server, before_load=lambda page: page.route("**/classifier.js", refuse_relaxed_simd))
+        browser, server, before_load=lambda page: page.route("**/classifier.js", refuse_relaxed_simd)
+    )
     assert label == backend_line == "fast-simd128 (no relaxed SIMD in this browser)"
     assert status == "fast-relaxed: no relaxed SIMD in this browser: using fast-simd128. ready: draw a digit"
     # Skipped before any worker loaded it: the one worker is fast-simd128's.
@@ -244,12 +247,19 @@ def test_the_relaxed_simd_probe_says_whether_the_relaxed_build_compiles(server):
     node = shutil.which("node")
     assert node, "node is needed (npm installs the build tools)"
     pkg = ROOT / "web" / "pkg"
-    args = [ROOT / "web" / "classifier.js", pkg / "fast-relaxed" / "mnist_wasm_bg.wasm",
-            pkg / "fast-simd128" / "mnist_wasm_bg.wasm"]
+    args = [
+        ROOT / "web" / "classifier.js",
+        pkg / "fast-relaxed" / "mnist_wasm_bg.wasm",
+        pkg / "fast-simd128" / "mnist_wasm_bg.wasm",
+    ]
     seen = []
     for flags in ([], ["--experimental-wasm-relaxed-simd"]):
-        run = subprocess.run([node, *flags, "--input-type=module", "-e", NODE_PROBE, *map(str, args)],
-                             capture_output=True, text=True, timeout=60)
+        run = subprocess.run(
+            [node, *flags, "--input-type=module", "-e", NODE_PROBE, *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if flags and run.returncode != 0:
             continue  # a Node whose V8 no longer has the flag: relaxed SIMD is on regardless
         assert run.returncode == 0, run.stderr

@@ -1,4 +1,4 @@
-"""web/server/classify.py: image files -> digits, with the native model (mnist_infer) and PyTorch."""
+"""server/classify.py: image files -> digits, with the native model (mnist_infer) and PyTorch."""
 
 from __future__ import annotations
 
@@ -10,26 +10,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnist_common.preprocess import BlankImageError
+from server import classify
+from server.classify import CLASS_NAMES, classify_image, main, predictions_payload
 from tests.conftest import WEIGHTS
 from tests.test_preprocess import upscale
-from web.server import classify
-from web.server.classify import CLASS_NAMES, classify_image, main, predictions_payload
-from web.server.preprocess import BlankImageError
+from trainer.export import torch_predictor
 
 
 def native_module():
-    """The native Rust module (built by `invoke setup`; required)."""
-    import mnist_infer
-
-    return mnist_infer
+    """The native Rust module (built by `invoke setup`); the test is skipped without it, and
+    fails under MNIST_REQUIRE_NATIVE=1 (``invoke test``: see tests/conftest.py)."""
+    return pytest.importorskip("mnist_infer", reason="the native module is built by `invoke setup`")
 
 
 @pytest.fixture(scope="module")
 def torch_predict():
-    return classify.torch_predictor(WEIGHTS)
+    return torch_predictor(WEIGHTS)
 
 
-@pytest.fixture(params=["native", "torch"])
+@pytest.fixture(params=[pytest.param("native", marks=pytest.mark.native), "torch"])
 def predict(request, torch_predict):
     """Each test runs with the native module (classify's default, predict=None) and PyTorch."""
     if request.param == "torch":
@@ -161,6 +161,7 @@ def test_cli_without_the_native_module_says_so(digit_files, monkeypatch, capsys)
     assert "mnist_infer is not installed" in capsys.readouterr().err
 
 
+@pytest.mark.native
 def test_native_model_matches_pytorch(digit_files, torch_predict):
     mnist_infer = native_module()
     pixels = np.stack([classify.preprocess_file(path) for path, _ in digit_files])

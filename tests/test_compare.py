@@ -1,11 +1,10 @@
-"""trainer/compare.py: `invoke evaluate --all`, on a small real subset of MNIST test and two
+"""trainer/evaluation/compare.py: `invoke evaluate --all`, on a small real subset of MNIST test and two
 real models (the committed cnn and lenet5) in a temporary models folder."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from tests.conftest import ROOT, WEIGHTS
-from trainer.compare import (
+from trainer.evaluation.compare import (
     CompareError,
     auroc,
     compare,
@@ -26,7 +25,7 @@ from trainer.compare import (
     scribbles,
     wasm_timing,
 )
-from trainer.redraw import PAGE_PEN_WIDTH
+from trainer.synthetic.redraw import PAGE_PEN_WIDTH
 
 #: Test digits (and scribbles) of the comparison under test.
 N = 200
@@ -186,8 +185,13 @@ def test_wasm_times_every_model_or_says_why(comparison):
 
 
 def test_wasm_timing_is_skipped_with_a_note_without_a_build(tmp_path):
-    result = wasm_timing([{"name": "cnn", "path": WEIGHTS}], np.zeros(784, np.float32), np.zeros((1, 784), np.float32),
-                         {"cnn": np.zeros((1, 10))}, build=tmp_path)
+    result = wasm_timing(
+        [{"name": "cnn", "path": WEIGHTS}],
+        np.zeros(784, np.float32),
+        np.zeros((1, 784), np.float32),
+        {"cnn": np.zeros((1, 10))},
+        build=tmp_path,
+    )
     assert result["models"] == {} and "skipped" in result["note"]
 
 
@@ -218,14 +222,31 @@ def test_a_negative_limit_is_refused(tmp_path):
 
 def test_collected_drawings_become_a_column(tmp_path, mnist_test):
     """`invoke evaluate --all --samples DB`: every model scored on the saved drawings too."""
-    from trainer.compare import comparison_table
+    from trainer.evaluation.compare import comparison_table
 
-    rows = [{"name": "a", "architecture": "cnn", "parameters": 1, "file_bytes": 1,
-             "accuracy": {"clean": 0.99, "augmented": 0.98, "page_pen": 0.97, "redrawn_mean": 0.97,
-                          "adverse": 0.9, "samples": 0.875},
-             "calibration": {"eval": {"ece": 0.01}, "mc_dropout": {"ece": 0.02}},
-             "ood": {"auroc_entropy": 0.9, "auroc_mutual_information": 0.9, "unsure_digits": 0.01,
-                     "unsure_nondigits": 0.5}}]
+    rows = [
+        {
+            "name": "a",
+            "architecture": "cnn",
+            "parameters": 1,
+            "file_bytes": 1,
+            "accuracy": {
+                "clean": 0.99,
+                "augmented": 0.98,
+                "page_pen": 0.97,
+                "redrawn_mean": 0.97,
+                "adverse": 0.9,
+                "samples": 0.875,
+            },
+            "calibration": {"eval": {"ece": 0.01}, "mc_dropout": {"ece": 0.02}},
+            "ood": {
+                "auroc_entropy": 0.9,
+                "auroc_mutual_information": 0.9,
+                "unsure_digits": 0.01,
+                "unsure_nondigits": 0.5,
+            },
+        }
+    ]
     table = comparison_table(rows)
     assert table.splitlines()[0].endswith("| collected drawings |") and "87.50%" in table.splitlines()[2]
     rows[0]["accuracy"]["samples"] = None

@@ -1,4 +1,4 @@
-"""trainer/evaluate.py: the report of `invoke evaluate`, on a small real subset of MNIST test."""
+"""trainer/evaluation/evaluate.py: the report of `invoke evaluate`, on a small real subset of MNIST test."""
 
 from __future__ import annotations
 
@@ -12,16 +12,23 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tests.conftest import WEIGHTS
-from trainer.evaluate import augmented_images, evaluate, main, set_label, summary_table
+from trainer.augment import augmented_images
+from trainer.evaluation.evaluate import evaluate, main, set_label, summary_table
 from trainer.export import WeightsError, read_metadata
 from trainer.model import normalize
-from trainer.redraw import PAGE_PEN_WIDTH, PEN_WIDTHS
+from trainer.synthetic.redraw import PAGE_PEN_WIDTH, PEN_WIDTHS
 
 #: Test digits of the evaluation under test (the first N of the 10,000).
 N = 300
-PNGS = ("confusion_matrix.png", f"confusion_matrix_pen{PAGE_PEN_WIDTH}.png", "per_class_accuracy.png",
-        "training_curves.png", "worst_errors.png", f"worst_errors_pen{PAGE_PEN_WIDTH}.png",
-        "worst_errors_adverse.png")
+PNGS = (
+    "confusion_matrix.png",
+    f"confusion_matrix_pen{PAGE_PEN_WIDTH}.png",
+    "per_class_accuracy.png",
+    "training_curves.png",
+    "worst_errors.png",
+    f"worst_errors_pen{PAGE_PEN_WIDTH}.png",
+    "worst_errors_adverse.png",
+)
 SET_KEYS = ("clean", "augmented", *(f"redrawn_pen{w}" for w in PEN_WIDTHS), "redrawn_adverse", "writers")
 
 
@@ -64,11 +71,12 @@ def test_json_is_what_was_returned(report):
 
 def test_synthetic_writers_are_scored_per_writer(report, model, mnist_test):
     """One synthetic writer per 100 digits of the limit (3 here), each scored on its own."""
-    from trainer.writers import writers_set
+    from trainer.synthetic.writers import writers_set
 
     result = report[0]["sets"]["writers"]
-    written = writers_set(mnist_test.images.numpy(), mnist_test.labels.numpy(), writers=3, progress=False,
-                          cache_dir=None)
+    written = writers_set(
+        mnist_test.images.numpy(), mnist_test.labels.numpy(), writers=3, progress=False, cache_dir=None
+    )
     with torch.no_grad():
         predicted = model(normalize(torch.from_numpy(written.images).float().unsqueeze(1))).argmax(1).numpy()
     correct = predicted == written.labels
@@ -86,7 +94,9 @@ def test_clean_accuracy_matches_the_model(report, direct_logits, mnist_test):
     labels = mnist_test.labels[:N]
     correct = (direct_logits.argmax(1) == labels).sum().item()
     assert clean["accuracy"] == correct / N and clean["errors"] == N - correct
-    assert clean["mean_loss"] == pytest.approx(torch.nn.functional.cross_entropy(direct_logits, labels).item(), rel=1e-5)
+    assert clean["mean_loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(direct_logits, labels).item(), rel=1e-5
+    )
     probabilities = torch.softmax(direct_logits, dim=1)
     for error in clean["worst_errors"]:
         assert labels[error["index"]] == error["true"] != error["predicted"]
@@ -198,18 +208,32 @@ def test_command_line_errors_exit_with_a_message(tmp_path, capsys):
 
 def test_collected_drawings_are_scored_per_writer(tmp_path, mnist_test):
     """`invoke evaluate --samples`: drawings saved from the page (here: MNIST test digits 100-159
-    stored through web.server.samples, as the page would) scored as a set of their own, per writer."""
-    from web.server.samples import open_store
+    stored through mnist_common.samples, as the page would) scored as a set of their own, per writer."""
+    from mnist_common.samples import open_store
 
     store = open_store(tmp_path / "samples.db")
     images, labels = mnist_test.images[100:160], mnist_test.labels[100:160]
     for i, (image, label) in enumerate(zip(images, labels)):
         wrong = i == 0  # one sample whose writer gave the wrong label
-        store.add({"label": (int(label) + 1) % 10 if wrong else int(label), "pixels": image.flatten().tolist(),
-                   "strokes": [[[0, 0, 0]]], "pen_width": 20, "canvas": [280, 280],
-                   "writer": "ann" if i < 20 else ("bob" if i < 50 else None)})
-    result = evaluate(WEIGHTS, tmp_path / "report", limit=10, pen_widths=(PAGE_PEN_WIDTH,),
-                      cache_dir=tmp_path / "cache", adverse_pen=False, samples=store.arrays())
+        store.add(
+            {
+                "label": (int(label) + 1) % 10 if wrong else int(label),
+                "pixels": image.flatten().tolist(),
+                "strokes": [[[0, 0, 0]]],
+                "pen_width": 20,
+                "canvas": [280, 280],
+                "writer": "ann" if i < 20 else ("bob" if i < 50 else None),
+            }
+        )
+    result = evaluate(
+        WEIGHTS,
+        tmp_path / "report",
+        limit=10,
+        pen_widths=(PAGE_PEN_WIDTH,),
+        cache_dir=tmp_path / "cache",
+        adverse_pen=False,
+        samples=store.arrays(),
+    )
     collected = result["sets"]["samples"]
     writers = collected["per_writer"]
     assert collected["n"] == 60 and result["sets"]["clean"]["n"] == 10

@@ -1,16 +1,125 @@
-"""One fact, one place: the input layout and the classes agree between Python (trainer/),
-Rust (mnist_infer, built from wasm-infer/) and JS (web/preprocess.js). The normalisation
-constants need no such test: the Rust crate reads them from the weights file's metadata."""
+"""The house rules, checked: imports run one way (trainer -> mnist_common <- server, bench and
+tasks.py on top), no module imports itself through others, web/ holds no Python, and the facts
+Python, Rust and JS each repeat (input size, classes) agree."""
 
+from __future__ import annotations
+
+import ast
 import re
 from pathlib import Path
 
-import mnist_infer
-from trainer import model
-from web.server import classify, preprocess
-from web.server import app as server
+import pytest
 
-PREPROCESS_JS = (Path(__file__).resolve().parent.parent / "web" / "preprocess.js").read_text()
+from mnist_common import constants, preprocess
+from mnist_common.paths import ROOT, WEB_DIR
+
+#: Which project packages each package may import (itself always). ``tests`` may import all.
+ALLOWED = {
+    "mnist_common": set(),
+    "trainer": {"mnist_common"},
+    "server": {"mnist_common"},
+    "bench": {"mnist_common", "trainer", "server"},
+    "tasks": {"mnist_common", "trainer", "server", "bench"},
+}
+PACKAGES = set(ALLOWED)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules() -> dict[str, Path]:
+    files = [ROOT / "tasks.py"] + [p for pkg in PACKAGES - {"tasks"} for p in (ROOT / pkg).rglob("*.py")]
+    return {module_name(p): p for p in files}
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``name`` imports anywhere in its body (lazy imports too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from pkg import mod` imports the module pkg.mod when there is one
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for source, targets in graph.items():
+        top = source.split(".")[0]
+        for target in targets:
+            other = target.split(".")[0]
+            if other != top and other not in ALLOWED[top]:
+                bad.append(f"{source} imports {target}")
+    return sorted(bad)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph`` (one path per cycle found by depth-first search)."""
+    found, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_imports_run_one_way():
+    assert layer_violations(import_graph()) == []
+
+
+def test_no_module_imports_itself_through_others():
+    assert cycles(import_graph()) == []
+
+
+def test_the_checks_catch_what_they_look_for():
+    graph = import_graph()
+    graph["mnist_common.preprocess"] = graph["mnist_common.preprocess"] | {"trainer.model"}
+    graph["trainer.model"] = graph["trainer.model"] | {"trainer.train"}
+    assert layer_violations(graph) == ["mnist_common.preprocess imports trainer.model"]
+    assert any("trainer.model" in c and "trainer.train" in c for c in cycles(graph))
+
+
+def test_the_graph_sees_relative_and_lazy_imports():
+    graph = import_graph()
+    assert "trainer.augment" in graph["trainer.evaluation.evaluate"]  # `from ..augment import`
+    assert "mnist_common.preprocess" in graph["server.app"]  # imported inside a function
+
+
+def test_web_is_a_static_site_without_python():
+    assert sorted(p.relative_to(ROOT) for p in WEB_DIR.rglob("*.py") if "node_modules" not in p.parts) == []
+
+
+PREPROCESS_JS = (WEB_DIR / "preprocess.js").read_text()
 
 
 def js_constant(name: str) -> int:
@@ -19,13 +128,18 @@ def js_constant(name: str) -> int:
     return int(match.group(1))
 
 
-def test_input_layout_is_the_same_everywhere():
-    side = model.IMAGE_SIZE
-    assert preprocess.MNIST_SIZE == js_constant("MNIST_SIZE") == side
+def test_python_and_js_agree_on_the_input():
+    assert preprocess.MNIST_SIZE == js_constant("MNIST_SIZE") == constants.IMAGE_SIZE == 28
     assert preprocess.DIGIT_BOX == js_constant("DIGIT_BOX") == 20
-    assert mnist_infer.INPUT_LEN == server.NUM_PIXELS == classify.PIXELS == side * side
+    assert constants.NUM_PIXELS == 28 * 28
+    assert len(constants.CLASS_NAMES) == constants.NUM_CLASSES == 10
 
 
-def test_classes_are_the_same_everywhere():
-    assert mnist_infer.NUM_CLASSES == model.NUM_CLASSES == len(classify.CLASS_NAMES) == 10
-    assert mnist_infer.ARCHITECTURE == model.ARCHITECTURE
+@pytest.mark.native
+def test_python_and_rust_agree_on_the_input_and_classes():
+    mnist_infer = pytest.importorskip("mnist_infer")
+    from mnist_common.plan import ARCHITECTURE
+
+    assert mnist_infer.INPUT_LEN == constants.NUM_PIXELS
+    assert mnist_infer.NUM_CLASSES == constants.NUM_CLASSES
+    assert mnist_infer.ARCHITECTURE == ARCHITECTURE

@@ -3,19 +3,9 @@
 import pytest
 import torch
 
-from trainer.model import (
-    ARCHITECTURES,
-    CNN,
-    MNIST_MEAN,
-    MNIST_STD,
-    Net,
-    architecture,
-    build,
-    count_parameters,
-    layers_from_json,
-    layers_to_json,
-    normalize,
-)
+from mnist_common.constants import MNIST_MEAN, MNIST_STD
+from mnist_common.plan import ARCHITECTURES, CNN, architecture, layers_from_json, layers_to_json
+from trainer.model import Net, build, count_parameters, normalize
 
 
 def test_parameter_count_matches_burns_mnist_demo():
@@ -29,11 +19,24 @@ def test_layers_in_order():
     net = Net()
     names = [name for name, _ in net.state_dict().items() if not name.endswith("num_batches_tracked")]
     assert names == [
-        "conv1.conv.weight", "conv1.conv.bias", "conv1.norm.weight", "conv1.norm.bias",
-        "conv1.norm.running_mean", "conv1.norm.running_var",
-        "conv2.conv.weight", "conv2.conv.bias", "conv2.norm.weight", "conv2.norm.bias",
-        "conv2.norm.running_mean", "conv2.norm.running_var",
-        "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias",
+        "conv1.conv.weight",
+        "conv1.conv.bias",
+        "conv1.norm.weight",
+        "conv1.norm.bias",
+        "conv1.norm.running_mean",
+        "conv1.norm.running_var",
+        "conv2.conv.weight",
+        "conv2.conv.bias",
+        "conv2.norm.weight",
+        "conv2.norm.bias",
+        "conv2.norm.running_mean",
+        "conv2.norm.running_var",
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+        "fc3.weight",
+        "fc3.bias",
     ]
     assert net.fc1.in_features == 1600 and net.conv1.conv.kernel_size == (3, 3)
     assert net.conv1.conv.padding == (0, 0)

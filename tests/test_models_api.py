@@ -1,4 +1,4 @@
-"""The model listing of web/server/app.py: /config.json's ``models`` and the files under /models/.
+"""The model listing of server/app.py: /config.json's ``models`` and the files under /models/.
 
 Each test serves a temporary models folder built from the committed models/model.safetensors
 and from trainer code (an untrained but valid mlp), so nothing depends on what else has been
@@ -18,16 +18,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from server.app import make_server
 from tests.conftest import WEIGHTS
 from trainer.export import save_safetensors
 from trainer.model import ARCHITECTURES, build
-from web.server.app import make_server
 
 ENTRY_KEYS = {"name", "url", "architecture", "summary", "test_accuracy", "parameters", "bytes", "embedded"}
 #: Tensor elements of each file, counted by hand from the layer shapes (weights + biases, and
 #: for the cnn the BatchNorm weight, bias, running mean and running variance): see README.
-CNN_PARAMETERS = (64 * 1 * 9 + 64 + 4 * 64) + (64 * 64 * 9 + 64 + 4 * 64) + (1600 * 128 + 128) \
-    + (128 * 128 + 128) + (128 * 10 + 10)
+CNN_PARAMETERS = (
+    (64 * 1 * 9 + 64 + 4 * 64) + (64 * 64 * 9 + 64 + 4 * 64) + (1600 * 128 + 128) + (128 * 128 + 128) + (128 * 10 + 10)
+)
 MLP_PARAMETERS = (784 * 512 + 512) + (512 * 256 + 256) + (256 * 10 + 10)
 
 
@@ -115,13 +116,27 @@ def test_model_files_download_byte_for_byte(zoo_server, zoo):
     assert status == 200 and body == (zoo / "mlp.safetensors").read_bytes()
 
 
-@pytest.mark.parametrize("path", [
-    "/models/../tasks.py", "/models/%2e%2e/tasks.py", "/models/../models/model.safetensors",
-    "/models/..%2fmodels%2fmodel.safetensors", "/models/sub/deep.safetensors", "/models/sub%2fdeep.safetensors",
-    "/models/metrics.json", "/models/.hidden.safetensors", "/models/nope.safetensors", "/models/",
-    "/models", "/models/model", "/models/MODEL.SAFETENSORS", "/models/model.safetensors/",
-    "/models//etc/passwd", "/models/%00model.safetensors",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/models/../tasks.py",
+        "/models/%2e%2e/tasks.py",
+        "/models/../models/model.safetensors",
+        "/models/..%2fmodels%2fmodel.safetensors",
+        "/models/sub/deep.safetensors",
+        "/models/sub%2fdeep.safetensors",
+        "/models/metrics.json",
+        "/models/.hidden.safetensors",
+        "/models/nope.safetensors",
+        "/models/",
+        "/models",
+        "/models/model",
+        "/models/MODEL.SAFETENSORS",
+        "/models/model.safetensors/",
+        "/models//etc/passwd",
+        "/models/%00model.safetensors",
+    ],
+)
 def test_only_listed_names_are_served(zoo_server, path):
     for method in ("GET", "HEAD"):
         status, _, _ = get(zoo_server, path, method=method)
@@ -141,8 +156,11 @@ def test_unreadable_files_are_skipped_with_one_warning_each(tmp_path, capfd):
     (tmp_path / "empty.safetensors").write_bytes(b"")
     (tmp_path / "truncated.safetensors").write_bytes(WEIGHTS.read_bytes()[:5000])
     save_file({"w": torch.zeros(3)}, str(tmp_path / "no-metadata.safetensors"))  # not one of our models
-    save_file({"w": torch.zeros(3)}, str(tmp_path / "bad-plan.safetensors"),
-              metadata={"architecture": "mnist-mlp-v1", "layers": "[{\"kind\": \"teleport\"}]"})
+    save_file(
+        {"w": torch.zeros(3)},
+        str(tmp_path / "bad-plan.safetensors"),
+        metadata={"architecture": "mnist-mlp-v1", "layers": '[{"kind": "teleport"}]'},
+    )
     bad = {"garbage", "empty", "truncated", "no-metadata", "bad-plan"}
     server = serve(models_dir=tmp_path, embedded=tmp_path / "model.safetensors")
     base = f"http://127.0.0.1:{server.server_port}"
@@ -169,7 +187,9 @@ def test_an_embedded_file_outside_the_folder_is_listed_first(tmp_path):
     try:
         config = config_of(base)
         assert [(m["name"], m["url"], m["embedded"]) for m in config["models"]] == [
-            ("cnn", "models/model.safetensors", True), ("mlp", "models/mlp.safetensors", False)]
+            ("cnn", "models/model.safetensors", True),
+            ("mlp", "models/mlp.safetensors", False),
+        ]
         assert get(base, "/models/model.safetensors")[2] == WEIGHTS.read_bytes()
     finally:
         server.shutdown()
@@ -208,6 +228,7 @@ def test_serve_task_refuses_a_models_path_that_is_not_a_folder(tmp_path):
 
     from tests.conftest import INVOKE, ROOT
 
-    result = subprocess.run([INVOKE, "serve", "--models", str(tmp_path / "nope")], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [INVOKE, "serve", "--models", str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode != 0 and "is not one" in result.stderr and "+ cargo" not in result.stdout

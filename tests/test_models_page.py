@@ -119,8 +119,9 @@ def test_what_a_person_sees(browser, server):
     # of random scribbles; this one it does, with the mutual information well above threshold.)
     dots = [[(x, y), (x + 4, y + 4)] for x, y in [(60, 60), (200, 80), (120, 150), (70, 220), (210, 210)]]
     draw(page, dots)
-    page.wait_for_function("document.querySelector('[data-testid=prediction]').dataset.unsure === 'true'",
-                           timeout=10_000)
+    page.wait_for_function(
+        "document.querySelector('[data-testid=prediction]').dataset.unsure === 'true'", timeout=10_000
+    )
     assert page.locator("#confidence").inner_text().startswith("not sure")
     assert max(bar["spread"] for bar in bars(page)) > 5  # the samples' spread is drawn, in px
     page.screenshot(path=str(SCREENSHOT.with_name("unsure.png")))
@@ -136,14 +137,18 @@ def test_a_dropped_weights_file_becomes_a_model(browser, server, tmp_path):
     page = open_page(browser, server, "fast-relaxed")
     good = (MODELS_DIR / "lenet5.safetensors").read_bytes()
     for name, data in [("mine.safetensors", good), ("broken.safetensors", good[:500])]:
-        page.evaluate("""([name, bytes]) => {
+        page.evaluate(
+            """([name, bytes]) => {
             const file = new File([new Uint8Array(bytes)], name);
             const transfer = new DataTransfer();
             transfer.items.add(file);
             document.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, bubbles: true }));
-        }""", [name, list(data)])
-        page.wait_for_function("(n) => document.querySelector('[data-testid=status]').textContent.includes(n)",
-                               arg=name)
+        }""",
+            [name, list(data)],
+        )
+        page.wait_for_function(
+            "(n) => document.querySelector('[data-testid=status]').textContent.includes(n)", arg=name
+        )
     assert "mine" in page.evaluate("window.mnist.models")
     assert page.evaluate("window.mnist.model") == "mine"  # the broken file changed nothing
     assert "not a readable safetensors file" in page.locator("[data-testid=status]").inner_text()
@@ -153,7 +158,7 @@ def test_a_dropped_weights_file_becomes_a_model(browser, server, tmp_path):
 @pytest.mark.parametrize("backend", ["flex", "ndarray"])
 def test_burns_builds_run_every_model_too(browser, server, backend, mnist_test):
     """The burn builds run the cnn as burn's Module and the other plans on burn's tensor
-    operations (wasm-infer/model/src/layers.rs): the same answers as PyTorch."""
+    operations (wasm-infer/mnist-model/src/layers.rs): the same answers as PyTorch."""
     page = open_page(browser, server, backend)
     images = mnist_test.images[:100]
     for name in model_names(page):

@@ -1,4 +1,4 @@
-"""The native module mnist_infer (wasm-infer/python): the Rust model against PyTorch on all
+"""The native module mnist_infer (wasm-infer/mnist-infer): the Rust model against PyTorch on all
 10,000 MNIST test digits, its input checks, its weight loading, and the GIL being released."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-import mnist_infer
 from tests.conftest import WEIGHTS
 from trainer.model import ARCHITECTURE, MNIST_MEAN, MNIST_STD, normalize
+
+pytestmark = pytest.mark.native
+mnist_infer = pytest.importorskip("mnist_infer", reason="the native module is built by `invoke setup`")
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +74,17 @@ def test_module_predict_is_the_embedded_model_on_the_default_backend(test_pixels
     assert mnist_infer.Classifier().normalization == pytest.approx((MNIST_MEAN, MNIST_STD))
 
 
-@pytest.mark.parametrize("pixels, message", [
-    (np.zeros(783, np.float32), "shape"),
-    (np.zeros((2, 28, 28), np.float32), "shape"),
-    (np.zeros((0, 784), np.float32), "shape"),
-    (np.full(784, np.nan, np.float32), "finite"),
-    (np.full(784, 300.0, np.float32), "0..=255"),
-    (np.full(784, -1.0, np.float32), "0..=255"),
-])
+@pytest.mark.parametrize(
+    "pixels, message",
+    [
+        (np.zeros(783, np.float32), "shape"),
+        (np.zeros((2, 28, 28), np.float32), "shape"),
+        (np.zeros((0, 784), np.float32), "shape"),
+        (np.full(784, np.nan, np.float32), "finite"),
+        (np.full(784, 300.0, np.float32), "0..=255"),
+        (np.full(784, -1.0, np.float32), "0..=255"),
+    ],
+)
 def test_bad_input_raises_value_error_and_the_module_keeps_working(pixels, message, test_pixels):
     with pytest.raises(ValueError, match=message):
         mnist_infer.predict(pixels)

@@ -51,8 +51,7 @@ def draw_and_wait(page, strokes):
     """Draw the polylines and wait for the prediction made at the end of the last stroke."""
     before = prediction(page)[1]
     draw(page, strokes)
-    page.wait_for_function(
-        f"Number(document.querySelector('[data-testid=prediction]').dataset.seq) > {before}")
+    page.wait_for_function(f"Number(document.querySelector('[data-testid=prediction]').dataset.seq) > {before}")
     page.wait_for_timeout(200)  # a live prediction may have been the one shown: let the last land
 
 
@@ -84,8 +83,11 @@ def preview_regions(rgba: np.ndarray, preview: np.ndarray):
         for px in range(28):
             if preview[py, px] > 0:
                 top, left = y0 + (py - prow[0]) * step, x0 + (px - pcol[0]) * step
-                yield py, px, (slice(int(round(top)), int(round(top + step))),
-                               slice(int(round(left)), int(round(left + step))))
+                yield (
+                    py,
+                    px,
+                    (slice(int(round(top)), int(round(top + step))), slice(int(round(left)), int(round(left + step)))),
+                )
 
 
 def test_the_adverse_pen_draws_varying_widths_and_colours_and_the_model_sees_faint_ink(browser, server):
@@ -96,7 +98,10 @@ def test_the_adverse_pen_draws_varying_widths_and_colours_and_the_model_sees_fai
     clear_box, toggle_box = page.locator("[data-testid=clear]").bounding_box(), toggle.bounding_box()
     canvas_box = page.locator("canvas[data-testid=draw]").bounding_box()
     assert abs((clear_box["y"] + clear_box["height"] / 2) - (toggle_box["y"] + toggle_box["height"] / 2)) < 4
-    assert toggle_box["x"] > clear_box["x"] + clear_box["width"] and toggle_box["y"] > canvas_box["y"] + canvas_box["height"]
+    assert (
+        toggle_box["x"] > clear_box["x"] + clear_box["width"]
+        and toggle_box["y"] > canvas_box["y"] + canvas_box["height"]
+    )
     label_box = page.locator("label:has([data-testid=adverse-pen])").bounding_box()
     assert label_box["x"] + label_box["width"] <= canvas_box["x"] + canvas_box["width"] + 4, "no overflow"
     assert "challenge: adverse pen" in page.locator("label:has([data-testid=adverse-pen])").inner_text()
@@ -154,8 +159,10 @@ def test_the_adverse_pen_draws_varying_widths_and_colours_and_the_model_sees_fai
         checked += 1
         if by_alpha > 200:  # fully covered: the colour alone sets the ink
             (light if by_colour < 130 else dark).append(value)
-    print(f"preview: {checked} pixels checked; solid areas in light colours {np.mean(light):.0f} "
-          f"(n={len(light)}), in dark ones {np.mean(dark):.0f} (n={len(dark)})")
+    print(
+        f"preview: {checked} pixels checked; solid areas in light colours {np.mean(light):.0f} "
+        f"(n={len(light)}), in dark ones {np.mean(dark):.0f} (n={len(dark)})"
+    )
     assert checked > 40 and light and dark
     assert max(light) < 140 and np.mean(light) < np.mean(dark) - 60
     assert page.errors == []
@@ -177,10 +184,13 @@ def test_without_the_toggle_the_pen_is_the_normal_one(browser, server):
         heights = [int((alpha[BAR_ROW - 25 : BAR_ROW + 26, x] > 127).sum()) for x in range(90, 180)]
         assert set(heights) <= {19, 20, 21}, sorted(set(heights))  # PEN_WIDTH = 20
         # The ink is the alpha, as before colours counted: the preview is toMnist(alpha).
-        expected = page.evaluate("""async (alpha) => {
+        expected = page.evaluate(
+            """async (alpha) => {
             const { toMnist } = await import('./preprocess.js');
             return Array.from(toMnist(alpha, 280, 280));
-        }""", alpha.flatten().tolist())
+        }""",
+            alpha.flatten().tolist(),
+        )
         np.testing.assert_allclose(preview.flatten(), np.clip(np.rint(expected), 0, 255), atol=1)
     page.close()
 

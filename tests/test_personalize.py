@@ -1,5 +1,5 @@
 """Teaching the model a hand (issue 15), natively: the Rust re-fit of the last layer
-(wasm-infer/model/src/adapt.rs, through mnist_infer) on synthetic writers from MNIST's test
+(wasm-infer/mnist-model/src/adapt.rs, through mnist_infer) on synthetic writers from MNIST's test
 digits, against an independent numpy implementation of the same objective on PyTorch's
 features; its input checks; and `invoke personalize`'s report."""
 
@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-import mnist_infer
 from tests.conftest import WEIGHTS
-from trainer import personalize
+from trainer.evaluation import personalize
 from trainer.model import normalize
-from trainer.writers import teach_split, writers_set
+from trainer.synthetic.writers import teach_split, writers_set
+
+pytestmark = pytest.mark.native
+mnist_infer = pytest.importorskip("mnist_infer", reason="the native module is built by `invoke setup`")
 
 SHOTS = 3
 
@@ -23,8 +25,7 @@ SHOTS = 3
 @pytest.fixture(scope="module")
 def writers(mnist_test):
     """8 synthetic writers, 10 digits per class each, glyphs from MNIST's test digits."""
-    return writers_set(mnist_test.images.numpy(), mnist_test.labels.numpy(), writers=8, per_class=10,
-                       progress=False)
+    return writers_set(mnist_test.images.numpy(), mnist_test.labels.numpy(), writers=8, per_class=10, progress=False)
 
 
 def pixels_of(images) -> np.ndarray:
@@ -48,7 +49,7 @@ def refit(weight, bias, features, labels, pull, steps):
     n, k = len(labels), len(bias)
     x = np.hstack([features, np.ones((n, 1))])  # bias as a last feature
     start = np.hstack([weight, bias[:, None]])  # (k, F + 1)
-    lipschitz = 0.5 * (x ** 2).sum(1).mean() + pull
+    lipschitz = 0.5 * (x**2).sum(1).mean() + pull
     ratio = np.sqrt(pull / lipschitz)
     momentum = (1 - ratio) / (1 + ratio)
     theta, previous = start.copy(), start.copy()
@@ -74,8 +75,14 @@ def test_teaching_matches_an_independent_implementation_and_helps_the_writer(mod
     state = model.state_dict()
     last = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
     weight, bias = state[f"{last}.weight"].double().numpy(), state[f"{last}.bias"].double().numpy()
-    w, b = refit(weight, bias, penultimate(model, pixels[teach]), writers.labels[teach],
-                 mnist_infer.TEACH_PULL, mnist_infer.TEACH_STEPS)
+    w, b = refit(
+        weight,
+        bias,
+        penultimate(model, pixels[teach]),
+        writers.labels[teach],
+        mnist_infer.TEACH_PULL,
+        mnist_infer.TEACH_STEPS,
+    )
     reference = penultimate(model, pixels[test]) @ w.T + b
     diff = float(np.abs(rust - reference).max())
     print(f"max |logit diff| Rust (f32) vs numpy (f64): {diff:.2e}")
@@ -84,8 +91,9 @@ def test_teaching_matches_an_independent_implementation_and_helps_the_writer(mod
 
 def test_teaching_each_writer_helps_it_and_costs_little_on_mnist(writers, mnist_test):
     mnist = pixels_of(mnist_test.images[:2000])
-    results = personalize.measure(mnist_infer.Classifier(WEIGHTS), writers, mnist,
-                                  mnist_test.labels.numpy()[:2000], shots=SHOTS, progress=False)
+    results = personalize.measure(
+        mnist_infer.Classifier(WEIGHTS), writers, mnist, mnist_test.labels.numpy()[:2000], shots=SHOTS, progress=False
+    )
     summary = personalize.summarize(results)
     for r in results:
         print(f"writer {r.writer}: {r.before:.1f} % -> {r.after:.1f} %, MNIST {r.mnist_after - r.mnist_before:+.2f}")
@@ -134,14 +142,17 @@ def test_uncertainty_uses_the_taught_head(writers):
     assert int(u["probabilities"].argmax()) == int(taught.argmax())
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: (p[:3], [1, 2, 10]), "digits 0-9"),
-    (lambda p: (p[:3], [1, 2, -1]), "digits 0-9"),
-    (lambda p: (p[:3], [1, 2]), "one label per image"),
-    (lambda p: (np.vstack([p[:2], np.zeros((1, 784), np.float32)]), [1, 2, 3]), "image 2 is blank"),
-    (lambda p: (p[:3] * 2, [1, 2, 3]), "0..=255"),
-    (lambda p: (p[:3, :700], [1, 2, 3]), "784"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: (p[:3], [1, 2, 10]), "digits 0-9"),
+        (lambda p: (p[:3], [1, 2, -1]), "digits 0-9"),
+        (lambda p: (p[:3], [1, 2]), "one label per image"),
+        (lambda p: (np.vstack([p[:2], np.zeros((1, 784), np.float32)]), [1, 2, 3]), "image 2 is blank"),
+        (lambda p: (p[:3] * 2, [1, 2, 3]), "0..=255"),
+        (lambda p: (p[:3, :700], [1, 2, 3]), "784"),
+    ],
+)
 def test_bad_examples_are_refused_and_change_nothing(make, message, writers):
     pixels = pixels_of(writers.images)
     classifier = mnist_infer.Classifier()

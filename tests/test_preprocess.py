@@ -1,4 +1,4 @@
-"""web/server/preprocess.py: MNIST-style preprocessing of images, and its parity with web/preprocess.js."""
+"""mnist_common/preprocess.py: MNIST-style preprocessing of images, and its parity with web/preprocess.js."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import open_page
-from trainer.model import normalize
-from web.server.preprocess import (
+from mnist_common.preprocess import (
     DIGIT_BOX,
     MNIST_SIZE,
     ImageError,
@@ -24,6 +22,8 @@ from web.server.preprocess import (
     load_ink,
     to_mnist,
 )
+from tests.conftest import open_page
+from trainer.model import normalize
 
 CANVAS = 280
 
@@ -35,7 +35,7 @@ def upscale(digit: np.ndarray, rng: np.random.Generator, smooth: bool) -> np.nda
     big = np.asarray(Image.fromarray(digit).resize((side, side), resample))
     canvas = np.zeros((CANVAS, CANVAS), np.uint8)
     y, x = rng.integers(0, CANVAS - side + 1, size=2)
-    canvas[y:y + side, x:x + side] = big
+    canvas[y : y + side, x : x + side] = big
     return canvas
 
 
@@ -100,8 +100,16 @@ def test_blank_images_give_none():
 
 @pytest.mark.parametrize(
     "bad",
-    [np.zeros(784), np.zeros((2, 28, 28)), np.full((5, 5), np.nan), np.full((5, 5), np.inf),
-     np.full((5, 5), 256.0), np.full((5, 5), -1.0), np.array([["a", "b"]]), np.ones((3, 3), bool)],
+    [
+        np.zeros(784),
+        np.zeros((2, 28, 28)),
+        np.full((5, 5), np.nan),
+        np.full((5, 5), np.inf),
+        np.full((5, 5), 256.0),
+        np.full((5, 5), -1.0),
+        np.array([["a", "b"]]),
+        np.ones((3, 3), bool),
+    ],
     ids=["1-D", "3-D", "nan", "inf", "above-255", "negative", "strings", "bool"],
 )
 def test_bad_input_raises_value_error(bad):
@@ -215,11 +223,22 @@ def test_ink_from_rgba_is_luma_on_white_paper():
     ink = ink_from_rgba(black)
     assert ink.dtype == np.float32 and ink.shape == (16, 16)
     np.testing.assert_array_equal(ink, alpha)  # the page's ink before colours counted
-    pixels = np.array([[[0x4F, 0xC3, 0xF7, 255], [0x4F, 0xC3, 0xF7, 128], [255, 255, 255, 255],
-                        [0x1A, 0x23, 0x7E, 255], [200, 10, 10, 0]]], np.uint8)
+    pixels = np.array(
+        [
+            [
+                [0x4F, 0xC3, 0xF7, 255],
+                [0x4F, 0xC3, 0xF7, 128],
+                [255, 255, 255, 255],
+                [0x1A, 0x23, 0x7E, 255],
+                [200, 10, 10, 0],
+            ]
+        ],
+        np.uint8,
+    )
     light_blue = 255 - (0.299 * 0x4F + 0.587 * 0xC3 + 0.114 * 0xF7)  # 88.8
-    np.testing.assert_array_equal(ink_from_rgba(pixels),
-                                  [[round(light_blue), round(128 * light_blue / 255), 0, 212, 0]])
+    np.testing.assert_array_equal(
+        ink_from_rgba(pixels), [[round(light_blue), round(128 * light_blue / 255), 0, 212, 0]]
+    )
     for bad in (np.zeros((4, 4, 3)), np.zeros((4, 4)), np.full((2, 2, 4), 300.0), np.full((2, 2, 4), np.nan)):
         with pytest.raises(ValueError):
             ink_from_rgba(bad)
@@ -374,15 +393,23 @@ def test_python_ink_matches_the_page_on_coloured_strokes(browser, server):
     """inkFromImageData (JS) and ink_from_rgba (Python) give the same ink, value for value, on
     canvases drawn in the adverse pen's colours and in translucent ones; black strokes give
     their alpha, as the page read them before colours counted."""
-    from trainer.redraw import ADVERSE_PALETTE
+    from trainer.synthetic.redraw import ADVERSE_PALETTE
 
     lines = list(SHAPES.values())
     colours = [*ADVERSE_PALETTE, "rgba(0, 0, 0, 0.4)", "rgba(79, 195, 247, 0.5)", "#ffffff"]
     groups = [[{"colour": "#000000", "width": 20, "line": line} for line in lines[0] + lines[1]]]
-    groups.append([{"colour": colour, "width": 6 + i, "line": [(20 + 20 * i, 30), (40 + 18 * i, 250)]}
-                   for i, colour in enumerate(colours)])
-    groups.append([{"colour": colours[i % len(colours)], "width": 14 + 2 * i, "line": line}
-                   for i, line in enumerate(sum(lines, []))])
+    groups.append(
+        [
+            {"colour": colour, "width": 6 + i, "line": [(20 + 20 * i, 30), (40 + 18 * i, 250)]}
+            for i, colour in enumerate(colours)
+        ]
+    )
+    groups.append(
+        [
+            {"colour": colours[i % len(colours)], "width": 14 + 2 * i, "line": line}
+            for i, line in enumerate(sum(lines, []))
+        ]
+    )
     page = open_page(browser, server, "flex")
     results = page.evaluate(COLOUR_JS, {"strokes": groups})
     page.close()

@@ -1,4 +1,4 @@
-"""trainer/redraw.py: MNIST test digits reduced to strokes and redrawn with the page's pen."""
+"""trainer/synthetic/redraw.py: MNIST test digits reduced to strokes and redrawn with the page's pen."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from skimage.morphology import skeletonize
 
 from tests.conftest import ROOT
-from trainer import redraw
 from trainer.model import normalize
-from trainer.redraw import (
+from trainer.synthetic import redraw
+from trainer.synthetic.redraw import (
     CANVAS_SIZE,
     PAGE_PEN_WIDTH,
     PEN_WIDTHS,
@@ -46,8 +46,10 @@ def redrawn(digits):
     started = time.perf_counter()
     sets = redrawn_sets(digits[0], PEN_WIDTHS, cache_dir=None, processes=1, progress=False)
     seconds = time.perf_counter() - started
-    print(f"\nredrew {N_DIGITS} digits x {len(PEN_WIDTHS)} pens in {seconds:.1f} s "
-          f"({seconds / N_DIGITS / len(PEN_WIDTHS) * 1e3:.1f} ms per digit and pen, one process)")
+    print(
+        f"\nredrew {N_DIGITS} digits x {len(PEN_WIDTHS)} pens in {seconds:.1f} s "
+        f"({seconds / N_DIGITS / len(PEN_WIDTHS) * 1e3:.1f} ms per digit and pen, one process)"
+    )
     return sets
 
 
@@ -86,10 +88,17 @@ def test_constants_mirror_the_page():
 
 def test_adverse_pen_constants_mirror_pen_js():
     """Every constant of the adverse pen and the luma weights: the Python twins equal web/pen.js's."""
-    from web.server.preprocess import LUMA_WEIGHTS
+    from mnist_common.preprocess import LUMA_WEIGHTS
 
-    for name in ("ADVERSE_MIN_WIDTH", "ADVERSE_MAX_WIDTH", "WIDTH_KNOT_PX", "COLOUR_RUN_PX", "PIECE_PX",
-                 "WIDTH_STREAM", "COLOUR_STREAM"):
+    for name in (
+        "ADVERSE_MIN_WIDTH",
+        "ADVERSE_MAX_WIDTH",
+        "WIDTH_KNOT_PX",
+        "COLOUR_RUN_PX",
+        "PIECE_PX",
+        "WIDTH_STREAM",
+        "COLOUR_STREAM",
+    ):
         assert js_number(name) == getattr(redraw, name), name
     palette = tuple(re.findall(r'"(#[0-9a-fA-F]{6})"', js_array("ADVERSE_PALETTE")))
     assert palette == redraw.ADVERSE_PALETTE
@@ -123,9 +132,19 @@ def test_adverse_pen_values_match_pen_js_in_node():
     seeds = [0, 1, redraw.ADVERSE_SEED, redraw.ADVERSE_SEED + 9999, 2**32 - 1]
     distances = [0, 0.5, 3.999, 4, 23.9, 24, 39.99, 40, 41.5, 100, 777.7, 1999.25]
     ints = [0, 1, 2, 255, 65536, 2**31, 2**32 - 1, 2**32 + 5, 123456789]
-    run = subprocess.run([node, "--input-type=module", "-e", PEN_NODE, str(PEN_JS),
-                          json.dumps({"seeds": seeds, "distances": distances, "ints": ints})],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            node,
+            "--input-type=module",
+            "-e",
+            PEN_NODE,
+            str(PEN_JS),
+            json.dumps({"seeds": seeds, "distances": distances, "ints": ints}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     js = json.loads(run.stdout)
     assert js["hashes"] == [redraw.hash32(x) for x in ints]
@@ -190,8 +209,11 @@ def test_strokes_get_wider_with_the_pen(digits, redrawn):
     assert all(np.all(np.diff(masses) > 0) for masses in canvases), "ink on the canvas grows with the pen"
     mean_mass = [redrawn[w].sum(axis=(1, 2)).mean() / 255 for w in PEN_WIDTHS]
     mnist_mass = digits[0].astype(np.float64).sum(axis=(1, 2)).mean() / 255
-    print("mean ink mass, 28x28 px of full ink:", {w: round(float(m), 1) for w, m in zip(PEN_WIDTHS, mean_mass)},
-          f"MNIST {mnist_mass:.1f}")
+    print(
+        "mean ink mass, 28x28 px of full ink:",
+        {w: round(float(m), 1) for w, m in zip(PEN_WIDTHS, mean_mass)},
+        f"MNIST {mnist_mass:.1f}",
+    )
     assert np.all(np.diff(mean_mass) > 0)
     per_digit = np.stack([redrawn[w].sum(axis=(1, 2)) for w in PEN_WIDTHS], axis=1)
     assert (np.diff(per_digit, axis=1) > 0).all(axis=1).mean() >= 0.98
@@ -218,8 +240,11 @@ def test_redrawn_digits_are_classified_well(model, digits, redrawn):
         for width, images in redrawn.items():
             predicted = model(normalize(torch.from_numpy(images).unsqueeze(1))).argmax(dim=1)
             accuracy[width] = (predicted == labels).float().mean().item()
-    print(f"accuracy on the first {N_DIGITS} test digits redrawn, per pen width (px):",
-          {w: f"{a:.2%}" for w, a in accuracy.items()}, f"(page's pen: {PAGE_PEN_WIDTH})")
+    print(
+        f"accuracy on the first {N_DIGITS} test digits redrawn, per pen width (px):",
+        {w: f"{a:.2%}" for w, a in accuracy.items()},
+        f"(page's pen: {PAGE_PEN_WIDTH})",
+    )
     for width, value in accuracy.items():
         assert value >= MIN_ACCURACY[width], f"pen {width}: {value:.2%} < {MIN_ACCURACY[width]:.0%}"
 
@@ -294,8 +319,10 @@ def adverse(digits):
     started = time.perf_counter()
     images = redraw.adverse_set(digits[0], cache_dir=None, processes=1, progress=False)
     seconds = time.perf_counter() - started
-    print(f"\nredrew {N_DIGITS} digits with the adverse pen in {seconds:.1f} s "
-          f"({seconds / N_DIGITS * 1e3:.1f} ms per digit, one process)")
+    print(
+        f"\nredrew {N_DIGITS} digits with the adverse pen in {seconds:.1f} s "
+        f"({seconds / N_DIGITS * 1e3:.1f} ms per digit, one process)"
+    )
     return images
 
 
@@ -341,8 +368,10 @@ def test_adverse_stroke_has_the_pens_widths_and_inks():
     assert canvas.shape == (CANVAS_SIZE, CANVAS_SIZE) and canvas.dtype == np.float32
     assert canvas.min() >= 0 and canvas.max() <= 255
     step = redraw.PIECE_PX  # steps of 1 px: a piece is PIECE_PX steps
-    pieces = [(first + k, min(first + k + step, first + length - 1), *redraw.adverse_at(seed, float(k)))
-              for k in range(0, length - 1, step)]
+    pieces = [
+        (first + k, min(first + k + step, first + length - 1), *redraw.adverse_at(seed, float(k)))
+        for k in range(0, length - 1, step)
+    ]
     checked, inks_seen, heights = 0, set(), []
     for x in range(first, first + length):
         covering, height = [], 0.0
@@ -355,7 +384,8 @@ def test_adverse_stroke_has_the_pens_widths_and_inks():
         # The last covering piece's cap edge, or a later piece's, within a pixel of the column's
         # centre shares the pixel between two colours: skip such columns.
         edges = [abs(width / 2 - dx) for dx, width, _ in covering] + [
-            abs(max(a - x, 0, x - b) - w / 2) for a, b, w, _ in pieces]
+            abs(max(a - x, 0, x - b) - w / 2) for a, b, w, _ in pieces
+        ]
         if min(edges) < 1.0:
             continue
         ink = redraw.ink_of_colour(colour)
@@ -365,8 +395,10 @@ def test_adverse_stroke_has_the_pens_widths_and_inks():
         inks_seen.add(round(ink))
         heights.append(tall)
         checked += 1
-    print(f"straight stroke: {checked} columns checked, heights {min(heights)}..{max(heights)} px, "
-          f"inks {sorted(inks_seen)}")
+    print(
+        f"straight stroke: {checked} columns checked, heights {min(heights)}..{max(heights)} px, "
+        f"inks {sorted(inks_seen)}"
+    )
     assert checked > 50
     assert max(heights) - min(heights) > 8, "the width varies along the stroke"
     assert len(inks_seen) >= 3 and min(inks_seen) < 130, "several colours along the stroke, light ones faint"
@@ -412,12 +444,16 @@ def test_adverse_digits_are_faint_and_varied(digits, adverse):
     for image in adverse:
         rows, cols = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
         assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 == 20
+
     # The darkest 5 % of each digit's ink pixels: near full ink with the page's pen; with the
     # adverse pen lower on average (a digit drawn only in light colours stays faint).
     def core(images):
         return np.array([np.percentile(image[image > 0], 95) for image in images])
-    print(f"95th percentile of ink: page pen {core(page).mean():.0f}, adverse pen {core(adverse).mean():.0f} "
-          f"(min {core(adverse).min():.0f})")
+
+    print(
+        f"95th percentile of ink: page pen {core(page).mean():.0f}, adverse pen {core(adverse).mean():.0f} "
+        f"(min {core(adverse).min():.0f})"
+    )
     assert core(adverse).mean() < core(page).mean() - 15
     assert core(adverse).min() < 160
 

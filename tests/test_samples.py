@@ -1,5 +1,5 @@
-"""The sample collection: web/server/samples.py (SQLite store, schema migrations, npz export/import)
-and its HTTP side in web/server/app.py (POST/GET /api/samples), down to a server killed with
+"""The sample collection: mnist_common/samples.py (SQLite store, schema migrations, npz export/import)
+and its HTTP side in server/app.py (POST/GET /api/samples), down to a server killed with
 SIGKILL while samples are being written."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from web.server import samples as samples_module
-from web.server.samples import SCHEMA_VERSION, SampleStore, StoreError, open_store
-from web.server.app import make_server
+from mnist_common import samples as samples_module
+from mnist_common.samples import SCHEMA_VERSION, SampleStore, StoreError, open_store
+from server.app import make_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 20  # seconds a test request may take
@@ -51,7 +51,9 @@ def make_sample(i: int = 0, **changes) -> dict:
 
 def sent_fields(sample: dict) -> dict:
     """What page() gives back of a sample, ids and created_at aside."""
-    return {k: sample.get(k) for k in ("label", "pixels", "strokes", "pen_width", "canvas", "writer", "predicted", "model")}
+    return {
+        k: sample.get(k) for k in ("label", "pixels", "strokes", "pen_width", "canvas", "writer", "predicted", "model")
+    }
 
 
 @pytest.fixture()
@@ -75,9 +77,17 @@ def test_a_new_database_has_the_current_schema_in_wal_mode(tmp_path):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         columns = [(r[1], r[2], r[3]) for r in db.execute("PRAGMA table_info(samples)")]
     assert columns == [
-        ("id", "INTEGER", 0), ("created_at", "TEXT", 1), ("label", "INTEGER", 1), ("predicted", "INTEGER", 0),
-        ("model", "TEXT", 0), ("writer", "TEXT", 0), ("pixels", "BLOB", 1), ("strokes", "TEXT", 1),
-        ("pen_width", "REAL", 1), ("canvas_width", "INTEGER", 1), ("canvas_height", "INTEGER", 1),
+        ("id", "INTEGER", 0),
+        ("created_at", "TEXT", 1),
+        ("label", "INTEGER", 1),
+        ("predicted", "INTEGER", 0),
+        ("model", "TEXT", 0),
+        ("writer", "TEXT", 0),
+        ("pixels", "BLOB", 1),
+        ("strokes", "TEXT", 1),
+        ("pen_width", "REAL", 1),
+        ("canvas_width", "INTEGER", 1),
+        ("canvas_height", "INTEGER", 1),
     ]
 
 
@@ -148,18 +158,24 @@ def test_a_database_of_a_newer_version_is_refused_untouched(tmp_path):
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     content = path.read_bytes()
-    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this code's "
-                                         f"{SCHEMA_VERSION}.*newer version of this project"):
+    with pytest.raises(
+        StoreError,
+        match=f"schema version {SCHEMA_VERSION + 1}, newer than this code's "
+        f"{SCHEMA_VERSION}.*newer version of this project",
+    ):
         open_store(path)
     assert path.read_bytes() == content and user_version(path) == SCHEMA_VERSION + 1
 
 
-@pytest.mark.parametrize("kind, words", [
-    ("foreign", "not a sample database: it has tables \\(people\\)"),
-    ("text", "file is not a database"),
-    ("folder", "it is a folder"),
-    ("under-a-file", "cannot create the folder"),
-])
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("foreign", "not a sample database: it has tables \\(people\\)"),
+        ("text", "file is not a database"),
+        ("folder", "it is a folder"),
+        ("under-a-file", "cannot create the folder"),
+    ],
+)
 def test_files_that_are_not_sample_databases_are_refused(tmp_path, kind, words):
     path = tmp_path / "samples.db"
     if kind == "foreign":
@@ -198,7 +214,9 @@ def test_created_at_defaults_to_now_in_utc(store):
     store.add(make_sample(writer=None, predicted=None, model=None))
     [row] = store.page()
     assert CREATED_AT.fullmatch(row["created_at"])
-    assert abs(time.mktime(time.strptime(row["created_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.mktime(time.gmtime())) < 60
+    assert (
+        abs(time.mktime(time.strptime(row["created_at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.mktime(time.gmtime())) < 60
+    )
     assert row["writer"] is row["predicted"] is row["model"] is None
 
 
@@ -222,6 +240,7 @@ def _pixel(index, value):
         pixels = list(s["pixels"])
         pixels[index] = value
         return {**s, "pixels": pixels}
+
     return change
 
 
@@ -334,7 +353,7 @@ def test_threads_share_a_store_and_a_fresh_file(tmp_path):
 def varied_samples() -> list[dict]:
     return [
         make_sample(0, created_at="2026-03-04T05:06:07.089Z"),
-        make_sample(1, writer="Zoë ✓ \"quotes\"", model=None, predicted=None),
+        make_sample(1, writer='Zoë ✓ "quotes"', model=None, predicted=None),
         make_sample(2, pixels=[255] * 784, strokes=[[[0.1, 1e-7, 0.0]], [[-5, 300.75, 12345.678]]], pen_width=0.5),
         make_sample(3, writer=None, canvas=[640, 480]),
     ]
@@ -354,7 +373,9 @@ def test_export_format(store, tmp_path):
     rows = store.page()
     for row, image, meta in zip(rows, pixels, metadata["samples"]):
         assert image.reshape(784).tolist() == row["pixels"]
-        assert meta == {k: row[k] for k in ("created_at", "predicted", "model", "writer", "strokes", "pen_width", "canvas")}
+        assert meta == {
+            k: row[k] for k in ("created_at", "predicted", "model", "writer", "strokes", "pen_width", "canvas")
+        }
     assert not (tmp_path / "out.npz.tmp").exists()
 
 
@@ -392,22 +413,37 @@ def test_import_is_all_or_nothing_and_names_the_bad_sample(store, tmp_path):
     assert fresh.count() == 0
 
 
-@pytest.mark.parametrize("kind, error, words", [
-    ("missing", FileNotFoundError, "no such file"),
-    ("text", ValueError, "not a zip archive"),
-    ("no-metadata", ValueError, "has no metadata array"),
-    ("float-pixels", ValueError, "pixels must be \\(N, 28, 28\\) uint8"),
-    ("other-format", ValueError, "not of the 'mnist-wasm-samples' format"),
-    ("newer-version", ValueError, "export version 2"),
-    ("count-mismatch", ValueError, "1 images but metadata for 0 samples"),
-])
+@pytest.mark.parametrize(
+    "kind, error, words",
+    [
+        ("missing", FileNotFoundError, "no such file"),
+        ("text", ValueError, "not a zip archive"),
+        ("no-metadata", ValueError, "has no metadata array"),
+        ("float-pixels", ValueError, "pixels must be \\(N, 28, 28\\) uint8"),
+        ("other-format", ValueError, "not of the 'mnist-wasm-samples' format"),
+        ("newer-version", ValueError, "export version 2"),
+        ("count-mismatch", ValueError, "1 images but metadata for 0 samples"),
+    ],
+)
 def test_import_refuses_other_files(store, tmp_path, kind, error, words):
     path = tmp_path / "in.npz"
     pixels = np.zeros((1, 28, 28), np.uint8)
     pixels[0, 10, 10] = 255
-    meta = {"format": "mnist-wasm-samples", "version": 1, "samples": [{
-        "created_at": "2026-01-01T00:00:00.000Z", "predicted": None, "model": None, "writer": None,
-        "strokes": [[[1, 2, 0]]], "pen_width": 3.0, "canvas": [280, 280]}]}
+    meta = {
+        "format": "mnist-wasm-samples",
+        "version": 1,
+        "samples": [
+            {
+                "created_at": "2026-01-01T00:00:00.000Z",
+                "predicted": None,
+                "model": None,
+                "writer": None,
+                "strokes": [[[1, 2, 0]]],
+                "pen_width": 3.0,
+                "canvas": [280, 280],
+            }
+        ],
+    }
 
     def encode(document):
         return np.frombuffer(json.dumps(document).encode(), np.uint8)
@@ -436,11 +472,27 @@ def test_the_well_formed_file_of_those_imports(store, tmp_path):
     """The file test_import_refuses_other_files spoils is itself importable."""
     pixels = np.zeros((1, 28, 28), np.uint8)
     pixels[0, 10, 10] = 255
-    meta = {"format": "mnist-wasm-samples", "version": 1, "samples": [{
-        "created_at": "2026-01-01T00:00:00.000Z", "predicted": None, "model": None, "writer": None,
-        "strokes": [[[1, 2, 0]]], "pen_width": 3.0, "canvas": [280, 280]}]}
-    np.savez(tmp_path / "in.npz", pixels=pixels, labels=np.array([1]),
-             metadata=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    meta = {
+        "format": "mnist-wasm-samples",
+        "version": 1,
+        "samples": [
+            {
+                "created_at": "2026-01-01T00:00:00.000Z",
+                "predicted": None,
+                "model": None,
+                "writer": None,
+                "strokes": [[[1, 2, 0]]],
+                "pen_width": 3.0,
+                "canvas": [280, 280],
+            }
+        ],
+    }
+    np.savez(
+        tmp_path / "in.npz",
+        pixels=pixels,
+        labels=np.array([1]),
+        metadata=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+    )
     assert store.import_npz(tmp_path / "in.npz") == (1, 0)
 
 
@@ -448,8 +500,15 @@ def test_the_well_formed_file_of_those_imports(store, tmp_path):
 
 
 def start(**kwargs):
-    server = make_server("127.0.0.1", 0, "flex", ["flex"], classify_pixels=lambda p: np.full((len(p), 10), 0.1),
-                         log_requests=False, **kwargs)
+    server = make_server(
+        "127.0.0.1",
+        0,
+        "flex",
+        ["flex"],
+        classify_pixels=lambda p: np.full((len(p), 10), 0.1),
+        log_requests=False,
+        **kwargs,
+    )
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, f"127.0.0.1:{server.server_port}"
 
@@ -464,8 +523,14 @@ def api(tmp_path):
     server.server_close()
 
 
-def call(address: str, method: str, path: str = "/api/samples", body: bytes = b"",
-         headers: dict | None = None, content_length: bool = True):
+def call(
+    address: str,
+    method: str,
+    path: str = "/api/samples",
+    body: bytes = b"",
+    headers: dict | None = None,
+    content_length: bool = True,
+):
     """One request (tests/test_api.py's, exact headers); returns (status, headers, body bytes)."""
     from tests.test_api import call as api_call
 
@@ -504,26 +569,34 @@ def test_get_pages(api):
     address, _ = api
     for i in range(5):
         assert post(address, make_sample(i))[0] == 201
-    assert [[s["id"] for s in get(address, q)[1]["samples"]] for q in ("?limit=2", "?after=2&limit=2", "?after=4&limit=2")] \
-        == [[1, 2], [3, 4], [5]]
-    assert [get(address, q)[1]["next"] for q in ("?limit=2", "?after=2&limit=2", "?after=4&limit=2", "?limit=5")] \
-        == [2, 4, None, None]
+    assert [
+        [s["id"] for s in get(address, q)[1]["samples"]] for q in ("?limit=2", "?after=2&limit=2", "?after=4&limit=2")
+    ] == [[1, 2], [3, 4], [5]]
+    assert [get(address, q)[1]["next"] for q in ("?limit=2", "?after=2&limit=2", "?after=4&limit=2", "?limit=5")] == [
+        2,
+        4,
+        None,
+        None,
+    ]
     assert get(address, "?after=5") == (200, {"samples": [], "next": None, "total": 5})
     assert get(address, "?after=3&other=x")[1]["total"] == 5
     status, headers, body = call(address, "HEAD", "/api/samples?limit=1", content_length=False)
     assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
 
 
-@pytest.mark.parametrize("query, words", [
-    ("?limit=0", "limit must be an integer from 1 to 1000, got '0'"),
-    ("?limit=1001", "limit must be an integer from 1 to 1000"),
-    ("?limit=abc", "limit must be an integer"),
-    ("?limit=", "limit must be an integer"),
-    ("?after=-1", "after must be an integer from 0"),
-    ("?after=1.5", "after must be an integer"),
-    ("?after=" + "9" * 30, "after must be an integer"),
-    ("?after=1&after=2", "after is given 2 times"),
-])
+@pytest.mark.parametrize(
+    "query, words",
+    [
+        ("?limit=0", "limit must be an integer from 1 to 1000, got '0'"),
+        ("?limit=1001", "limit must be an integer from 1 to 1000"),
+        ("?limit=abc", "limit must be an integer"),
+        ("?limit=", "limit must be an integer"),
+        ("?after=-1", "after must be an integer from 0"),
+        ("?after=1.5", "after must be an integer"),
+        ("?after=" + "9" * 30, "after must be an integer"),
+        ("?after=1&after=2", "after is given 2 times"),
+    ],
+)
 def test_get_refuses_bad_paging(api, query, words):
     status, answer = get(api[0], query)
     assert status == 400 and answer["success"] is False and words in answer["error"]
@@ -534,12 +607,18 @@ POST_ERRORS = {
     "not-json": (dict(body=b"{label: 3"), 400, "the body is not valid JSON"),
     "a-list": (dict(body=b"[1, 2]"), 400, "a sample is an object"),
     "no-content-type": (dict(body=json.dumps(make_sample()).encode(), headers={}), 400, "application/json"),
-    "text-plain": (dict(body=json.dumps(make_sample()).encode(), headers={"Content-Type": "text/plain"}),
-                   400, "Content-Type: application/json"),
+    "text-plain": (
+        dict(body=json.dumps(make_sample()).encode(), headers={"Content-Type": "text/plain"}),
+        400,
+        "Content-Type: application/json",
+    ),
     "bad-label": (dict(body=json.dumps(make_sample(label=10)).encode()), 400, "label must be an integer 0..9, got 10"),
     "unknown-field": (dict(body=json.dumps({**make_sample(), "lable": 1}).encode()), 400, "unknown field 'lable'"),
-    "nan-pixel": (dict(body=json.dumps(make_sample(pixels=[float("nan")] + [1] * 783)).encode()),
-                  400, "pixels[0] is nan"),
+    "nan-pixel": (
+        dict(body=json.dumps(make_sample(pixels=[float("nan")] + [1] * 783)).encode()),
+        400,
+        "pixels[0] is nan",
+    ),
     "deep-json": (dict(body=b"[" * 100_000 + b"]" * 100_000), 400, "not valid JSON"),
     "no-content-length": (dict(body=b"", content_length=False), 411, "Content-Length"),
     "over-2MB": (dict(body=b"", headers={**JSON, "Content-Length": "2000001"}), 413, "limit is 2000000"),
@@ -612,7 +691,7 @@ def test_a_newer_database_gives_503(tmp_path):
 SERVER_SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from web.server.app import make_server
+from server.app import make_server
 server = make_server("127.0.0.1", 0, "flex", ["flex"], samples_db=sys.argv[2], log_requests=False)
 print(server.server_port, flush=True)
 server.serve_forever()
@@ -621,8 +700,9 @@ server.serve_forever()
 
 def spawn_server(db: Path) -> tuple[subprocess.Popen, str]:
     """The real server in a child process on a free port; returns it and its address."""
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(ROOT), str(db)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER_SCRIPT, str(ROOT), str(db)], stdout=subprocess.PIPE, text=True
+    )
     ready, _, _ = select.select([proc.stdout], [], [], 60)
     line = proc.stdout.readline() if ready else ""
     if not line.strip().isdigit():

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.browser
 
 def start(db):
     import tasks
-    from web.server.app import make_server
+    from server.app import make_server
 
     offered = [b for b in tasks.built_backends() if b not in tasks.GPU_BACKENDS]
     server = make_server("127.0.0.1", 0, tasks.DEFAULT_BACKEND, offered, log_requests=False, samples_db=db)
@@ -50,7 +50,9 @@ def test_drawings_are_saved_with_their_label_and_survive_a_restart(browser, tmp_
         page.select_option("[data-testid=label]", label)
         kept.append(page.evaluate("window.mnist.lastPixels"))
         page.click("[data-testid=save]")
-        page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('saved as sample')")
+        page.wait_for_function(
+            "document.querySelector('[data-testid=status]').textContent.startsWith('saved as sample')"
+        )
     page.close()
     stop(server)
 

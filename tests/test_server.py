@@ -1,4 +1,4 @@
-"""web/server/app.py: MIME types, /config.json, what it refuses to serve; the backend options of
+"""server/app.py: MIME types, /config.json, what it refuses to serve; the backend options of
 `invoke serve` and `invoke build-wasm`."""
 
 import json
@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from web.server.app import make_server
+from server.app import make_server
 
 
 @pytest.fixture()
@@ -69,8 +69,9 @@ def test_every_response_makes_the_pages_cross_origin_isolated(local_server, path
     assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
 
 
-@pytest.mark.parametrize("path", ["server/app.py", "server/", "server", "server/samples.py", "__init__.py", "nope.html",
-                                  "../tasks.py"])
+@pytest.mark.parametrize(
+    "path", ["server/app.py", "server/", "server", "server/samples.py", "__init__.py", "nope.html", "../tasks.py"]
+)
 def test_sources_and_missing_files_are_404(local_server, path):
     status, _, _ = fetch(local_server + path)
     assert status == 404
@@ -91,12 +92,17 @@ def test_port_in_use_is_a_clear_error(local_server):
         make_server("127.0.0.1", port, "flex", ["flex"])
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["serve", "--backend", "wgpu"], "--backend names the fallback build: fast-simd128, ndarray, flex, not 'wgpu'"),
-    (["serve", "--backend", "fast-relaxed"], "not 'fast-relaxed'"),  # not every browser runs it
-    (["build-wasm", "--backend", "cuda"],
-     "unknown backend 'cuda': choose one of fast-relaxed, fast-simd128, ndarray, flex, wgpu, all"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--backend", "wgpu"], "--backend names the fallback build: fast-simd128, ndarray, flex, not 'wgpu'"),
+        (["serve", "--backend", "fast-relaxed"], "not 'fast-relaxed'"),  # not every browser runs it
+        (
+            ["build-wasm", "--backend", "cuda"],
+            "unknown backend 'cuda': choose one of fast-relaxed, fast-simd128, ndarray, flex, wgpu, all",
+        ),
+    ],
+)
 def test_backend_options_refuse_what_they_cannot_do_before_building_anything(args, message):
     from tests.conftest import INVOKE, ROOT
 

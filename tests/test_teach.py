@@ -1,5 +1,5 @@
 """Teaching the page a hand (issue 15), in real headless Chromium on the real wasm: a synthetic
-writer's digits (trainer/writers.py, from MNIST's test digits) taught through
+writer's digits (trainer/synthetic/writers.py, from MNIST's test digits) taught through
 window.mnist.teach, the gain on the rest of that writer's digits, the same answers as the
 native module taught the same examples, the hand kept across a reload (IndexedDB) and across
 a model switch, forgotten on request; bad examples refused; the buttons as a person sees them;
@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 
-import mnist_infer
 from tests.conftest import ROOT, WEIGHTS, open_page
 from tests.test_browser import STROKES, draw
 from tests.test_models_page import PREDICT_ALL
-from trainer.writers import glyph_strokes, place, teach_split, upright, with_variants, writers_set
+from trainer.synthetic.writers import glyph_strokes, place, teach_split, upright, with_variants, writers_set
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.native]
+mnist_infer = pytest.importorskip("mnist_infer", reason="the native module is built by `invoke setup`")
 
 SHOTS = 3
 SCREENSHOT = ROOT / "reports" / "screenshots" / "teach.png"
@@ -42,8 +42,7 @@ REFUSAL = """async ([pixels, label]) => {
 @pytest.fixture(scope="module")
 def writers(mnist_test):
     """8 synthetic writers, 10 digits per class each, from MNIST's test digits."""
-    return writers_set(mnist_test.images.numpy(), mnist_test.labels.numpy(), writers=8, per_class=10,
-                       progress=False)
+    return writers_set(mnist_test.images.numpy(), mnist_test.labels.numpy(), writers=8, per_class=10, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +75,10 @@ def test_a_writer_taught_three_digits_per_class_is_read_better(browser, server, 
     after = predict_all(page, pixels[test])
     acc_before = (before.argmax(1) == labels[test]).mean() * 100
     acc_after = (after.argmax(1) == labels[test]).mean() * 100
-    print(f"writer's other {len(test)} digits: {acc_before:.1f} % untaught -> {acc_after:.1f} % taught; "
-          f"teaching the 30th example (a re-fit on all 30) took {ms[-1]:.1f} ms, all 30 calls {sum(ms):.0f} ms")
+    print(
+        f"writer's other {len(test)} digits: {acc_before:.1f} % untaught -> {acc_after:.1f} % taught; "
+        f"teaching the 30th example (a re-fit on all 30) took {ms[-1]:.1f} ms, all 30 calls {sum(ms):.0f} ms"
+    )
     assert acc_after > acc_before
     # The page runs the same Rust as the native module: taught the same examples, same answers.
     native = mnist_infer.Classifier(WEIGHTS)
@@ -173,15 +174,23 @@ def test_the_writers_digit_drawn_on_the_canvas_is_read_once_taught(browser, serv
     page.evaluate(TEACH_ALL, [pixels[teach].tolist(), labels[teach].tolist()])
     # The canvas is classified again after every example; wait for the answer of the last.
     after = page.evaluate("window.mnist.predict(window.mnist.lastPixels)")
-    page.wait_for_function("""(expected) => {
+    page.wait_for_function(
+        """(expected) => {
         const shown = JSON.parse(document.querySelector('[data-testid=prediction]').dataset.probs);
         return shown.length === 10 && shown.every((p, i) => Math.abs(p - expected[i]) < 1e-6);
-    }""", arg=after)
-    print(f"writer {w}'s {digit}: untaught {int(np.argmax(before))} (p({digit}) = {before[digit]:.3f}), "
-          f"taught {int(np.argmax(after))} (p({digit}) = {after[digit]:.3f})")
+    }""",
+        arg=after,
+    )
+    print(
+        f"writer {w}'s {digit}: untaught {int(np.argmax(before))} (p({digit}) = {before[digit]:.3f}), "
+        f"taught {int(np.argmax(after))} (p({digit}) = {after[digit]:.3f})"
+    )
     assert el.get_attribute("data-digit") == str(digit) and after[digit] > before[digit]
     assert page.locator("[data-testid=taught]").inner_text() == f"taught {10 * SHOTS} of your digits"
-    forget, status = page.locator("[data-testid=forget]").bounding_box(), page.locator("[data-testid=taught]").bounding_box()
+    forget, status = (
+        page.locator("[data-testid=forget]").bounding_box(),
+        page.locator("[data-testid=taught]").bounding_box(),
+    )
     assert abs(forget["y"] + forget["height"] / 2 - (status["y"] + status["height"] / 2)) < 8, "Forget sits on the line"
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
@@ -197,7 +206,9 @@ def test_without_a_server_api_drawings_are_kept_in_the_browser(browser, server):
         page.wait_for_function("document.querySelector('[data-testid=prediction]').dataset.unsure !== ''")
         page.select_option("[data-testid=label]", str(digit))
         page.click("[data-testid=save]")
-        page.wait_for_function("document.querySelector('[data-testid=status]').textContent.startsWith('saved in this browser')")
+        page.wait_for_function(
+            "document.querySelector('[data-testid=status]').textContent.startsWith('saved in this browser')"
+        )
     kept = page.evaluate("""async () => {
         const { openLocal } = await import('./local.js');
         return (await (await openLocal()).all('samples')).map((s) => [s.label, s.pixels.length, s.strokes.length]);

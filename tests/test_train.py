@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from trainer import train as train_module
+from trainer.augment import Augment, random_warp
 from trainer.export import load_model
-from trainer.train import Augment, Config, random_warp, train
+from trainer.train import Config, train
 
 
+@pytest.mark.slow
 def test_short_run_learns_and_writes_weights_and_metrics(tmp_path):
     metrics = train(Config(epochs=1, limit=3000, batch_size=64), out_dir=tmp_path)
     assert (tmp_path / "model.safetensors").exists()
@@ -50,11 +52,26 @@ def run_training(out_dir, *extra):
     import subprocess
     import sys
 
-    args = [sys.executable, "-m", "trainer.train", "--epochs", "2", "--limit", "1500", "--batch-size", "64",
-            "--threads", "1", "--out-dir", str(out_dir), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "trainer.train",
+        "--epochs",
+        "2",
+        "--limit",
+        "1500",
+        "--batch-size",
+        "64",
+        "--threads",
+        "1",
+        "--out-dir",
+        str(out_dir),
+        *extra,
+    ]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_same_model(tmp_path):
     """Kill -9 during epoch 2, --resume: same weights and metrics as a run never interrupted
     (same seed, same machine, same threads: the run is deterministic)."""
@@ -96,18 +113,25 @@ def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
         train(Config(epochs=1, limit=64), out_dir=tmp_path, resume=True)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("epochs", 0, "epochs"), ("augment", "sharpen", "unknown augment"), ("label_smoothing", 1.0, "label_smoothing"),
-    ("ema_decay", 1.5, "ema_decay"), ("lr", 0.0, "lr"), ("clean_epochs", -1, "clean_epochs"),
-    ("device", "tpu", "unknown device"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("epochs", 0, "epochs"),
+        ("augment", "sharpen", "unknown augment"),
+        ("label_smoothing", 1.0, "label_smoothing"),
+        ("ema_decay", 1.5, "ema_decay"),
+        ("lr", 0.0, "lr"),
+        ("clean_epochs", -1, "clean_epochs"),
+        ("device", "tpu", "unknown device"),
+    ],
+)
 def test_unknown_or_out_of_range_settings_are_refused(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
         train(Config(**{field: value}), out_dir=tmp_path)
 
 
 def test_draw_augmentation_changes_stroke_width_and_keeps_the_range():
-    from trainer.train import AUGMENT_PRESETS, augment, random_stroke_width
+    from trainer.augment import AUGMENT_PRESETS, augment, random_stroke_width
 
     generator = torch.Generator().manual_seed(0)
     images = torch.zeros(64, 1, 28, 28)
@@ -129,8 +153,9 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path):
         train(Config(device="cuda", epochs=1, limit=64), out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_the_last_clean_epochs_see_the_images_unaugmented(tmp_path, monkeypatch):
-    from trainer.train import AUGMENT_PRESETS
+    from trainer.augment import AUGMENT_PRESETS
 
     used = []
     real_augment = train_module.augment
@@ -147,10 +172,11 @@ def test_the_last_clean_epochs_see_the_images_unaugmented(tmp_path, monkeypatch)
     assert used == [AUGMENT_PRESETS["draw"], AUGMENT_PRESETS["none"]]
 
 
+@pytest.mark.slow
 def test_the_benchmark_reports_every_seed_and_their_mean_and_std(tmp_path):
     import statistics
 
-    from trainer.benchmark import report, run
+    from bench.train import report, run
 
     summary = run((0, 1), out_dir=tmp_path, epochs=1, limit=256)
     accuracies = [r["test_accuracy"] for r in summary["runs"]]
@@ -171,4 +197,3 @@ def test_command_line_strings_become_typed_settings_or_a_clear_error():
         Config.from_options(epochs="abc")
     with pytest.raises(ValueError, match="--label-smoothing takes a number"):
         Config.from_options(label_smoothing="lots")
-

@@ -16,13 +16,21 @@ WEIGHTS = "models/model.safetensors"
 
 
 def collected_db(path, images, labels, writers):
-    """A sample database as the page fills it (web/server/samples.py), one drawing per image."""
-    from web.server.samples import open_store
+    """A sample database as the page fills it (mnist_common/samples.py), one drawing per image."""
+    from mnist_common.samples import open_store
 
     store = open_store(path)
     for image, label, writer in zip(images, labels, writers):
-        store.add({"label": int(label), "pixels": [int(v) for v in image.flatten()], "strokes": [[[0, 0, 0]]],
-                   "pen_width": 20, "canvas": [280, 280], "writer": writer})
+        store.add(
+            {
+                "label": int(label),
+                "pixels": [int(v) for v in image.flatten()],
+                "strokes": [[[0, 0, 0]]],
+                "pen_width": 20,
+                "canvas": [280, 280],
+                "writer": writer,
+            }
+        )
     return store
 
 
@@ -58,12 +66,13 @@ def box_is_seven(weights) -> bool:
         return model(normalize(box_glyph()[None, None].float())).argmax(1).item() == 7
 
 
+@pytest.mark.slow
 def test_extra_samples_join_training_and_the_held_out_writers_are_its_test(tmp_path):
     """`invoke train --extra-samples`: a shape MNIST lacks (a hollow square), drawn by 30 writers
     and labelled 7, is learnt (the committed model, trained on MNIST alone, does not call it a
     7); the writers held out are kept for `invoke evaluate --samples`."""
     from trainer import data
-    from trainer.evaluate import evaluate
+    from trainer.evaluation.evaluate import evaluate
 
     writers = [f"writer {i}" for i in range(30) for _ in range(4)]
     boxes = box_glyph().expand(len(writers), 28, 28).numpy()
@@ -75,13 +84,26 @@ def test_extra_samples_join_training_and_the_held_out_writers_are_its_test(tmp_p
     config = Config(epochs=2, limit=500, batch_size=64, clean_epochs=1, extra_samples=str(tmp_path / "samples.db"))
     metrics = train(config, out_dir=tmp_path)
     assert box_is_seven(tmp_path / "model.safetensors")
-    assert metrics["extra_samples"] == {"database": str(tmp_path / "samples.db"), "train": len(train_labels),
-                                        "held_out": len(held_labels), "train_writers": 30 - len(set(held_writers)),
-                                        "held_out_writers": len(set(held_writers)), "repeat": 10}
+    assert metrics["extra_samples"] == {
+        "database": str(tmp_path / "samples.db"),
+        "train": len(train_labels),
+        "held_out": len(held_labels),
+        "train_writers": 30 - len(set(held_writers)),
+        "held_out_writers": len(set(held_writers)),
+        "repeat": 10,
+    }
     assert metrics["train_images"] == 500 + 10 * len(train_labels)
 
-    report = evaluate(tmp_path / "model.safetensors", tmp_path / "report", limit=10, pen_widths=(20,),
-                      cache_dir=tmp_path / "cache", adverse_pen=False, writers=0, samples=store.arrays())
+    report = evaluate(
+        tmp_path / "model.safetensors",
+        tmp_path / "report",
+        limit=10,
+        pen_widths=(20,),
+        cache_dir=tmp_path / "cache",
+        adverse_pen=False,
+        writers=0,
+        samples=store.arrays(),
+    )
     assert report["sets"]["samples"]["n"] == len(held_labels)  # the training writers are not a test
     assert set(report["sets"]["samples"]["per_writer"]) == set(held_writers)
     assert "held out from training" in (tmp_path / "report" / "summary.md").read_text()
@@ -94,12 +116,13 @@ def test_extra_samples_refuse_a_missing_database_clearly(tmp_path):
         train(Config(epochs=1, limit=64, extra_repeat=0), out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_synthetic_writers_from_the_training_digits_join_training(tmp_path):
-    """`invoke train --writers N`: N writers' digits (trainer/writers.py) are added, written from
+    """`invoke train --writers N`: N writers' digits (trainer/synthetic/writers.py) are added, written from
     MNIST's training digits by writers whose seeds are not the test writers'."""
-    from trainer.personalize import TUNE_FIRST_SEED
+    from trainer.evaluation.personalize import TUNE_FIRST_SEED
+    from trainer.synthetic.writers import WRITER_SEED
     from trainer.train import TRAIN_WRITER_SEED
-    from trainer.writers import WRITER_SEED
 
     assert TRAIN_WRITER_SEED > max(WRITER_SEED, TUNE_FIRST_SEED) + 100_000
     metrics = train(Config(epochs=1, limit=256, writers=2, writers_per_class=1), out_dir=tmp_path)

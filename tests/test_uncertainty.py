@@ -10,6 +10,7 @@ import torch
 from trainer.export import load_model, read_metadata
 from trainer.uncertainty import mc_probabilities, summarize, uniform
 
+pytestmark = pytest.mark.native
 mnist_infer = pytest.importorskip("mnist_infer", reason="the native module is built by `invoke test`")
 
 MODELS = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.safetensors"))

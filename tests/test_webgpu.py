@@ -25,8 +25,9 @@ REFUSE_DEVICE = (
 )
 
 
-def test_wgpu_matches_the_ndarray_build_on_500_mnist_digits(webgpu_browser, webgpu_server, mnist_test,
-                                                             torch_probabilities):
+def test_wgpu_matches_the_ndarray_build_on_500_mnist_digits(
+    webgpu_browser, webgpu_server, mnist_test, torch_probabilities
+):
     images = mnist_test.images[:N_IMAGES].reshape(N_IMAGES, -1).tolist()
     probs = {}
     for backend in ("wgpu", "ndarray"):
@@ -40,8 +41,10 @@ def test_wgpu_matches_the_ndarray_build_on_500_mnist_digits(webgpu_browser, webg
     max_diff = (gpu - cpu).abs().max().item()
     vs_torch = (gpu - torch_probabilities[:N_IMAGES]).abs().max().item()
     accuracy = (gpu.argmax(1) == mnist_test.labels[:N_IMAGES]).float().mean().item()
-    print(f"wgpu vs ndarray: top-1 agreement {same_top1:.2%}, max |prob diff| {max_diff:.2e} "
-          f"(vs PyTorch {vs_torch:.2e}), accuracy {accuracy:.2%}")
+    print(
+        f"wgpu vs ndarray: top-1 agreement {same_top1:.2%}, max |prob diff| {max_diff:.2e} "
+        f"(vs PyTorch {vs_torch:.2e}), accuracy {accuracy:.2%}"
+    )
     assert same_top1 >= 0.998
     assert max_diff <= 1e-3
     assert torch.allclose(gpu.sum(1), torch.ones(N_IMAGES), atol=1e-5)
@@ -61,15 +64,19 @@ def test_with_webgpu_the_page_uses_wgpu_only_when_asked(webgpu_browser, webgpu_s
     page.close()
 
 
-def test_a_webgpu_device_failure_falls_back_to_the_cpu_kernels_with_the_reason(webgpu_browser, webgpu_server,
-                                                                            mnist_test, torch_probabilities):
+def test_a_webgpu_device_failure_falls_back_to_the_cpu_kernels_with_the_reason(
+    webgpu_browser, webgpu_server, mnist_test, torch_probabilities
+):
     def refuse_devices(route):
         response = route.fetch()
         route.fulfill(response=response, body=REFUSE_DEVICE + response.text())
 
     page, (label, backend_line, status) = open_as_a_user(
-        webgpu_browser, webgpu_server, "?backend=wgpu",
-        before_load=lambda page: page.route("**/worker.js", refuse_devices))
+        webgpu_browser,
+        webgpu_server,
+        "?backend=wgpu",
+        before_load=lambda page: page.route("**/worker.js", refuse_devices),
+    )
     reason = "the wgpu device did not start: Unable to request a wgpu device: OperationError: forced by the test"
     assert label == backend_line == f"fast-relaxed ({reason})"
     assert status == f"wgpu: {reason}: using fast-relaxed. ready: draw a digit"
@@ -117,7 +124,9 @@ def test_every_model_runs_on_webgpu_with_mc_dropout(webgpu_browser, webgpu_serve
         with torch.no_grad():
             expected = torch.softmax(model(normalize(images.unsqueeze(1))), 1)
         assert (probs - expected).abs().max() < 1e-3, name
-        got = page.evaluate("(img) => window.mnist.predictUncertain(img, {samples: 20})", images[0].reshape(-1).tolist())
+        got = page.evaluate(
+            "(img) => window.mnist.predictUncertain(img, {samples: 20})", images[0].reshape(-1).tolist()
+        )
         reference = summarize(mc_probabilities(model, images[:1], samples=20, seed=0))
         assert (torch.tensor(got["probs"]) - reference["probabilities"][0]).abs().max() < 1e-3, name
     page.close()
@@ -127,9 +136,8 @@ def test_teaching_runs_on_webgpu_like_the_native_kernels(webgpu_browser, webgpu_
     """window.mnist.teach on the wgpu build (Classifier.teach_async: the features read back
     from the GPU, the last layer re-fitted on the CPU) answers like the native module taught
     the same examples."""
-    import numpy as np
-
     import mnist_infer
+    import numpy as np
 
     pixels = mnist_test.images[:80].reshape(80, -1).numpy().astype(np.float32)
     labels = mnist_test.labels[:80].numpy()

@@ -13,7 +13,8 @@ def test_the_model_runs_in_a_module_worker_not_on_the_main_thread(browser, serve
     # One worker: the page spawns it first thing and loads the chosen build in it.
     assert [w.url.rsplit("/", 1)[1] for w in page.workers] == ["worker.js"]
     main_thread_wasm = page.evaluate(
-        "performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.endsWith('.wasm'))")
+        "performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.endsWith('.wasm'))"
+    )
     assert main_thread_wasm == []  # the wasm is fetched and instantiated by the worker
     probs = page.evaluate("(img) => window.mnist.predict(img)", mnist_test.images[3].flatten().tolist())
     assert max(abs(a - b) for a, b in zip(probs, torch_probabilities[3].tolist())) <= 1e-4

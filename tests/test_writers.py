@@ -1,4 +1,4 @@
-"""trainer/writers.py: synthetic writers, each with its own consistent style, drawn with the page's pen."""
+"""trainer/synthetic/writers.py: synthetic writers, each with its own consistent style, drawn with the page's pen."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer import writers
+from mnist_common.preprocess import MNIST_SIZE
 from trainer.model import normalize
-from web.server.preprocess import MNIST_SIZE
-from trainer.redraw import CANVAS_SIZE, redraw
-from trainer.writers import (
+from trainer.synthetic import writers
+from trainer.synthetic.redraw import CANVAS_SIZE, redraw
+from trainer.synthetic.writers import (
     NUM_CLASSES,
     WriterStyle,
     choose_glyphs,
@@ -53,8 +53,10 @@ def small_set(source):
     started = time.perf_counter()
     dataset = writers_set(*source, N_WRITERS, PER_CLASS, cache_dir=None, processes=1, progress=False)
     seconds = time.perf_counter() - started
-    print(f"\nwrote {len(dataset.images)} digits of {N_WRITERS} writers in {seconds:.1f} s "
-          f"({seconds / len(dataset.images) * 1e3:.1f} ms per digit, one process)")
+    print(
+        f"\nwrote {len(dataset.images)} digits of {N_WRITERS} writers in {seconds:.1f} s "
+        f"({seconds / len(dataset.images) * 1e3:.1f} ms per digit, one process)"
+    )
     return dataset
 
 
@@ -68,9 +70,13 @@ def test_a_style_is_fixed_by_its_seed():
     assert writer_style(7) == writer_style(7) == writer_style(np.int64(7))
     styles = [writer_style(seed) for seed in range(200)]
     assert len({(s.slant, s.pen_width) for s in styles}) == 200, "every writer has its own style"
-    for name, bounds in (("slant", writers.SLANT_RANGE), ("aspect", writers.ASPECT_RANGE),
-                         ("rotation", writers.ROTATION_RANGE), ("pen_width", writers.PEN_WIDTH_RANGE),
-                         ("size", writers.SIZE_RANGE)):
+    for name, bounds in (
+        ("slant", writers.SLANT_RANGE),
+        ("aspect", writers.ASPECT_RANGE),
+        ("rotation", writers.ROTATION_RANGE),
+        ("pen_width", writers.PEN_WIDTH_RANGE),
+        ("size", writers.SIZE_RANGE),
+    ):
         values = np.array([getattr(s, name) for s in styles])
         assert bounds[0] <= values.min() and values.max() <= bounds[1], name
         assert values.max() - values.min() > 0.8 * (bounds[1] - bounds[0]), f"{name} spans its range"
@@ -142,8 +148,10 @@ def test_the_committed_model_reads_most_writer_digits_but_not_all(model, small_s
         predicted = model(normalize(torch.from_numpy(small_set.images).unsqueeze(1))).argmax(dim=1).numpy()
     right = predicted == small_set.labels
     per_writer = [right[small_set.writers == w].mean() for w in range(N_WRITERS)]
-    print(f"\ncommitted model on {len(right)} writer digits: {right.mean():.2%}; per writer "
-          + " ".join(f"{a:.0%}" for a in per_writer))
+    print(
+        f"\ncommitted model on {len(right)} writer digits: {right.mean():.2%}; per writer "
+        + " ".join(f"{a:.0%}" for a in per_writer)
+    )
     assert MIN_ACCURACY <= right.mean() < 1.0
     # Mistakes come by writer and class: one writer's glyph is misread in most of its instances.
     wrong = ~right
@@ -311,33 +319,65 @@ def test_the_command_writes_a_grid(tmp_path, source, capsys):
     assert image.size == (2 * (NUM_CLASSES * 2 * MNIST_SIZE + (NUM_CLASSES - 1) * 4), 2 * (2 * MNIST_SIZE + 2))
 
 
-@pytest.mark.parametrize(("call", "error", "message"), [
-    (lambda s: writer_style("3"), TypeError, "writer seed must be an integer, got str"),
-    (lambda s: writer_style(2.0), TypeError, "writer seed must be an integer, got float"),
-    (lambda s: writer_style(True), TypeError, "writer seed must be an integer, got bool"),
-    (lambda s: writer_style(-1), ValueError, "writer seed must be >= 0"),
-    (lambda s: write_digits(writer_style(1), glyphs_of(writer_style(1), s), 0), ValueError,
-     "per_class must be at least 1"),
-    (lambda s: write_digits(writer_style(1), glyphs_of(writer_style(1), s), 2.5), TypeError,
-     "per_class must be an integer"),
-    (lambda s: write_digits(writer_style(1), {k: s[0][0] for k in range(9)}, 1), ValueError, "no digit for class 9"),
-    (lambda s: write_digits(writer_style(1), {k: np.zeros((28, 28), np.uint8) for k in range(10)}, 1),
-     ValueError, "glyph of class 0 has no ink"),
-    (lambda s: write_digits(writer_style(1), {k: np.zeros((20, 20), np.uint8) for k in range(10)}, 1),
-     ValueError, r"expected a \(28, 28\) uint8 digit"),
-    (lambda s: write_digits({"seed": 1}, {}, 1), TypeError, "style must be a WriterStyle"),
-    (lambda s: writers_set(np.zeros((10, 27, 27), np.uint8), np.arange(10), 1, 1, cache_dir=None),
-     ValueError, r"expected \(N, 28, 28\) uint8 digits"),
-    (lambda s: writers_set(s[0][:10].astype(np.float32), s[1][:10], 1, 1, cache_dir=None),
-     ValueError, "uint8 digits"),
-    (lambda s: writers_set(s[0][:10], s[1][:9], 1, 1, cache_dir=None), ValueError, r"expected \(10,\) integer labels"),
-    (lambda s: writers_set(s[0][:10], s[1][:10] + 10, 1, 1, cache_dir=None), ValueError, "labels must lie in 0..9"),
-    (lambda s: writers_set(s[0][s[1] != 3][:50], s[1][s[1] != 3][:50], 1, 1, cache_dir=None),
-     ValueError, "the source digits have no 3"),
-    (lambda s: writers_set(*s, 0, 1, cache_dir=None), ValueError, "writers must be at least 1"),
-    (lambda s: writers_set(*s, 1, 0, cache_dir=None), ValueError, "per_class must be at least 1"),
-    (lambda s: writers_set(*s, 1, 1, first_seed="a", cache_dir=None), TypeError, "first_seed must be an integer"),
-])
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda s: writer_style("3"), TypeError, "writer seed must be an integer, got str"),
+        (lambda s: writer_style(2.0), TypeError, "writer seed must be an integer, got float"),
+        (lambda s: writer_style(True), TypeError, "writer seed must be an integer, got bool"),
+        (lambda s: writer_style(-1), ValueError, "writer seed must be >= 0"),
+        (
+            lambda s: write_digits(writer_style(1), glyphs_of(writer_style(1), s), 0),
+            ValueError,
+            "per_class must be at least 1",
+        ),
+        (
+            lambda s: write_digits(writer_style(1), glyphs_of(writer_style(1), s), 2.5),
+            TypeError,
+            "per_class must be an integer",
+        ),
+        (
+            lambda s: write_digits(writer_style(1), {k: s[0][0] for k in range(9)}, 1),
+            ValueError,
+            "no digit for class 9",
+        ),
+        (
+            lambda s: write_digits(writer_style(1), {k: np.zeros((28, 28), np.uint8) for k in range(10)}, 1),
+            ValueError,
+            "glyph of class 0 has no ink",
+        ),
+        (
+            lambda s: write_digits(writer_style(1), {k: np.zeros((20, 20), np.uint8) for k in range(10)}, 1),
+            ValueError,
+            r"expected a \(28, 28\) uint8 digit",
+        ),
+        (lambda s: write_digits({"seed": 1}, {}, 1), TypeError, "style must be a WriterStyle"),
+        (
+            lambda s: writers_set(np.zeros((10, 27, 27), np.uint8), np.arange(10), 1, 1, cache_dir=None),
+            ValueError,
+            r"expected \(N, 28, 28\) uint8 digits",
+        ),
+        (
+            lambda s: writers_set(s[0][:10].astype(np.float32), s[1][:10], 1, 1, cache_dir=None),
+            ValueError,
+            "uint8 digits",
+        ),
+        (
+            lambda s: writers_set(s[0][:10], s[1][:9], 1, 1, cache_dir=None),
+            ValueError,
+            r"expected \(10,\) integer labels",
+        ),
+        (lambda s: writers_set(s[0][:10], s[1][:10] + 10, 1, 1, cache_dir=None), ValueError, "labels must lie in 0..9"),
+        (
+            lambda s: writers_set(s[0][s[1] != 3][:50], s[1][s[1] != 3][:50], 1, 1, cache_dir=None),
+            ValueError,
+            "the source digits have no 3",
+        ),
+        (lambda s: writers_set(*s, 0, 1, cache_dir=None), ValueError, "writers must be at least 1"),
+        (lambda s: writers_set(*s, 1, 0, cache_dir=None), ValueError, "per_class must be at least 1"),
+        (lambda s: writers_set(*s, 1, 1, first_seed="a", cache_dir=None), TypeError, "first_seed must be an integer"),
+    ],
+)
 def test_bad_arguments_are_refused(source, call, error, message):
     with pytest.raises(error, match=message):
         call(source)

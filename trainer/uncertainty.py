@@ -59,8 +59,9 @@ def uniform(seed: int, indices: np.ndarray) -> np.ndarray:
     return ((z >> np.uint64(40)).astype(np.float64) / 2.0**24).astype(np.float32)
 
 
-def mc_probabilities(model: Net, pixels: torch.Tensor, samples: int = DEFAULT_SAMPLES, seed: int = 0,
-                     batch_size: int = 250) -> torch.Tensor:
+def mc_probabilities(
+    model: Net, pixels: torch.Tensor, samples: int = DEFAULT_SAMPLES, seed: int = 0, batch_size: int = 250
+) -> torch.Tensor:
     """Softmax probabilities of ``samples`` MC-dropout passes per image.
 
     Every image gets the same masks: those the Rust kernels draw for one image from ``seed``.
@@ -95,7 +96,8 @@ def mc_probabilities(model: Net, pixels: torch.Tensor, samples: int = DEFAULT_SA
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             repeated = batch.repeat_interleave(samples, dim=0)
-            logits = model(repeated, masks=lambda i, shape, n=len(batch): mask(i, shape, n))
+            n = len(batch)
+            logits = model(repeated, masks=lambda i, shape, n=n: mask(i, shape, n))
             out.append(torch.softmax(logits, dim=1).reshape(len(batch), samples, -1))
     return torch.cat(out)
 
@@ -122,8 +124,13 @@ def summarize(probabilities: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def calibrate(weights: Path, data_dir: Path | None = None, samples: int = DEFAULT_SAMPLES,
-              quantile: float = UNSURE_QUANTILE, limit: int = 0) -> dict:
+def calibrate(
+    weights: Path,
+    data_dir: Path | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    quantile: float = UNSURE_QUANTILE,
+    limit: int = 0,
+) -> dict:
     """Choose the "not sure" threshold of the model in ``weights`` and write it into the file's
     metadata (``unsure_mutual_information``, nats, and ``unsure_rule`` in words).
 
@@ -137,7 +144,7 @@ def calibrate(weights: Path, data_dir: Path | None = None, samples: int = DEFAUL
         trainer.export.WeightsError: an unreadable weights file; trainer.data.DataError: no MNIST.
     """
     from . import data
-    from .evaluate import augmented_images
+    from .augment import augmented_images
     from .export import load_model, update_metadata
 
     model = load_model(weights)
@@ -147,8 +154,10 @@ def calibrate(weights: Path, data_dir: Path | None = None, samples: int = DEFAUL
         images = images[:limit]
     mi = summarize(mc_probabilities(model, augmented_images(images), samples))["mutual_information"]
     threshold = float(torch.quantile(mi.double(), quantile))
-    rule = (f"{quantile:.0%} quantile of the MC-dropout mutual information ({samples} samples, seed 0) "
-            f"on MNIST training images {VALIDATION.start:,}-{VALIDATION.stop - 1:,}, augmented ('draw')")
+    rule = (
+        f"{quantile:.0%} quantile of the MC-dropout mutual information ({samples} samples, seed 0) "
+        f"on MNIST training images {VALIDATION.start:,}-{VALIDATION.stop - 1:,}, augmented ('draw')"
+    )
     update_metadata(weights, {"unsure_mutual_information": f"{threshold:.6g}", "unsure_rule": rule})
     return {"threshold": threshold, "validation_images": len(images), "quantile": quantile}
 
@@ -160,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     from .data import DataError
     from .export import WeightsError
 
-    parser = argparse.ArgumentParser(description=calibrate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=calibrate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--weights", type=Path, required=True, help="a .safetensors file written by trainer.export")
     parser.add_argument("--data-dir", type=Path, default=None, help="MNIST folder (default data/)")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
@@ -169,8 +180,10 @@ def main(argv: list[str] | None = None) -> None:
         result = calibrate(args.weights, args.data_dir, args.samples)
     except (WeightsError, DataError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
-    print(f"{args.weights}: not sure above a mutual information of {result['threshold']:.4g} nats "
-          f"({result['quantile']:.0%} quantile over {result['validation_images']:,} validation digits)")
+    print(
+        f"{args.weights}: not sure above a mutual information of {result['threshold']:.4g} nats "
+        f"({result['quantile']:.0%} quantile over {result['validation_images']:,} validation digits)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-//! Build script of both bindings (wasm-infer/wasm and wasm-infer/python): points their
+//! Build script of both bindings (wasm-infer/mnist-wasm and wasm-infer/mnist-infer): points their
 //! `include_bytes!` at the weights file: `$MNIST_WEIGHTS` when set, else the committed
 //! `models/model.safetensors`, and rebuilds when either changes.
 
@@ -11,7 +11,10 @@ fn main() {
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/model.safetensors"),
     };
     let path = path.canonicalize().unwrap_or_else(|e| {
-        panic!("weights file {} not found ({e}): run `invoke train` or set MNIST_WEIGHTS", path.display())
+        panic!(
+            "weights file {} not found ({e}): run `invoke train` or set MNIST_WEIGHTS",
+            path.display()
+        )
     });
     println!("cargo:rerun-if-changed={}", path.display());
     println!("cargo:rustc-env=MNIST_WEIGHTS_PATH={}", path.display());

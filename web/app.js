@@ -252,7 +252,7 @@ function setupDrawing(classify, onClear) {
 
 /**
  * Save the drawing with the digit chosen in the label picker: POST /api/samples (the server's
- * SQLite store, web/server/samples.py), or, where no server API answers (a static host, the server
+ * SQLite store, mnist_common/samples.py), or, where no server API answers (a static host, the server
  * gone), this browser's IndexedDB. The status line says "saved as sample #N", or why not.
  * @param {string} model the model that made the shown prediction
  * @param {Promise<import("./local.js").LocalStore>} local the browser's store

@@ -1,4 +1,4 @@
-// In-page measurements for `invoke bench` (web/server/bench_page.py drives this page in headless Chromium).
+// In-page measurements for `invoke bench` (bench/page.py drives this page in headless Chromium).
 // Every runner takes the same MNIST digits (arrays of 784 raw pixels, ink = 255) and returns
 // per-image predict times in ms plus the predicted digits, so accuracy is checked as well.
 

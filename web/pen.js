@@ -11,7 +11,7 @@
 //
 // The adverse pen is a pure function of (seed, distance drawn so far), so a seed reproduces a
 // drawing exactly, whatever the pointer's event rate: adverseAt(seed, distance). Its random
-// numbers come from an integer hash (uniform), not Math.random, so that trainer/redraw.py can
+// numbers come from an integer hash (uniform), not Math.random, so that trainer/synthetic/redraw.py can
 // compute the same pen in Python (its twin; tests/test_redraw.py checks the constants and the
 // values against this file with Node).
 //
@@ -20,7 +20,7 @@
 // weights (LUMA_WEIGHTS) on the sRGB values. MNIST came from scans of dark ink on white paper;
 // a grey-scale scan of coloured ink records its lightness, which luma approximates. BT.601
 // (not BT.709's 0.2126/0.7152/0.0722) because it is what Python's side already uses for colour
-// images (web/server/preprocess.py, Pillow's convert("L"), torchvision's rgb_to_grayscale), so a
+// images (mnist_common/preprocess.py, Pillow's convert("L"), torchvision's rgb_to_grayscale), so a
 // screenshot of the canvas given to `invoke predict` gets the ink the page gives the model.
 // Composited over white: ink = alpha * (255 - luma(r, g, b)) / 255, so black gives ink = alpha
 // exactly (what the page read before colours counted), and an opaque light blue (#4fc3f7)
@@ -63,7 +63,7 @@ export const COLOUR_STREAM = 2;
 
 /**
  * A 32-bit integer hash (Chris Wellons' "lowbias32"): well mixed, and the same in Python
- * (trainer/redraw.py's hash32) because it uses only 32-bit multiplications, shifts and xors.
+ * (trainer/synthetic/redraw.py's hash32) because it uses only 32-bit multiplications, shifts and xors.
  * @param {number} x  an integer; taken modulo 2^32
  * @returns {number}  an integer in 0 .. 2^32 - 1
  */
@@ -169,7 +169,7 @@ export function parseColour(hex) {
 
 /**
  * BT.601 luma of an sRGB colour: 0.299 r + 0.587 g + 0.114 b, in that order of additions
- * (web/server/preprocess.py computes it the same way, so both give the same bits).
+ * (mnist_common/preprocess.py computes it the same way, so both give the same bits).
  * @param {number} r @param {number} g @param {number} b  0..255
  * @returns {number} 0..255 (not rounded)
  */

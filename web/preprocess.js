@@ -132,7 +132,7 @@ export function toMnist(ink, width, height) {
  * alpha * (255 - luma(r, g, b)) / 255), rounded. Black strokes give their alpha exactly (full
  * ink inside, the coverage at anti-aliased edges); lighter colours give fainter ink (opaque
  * light blue #4fc3f7: 89), as a grey-scale scan of coloured ink on paper would.
- * web/server/preprocess.py's ink_from_rgba is its twin (tests/test_preprocess.py compares them).
+ * mnist_common/preprocess.py's ink_from_rgba is its twin (tests/test_preprocess.py compares them).
  * @param {ImageData} image  RGBA, not premultiplied, 0..255 per channel
  * @returns {Uint8ClampedArray} width*height values in 0..255, ink = 255, row-major (rounded to
  *   the nearest integer, ties to even)

@@ -1,0 +1,9 @@
+"""The server of ``invoke serve``: the static page of web/, /config.json and the REST API.
+
+* ``app``: the HTTP server (static files, /config.json, the weights under /models/,
+  POST /api/predict, POST/GET /api/samples).
+* ``classify``: image files -> digits with the native Rust model (``mnist_infer``), and the
+  API's predictions payload (``invoke predict``).
+
+Serving imports ``mnist_common`` and never ``trainer``: it runs without PyTorch.
+"""

@@ -1,0 +1,1009 @@
+"""Compare every model in a folder: accuracy, calibration, out-of-distribution detection, speed.
+
+``invoke evaluate --all`` calls ``compare()``; ``python -m trainer.evaluation.compare --help`` works too.
+Every ``*.safetensors`` file in the models folder (``models/`` by default) is one model, named
+by its file stem, except ``model.safetensors`` (the default model), which is named by its
+architecture's short name (``cnn``). The comparison goes to ``reports/models/``:
+
+- ``comparison.json``: every number below, per model, with the settings;
+- ``comparison.md``: one row per model;
+- ``comparison.png``: accuracy per test set per model (grouped bars), the reliability diagrams,
+  the out-of-distribution AUROCs and the wasm predict times;
+- ``scribbles.png``: the first non-digits, as the models see them.
+
+Per model:
+
+- **accuracy** on the test sets of ``trainer.evaluation.evaluate`` (clean, augmented, redrawn with pens of
+  8, 14, 20 and 28 px, the adverse pen). ``trainer.evaluation.evaluate.evaluate`` is run once per model,
+  and writes that model's own report folder, ``reports/<name>/`` (beside the comparison folder).
+- **calibration**: expected calibration error (ECE; Guo et al., "On Calibration of Modern
+  Neural Networks", 2017) on the clean test digits, with ``ECE_BINS`` = 15 equal-width bins of
+  the confidence (the top class's probability): ``ECE = sum_m |B_m| / n * |acc(B_m) - conf(B_m)|``
+  with bin m = ((m - 1) / M, m / M]. Once with the eval-mode softmax (no dropout), once with
+  MC dropout (the mean of ``MC_SAMPLES`` = 20 passes, ``trainer.uncertainty``, seed 0). The
+  reliability diagram's data (per bin: mean confidence, accuracy, count) is kept for both.
+- **out-of-distribution detection**: how well the MC-dropout predictive entropy and mutual
+  information (20 passes) tell non-digits from MNIST test digits, as the AUROC (area under the
+  ROC curve). Positives are the *non-digits* and a higher score means "more likely not a
+  digit", so AUROC = P(score of a random non-digit > score of a random test digit), ties
+  counted half: 1.0 separates perfectly, 0.5 is chance. The fractions of non-digits and of test
+  digits called "not sure" (mutual information above the file's ``unsure_mutual_information``,
+  as the page decides) are reported too.
+
+  The non-digits are random scribbles drawn here (``scribble``): no dataset of non-digits can
+  be downloaded on this project's machines (EMNIST letters, Fashion-MNIST, ... are out of
+  reach). Each is 1-3 random smooth strokes (cubic Bezier curves or random walks with a slowly
+  turning heading) drawn with the page's round pen (``PAGE_PEN_WIDTH`` = 20 px) on the
+  280x280 canvas (``trainer.synthetic.redraw.redraw``), then preprocessed by ``mnist_common.preprocess.to_mnist``
+  as the page does. Scribble i comes from the generator seeded with ``(SCRIBBLE_SEED, i)``, so
+  the first N scribbles are the same in every run and for every N. A random scribble can look
+  like a digit now and then (a lone stroke is a fair "1"); such scribbles count against the
+  AUROC like any other non-digit.
+- **wasm predict time**: the median milliseconds per ``predict`` of the ``fast-simd128`` build
+  (``web/pkg/fast-simd128/``) in Node, each model loaded with ``Classifier.fromBytes``, all
+  models measured in one Node run with their predicts interleaved (rounds of ``WASM_BLOCK``
+  predicts per model), and the ratio to the cnn's time. Skipped, with a note, when Node or the
+  build is missing. The build's own probabilities are compared with PyTorch's on the first
+  test digit and the first 3 scribbles (``wasm_max_abs_diff``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mnist_common.paths import MODELS_DIR, PKG_DIR
+from mnist_common.preprocess import to_mnist
+
+from .. import data
+from ..export import WeightsError, load_model, read_metadata, write_metrics
+from ..model import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from ..synthetic.redraw import CANVAS_SIZE, PAGE_PEN_WIDTH, PEN_WIDTHS, redraw
+from ..uncertainty import DEFAULT_SAMPLES, mc_probabilities, summarize
+from .evaluate import (
+    ADVERSE_KEY,
+    DEFAULT_REPORTS_DIR,
+    SAMPLES_KEY,
+    WRITERS_KEY,
+    logits_of,
+    new_figure,
+    redrawn_key,
+    set_label,
+    shown_path,
+)
+from .evaluate import evaluate as evaluate_model
+
+DEFAULT_MODELS_DIR = MODELS_DIR
+DEFAULT_OUT_DIR = DEFAULT_REPORTS_DIR / "models"
+#: The default model's file; it is named by its architecture's short name in the comparison.
+DEFAULT_MODEL_FILE = "model.safetensors"
+#: Confidence bins of the ECE and the reliability diagrams (equal width over [0, 1]).
+ECE_BINS = 15
+#: Bins of the reliability diagrams drawn in comparison.png need this many predictions (the
+#: JSON keeps every bin): a bin of 3 digits has an accuracy of 0, 1/3, 2/3 or 1, which is noise.
+RELIABILITY_MIN_COUNT = 10
+#: MC-dropout passes per image (the page's default) and the mask seed.
+MC_SAMPLES = DEFAULT_SAMPLES
+MC_SEED = 0
+#: Images per ``mc_probabilities`` call (each is repeated MC_SAMPLES times inside).
+MC_CHUNK = 500
+#: Non-digits without ``limit``; with a limit, ``limit`` of them.
+DEFAULT_SCRIBBLES = 1_000
+#: Seed of the scribbles: scribble i is drawn from ``np.random.default_rng((SCRIBBLE_SEED, i))``.
+SCRIBBLE_SEED = 2024
+#: Margin of the canvas that the scribbles' centre lines keep clear of, in canvas pixels.
+SCRIBBLE_MARGIN = 20
+#: wasm timing: build folder, warm-up predicts per model, rounds, predicts per model per round.
+WASM_BUILD = PKG_DIR / "fast-simd128"
+WASM_WARMUP = 30
+WASM_ROUNDS = 15
+WASM_BLOCK = 20
+#: Scribbles whose wasm probabilities are checked against PyTorch's, beside the first test digit.
+WASM_CHECK_SCRIBBLES = 3
+#: Seconds the Node timing run may take.
+NODE_TIMEOUT_S = 300
+#: The model whose wasm time is the baseline of the ratios.
+BASELINE = DEFAULT_ARCHITECTURE
+
+__all__ = [
+    "compare",
+    "main",
+    "expected_calibration_error",
+    "auroc",
+    "scribble",
+    "scribbles",
+    "discover",
+    "CompareError",
+]
+
+
+class CompareError(ValueError):
+    """No models to compare: a missing or empty folder, or no readable model in it."""
+
+
+# --- the numbers -----------------------------------------------------------------------------
+
+
+def expected_calibration_error(confidences, correct, bins: int = ECE_BINS) -> dict:
+    """Expected calibration error and the reliability diagram's data (Guo et al. 2017).
+
+    Bin m (1..M) holds the predictions with confidence in ((m - 1) / M, m / M]; a confidence
+    of exactly 0 goes to the first bin. ``ECE = sum_m |B_m| / n * |accuracy(B_m) - confidence(B_m)|``.
+
+    Args:
+        confidences: (N,) the predicted class's probability, each in [0, 1].
+        correct: (N,) bool (or 0/1): whether that prediction is right.
+        bins: M >= 1, the number of equal-width bins.
+
+    Returns:
+        ``{"ece": in [0, 1], "n": N, "bins": [M dicts {"lower", "upper", "confidence",
+        "accuracy", "count"}]}``; ``confidence`` (mean) and ``accuracy`` are None for an empty bin.
+
+    Raises:
+        ValueError: no predictions, mismatched lengths, confidences outside [0, 1] or NaN, bins < 1.
+    """
+    conf = np.asarray(confidences, dtype=np.float64).reshape(-1)
+    hit = np.asarray(correct).reshape(-1).astype(bool)
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    if conf.size == 0 or conf.size != hit.size:
+        raise ValueError(f"need as many confidences as correctness flags, at least one (got {conf.size}, {hit.size})")
+    if not (np.all(conf >= 0) and np.all(conf <= 1)):  # False for NaN too
+        raise ValueError("confidences must lie in [0, 1]")
+    index = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    conf_sums = np.bincount(index, weights=conf, minlength=bins)
+    hit_sums = np.bincount(index, weights=hit.astype(np.float64), minlength=bins)
+    ece = float(np.abs(hit_sums - conf_sums).sum() / conf.size)  # = sum |B|/n * |acc - conf|
+    return {
+        "ece": min(max(ece, 0.0), 1.0),
+        "n": int(conf.size),
+        "bins": [
+            {
+                "lower": m / bins,
+                "upper": (m + 1) / bins,
+                "confidence": float(conf_sums[m] / counts[m]) if counts[m] else None,
+                "accuracy": float(hit_sums[m] / counts[m]) if counts[m] else None,
+                "count": int(counts[m]),
+            }
+            for m in range(bins)
+        ],
+    }
+
+
+def auroc(positive_scores, negative_scores) -> float:
+    """Area under the ROC curve of a score meant to be higher for the positives.
+
+    The Mann-Whitney form: the probability that a random positive scores higher than a random
+    negative, ties counted half. 1.0: every positive above every negative; 0.5: no better than
+    chance (or all scores equal); 0.0: every positive below every negative.
+
+    Args:
+        positive_scores: (P,) finite real numbers, P >= 1. negative_scores: (Q,), Q >= 1.
+
+    Returns:
+        a float in [0, 1].
+
+    Raises:
+        ValueError: an empty side or a non-finite score.
+    """
+    pos = np.asarray(positive_scores, dtype=np.float64).reshape(-1)
+    neg = np.sort(np.asarray(negative_scores, dtype=np.float64).reshape(-1))
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError(f"AUROC needs at least one positive and one negative (got {pos.size}, {neg.size})")
+    if not (np.isfinite(pos).all() and np.isfinite(neg).all()):
+        raise ValueError("AUROC scores must be finite")
+    below = np.searchsorted(neg, pos, side="left")  # negatives strictly below each positive
+    tied = np.searchsorted(neg, pos, side="right") - below
+    return float((below.sum() + 0.5 * tied.sum()) / (pos.size * neg.size))
+
+
+# --- the non-digits --------------------------------------------------------------------------
+
+
+def _bezier(rng: np.random.Generator) -> np.ndarray:
+    """A cubic Bezier curve with 4 random control points on the canvas: (K, 2) (x, y) points."""
+    low, high = SCRIBBLE_MARGIN, CANVAS_SIZE - 1 - SCRIBBLE_MARGIN
+    control = rng.uniform(low, high, size=(4, 2))
+    t = np.linspace(0.0, 1.0, 200)[:, None]
+    return (
+        (1 - t) ** 3 * control[0]
+        + 3 * (1 - t) ** 2 * t * control[1]
+        + 3 * (1 - t) * t**2 * control[2]
+        + t**3 * control[3]
+    )
+
+
+def _walk(rng: np.random.Generator) -> np.ndarray:
+    """A random walk with a slowly turning heading (its turn rate itself a random walk), kept
+    inside the canvas margin by reflection: (K, 2) (x, y) points, 2 px apart."""
+    low, high = SCRIBBLE_MARGIN, CANVAS_SIZE - 1 - SCRIBBLE_MARGIN
+    steps = int(rng.integers(60, 220))
+    point = rng.uniform(low + 40, high - 40, size=2)
+    heading = rng.uniform(0, 2 * math.pi)
+    turn = rng.normal(0, 0.05)
+    points = [point.copy()]
+    for _ in range(steps):
+        turn = float(np.clip(turn + rng.normal(0, 0.025), -0.2, 0.2))
+        heading += turn
+        point = point + 2.0 * np.array([math.cos(heading), math.sin(heading)])
+        for axis in range(2):  # bounce off the margin: mirror the point and the heading
+            if not low <= point[axis] <= high:
+                edge = low if point[axis] < low else high
+                point[axis] = 2 * edge - point[axis]
+                heading = math.pi - heading if axis == 0 else -heading
+        points.append(point.copy())
+    return np.asarray(points)
+
+
+def _rasterise(polyline: np.ndarray, skel: np.ndarray) -> None:
+    """Mark the pixels of a (K, 2) (x, y) polyline in the (280, 280) bool ``skel``, consecutive
+    pixels 8-connected (points resampled at most 0.7 px apart before rounding)."""
+    for (x0, y0), (x1, y1) in zip(polyline[:-1], polyline[1:]):
+        count = max(2, int(math.ceil(math.hypot(x1 - x0, y1 - y0) / 0.7)) + 1)
+        xs = np.rint(np.linspace(x0, x1, count)).astype(np.int64).clip(0, CANVAS_SIZE - 1)
+        ys = np.rint(np.linspace(y0, y1, count)).astype(np.int64).clip(0, CANVAS_SIZE - 1)
+        skel[ys, xs] = True
+
+
+def scribble_canvas(index: int, seed: int = SCRIBBLE_SEED, pen_width: float = PAGE_PEN_WIDTH) -> np.ndarray:
+    """Scribble ``index`` on the page's canvas: 1-3 random smooth strokes (each a cubic Bezier
+    curve or a turning random walk, even odds) drawn with a round pen ``pen_width`` px wide.
+
+    Returns:
+        (280, 280) float32 in 0..255, ink = 255, background = 0, anti-aliased
+        (``trainer.synthetic.redraw.redraw``); the same array for the same ``index`` and ``seed``.
+    """
+    rng = np.random.default_rng((seed, index))
+    skel = np.zeros((CANVAS_SIZE, CANVAS_SIZE), dtype=bool)
+    for _ in range(int(rng.integers(1, 4))):
+        _rasterise(_bezier(rng) if rng.random() < 0.5 else _walk(rng), skel)
+    return redraw(skel, pen_width)
+
+
+def scribble(index: int, seed: int = SCRIBBLE_SEED) -> np.ndarray:
+    """Scribble ``index`` as the model sees it: ``to_mnist`` of ``scribble_canvas(index, seed)``.
+
+    Returns:
+        (28, 28) float32 in 0..255, ink = 255 (never blank: every scribble has ink).
+    """
+    pixels = to_mnist(scribble_canvas(index, seed))
+    assert pixels is not None, "a scribble always has ink"
+    return pixels
+
+
+def scribbles(count: int, seed: int = SCRIBBLE_SEED, progress: bool = True) -> torch.Tensor:
+    """The first ``count`` scribbles (``scribble``): (count, 28, 28) float32 in 0..255, ink = 255.
+    About 10-20 ms of CPU each."""
+    out = np.zeros((count, 28, 28), dtype=np.float32)
+    for i in tqdm(
+        range(count), desc="drawing scribbles (non-digits)", unit="scribble", disable=not progress, leave=False
+    ):
+        out[i] = scribble(i, seed)
+    return torch.from_numpy(out)
+
+
+# --- the models ------------------------------------------------------------------------------
+
+
+def short_architecture(architecture_id: str) -> str:
+    """The short name (``cnn``, ``mlp``, ...) of an ``architecture`` metadata id; the id itself
+    when no known architecture has it."""
+    for arch in ARCHITECTURES.values():
+        if arch.id == architecture_id:
+            return arch.name
+    return architecture_id
+
+
+def discover(models_dir: Path) -> list[Path]:
+    """The ``*.safetensors`` files directly in ``models_dir``, sorted by name.
+
+    Raises:
+        CompareError: the folder is missing, not a folder, or holds no ``*.safetensors`` file.
+    """
+    models_dir = Path(models_dir)
+    if not models_dir.exists():
+        raise CompareError(f"models folder {models_dir} does not exist")
+    if not models_dir.is_dir():
+        raise CompareError(f"{models_dir} is not a folder")
+    files = sorted(p for p in models_dir.glob("*.safetensors") if p.is_file())
+    if not files:
+        raise CompareError(f"no *.safetensors model in {models_dir} (train one: `invoke train`)")
+    return files
+
+
+def tensor_elements(path: Path) -> int:
+    """Total number of tensor elements stored in a safetensors file (weights, biases and
+    BatchNorm running statistics)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return int(sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys()))
+
+
+def load_models(files: list[Path]) -> tuple[list[dict], list[str]]:
+    """Load every file; name each model. Unreadable files are left out with a note.
+
+    Returns:
+        (models, notes): models as ``{"name", "path", "model" (Net, eval mode), "metadata",
+        "architecture" (short name)}``, the default model's architecture first (``BASELINE``),
+        then by name; notes: one line per file left out or renamed.
+
+    Raises:
+        CompareError: no file holds a readable model.
+    """
+    loaded, notes = [], []
+    for path in files:
+        try:
+            model = load_model(path)
+            metadata = read_metadata(path)
+        except WeightsError as e:
+            notes.append(f"left out {path.name}: {e}")
+            continue
+        architecture = short_architecture(model.architecture)
+        loaded.append({"path": path, "model": model, "metadata": metadata, "architecture": architecture})
+    if not loaded:
+        raise CompareError("no readable model among " + ", ".join(p.name for p in files) + ": " + "; ".join(notes))
+    stems = {entry["path"].stem for entry in loaded}
+    for entry in loaded:
+        name = entry["path"].stem
+        if entry["path"].name == DEFAULT_MODEL_FILE:
+            if entry["architecture"] not in stems:
+                name = entry["architecture"]
+            else:
+                notes.append(f"{DEFAULT_MODEL_FILE} is named `model`: {entry['architecture']}.safetensors exists too")
+        entry["name"] = name
+    loaded.sort(key=lambda e: (e["name"] != BASELINE, e["name"]))
+    return loaded, notes
+
+
+@torch.inference_mode()
+def mc_summary(model, images: torch.Tensor, desc: str) -> dict[str, torch.Tensor]:
+    """``summarize(mc_probabilities(model, images, MC_SAMPLES, MC_SEED))`` in chunks of
+    ``MC_CHUNK`` images with a progress bar (every image gets the same masks, so chunking
+    changes nothing). images: (N, 28, 28) 0..255. Returns (N, 10) probabilities, (N,) entropy
+    and mutual information (nats)."""
+    parts = []
+    for start in tqdm(range(0, len(images), MC_CHUNK), desc=desc, unit="chunk", leave=False):
+        s = summarize(mc_probabilities(model, images[start : start + MC_CHUNK], MC_SAMPLES, MC_SEED))
+        parts.append({k: s[k] for k in ("probabilities", "entropy", "mutual_information")})
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _median(values: torch.Tensor) -> float:
+    return float(np.median(values.numpy()))
+
+
+def _fraction_above(values: torch.Tensor, threshold: float | None) -> float | None:
+    """Fraction of ``values`` strictly above ``threshold`` (the page's "not sure" rule), in
+    [0, 1]; None without a threshold."""
+    return None if threshold is None else float((values > threshold).double().mean())
+
+
+def uncertainty_numbers(
+    model, metadata: dict, digits: torch.Tensor, labels: torch.Tensor, nondigits: torch.Tensor, name: str
+) -> dict:
+    """Calibration and OOD numbers of one model.
+
+    Args:
+        digits: (N, 28, 28) clean test digits 0..255; labels: (N,) int64.
+        nondigits: (S, 28, 28) scribbles 0..255.
+
+    Returns:
+        ``{"calibration": {"eval": ECE dict, "mc_dropout": ECE dict}, "clean_accuracy_mc",
+        "ood": {...}}`` (see ``expected_calibration_error``; ``ood`` holds the AUROCs, the
+        medians of entropy and mutual information per side, the threshold and the "not sure"
+        fractions, None without a threshold).
+    """
+    probabilities = torch.softmax(logits_of(model, digits), dim=1)
+    confidence, predicted = probabilities.max(dim=1)
+    calibration = {"eval": expected_calibration_error(confidence.numpy(), (predicted == labels).numpy())}
+    on_digits = mc_summary(model, digits, f"{name}: MC dropout on test digits")
+    on_scribbles = mc_summary(model, nondigits, f"{name}: MC dropout on scribbles")
+    mc_confidence, mc_predicted = on_digits["probabilities"].max(dim=1)
+    calibration["mc_dropout"] = expected_calibration_error(
+        mc_confidence.clamp(0, 1).numpy(), (mc_predicted == labels).numpy()
+    )
+    raw = metadata.get("unsure_mutual_information")
+    threshold = float(raw) if raw is not None else None
+    ood = {
+        "positives": "non-digits (scribbles)",
+        "negatives": "MNIST test digits",
+        "n_digits": len(digits),
+        "n_nondigits": len(nondigits),
+        "auroc_entropy": auroc(on_scribbles["entropy"].numpy(), on_digits["entropy"].numpy()),
+        "auroc_mutual_information": auroc(
+            on_scribbles["mutual_information"].numpy(), on_digits["mutual_information"].numpy()
+        ),
+        "median_entropy_digits": _median(on_digits["entropy"]),
+        "median_entropy_nondigits": _median(on_scribbles["entropy"]),
+        "median_mutual_information_digits": _median(on_digits["mutual_information"]),
+        "median_mutual_information_nondigits": _median(on_scribbles["mutual_information"]),
+        "unsure_threshold": threshold,
+        "unsure_digits": _fraction_above(on_digits["mutual_information"], threshold),
+        "unsure_nondigits": _fraction_above(on_scribbles["mutual_information"], threshold),
+    }
+    return {
+        "calibration": calibration,
+        "clean_accuracy_mc": float((mc_predicted == labels).float().mean()),
+        "ood": ood,
+    }
+
+
+# --- wasm in Node ----------------------------------------------------------------------------
+
+#: argv: glue (mnist_wasm.js), wasm; stdin: {"models": [{"name", "path"}], "pixels": [784],
+#: "checks": [[784], ...], "warmup", "rounds", "block"}. stdout: {"node", "models": {name:
+#: {"median_ms", "p10_ms", "p90_ms", "predicts", "probabilities": [[10] per check image]} or
+#: {"error"}}}.
+NODE_TIMING = r"""
+import { readFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+const [gluePath, wasmPath] = process.argv.slice(-2);
+const spec = JSON.parse(readFileSync(0, "utf8"));
+const glue = await import(pathToFileURL(gluePath).href);
+await glue.default({ module_or_path: readFileSync(wasmPath) });
+const pixels = Float32Array.from(spec.pixels);
+const out = {};
+const live = [];
+for (const m of spec.models) {
+  try {
+    const classifier = glue.Classifier.fromBytes(new Uint8Array(readFileSync(m.path)));
+    const probabilities = spec.checks.map((c) => Array.from(classifier.predict(Float32Array.from(c))));
+    live.push({ name: m.name, classifier, probabilities, times: [] });
+  } catch (e) {
+    out[m.name] = { error: String(e && e.message ? e.message : e) };
+  }
+}
+for (const m of live) for (let i = 0; i < spec.warmup; i++) m.classifier.predict(pixels);
+for (let r = 0; r < spec.rounds; r++) {
+  for (const m of live) {
+    for (let i = 0; i < spec.block; i++) {
+      const t0 = performance.now();
+      m.classifier.predict(pixels);
+      m.times.push(performance.now() - t0);
+    }
+  }
+}
+const quantile = (sorted, q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+for (const m of live) {
+  const t = m.times.slice().sort((a, b) => a - b);
+  const mid = t.length >> 1;
+  const median = t.length % 2 ? t[mid] : (t[mid - 1] + t[mid]) / 2;
+  out[m.name] = { median_ms: median, p10_ms: quantile(t, 0.1), p90_ms: quantile(t, 0.9),
+                  predicts: t.length, probabilities: m.probabilities };
+}
+console.log(JSON.stringify({ node: process.version, models: out }));
+"""
+
+
+def wasm_timing(
+    models: list[dict],
+    pixels: np.ndarray,
+    checks: np.ndarray,
+    reference: dict[str, np.ndarray],
+    build: Path = WASM_BUILD,
+    rounds: int = WASM_ROUNDS,
+    block: int = WASM_BLOCK,
+    warmup: int = WASM_WARMUP,
+) -> dict:
+    """Median ms per ``predict`` of the wasm build in Node for every model, in one Node run.
+
+    Args:
+        models: ``{"name", "path"}`` per model.
+        pixels: (784,) float32 0..255: the image every timed predict classifies.
+        checks: (K, 784) float32 0..255: images whose wasm probabilities are compared with
+            ``reference``, PyTorch's (K, 10) eval-mode probabilities of them per model name.
+        rounds, block, warmup: ``rounds`` rounds of ``block`` timed predicts per model,
+            interleaved, after ``warmup`` untimed predicts per model.
+
+    Returns:
+        ``{"build", "node", "rounds", "block", "models": {name: {"median_ms", "p10_ms",
+        "p90_ms", "predicts", "vs_baseline", "wasm_max_abs_diff"} or {"error"}}, "note"}``;
+        ``models`` is empty and ``note`` says why when Node, the build or the run fails.
+        ``vs_baseline``: the model's median / the ``BASELINE`` model's (None without it).
+    """
+    result = {
+        "build": shown_path(build),
+        "node": None,
+        "rounds": rounds,
+        "block": block,
+        "warmup": warmup,
+        "baseline": BASELINE,
+        "models": {},
+        "note": None,
+    }
+    node = shutil.which("node")
+    glue, wasm = build / "mnist_wasm.js", build / "mnist_wasm_bg.wasm"
+    if node is None:
+        result["note"] = "wasm timing skipped: node is not on PATH"
+        return result
+    if not (glue.is_file() and wasm.is_file()):
+        result["note"] = (
+            f"wasm timing skipped: no build in {shown_path(build)} (`invoke build-wasm --backend fast-simd128`)"
+        )
+        return result
+    spec = {
+        "models": [{"name": m["name"], "path": str(Path(m["path"]).resolve())} for m in models],
+        "pixels": np.asarray(pixels, dtype=np.float32).reshape(-1).tolist(),
+        "checks": np.asarray(checks, dtype=np.float32).reshape(len(checks), -1).tolist(),
+        "warmup": warmup,
+        "rounds": rounds,
+        "block": block,
+    }
+    try:
+        run = subprocess.run(
+            [node, "--input-type=module", "-e", NODE_TIMING, str(glue.resolve()), str(wasm.resolve())],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            timeout=NODE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        result["note"] = f"wasm timing failed: Node took over {NODE_TIMEOUT_S} s"
+        return result
+    if run.returncode != 0:
+        result["note"] = f"wasm timing failed: node exited with {run.returncode}: {run.stderr.strip()[-500:]}"
+        return result
+    answer = json.loads(run.stdout.strip().splitlines()[-1])
+    result["node"] = answer["node"]
+    timed = answer["models"]
+    base = timed.get(BASELINE, {}).get("median_ms")
+    for m in models:
+        entry = timed.get(m["name"], {"error": "not run"})
+        if "error" not in entry:
+            probabilities = np.asarray(entry.pop("probabilities"), dtype=np.float64)
+            entry["wasm_max_abs_diff"] = float(np.abs(probabilities - reference[m["name"]]).max())
+            entry["vs_baseline"] = entry["median_ms"] / base if base else None
+        result["models"][m["name"]] = entry
+    errors = [f"{name}: {e['error']}" for name, e in result["models"].items() if "error" in e]
+    if errors:
+        result["note"] = "wasm could not load " + "; ".join(errors)
+    elif base is None:
+        result["note"] = f"no {BASELINE} model: no ratios"
+    return result
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{value:.2%}"
+
+
+def _num(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.2f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e3:.0f} kB"
+
+
+TABLE_COLUMNS = (
+    "model",
+    "architecture",
+    "parameters",
+    "file",
+    "clean",
+    "augmented",
+    f"pen {PAGE_PEN_WIDTH} (page)",
+    "pens mean",
+    "adverse pen",
+    "synthetic writers",
+    "ECE",
+    "ECE (MC)",
+    "AUROC entropy",
+    "AUROC MI",
+    "not sure: digits",
+    "not sure: scribbles",
+    "wasm ms/predict",
+    f"vs {BASELINE}",
+)
+
+
+def table_row(row: dict) -> list[str]:
+    """The cells of one model's row (``TABLE_COLUMNS``)."""
+    acc, ood, wasm = row["accuracy"], row["ood"], row.get("wasm") or {}
+    return [
+        row["name"],
+        row["architecture"],
+        f"{row['parameters']:,}",
+        _size(row["file_bytes"]),
+        _pct(acc["clean"]),
+        _pct(acc["augmented"]),
+        _pct(acc["page_pen"]),
+        _pct(acc["redrawn_mean"]),
+        _pct(acc["adverse"]),
+        _pct(acc.get("writers")),
+        _num(row["calibration"]["eval"]["ece"], 4),
+        _num(row["calibration"]["mc_dropout"]["ece"], 4),
+        _num(ood["auroc_entropy"]),
+        _num(ood["auroc_mutual_information"]),
+        _pct(ood["unsure_digits"]),
+        _pct(ood["unsure_nondigits"]),
+        _num(wasm.get("median_ms")),
+        "–" if wasm.get("vs_baseline") is None else f"{wasm['vs_baseline']:.2f}×",
+    ]
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """The markdown table: one row per model (plus a column for the collected drawings when
+    they were given: ``compare(samples=...)``)."""
+    collected = any(row["accuracy"].get("samples") is not None for row in rows)
+    columns = [*TABLE_COLUMNS, "collected drawings"] if collected else list(TABLE_COLUMNS)
+    align = ["---", "---", *["---:"] * (len(columns) - 2)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
+    for row in rows:
+        cells = table_row(row) + ([_pct(row["accuracy"].get("samples"))] if collected else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, report: dict) -> None:
+    """comparison.md: the table, what each column means, the notes."""
+    s = report["settings"]
+    wasm = report["wasm"]
+    lines = [
+        f"# Model comparison ({len(report['models'])} models, {s['n']:,} MNIST test digits, "
+        f"{s['scribbles']:,} scribbles)",
+        "",
+        comparison_table(report["models"]),
+        "",
+        "![comparison](comparison.png)",
+        "",
+        "- **parameters**: tensor elements in the file (weights, biases, BatchNorm running statistics); "
+        "**file**: the safetensors file's size.",
+        f"- **clean / augmented / pen {PAGE_PEN_WIDTH} (page) / adverse pen / synthetic writers**: accuracy on "
+        f"`trainer.evaluation.evaluate`'s test sets (the writers: `trainer/synthetic/writers.py`, writer-separated); **pens mean**: the mean over the redrawn sets with pens {', '.join(f'{w:g}' for w in s['pen_widths'])} px. "
+        "Each model's own report: " + ", ".join(f"[{r['name']}]({r['report']})" for r in report["models"]) + ".",
+        f"- **ECE**: expected calibration error on the clean test digits, {s['ece_bins']} equal-width confidence "
+        f"bins (Guo et al. 2017), eval-mode softmax; **ECE (MC)**: the same with the mean of {s['mc_samples']} "
+        "MC-dropout passes.",
+        f"- **AUROC entropy / MI**: how well the MC-dropout predictive entropy / mutual information "
+        f"({s['mc_samples']} passes) rank the {s['scribbles']:,} scribbles (positives: non-digits) above the "
+        "test digits (negatives); 1 = perfect, 0.5 = chance. The scribbles are 1-3 random Bezier or random-walk "
+        f"strokes drawn with the page's {PAGE_PEN_WIDTH} px round pen and preprocessed as the page does "
+        "(see scribbles.png); no non-digit dataset can be downloaded here.",
+        '- **not sure**: the fraction called "not sure" by the file\'s threshold '
+        "(`unsure_mutual_information`: MC-dropout mutual information above it).",
+        f"- **wasm ms/predict**: median per `predict` of `{wasm['build']}` in Node {wasm['node'] or ''} "
+        f"(`Classifier.fromBytes`; {wasm['rounds']} interleaved rounds of {wasm['block']} predicts per model), "
+        f"and the ratio to the {BASELINE}.",
+        "",
+    ]
+    if report["notes"]:
+        lines += ["## Notes", "", *[f"- {note}" for note in report["notes"]], ""]
+    path.write_text("\n".join(lines))
+
+
+def plot_comparison(report: dict, path: Path) -> None:
+    """comparison.png: accuracy per test set per model (grouped bars, top), reliability
+    diagrams (eval mode solid, MC dropout dashed), OOD AUROCs and wasm ms per predict (bottom)."""
+    rows = report["models"]
+    colours = [f"C{i % 10}" for i in range(len(rows))]
+    figure = new_figure(15, 10)
+    grid = figure.add_gridspec(2, 3, height_ratios=(1, 1.1), width_ratios=(1.3, 1, 1))
+    bars = figure.add_subplot(grid[0, :])
+    keys = rows[0]["set_keys"]
+    width = 0.8 / len(rows)
+    lowest = min(r["sets"][k] for r in rows for k in keys)
+    for i, (row, colour) in enumerate(zip(rows, colours)):
+        values = [row["sets"][k] for k in keys]
+        x = np.arange(len(keys)) - 0.4 + width * (i + 0.5)
+        drawn = bars.bar(x, values, width, color=colour, label=row["name"])
+        bars.bar_label(drawn, labels=[f"{v:.1%}" for v in values], fontsize=7, rotation=90, padding=2)
+    bottom = max(0.0, math.floor((lowest - 0.02) * 20) / 20)  # a multiple of 5 % below the lowest bar
+    bars.set_ylim(bottom, 1.0 + (1.0 - bottom) * 0.12)  # room for the labels above 100 %
+    step = 0.05 if 1.0 - bottom > 0.1 else 0.01
+    bars.set_yticks(np.arange(math.ceil(bottom / step - 1e-9), round(1 / step) + 1) * step)
+    bars.set_xticks(range(len(keys)), [set_label(k) for k in keys])
+    bars.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    bars.set_ylabel("accuracy")
+    bars.grid(axis="y", alpha=0.3)
+    bars.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, title="model")
+    bars.set_title(f"Accuracy per test set ({report['settings']['n']:,} MNIST test digits each)")
+
+    reliability = figure.add_subplot(grid[1, 0])
+    reliability.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    for row, colour in zip(rows, colours):
+        for mode, style in (("eval", "-"), ("mc_dropout", "--")):
+            ece = row["calibration"][mode]
+            used = [b for b in ece["bins"] if b["count"] >= RELIABILITY_MIN_COUNT]
+            reliability.plot(
+                [b["confidence"] for b in used],
+                [b["accuracy"] for b in used],
+                style,
+                color=colour,
+                label=f"{row['name']} {'MC' if mode == 'mc_dropout' else 'eval'} (ECE {ece['ece']:.4f})",
+            )
+            reliability.scatter(
+                [b["confidence"] for b in used],
+                [b["accuracy"] for b in used],
+                color=colour,
+                s=[8 + 60 * math.sqrt(b["count"] / ece["n"]) for b in used],
+                zorder=3,
+            )
+    shown = [
+        b
+        for row in rows
+        for mode in ("eval", "mc_dropout")
+        for b in row["calibration"][mode]["bins"]
+        if b["count"] >= RELIABILITY_MIN_COUNT
+    ]
+    low = math.floor(min([b["lower"] for b in shown] + [b["accuracy"] for b in shown], default=0.0) * 10) / 10
+    reliability.set_xlim(low, 1.01)
+    reliability.set_ylim(low, 1.01)
+    reliability.set_xlabel("mean confidence in bin")
+    reliability.set_ylabel("accuracy in bin")
+    reliability.set_title(
+        f"Reliability, clean test digits ({report['settings']['ece_bins']} bins)\n"
+        f"bins of < {RELIABILITY_MIN_COUNT} digits not drawn; dot area ~ count",
+        fontsize=9,
+    )
+    reliability.legend(fontsize=7, loc="upper left")
+    reliability.grid(alpha=0.3)
+
+    ood = figure.add_subplot(grid[1, 1])
+    y = np.arange(len(rows))
+    for j, (key, label) in enumerate(
+        (("auroc_entropy", "entropy"), ("auroc_mutual_information", "mutual information"))
+    ):
+        values = [row["ood"][key] for row in rows]
+        drawn = ood.barh(y + (j - 0.5) * 0.38, values, 0.36, label=label, color=("#4c72b0", "#dd8452")[j])
+        ood.bar_label(drawn, labels=[f"{v:.3f}" for v in values], fontsize=8, padding=2)
+    ood.set_yticks(
+        y,
+        [
+            f"{r['name']}\nnot sure: {_pct(r['ood']['unsure_nondigits'])} scribbles,\n"
+            f"{_pct(r['ood']['unsure_digits'])} digits"
+            for r in rows
+        ],
+        fontsize=8,
+    )
+    ood.invert_yaxis()
+    ood.axvline(0.5, color="grey", ls=":")
+    ood.set_xlim(0.4, 1.08)
+    ood.set_xlabel("AUROC (scribbles vs test digits)")
+    ood.set_title("Out-of-distribution detection (MC dropout)", fontsize=10)
+    ood.legend(fontsize=8, loc="lower right")
+
+    speed = figure.add_subplot(grid[1, 2])
+    timed = [(row["name"], row.get("wasm") or {}) for row in rows]
+    if any("median_ms" in w for _, w in timed):
+        values = [w.get("median_ms", 0.0) for _, w in timed]
+        drawn = speed.barh(y, values, 0.6, color=colours)
+        labels = [
+            f"{w['median_ms']:.3f} ms" + (f" ({w['vs_baseline']:.2f}×)" if w.get("vs_baseline") else "")
+            if "median_ms" in w
+            else "not run"
+            for _, w in timed
+        ]
+        speed.bar_label(drawn, labels=labels, fontsize=8, padding=2)
+        speed.set_yticks(y, [name for name, _ in timed])
+        speed.invert_yaxis()
+        speed.set_xlim(0, max(values) * 1.6)
+        speed.set_xlabel("ms per predict (median)")
+    else:
+        speed.text(
+            0.5,
+            0.5,
+            (report["wasm"]["note"] or "no timing").replace(": ", ":\n", 1),
+            ha="center",
+            va="center",
+            wrap=True,
+            fontsize=9,
+        )
+        speed.set_axis_off()
+    speed.set_title("wasm fast-simd128 in Node", fontsize=10)
+    figure.savefig(path)
+
+
+def plot_scribbles(images: torch.Tensor, path: Path, side: int = 6) -> None:
+    """A ``side`` x ``side`` grid of the first scribbles as the models see them (ink white)."""
+    figure = new_figure(side * 1.2, side * 1.2 + 0.4)
+    figure.suptitle("Non-digits: random scribbles, page pen, to_mnist")
+    for ax, image in zip(figure.subplots(side, side).flatten(), list(images[: side * side]) + [None] * side * side):
+        ax.axis("off")
+        if image is not None:
+            ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=255)
+    figure.savefig(path)
+
+
+# --- the whole comparison --------------------------------------------------------------------
+
+
+def compare(
+    models_dir: str | Path = DEFAULT_MODELS_DIR,
+    out_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    limit: int = 0,
+    *,
+    reports_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    scribble_count: int | None = None,
+    wasm_build: str | Path = WASM_BUILD,
+    wasm_rounds: int = WASM_ROUNDS,
+    samples: tuple | None = None,
+) -> dict:
+    """Compare every ``*.safetensors`` model in ``models_dir``; write comparison.json/.md/.png.
+
+    Args:
+        models_dir: folder of the models (``models/``).
+        samples: drawings collected by the page, ``(images, labels, writers)`` as
+            ``trainer.evaluation.evaluate.evaluate`` takes them: every model is scored on them too (a
+            ``collected drawings`` column; per writer in each model's report).
+        out_dir: the comparison folder (created); None: ``reports/models``.
+        data_dir: MNIST folder; None: ``data/``.
+        limit: the first ``limit`` MNIST test digits only, and ``limit`` scribbles (0: all
+            10,000 digits, ``DEFAULT_SCRIBBLES`` scribbles); for quick runs and tests.
+        reports_dir: where each model's own report folder goes (``<reports_dir>/<name>/``);
+            None: the parent of ``out_dir`` (``reports/``).
+        cache_dir: cache of the redrawn test sets (``trainer.evaluation.evaluate``); None: its default.
+        scribble_count: number of non-digits, overriding the one ``limit`` implies.
+        wasm_build: the wasm build folder timed in Node; wasm_rounds: its timing rounds.
+
+    Returns:
+        the report written to comparison.json: ``settings``, ``models`` (one dict per model, in
+        table order: the ``BASELINE`` first; accuracies in [0, 1], ``calibration``, ``ood``,
+        ``wasm``), ``wasm`` (the whole timing run), ``notes``, ``timings_s``.
+
+    Raises:
+        CompareError: a missing or empty models folder, or no readable model in it.
+        data.DataError: no MNIST. ValueError: a negative limit.
+    """
+    if int(limit) < 0:
+        raise ValueError(f"limit must be >= 0 (0: all test digits), got {limit}")
+    loaded, notes = load_models(discover(Path(models_dir)))
+    out = Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR
+    reports = Path(reports_dir) if reports_dir is not None else out.parent
+    data_path = Path(data_dir) if data_dir is not None else data.DEFAULT_DATA_DIR
+    timings = {}
+
+    split = data.load_split(train=False, data_dir=data_path)
+    n = min(int(limit), len(split.labels)) if limit else len(split.labels)
+    digits, labels = split.images[:n].float(), split.labels[:n]
+    count = scribble_count if scribble_count is not None else (int(limit) if limit else DEFAULT_SCRIBBLES)
+    started = time.perf_counter()
+    nondigits = scribbles(count)
+    timings["scribbles"] = time.perf_counter() - started
+
+    rows = []
+    for entry in loaded:
+        name, path = entry["name"], entry["path"]
+        print(f"\n== {name} ({path.name}, {entry['architecture']}) ==")
+        started = time.perf_counter()
+        evaluation = evaluate_model(
+            path,
+            reports / name,
+            data_path if data_dir is not None else None,
+            limit=int(limit),
+            cache_dir=cache_dir,
+            samples=samples,
+        )
+        timings[f"{name}_evaluate"] = time.perf_counter() - started
+        sets = {key: result["accuracy"] for key, result in evaluation["sets"].items()}
+        redrawn = [sets[redrawn_key(w)] for w in evaluation["pen_widths"] if redrawn_key(w) in sets]
+        started = time.perf_counter()
+        numbers = uncertainty_numbers(entry["model"], entry["metadata"], digits, labels, nondigits, name)
+        timings[f"{name}_uncertainty"] = time.perf_counter() - started
+        if numbers["ood"]["unsure_threshold"] is None:
+            notes.append(
+                f'{name}: no `unsure_mutual_information` in its metadata: no "not sure" fractions '
+                "(`python -m trainer.uncertainty --weights ...` calibrates it)"
+            )
+        rows.append(
+            {
+                "name": name,
+                "file": shown_path(path),
+                "architecture": entry["architecture"],
+                "architecture_id": entry["model"].architecture,
+                "parameters": tensor_elements(path),
+                "file_bytes": path.stat().st_size,
+                "metadata_test_accuracy": entry["metadata"].get("test_accuracy"),
+                "report": _relative_link(reports / name / "summary.md", out),
+                "set_keys": list(sets),
+                "sets": sets,
+                "accuracy": {
+                    "clean": sets["clean"],
+                    "augmented": sets["augmented"],
+                    "page_pen": sets.get(redrawn_key(PAGE_PEN_WIDTH)),
+                    "redrawn_mean": float(np.mean(redrawn)) if redrawn else None,
+                    "adverse": sets.get(ADVERSE_KEY),
+                    "samples": sets.get(SAMPLES_KEY),
+                    "writers": sets.get(WRITERS_KEY),
+                },
+                **numbers,
+            }
+        )
+
+    started = time.perf_counter()
+    checks = torch.cat([digits[:1], nondigits[:WASM_CHECK_SCRIBBLES]])  # a sure digit and some unsure inputs
+    reference = {e["name"]: torch.softmax(logits_of(e["model"], checks), dim=1).double().numpy() for e in loaded}
+    wasm = wasm_timing(
+        [{"name": e["name"], "path": e["path"]} for e in loaded],
+        digits[0].numpy(),
+        checks.reshape(len(checks), -1).numpy(),
+        reference,
+        build=Path(wasm_build),
+        rounds=wasm_rounds,
+    )
+    timings["wasm"] = time.perf_counter() - started
+    for row in rows:
+        row["wasm"] = wasm["models"].get(row["name"])
+    if wasm["note"]:
+        notes.append(wasm["note"])
+
+    report = {
+        "settings": {
+            "models_dir": shown_path(Path(models_dir)),
+            "n": n,
+            "limit": int(limit),
+            "scribbles": count,
+            "scribble_seed": SCRIBBLE_SEED,
+            "scribble_pen_width": PAGE_PEN_WIDTH,
+            "mc_samples": MC_SAMPLES,
+            "mc_seed": MC_SEED,
+            "ece_bins": ECE_BINS,
+            "pen_widths": list(evaluation["pen_widths"]) if rows else list(PEN_WIDTHS),
+            "ood_positives": "non-digits (scribbles); AUROC = P(score(scribble) > score(test digit)), ties half",
+        },
+        "models": rows,
+        "wasm": wasm,
+        "notes": notes,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics(out / "comparison.json", report)
+    write_markdown(out / "comparison.md", report)
+    plot_comparison(report, out / "comparison.png")
+    plot_scribbles(nondigits, out / "scribbles.png")
+    print(
+        f"\n{len(rows)} models on {n:,} MNIST test digits and {count:,} scribbles "
+        f"(report: {shown_path(out)}/comparison.md)\n"
+    )
+    print(comparison_table(rows))
+    for note in notes:
+        print(f"note: {note}")
+    return report
+
+
+def _relative_link(target: Path, start: Path) -> str:
+    """``target`` relative to the folder ``start`` (for a markdown link), absolute when the two
+    share no root."""
+    import os
+
+    try:
+        return os.path.relpath(Path(target).resolve(), Path(start).resolve())
+    except ValueError:
+        return str(Path(target).resolve())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="default: models/")
+    parser.add_argument("--out-dir", type=Path, default=None, help="default: reports/models")
+    parser.add_argument("--data-dir", type=Path, default=None, help="default: data/")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help=f"first N test digits and N scribbles only (0: all, {DEFAULT_SCRIBBLES:,} scribbles)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        compare(args.models_dir, args.out_dir, args.data_dir, limit=args.limit)
+    except (CompareError, WeightsError, data.DataError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+//! The Rust model against PyTorch on real MNIST test digits, and the loader's refusals.
+//!
+//! The fixture `tests/fixtures/mnist_parity.safetensors` is written by
+//! `python -m trainer.fixtures` (`invoke fixtures`) from the committed `models/model.safetensors`:
+//! `images` u8 [N, 784] (MNIST test digits, ink = 255), `labels` i64 [N] and `logits` f32
+//! [N, 10] computed by PyTorch in eval mode.
+//!
+//! Run with every backend: `cargo test -p mnist-model --features ndarray,flex,simd,fast,std`
+//! (`fast`: this crate's own kernels on every instruction set this CPU has, the bare-metal
+//! scalar fallback included).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use mnist_model::{Backend, Classifier, INPUT_LEN, InputError, LoadError, NUM_CLASSES};
+use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
+
+/// Largest allowed |Rust logit - PyTorch logit| (the issue's bound).
+const LOGIT_TOLERANCE: f32 = 1e-4;
+
+/// The backends this build has and this CPU runs.
+fn backends() -> impl Iterator<Item = Backend> {
+    Backend::ALL.iter().copied().filter(|b| b.available())
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn weights() -> Vec<u8> {
+    let path = root().join("models/model.safetensors");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+struct Fixture {
+    pixels: Vec<f32>,
+    labels: Vec<i64>,
+    logits: Vec<f32>,
+}
+
+fn fixture() -> Fixture {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mnist_parity.safetensors");
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `invoke fixtures`)", path.display()));
+    let file = SafeTensors::deserialize(&bytes).expect("fixture is safetensors");
+    let images = file.tensor("images").expect("images");
+    assert_eq!(images.dtype(), Dtype::U8);
+    let labels = file.tensor("labels").expect("labels");
+    let logits = file.tensor("logits").expect("logits");
+    Fixture {
+        pixels: images.data().iter().map(|&p| p as f32).collect(),
+        labels: labels
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        logits: logits
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+    }
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn every_backend_matches_pytorch_on_real_digits() {
+    let fixture = fixture();
+    let n = fixture.labels.len();
+    assert!(
+        n >= 100,
+        "fixture holds {n} images, the check needs at least 100"
+    );
+    assert!(backends().count() > 0);
+    for backend in backends() {
+        let classifier = Classifier::from_safetensors(&weights(), backend).expect("weights load");
+        let logits = classifier.logits(&fixture.pixels).expect("valid input");
+        assert_eq!(logits.len(), n * NUM_CLASSES);
+        let mut max_diff = 0.0f32;
+        let mut correct = 0;
+        for i in 0..n {
+            let ours = &logits[i * NUM_CLASSES..(i + 1) * NUM_CLASSES];
+            let theirs = &fixture.logits[i * NUM_CLASSES..(i + 1) * NUM_CLASSES];
+            for (a, b) in ours.iter().zip(theirs) {
+                max_diff = max_diff.max((a - b).abs());
+            }
+            assert_eq!(
+                argmax(ours),
+                argmax(theirs),
+                "{}: top-1 differs on image {i}",
+                backend.name()
+            );
+            correct += (argmax(ours) as i64 == fixture.labels[i]) as usize;
+        }
+        println!(
+            "{}: {n} images, max |logit diff| {max_diff:.2e}, accuracy {:.1}%",
+            backend.name(),
+            100.0 * correct as f32 / n as f32
+        );
+        assert!(
+            max_diff <= LOGIT_TOLERANCE,
+            "{}: max |logit diff| {max_diff} > {LOGIT_TOLERANCE}",
+            backend.name()
+        );
+        assert!(
+            correct * 100 >= n * 97,
+            "{}: accuracy {correct}/{n} is implausibly low",
+            backend.name()
+        );
+    }
+}
+
+#[test]
+fn probabilities_are_a_softmax_per_image() {
+    let fixture = fixture();
+    let pixels = &fixture.pixels[..3 * INPUT_LEN];
+    for backend in backends() {
+        let classifier = Classifier::from_safetensors(&weights(), backend).unwrap();
+        let probs = classifier.probabilities(pixels).unwrap();
+        let logits = classifier.logits(pixels).unwrap();
+        for (p, l) in probs.chunks(NUM_CLASSES).zip(logits.chunks(NUM_CLASSES)) {
+            assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            assert_eq!(argmax(p), argmax(l));
+        }
+    }
+}
+
+#[test]
+fn bad_pixels_are_refused_and_the_classifier_stays_usable() {
+    let fixture = fixture();
+    let good = &fixture.pixels[..INPUT_LEN];
+    for backend in backends() {
+        let classifier = Classifier::from_safetensors(&weights(), backend).unwrap();
+        assert_eq!(classifier.logits(&[]), Err(InputError::Length(0)));
+        assert_eq!(
+            classifier.logits(&good[..783]),
+            Err(InputError::Length(783))
+        );
+        let mut bad = good.to_vec();
+        bad[5] = f32::NAN;
+        assert!(matches!(
+            classifier.logits(&bad),
+            Err(InputError::NonFinite { index: 5, .. })
+        ));
+        bad[5] = -0.42; // a normalised value, not a raw pixel
+        assert!(matches!(
+            classifier.logits(&bad),
+            Err(InputError::OutOfRange { index: 5, .. })
+        ));
+        let message = InputError::Length(783).to_string();
+        assert!(
+            message.contains("784") && message.contains("783"),
+            "{message}"
+        );
+        assert_eq!(classifier.logits(good).unwrap().len(), NUM_CLASSES);
+    }
+}
+
+/// Re-serialise the real weights with one change, to make a bad file.
+fn altered(
+    edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>, &mut HashMap<String, String>),
+) -> Vec<u8> {
+    let bytes = weights();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = meta.metadata().clone().unwrap_or_default();
+    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            (
+                name,
+                (view.dtype(), view.shape().to_vec(), view.data().to_vec()),
+            )
+        })
+        .collect();
+    edit(&mut tensors, &mut metadata);
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, (dtype, shape, data))| {
+            (
+                name.clone(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, Some(metadata)).unwrap()
+}
+
+/// Every backend refuses the same bad files for the same reason: burn-store's loader and the
+/// fast kernels' own reader (src/fast.rs) alike.
+#[test]
+fn corrupt_or_mismatched_weights_fail_with_a_named_reason() {
+    for backend in backends() {
+        refuses_bad_weights(backend);
+    }
+}
+
+fn refuses_bad_weights(backend: Backend) {
+    let load_error = |bytes: &[u8]| -> LoadError {
+        Classifier::from_safetensors(bytes, backend)
+            .expect_err(&format!("{}: a bad file must be refused", backend.name()))
+    };
+    let good = weights();
+    assert!(matches!(
+        load_error(&good[..good.len() / 2]),
+        LoadError::Format(_)
+    ));
+    assert!(matches!(
+        load_error(b"not a safetensors file"),
+        LoadError::Format(_)
+    ));
+
+    // Without a layer plan, only the cnn's id says what the layers are.
+    let other_arch = altered(|_, meta| {
+        meta.remove("layers");
+        meta.insert("architecture".into(), "resnet18".into());
+    });
+    assert!(matches!(
+        load_error(&other_arch),
+        LoadError::Architecture { found, .. } if found == "resnet18"
+    ));
+    let bad_plan = altered(|_, meta| {
+        meta.insert("layers".into(), r#"[{"kind":"attention"}]"#.into());
+    });
+    let error = load_error(&bad_plan);
+    assert!(
+        matches!(error, LoadError::Metadata { key: "layers", .. })
+            && error.to_string().contains("attention"),
+        "{error}"
+    );
+    // A plan that does not match the tensors (conv1 said to have 32 channels).
+    let wrong_plan = altered(|_, meta| {
+        let plan = meta["layers"].replacen(r#""out_channels":64"#, r#""out_channels":32"#, 1);
+        meta.insert("layers".into(), plan);
+    });
+    let message = load_error(&wrong_plan).to_string();
+    assert!(
+        message.contains("conv1") || message.contains("burn backends"),
+        "{message}"
+    );
+
+    let no_std = altered(|_, meta| {
+        meta.remove("mnist_std");
+    });
+    assert!(matches!(
+        load_error(&no_std),
+        LoadError::Metadata {
+            key: "mnist_std",
+            ..
+        }
+    ));
+
+    let missing = altered(|t, _| {
+        t.remove("fc2.bias");
+    });
+    let message = load_error(&missing).to_string();
+    assert!(message.contains("fc2.bias"), "{message}");
+
+    let unused = altered(|t, _| {
+        let extra = t["fc3.bias"].clone();
+        t.insert("fc4.bias".into(), extra);
+    });
+    let message = load_error(&unused).to_string();
+    assert!(message.contains("fc4.bias"), "{message}");
+
+    let wrong_shape = altered(|t, _| {
+        let (dtype, _, data) = t["fc3.bias"].clone();
+        t.insert("fc3.bias".into(), (dtype, vec![5, 2], data));
+    });
+    let message = load_error(&wrong_shape).to_string();
+    assert!(message.contains("fc3.bias"), "{message}");
+
+    let too_short = altered(|t, _| {
+        let (dtype, _, data) = t["conv2.norm.running_var"].clone();
+        t.insert(
+            "conv2.norm.running_var".into(),
+            (dtype, vec![16], data[..64].to_vec()),
+        );
+    });
+    let message = load_error(&too_short).to_string();
+    assert!(message.contains("conv2.norm.running_var"), "{message}");
+}
+
+/// The fast kernels take other code paths for one image (a single-row product in the linear
+/// layers) and for batches that are not a multiple of their 4-row tiles: each must give the
+/// same logits as PyTorch, image by image.
+#[cfg(feature = "fast")]
+#[test]
+fn fast_kernels_match_pytorch_one_by_one_and_in_odd_batches() {
+    let fixture = fixture();
+    let fast: Vec<Backend> = backends()
+        .filter(|b| b.name().starts_with("fast"))
+        .collect();
+    assert!(
+        fast.len() >= 2,
+        "expected the scalar fallback and at least one SIMD instruction set: {fast:?}"
+    );
+    for backend in fast {
+        let classifier = Classifier::from_safetensors(&weights(), backend).unwrap();
+        let mut start = 0;
+        for batch in [1, 2, 3, 5, 1, 7] {
+            let pixels = &fixture.pixels[start * INPUT_LEN..(start + batch) * INPUT_LEN];
+            let logits = classifier.logits(pixels).unwrap();
+            let expected = &fixture.logits[start * NUM_CLASSES..(start + batch) * NUM_CLASSES];
+            for (i, (a, b)) in logits.iter().zip(expected).enumerate() {
+                assert!(
+                    (a - b).abs() <= LOGIT_TOLERANCE,
+                    "{}: batch of {batch}, value {i}: {a} vs PyTorch {b}",
+                    backend.name()
+                );
+            }
+            start += batch;
+        }
+    }
+}
+
+#[cfg(feature = "fast")]
+#[test]
+fn fast_profile_names_every_stage_and_times_it() {
+    let fixture = fixture();
+    let classifier =
+        Classifier::from_safetensors(&weights(), Backend::from_name("fast").unwrap()).unwrap();
+    let clock = std::time::Instant::now();
+    let mut now = || clock.elapsed().as_secs_f64() * 1e3;
+    let stages = classifier
+        .profile(&fixture.pixels[..INPUT_LEN], 3, &mut now)
+        .unwrap();
+    let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert!(
+        names[1].starts_with("conv1") && names[1].contains("GELU") && names[1].contains("max-pool"),
+        "{names:?}"
+    );
+    assert!(
+        names[5].starts_with("fc3") && names[6] == "softmax",
+        "{names:?}"
+    );
+    assert!(stages.iter().all(|(_, ms)| *ms >= 0.0 && ms.is_finite()));
+}
+
+/// MC dropout gives the same samples on every backend: the burn backends run a batch of
+/// `samples` copies of the image, the fast kernels the convolutions once, and both draw the
+/// masks from the same seed. Different seeds give different samples; one image only.
+#[test]
+fn mc_dropout_agrees_across_backends_and_follows_the_seed() {
+    let fixture = fixture();
+    let image = &fixture.pixels[..INPUT_LEN];
+    let reference = Classifier::from_safetensors(&weights(), backends().next().unwrap()).unwrap();
+    let expected = reference.uncertainty(image, 20, 7).unwrap();
+    assert_eq!(expected.samples, 20);
+    assert!((expected.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    for backend in backends() {
+        let classifier = Classifier::from_safetensors(&weights(), backend).unwrap();
+        let u = classifier.uncertainty(image, 20, 7).unwrap();
+        for (a, b) in u.probabilities.iter().zip(&expected.probabilities) {
+            assert!((a - b).abs() < 1e-4, "{}: {a} vs {b}", backend.name());
+        }
+        assert!((u.mutual_information - expected.mutual_information).abs() < 1e-4);
+        assert!(matches!(
+            classifier.uncertainty(&fixture.pixels[..2 * INPUT_LEN], 20, 7),
+            Err(InputError::NotOneImage(1568))
+        ));
+        assert!(matches!(
+            classifier.uncertainty(image, 0, 7),
+            Err(InputError::Samples(0))
+        ));
+    }
+    // Another seed, other masks.
+    let other = reference.uncertainty(image, 20, 8).unwrap();
+    assert_ne!(other.std, expected.std);
+}
+
+/// The default model's layer plan, written by Python (`trainer.model.CNN`), is the burn
+/// model's (`plan::cnn()`, from `model.rs`): so the burn backends run it as burn's `Module`.
+#[test]
+fn the_committed_cnn_plan_is_the_burn_models() {
+    let bytes = weights();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let json = &meta.metadata().as_ref().unwrap()["layers"];
+    assert_eq!(
+        mnist_model::plan::parse(json).unwrap(),
+        mnist_model::plan::cnn()
+    );
+}
