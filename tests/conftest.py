@@ -74,6 +74,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(proc: subprocess.Popen, url: str, seconds: float, what: str) -> None:
+    """Wait until ``url`` answers; fail the test if ``proc`` exits or ``seconds`` pass first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"{what} exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"{what} did not come up")
+            time.sleep(0.5)
+
+
 def invoke_serve(*options: str):
     """`invoke serve` on a free loopback port (it builds what is stale first); yields its URL."""
     if NO_BUILD:
@@ -82,18 +98,7 @@ def invoke_serve(*options: str):
     port = free_port()
     proc = subprocess.Popen([INVOKE, "serve", "--port", str(port), *options], cwd=ROOT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 1200  # a cold wasm build takes minutes
-    while True:
-        try:
-            urllib.request.urlopen(url + "config.json", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"invoke serve exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("invoke serve did not come up")
-            time.sleep(0.5)
+    wait_until_serving(proc, url + "config.json", seconds=1200, what="invoke serve")  # a cold wasm build takes minutes
     yield url
     proc.terminate()
     proc.wait(timeout=30)

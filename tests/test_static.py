@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
 from mnist_common.paths import WEB_DIR
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_serving
 
 pytestmark = pytest.mark.browser
 
@@ -29,16 +28,7 @@ def static_site(server):
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("python -m http.server did not come up")
-            time.sleep(0.2)
+    wait_until_serving(proc, url, seconds=30, what="python -m http.server")
     yield url
     proc.terminate()
     proc.wait(timeout=10)
