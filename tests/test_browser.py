@@ -158,9 +158,9 @@ def test_weights_loaded_at_run_time_answer_like_the_embedded_ones(browser, serve
 
     from safetensors.torch import load_file, save_file
 
+    from mnist_common.plan import MLP, layers_to_json
     from tests.conftest import WEIGHTS
     from trainer.export import convert_weights, read_metadata
-    from mnist_common.plan import MLP, layers_to_json
 
     # The cnn's tensors under the mlp's layer plan: no build may run it.
     foreign = tmp_path / "foreign.safetensors"

@@ -115,6 +115,50 @@ def test_the_graph_sees_relative_and_lazy_imports():
     assert "mnist_common.preprocess" in graph["server.app"]  # imported inside a function
 
 
+def defined_names(path: Path) -> set[str]:
+    """The names a module defines at its top level: defs, classes, assignments and imports,
+    also those inside a top-level ``if`` or ``try`` (e.g. a fallback on ImportError)."""
+    names = set()
+    for statement in ast.parse(path.read_text(), str(path)).body:
+        nodes = ast.walk(statement) if isinstance(statement, (ast.If, ast.Try)) else [statement]
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return names
+
+
+def missing_imports(files: list[Path], modules: dict[str, Path]) -> list[str]:
+    """``from project.module import name`` statements (anywhere, lazy ones too) whose name the
+    module does not define: an ImportError that waits for the test or code path that runs it."""
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom) or node.level or node.module not in modules:
+                continue
+            defined = defined_names(modules[node.module])
+            for alias in node.names:
+                if alias.name not in defined and f"{node.module}.{alias.name}" not in modules:
+                    bad.append(f"{path.name}:{node.lineno}: {node.module} has no {alias.name}")
+    return bad
+
+
+def test_every_imported_name_exists():
+    modules = project_modules()
+    modules.update({module_name(p): p for p in (ROOT / "tests").glob("*.py")})
+    assert missing_imports(sorted(modules.values()), modules) == []
+
+
+def test_a_lazy_import_of_a_missing_name_is_found(tmp_path):
+    stray = tmp_path / "stray.py"
+    stray.write_text("def f():\n    from trainer.model import Net, NoSuchThing\n")
+    assert missing_imports([stray], project_modules()) == ["stray.py:2: trainer.model has no NoSuchThing"]
+
+
 def test_web_is_a_static_site_without_python():
     assert sorted(p.relative_to(ROOT) for p in WEB_DIR.rglob("*.py") if "node_modules" not in p.parts) == []
 
