@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from invoke import Exit, task
 
@@ -47,6 +48,10 @@ from mnist_common.paths import (
 )
 from mnist_common.paths import TARGET_DIR as TARGET
 from mnist_common.paths import WEB_DIR as WEB
+
+T = TypeVar("T")
+#: Where the builds' compiler output goes when the console shows only their progress.
+LOGS = TARGET / "logs"
 
 WASM_TARGET = "wasm32-unknown-unknown"
 NOSTD_TARGET = "thumbv7em-none-eabihf"
@@ -63,7 +68,7 @@ CPU_BACKENDS = ("ndarray", "flex")
 GPU_BACKENDS = ("wgpu",)
 BACKENDS = (*FAST_BACKENDS, *CPU_BACKENDS, *GPU_BACKENDS)
 #: The build every browser with wasm SIMD runs, and so the page's fallback: our kernels
-#: (`invoke bench`: the fastest build without relaxed SIMD, see README).
+#: (`invoke bench`: the fastest build without relaxed SIMD, see docs/benchmarks.md).
 DEFAULT_BACKEND = "fast-simd128"
 #: What `invoke serve` builds besides the fallback: the relaxed-SIMD build the page prefers,
 #: and burn's flex for comparison (?backend=flex). They share every compiled dependency.
@@ -92,8 +97,8 @@ def log(message: str) -> None:
 def run(
     cmd: list[str], env: dict | None = None, cwd: Path = ROOT, check: bool = True, log_file: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """Run a command, streaming its output (to ``log_file`` instead when given); raise Exit
-    with its status when it fails."""
+    """Run a command, streaming its output (appended to ``log_file`` instead when given: its
+    last lines are printed if it fails); raise Exit with its status when it fails."""
     print(
         "+ " + " ".join(str(c) for c in cmd) + (f"  (output: {log_file.relative_to(ROOT)})" if log_file else ""),
         flush=True,
@@ -101,7 +106,9 @@ def run(
     start = time.monotonic()
     if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "w") as out:
+        with open(log_file, "a") as out:
+            out.write("+ " + " ".join(str(c) for c in cmd) + "\n")
+            out.flush()
             result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     else:
         result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd)
@@ -111,6 +118,9 @@ def run(
             f"    ({seconds / 60:.1f} min: {Path(str(cmd[0])).name} {' '.join(str(c) for c in cmd[1:3])})", flush=True
         )
     if check and result.returncode != 0:
+        if log_file:
+            tail = log_file.read_text(errors="replace").splitlines()[-40:]
+            print("\n".join(["    | " + line for line in tail]), flush=True)
         raise Exit(f"command failed ({result.returncode}): {' '.join(str(c) for c in cmd)}", code=result.returncode)
     return result
 
@@ -205,8 +215,9 @@ def locked_version(crate: str) -> str:
     raise Exit(f"{crate} is not in Cargo.lock")
 
 
-def wasm_bindgen_cli() -> str:
-    """Path of a wasm-bindgen CLI of exactly the version in Cargo.lock (installed if needed)."""
+def wasm_bindgen_cli(log_file: Path | None = None) -> str:
+    """Path of a wasm-bindgen CLI of exactly the version in Cargo.lock (installed if needed,
+    cargo's output to ``log_file`` when one is given)."""
     version = locked_version("wasm-bindgen")
     candidates = [shutil.which("wasm-bindgen"), str(Path.home() / ".cargo" / "bin" / "wasm-bindgen")]
     for path in filter(None, candidates):
@@ -214,7 +225,7 @@ def wasm_bindgen_cli() -> str:
             return path
     log(f"installing wasm-bindgen-cli {version} (must match the wasm-bindgen crate)")
     # No --locked: the CLI's own lock file pins a crate version the registry no longer serves.
-    run(["cargo", "install", "wasm-bindgen-cli", "--version", version])
+    run(["cargo", "install", "wasm-bindgen-cli", "--version", version], log_file=log_file)
     return str(Path.home() / ".cargo" / "bin" / "wasm-bindgen")
 
 
@@ -243,7 +254,7 @@ def weights_path() -> Path:
 def use_weights_dtype(dtype: str) -> None:
     """Point the builds at the weights stored as `dtype` (f32: the file itself; f16: a copy
     converted by trainer.export under target/weights/, half the size), via $MNIST_WEIGHTS."""
-    from trainer.export import WEIGHTS_DTYPES, convert_weights
+    from mnist_common.weights import WEIGHTS_DTYPES, convert_weights
 
     if dtype not in WEIGHTS_DTYPES:
         raise Exit(f"unknown --weights-dtype {dtype!r}: choose one of {', '.join(WEIGHTS_DTYPES)}")
@@ -299,46 +310,65 @@ def requested_backends(backend: str) -> tuple[str, ...]:
     raise Exit(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS + ('all',))}")
 
 
-def build_one(backend: str, force: bool = False) -> Path:
-    """Build web/pkg/<backend>/ (wasm-bindgen output, wasm-opt'd) unless it is up to date."""
+def wasm_up_to_date(backend: str) -> bool:
+    """web/pkg/<backend>/ was built from today's sources, weights and toolchain route."""
+    stamp = PKG / backend / ".build-stamp"
+    wasm = PKG / backend / "mnist_wasm_bg.wasm"
+    return wasm.exists() and stamp.exists() and stamp.read_text() == source_digest(backend, wasm_toolchain()["route"])
+
+
+def build_one(backend: str, force: bool = False, log_file: Path | None = None) -> Path:
+    """Build web/pkg/<backend>/ (wasm-bindgen output, wasm-opt'd) unless it is up to date; the
+    compiler's output goes to ``log_file`` when one is given (the console otherwise)."""
     toolchain = wasm_toolchain()
     out_dir = PKG / backend
     stamp = out_dir / ".build-stamp"
     digest = source_digest(backend, toolchain["route"])
     wasm = out_dir / "mnist_wasm_bg.wasm"
-    if not force and wasm.exists() and stamp.exists() and stamp.read_text() == digest:
+    if not force and wasm_up_to_date(backend):
         log(f"wasm for {backend} is up to date ({wasm.relative_to(ROOT)})")
         return wasm
-    log(f"building wasm for {backend} ({toolchain['route']} route: {toolchain['why']})")
-    bindgen = wasm_bindgen_cli()
+    shown = f"; output: {log_file.relative_to(ROOT)}" if log_file else ""
+    log(f"building wasm for {backend} ({toolchain['route']} route: {toolchain['why']}{shown})")
+    fresh_log(log_file)
+    # The wasm-bindgen CLI is needed only after cargo: installing it (minutes, once) overlaps.
+    bindgen_log = log_file.with_name("wasm-bindgen-cli.log") if log_file else None
+    bindgen_ready = in_background("wasm-bindgen-cli", lambda: wasm_bindgen_cli(log_file=bindgen_log))
     optimizer = wasm_opt()
-    run(
-        [
-            toolchain["cargo"],
-            "build",
-            "--release",
-            "--target",
-            WASM_TARGET,
-            *toolchain["build_std"],
-            "-p",
-            "mnist-wasm",
-            "--features",
-            FAST_BACKENDS.get(backend, backend),
-        ],
-        env=toolchain["env"],
-    )
+    try:
+        run(
+            [
+                toolchain["cargo"],
+                "build",
+                "--release",
+                "--target",
+                WASM_TARGET,
+                *toolchain["build_std"],
+                "-p",
+                "mnist-wasm",
+                "--features",
+                FAST_BACKENDS.get(backend, backend),
+            ],
+            env=toolchain["env"],
+            log_file=log_file,
+        )
+    finally:
+        bindgen = bindgen_ready()
     raw = Path(toolchain["env"]["CARGO_TARGET_DIR"]) / WASM_TARGET / "release" / "mnist_wasm.wasm"
     # Assemble beside the old build and swap at the end: a failed build leaves the last good one.
     staging = PKG / f".{backend}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    run([bindgen, "--target", "web", "--no-typescript", "--out-dir", staging, "--out-name", "mnist_wasm", raw])
+    run(
+        [bindgen, "--target", "web", "--no-typescript", "--out-dir", staging, "--out-name", "mnist_wasm", raw],
+        log_file=log_file,
+    )
     staged = staging / wasm.name
     if backend in GPU_BACKENDS:
         # -O3 on the 15 MB wgpu module took over 3 minutes of every cold build (and test run) for
         # a module whose time goes to the GPU; it is opt-in (`invoke serve --webgpu`) anyway.
         log(f"wasm-opt skipped for {backend}")
     else:
-        run([optimizer, *wasm_opt_flags(backend), staged, "-o", staged])
+        run([optimizer, *wasm_opt_flags(backend), staged, "-o", staged], log_file=log_file)
     (staging / stamp.name).write_text(digest)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
@@ -351,17 +381,43 @@ def build_one(backend: str, force: bool = False) -> Path:
     return wasm
 
 
-def native_module(log_file: Path | None = None) -> None:
-    """Build wasm-infer/mnist-infer with maturin and install it into this Python as `mnist_infer`
-    (the same Rust model natively), unless the installed one is up to date. The build's output
-    goes to ``log_file`` when one is given."""
+#: How long the last build of the native module took (written after each build), for the API's
+#: "about N min left" while `invoke serve` builds it; a cold build when there is none yet.
+NATIVE_BUILD_SECONDS = TARGET / "native-build-seconds"
+#: A cold build of the native module on 2 cores: 12 min 50 s measured (docs/build.md).
+NATIVE_COLD_BUILD_SECONDS = 13 * 60
+
+
+def native_module_up_to_date() -> bool:
+    """mnist_infer is importable and was built from today's Rust sources and weights."""
     from importlib.util import find_spec
 
     stamp = TARGET / "native-build-stamp"
     digest = files_digest(sys.executable, rust_inputs(skip=("mnist-wasm",)))
-    if find_spec("mnist_infer") is not None and stamp.exists() and stamp.read_text() == digest:
+    return find_spec("mnist_infer") is not None and stamp.exists() and stamp.read_text() == digest
+
+
+def fresh_log(log_file: Path | None) -> None:
+    """Start ``log_file`` empty (``run`` appends to it)."""
+    if log_file:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.write_text("")
+
+
+def native_module(log_file: Path | None = None) -> None:
+    """Build wasm-infer/mnist-infer with maturin and install it into this Python as `mnist_infer`
+    (the same Rust model natively), unless the installed one is up to date. The build's output
+    goes to ``log_file`` when one is given."""
+    if native_module_up_to_date():
         return
-    log("building the native Python module mnist_infer (wasm-infer/mnist-infer) with maturin")
+    stamp = TARGET / "native-build-stamp"
+    digest = files_digest(sys.executable, rust_inputs(skip=("mnist-wasm",)))
+    log(
+        "building the native Python module mnist_infer (wasm-infer/mnist-infer) with maturin"
+        + (f" (output: {log_file.relative_to(ROOT)})" if log_file else "")
+    )
+    fresh_log(log_file)
+    start = time.monotonic()
     maturin = Path(sys.executable).parent / "maturin"
     run(
         [
@@ -376,6 +432,7 @@ def native_module(log_file: Path | None = None) -> None:
     )
     TARGET.mkdir(exist_ok=True)
     stamp.write_text(digest)
+    NATIVE_BUILD_SECONDS.write_text(f"{time.monotonic() - start:.0f}\n")
 
 
 def built_backends() -> list[str]:
@@ -661,7 +718,9 @@ def serve(
     models=None,
     samples_db=None,
 ):
-    """Build what is stale, then serve web/ at http://<host>:<port>."""
+    """Serve web/ at http://<host>:<port> as soon as the page's fallback build is ready; the
+    other stale builds (the other wasm builds, the native module behind POST /api/predict) are
+    built while it is served, their output in target/logs/, their progress on the console."""
     embedded = weights_path()  # the file the builds embed (an f16 copy of it with --weights-dtype f16)
     models_dir = Path(models) if models else MODEL_DIR
     if not models_dir.is_dir():
@@ -673,23 +732,114 @@ def serve(
             "The page prefers fast-relaxed where the browser has relaxed SIMD; --webgpu adds wgpu."
         )
     offered = [b for b in BACKENDS if webgpu or b not in GPU_BACKENDS]
-    for name in offered:
-        if name == backend or name in SERVED_BACKENDS or (webgpu and name in GPU_BACKENDS) or (PKG / name).exists():
-            build_one(name)  # the fallback, the page's first choice, and any build made before (kept fresh)
+    # The fallback, the page's first choice, and any build made before (kept fresh).
+    wanted = [
+        name
+        for name in offered
+        if name == backend or name in SERVED_BACKENDS or (webgpu and name in GPU_BACKENDS) or (PKG / name).exists()
+    ]
+    stale = [name for name in wanted if not wasm_up_to_date(name)]
+    progress = Progress()
+    if backend in stale:  # the page first: every browser with wasm SIMD runs the fallback
+        progress.run(f"wasm {backend}", lambda: build_one(backend, log_file=LOGS / f"wasm-{backend}.log"))
+        stale.remove(backend)
     write_static_site()
-    native_module()  # answers POST /api/predict
+    native_stale = not native_module_up_to_date()
+    if native_stale:
+        seconds = NATIVE_BUILD_SECONDS.read_text() if NATIVE_BUILD_SECONDS.exists() else NATIVE_COLD_BUILD_SECONDS
+        progress.expect(NATIVE_JOB, float(seconds))
+
+    def build_the_rest(server) -> None:
+        """In the background, while the page is served: each build, then what it changes."""
+
+        def wasm_builds() -> None:
+            for name in stale:
+                if progress.run(f"wasm {name}", lambda name=name: build_one(name, log_file=LOGS / f"wasm-{name}.log")):
+                    write_static_site()
+                    server.config["backends"] = [b for b in built_backends() if b in offered]
+
+        waiting = in_background("wasm builds", wasm_builds)
+        if native_stale:
+            progress.run(NATIVE_JOB, lambda: native_module(log_file=LOGS / "native-build.log"))
+        waiting()
+
     from server.app import serve as serve_web
 
-    served = [b for b in built_backends() if b in offered]
     serve_web(
         host=host,
         port=int(port),
         default_backend=backend,
-        backends=served,
+        backends=[b for b in built_backends() if b in offered],
         models_dir=models_dir,
         embedded=embedded,
         samples_db=Path(samples_db) if samples_db else SAMPLES_DB,
+        building=progress.native_status if native_stale else None,
+        background=build_the_rest if stale or native_stale else None,
     )
+
+
+#: The job name of the native module's build in ``Progress`` (and in the API's 503 answers).
+NATIVE_JOB = "the native classifier mnist_infer (POST /api/predict)"
+
+
+class Progress:
+    """Builds that run while the page is served: one console line a minute saying what is
+    still building and for how long, a line when each ends, and ``native_status`` for the
+    API's 503 answers (``server.app.Building``)."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, float] = {}  # job -> time.monotonic() at its start
+        self._expected: dict[str, float] = {}  # job -> seconds it is expected to take
+        self._failed: dict[str, str] = {}  # job -> why
+        self._every = every
+        threading.Thread(target=self._tick, name="progress", daemon=True).start()
+
+    def expect(self, job: str, seconds: float) -> None:
+        """``job`` will run and takes about ``seconds`` (it counts as running from now)."""
+        with self._lock:
+            self._expected[job] = seconds
+            self._running[job] = time.monotonic()
+
+    def run(self, job: str, work: Callable[[], object]) -> bool:
+        """Run ``work()``, timed; True when it succeeded. A failed command (Exit) is reported
+        and False returned: the server keeps serving what is built."""
+        with self._lock:
+            start = self._running.setdefault(job, time.monotonic())
+        try:
+            work()
+        except Exit as e:
+            with self._lock:
+                self._failed[job] = str(e.message)
+            log(f"{job}: FAILED after {(time.monotonic() - start) / 60:.1f} min: {e.message}")
+            return False
+        finally:
+            with self._lock:
+                self._running.pop(job, None)
+        seconds = time.monotonic() - start
+        if seconds >= 1:
+            log(f"{job}: built in {seconds / 60:.1f} min")
+        return True
+
+    def native_status(self) -> tuple[str, float | None] | None:
+        """``server.app.Building`` for the native module: what and about how many seconds are left."""
+        with self._lock:
+            if NATIVE_JOB in self._failed:
+                return f"the build of {NATIVE_JOB} failed (see target/logs/native-build.log)", None
+            if NATIVE_JOB not in self._running:
+                return None
+            elapsed = time.monotonic() - self._running[NATIVE_JOB]
+            left = max(60.0, self._expected.get(NATIVE_JOB, NATIVE_COLD_BUILD_SECONDS) - elapsed)
+            return f"{NATIVE_JOB} is being built by `invoke serve` ({elapsed / 60:.0f} min so far)", left
+
+    def _tick(self) -> None:
+        while True:
+            time.sleep(self._every)
+            with self._lock:
+                now = time.monotonic()
+                running = [f"{job} ({(now - start) / 60:.0f} min)" for job, start in self._running.items()]
+            if running:
+                log("still building: " + ", ".join(running))
 
 
 @task(
@@ -748,24 +898,26 @@ def install_tools() -> None:
     ensure_mnist()
 
 
-def in_background(what: str, work: Callable[[], None]) -> Callable[[], None]:
-    """Start ``work()`` in a thread; returns a function that waits for it and raises what it
-    raised (an Exit from a failed command keeps its message)."""
+def in_background(what: str, work: Callable[[], T]) -> Callable[[], T]:
+    """Start ``work()`` in a thread; returns a function that waits for it and returns what it
+    returned, or raises what it raised (an Exit from a failed command keeps its message)."""
     failure: list[BaseException] = []
+    result: list = []
 
     def target() -> None:
         try:
-            work()
+            result.append(work())
         except BaseException as e:  # handed to the caller by wait()
             failure.append(e)
 
     thread = threading.Thread(target=target, name=what, daemon=True)
     thread.start()
 
-    def wait() -> None:
+    def wait() -> T:
         thread.join()
         if failure:
             raise failure[0]
+        return result[0]
 
     return wait
 
@@ -835,16 +987,11 @@ def test(c, quick=False):
     # The native module (burn compiled for this CPU) builds beside the wasm builds (burn for
     # wasm32): they share no compiled crate, and each alone leaves a core idle for long
     # stretches (chains of crates that wait for each other, one-unit LTO links, wasm-opt).
-    log_file = TARGET / "native-build.log"
-    native = in_background("native module", lambda: native_module(log_file=log_file))
+    native = in_background("native module", lambda: native_module(log_file=LOGS / "native-build.log"))
     try:
         build_wasm(c, backend="all")
     finally:
-        try:
-            native()
-        except Exit:
-            print(log_file.read_text()[-6000:] if log_file.exists() else "", flush=True)
-            raise
+        native()
     log(
         "Rust: model vs PyTorch on real MNIST digits, burn's CPU backends and our kernels on every "
         "instruction set this CPU has (wgpu: in the browser tests)"

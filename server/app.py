@@ -60,7 +60,8 @@ Answers, always JSON (``Content-Type: application/json``), never a stack trace:
   ``Handler.timeout`` seconds, 411 no Content-Length (chunked bodies are not accepted),
   413 Content-Length above ``max_body`` (refused before the body is read), 503 the native
   classifier ``mnist_infer`` is not built (for ``predict``, or for ``uncertainty`` when
-  ``samples`` is given), 500 anything unexpected (logged to stderr with its traceback; the
+  ``samples`` is given; while ``invoke serve`` builds it, the error says so, with the time left
+  and a ``Retry-After`` header, and the API answers once it is installed), 500 anything unexpected (logged to stderr with its traceback; the
   client gets a one-line message).
 
 Sample collection, ``/api/samples``: drawn digits with their labels, kept in a SQLite database
@@ -100,6 +101,7 @@ The server binds 127.0.0.1 unless told otherwise: the API is for this machine.
 from __future__ import annotations
 
 import errno
+import importlib
 import io
 import json
 import math
@@ -184,10 +186,11 @@ UncertaintyFn = Callable[..., dict]
 class ApiError(Exception):
     """A request the API answers with ``{"success": false, "error": message}`` and ``status``."""
 
-    def __init__(self, status: HTTPStatus, message: str) -> None:
+    def __init__(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def short_repr(value: object, limit: int = 40) -> str:
@@ -380,17 +383,50 @@ def uncertainty_payload(result: dict, samples: int) -> dict:
     }
 
 
-def native_module():
-    """The native module ``mnist_infer``; ApiError 503 when it is not built."""
+#: Building: what the server is waiting for, in words, with a rough time left in seconds (None:
+#: no time, e.g. the build failed, which the words say); or None when nothing is being built. ``invoke serve`` passes one while it builds
+#: the native module in the background.
+Building = Callable[[], "tuple[str, float | None] | None"]
+
+
+def native_module(building: Building | None = None):
+    """The native module ``mnist_infer``, imported now or on a later call once it is installed.
+
+    Raises:
+        ApiError: 503 while it cannot be imported; the message says what is still being built
+            and about how long it takes (from ``building``) and a ``Retry-After`` header comes
+            with it, or how to build it when nothing is building it.
+    """
     try:
         import mnist_infer
-    except ImportError as e:
-        raise ApiError(
-            HTTPStatus.SERVICE_UNAVAILABLE,
-            f"the native classifier mnist_infer is not built ({e}): "
-            "run `./dev serve` (or `invoke setup` in the venv), which builds it, then retry",
-        ) from None
+    except ImportError:
+        # Installed since the last try (`invoke serve` builds it while the page is served): the
+        # import system caches folder listings, so look again before giving up.
+        importlib.invalidate_caches()
+        try:
+            import mnist_infer
+        except ImportError as e:
+            raise not_built(e, building() if building else None) from None
     return mnist_infer
+
+
+def not_built(error: ImportError, building: tuple[str, float | None] | None) -> ApiError:
+    """The 503 for a missing native module: what is being built and for how long, or how to build it."""
+    if building is None:
+        return ApiError(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            f"the native classifier mnist_infer is not built ({error}): "
+            "run `./dev serve` (or `invoke setup` in the venv), which builds it, then retry",
+        )
+    what, seconds_left = building
+    if seconds_left is None:  # e.g. the build failed: ``what`` says so
+        return ApiError(HTTPStatus.SERVICE_UNAVAILABLE, what)
+    minutes = max(1, round(seconds_left / 60))
+    return ApiError(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        f"{what}: about {minutes} min left; this API answers once it is done, without a restart",
+        {"Retry-After": str(max(10, min(120, round(seconds_left))))},
+    )
 
 
 class Classifier:
@@ -400,8 +436,9 @@ class Classifier:
     503 when the native module is not built (the import is tried again on the next call).
     """
 
-    def __init__(self, classify_pixels: ClassifyPixels | None = None) -> None:
+    def __init__(self, classify_pixels: ClassifyPixels | None = None, building: Building | None = None) -> None:
         self._classify = classify_pixels
+        self._building = building
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         classify = self._classify or self._native()
@@ -411,7 +448,7 @@ class Classifier:
         return probabilities
 
     def _native(self) -> ClassifyPixels:
-        self._classify = native_module().predict
+        self._classify = native_module(self._building).predict
         return self._classify
 
 
@@ -423,15 +460,16 @@ class Uncertainty:
     or raises ApiError 503 when the native module is not built (tried again on the next call).
     """
 
-    def __init__(self, uncertainty: UncertaintyFn | None = None) -> None:
+    def __init__(self, uncertainty: UncertaintyFn | None = None, building: Building | None = None) -> None:
         self._uncertainty = uncertainty
+        self._building = building
 
     def __call__(self, pixels: np.ndarray, samples: int) -> dict:
         uncertainty = self._uncertainty or self._native()
         return uncertainty_payload(uncertainty(pixels, samples=samples, seed=UNCERTAINTY_SEED), samples)
 
     def _native(self) -> UncertaintyFn:
-        self._uncertainty = native_module().uncertainty
+        self._uncertainty = native_module(self._building).uncertainty
         return self._uncertainty
 
 
@@ -704,7 +742,7 @@ class Handler(SimpleHTTPRequestHandler):
                     HTTPStatus.NOT_FOUND, f"no API at {shown}; try POST {PREDICT_PATH}, or GET/POST {SAMPLES_PATH}"
                 )
         except ApiError as e:
-            self.reply_error(e.status, e.message)
+            self.reply_error(e.status, e.message, e.headers)
         except (ConnectionError, TimeoutError):
             self.close_connection = True  # the client is gone or stalled while we answered
         except Exception:
@@ -806,10 +844,11 @@ class Handler(SimpleHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def reply_error(self, status: HTTPStatus, message: str) -> None:
-        """``{"success": false, "error": message}`` with ``status``; then drops an unread body."""
+    def reply_error(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
+        """``{"success": false, "error": message}`` with ``status`` (and ``headers``); then drops
+        an unread body."""
         allow = API_METHODS.get(self.url_path(), "POST") if hasattr(self, "path") else "POST"
-        headers = {"Allow": allow} if status == HTTPStatus.METHOD_NOT_ALLOWED else None
+        headers = {**(headers or {}), **({"Allow": allow} if status == HTTPStatus.METHOD_NOT_ALLOWED else {})}
         self.reply_json(status, {"success": False, "error": message}, headers)
         self.linger()
 
@@ -912,6 +951,7 @@ def make_server(
     embedded: Path | None = None,
     samples_db: Path | None = None,
     log_requests: bool = True,
+    building: Building | None = None,
 ) -> Server:
     """A server bound to (host, port); port 0 picks a free one (see ``server.server_port``).
 
@@ -931,6 +971,8 @@ def make_server(
         samples_db: the SQLite file of /api/samples (None: the repo's data/samples.db); opened,
             created if missing, on the first samples request, not here (503 while it cannot be).
         log_requests: one stderr line per request (errors are logged regardless).
+        building: while the native module is not importable, what is building it and about how
+            long it has left (see ``Building``), for the 503 answers; None: nothing is.
 
     Raises:
         SystemExit: the port is in use or the address cannot be bound, or ``models_dir`` is
@@ -943,8 +985,8 @@ def make_server(
     handler = partial(
         Handler,
         config=config,
-        classifier=Classifier(classify_pixels),
-        uncertainty=Uncertainty(uncertainty),
+        classifier=Classifier(classify_pixels, building),
+        uncertainty=Uncertainty(uncertainty, building),
         samples=Samples(DEFAULT_DB if samples_db is None else Path(samples_db)),
         model_files=listing.files,
         max_body=max_body,
@@ -960,9 +1002,20 @@ def make_server(
     return server
 
 
-def serve(host: str, port: int, default_backend: str, backends: list[str], **kwargs) -> None:
+def serve(
+    host: str,
+    port: int,
+    default_backend: str,
+    backends: list[str],
+    background: Callable[[Server], None] | None = None,
+    **kwargs,
+) -> None:
     """Serve until Ctrl-C; ``kwargs`` go to make_server (classify_pixels, max_body,
-    uncertainty, models_dir, embedded, samples_db)."""
+    uncertainty, models_dir, embedded, samples_db, building).
+
+    ``background(server)``, when given, runs in a thread once the server listens: ``invoke
+    serve`` builds what the page can do without there, and updates ``server.config["backends"]``
+    (the /config.json answer) as builds finish."""
     server = make_server(host, port, default_backend, backends, **kwargs)
     shown = "localhost" if host in ("127.0.0.1", "localhost") else host
     models = [m["name"] + (" (embedded)" if m["embedded"] else "") for m in server.config["models"]]
@@ -973,7 +1026,10 @@ def serve(host: str, port: int, default_backend: str, backends: list[str], **kwa
         flush=True,
     )
     if kwargs.get("classify_pixels") is None and find_spec("mnist_infer") is None:
-        print(f"POST {PREDICT_PATH} answers 503 until the native module mnist_infer is built.", flush=True)
+        while_ = "while it is built in the background" if kwargs.get("building") else "until it is built"
+        print(f"POST {PREDICT_PATH} answers 503 (the native module mnist_infer) {while_}.", flush=True)
+    if background is not None:
+        threading.Thread(target=background, args=(server,), name="builds", daemon=True).start()
     print(f"Samples saved from the page ({SAMPLES_PATH}) go to {kwargs.get('samples_db') or DEFAULT_DB}.", flush=True)
     try:
         server.serve_forever()

@@ -399,6 +399,61 @@ def test_samples_answer_503_when_the_native_module_is_missing(classify_pixels, m
         stop(server)
 
 
+def test_while_serve_builds_the_native_module_the_api_says_so_then_answers(classify_pixels, monkeypatch, tmp_path):
+    """`invoke serve` serves the page first and builds mnist_infer in the background: meanwhile
+    the API answers 503 saying what is being built and about how long it has left (with
+    Retry-After); once the module can be imported it answers, without a restart."""
+    import tasks
+
+    progress = tasks.Progress()
+    progress.expect(tasks.NATIVE_JOB, 10 * 60)
+    monkeypatch.setitem(sys.modules, "mnist_infer", None)  # not built yet: `import mnist_infer` fails
+    server = start(building=progress.native_status)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        for path in ("/api/predict", "/api/predict?samples=5"):
+            reply = post_json(base, {"pixels": INK}, path=path)
+            message = assert_error(reply, 503, "mnist_infer (POST /api/predict) is being built by `invoke serve`")
+            assert "about 10 min left" in message and "without a restart" in message, message
+            assert reply.headers["Retry-After"] == "120"
+        # The build ends: the module appears where Python looks (a stand-in for maturin's install).
+        package = tmp_path / "mnist_infer"
+        package.mkdir()
+        (package / "__init__.py").write_text(
+            "import numpy as np\n"
+            "def predict(pixels):\n"
+            "    out = np.zeros((len(pixels), 10), np.float32)\n"
+            "    out[:, 3] = 1\n"
+            "    return out\n"
+        )
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "mnist_infer")
+        reply = post_json(base, {"pixels": INK})
+        assert reply.status == 200, reply.body
+        assert reply.json()["predictions"]["prediction"]["label"] == 3
+    finally:
+        stop(server)
+        sys.modules.pop("mnist_infer", None)  # the stand-in must not stay imported
+
+
+def test_a_failed_native_build_is_named_in_the_503(classify_pixels, monkeypatch):
+    import tasks
+
+    def failing_build():
+        raise tasks.Exit("command failed (101): maturin develop")
+
+    progress = tasks.Progress()
+    assert progress.run(tasks.NATIVE_JOB, failing_build) is False
+    monkeypatch.setitem(sys.modules, "mnist_infer", None)
+    server = start(building=progress.native_status)
+    try:
+        reply = post_json(f"http://127.0.0.1:{server.server_port}", {"pixels": INK})
+        assert_error(reply, 503, "failed (see target/logs/native-build.log)")
+        assert "Retry-After" not in reply.headers
+    finally:
+        stop(server)
+
+
 # --- error paths --------------------------------------------------------------------------------
 
 JSON = {"Content-Type": "application/json"}

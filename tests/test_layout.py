@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,19 @@ def test_python_and_rust_agree_on_the_input_and_classes():
     assert mnist_infer.INPUT_LEN == constants.NUM_PIXELS
     assert mnist_infer.NUM_CLASSES == constants.NUM_CLASSES
     assert mnist_infer.ARCHITECTURE == ARCHITECTURE
+
+
+def test_serving_needs_no_pytorch(tmp_path):
+    """`./dev serve` installs no PyTorch: the server, the tasks module and the f16 weights
+    conversion (`--weights-dtype f16`) import none of torch, torchvision or matplotlib."""
+    script = (
+        "import sys, tasks, server.app, server.classify\n"
+        "from mnist_common.weights import convert_weights\n"
+        "from mnist_common.paths import DEFAULT_WEIGHTS\n"
+        f"convert_weights(DEFAULT_WEIGHTS, {str(tmp_path / 'f16.safetensors')!r}, 'f16')\n"
+        "server.app.list_models(server.app.MODELS_DIR)\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib', 'skimage') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -63,7 +63,7 @@ def test_normalize_uses_the_mnist_constants():
     assert (MNIST_MEAN, MNIST_STD) == (0.1307, 0.3081)
 
 
-#: (trainable, BatchNorm running statistics) per architecture: the zoo's sizes, in the README.
+#: (trainable, BatchNorm running statistics) per architecture: the zoo's sizes, in docs/training.md.
 EXPECTED_PARAMETERS = {
     "cnn": (260_554, 256),
     "mlp": (784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10, 0),

@@ -25,7 +25,7 @@ from trainer.model import ARCHITECTURES, build
 
 ENTRY_KEYS = {"name", "url", "architecture", "summary", "test_accuracy", "parameters", "bytes", "embedded"}
 #: Tensor elements of each file, counted by hand from the layer shapes (weights + biases, and
-#: for the cnn the BatchNorm weight, bias, running mean and running variance): see README.
+#: for the cnn the BatchNorm weight, bias, running mean and running variance): see docs/training.md.
 CNN_PARAMETERS = (
     (64 * 1 * 9 + 64 + 4 * 64) + (64 * 64 * 9 + 64 + 4 * 64) + (1600 * 128 + 128) + (128 * 128 + 128) + (128 * 10 + 10)
 )

@@ -27,13 +27,21 @@ from safetensors.torch import save_file
 from mnist_common.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD, NUM_PIXELS
 from mnist_common.paths import DEFAULT_WEIGHTS
 from mnist_common.plan import layers_from_json, layers_to_json
-from mnist_common.weights import WeightsError, read_metadata, read_model_metadata
+from mnist_common.weights import (
+    WEIGHTS_DTYPES,
+    WeightsError,
+    convert_weights,
+    read_metadata,
+    read_model_metadata,
+    write_atomically,
+)
 
 from .model import Net, normalize
 
-# The weights file's readers live in mnist_common.weights (no torch); offered here too, beside
-# the writers, for the training side's callers.
+# The weights file's readers and the dtype conversion live in mnist_common.weights (numpy, no
+# torch: serving needs them); offered here too, beside the writers, for the training side.
 __all__ = [
+    "WEIGHTS_DTYPES",
     "WeightsError",
     "convert_weights",
     "export_onnx",
@@ -83,49 +91,6 @@ def save_safetensors(model: Net, path: Path, extra_metadata: dict[str, str] | No
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, lambda tmp: save_file(state_dict_for_export(model), str(tmp), metadata=metadata))
     return path
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``:
-    readers see the old file or the new one, never a half-written one. The temporary name holds
-    the process id, so processes writing the same file at once do not mix their bytes."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-#: Storage dtypes for the weights (``invoke build-wasm --weights-dtype``): the name -> torch dtype.
-#: f16 halves the file and the wasm that embeds it; the Rust reader widens it to f32 at load.
-WEIGHTS_DTYPES = {"f32": torch.float32, "f16": torch.float16}
-
-
-def convert_weights(src: Path, dst: Path, dtype: str) -> Path:
-    """Copy the weights file ``src`` to ``dst`` with every tensor stored as ``dtype``.
-
-    The metadata is kept, with ``weights_dtype`` added. Rounding to f16 changes each weight by
-    at most 2**-11 of its value (all of this model's weights are far inside f16's range);
-    the model still computes in f32.
-
-    Args:
-        src: a file written by ``save_safetensors``. dst: where to write (atomically).
-        dtype: a key of ``WEIGHTS_DTYPES`` (``"f32"`` or ``"f16"``).
-
-    Raises:
-        ValueError: an unknown ``dtype``.
-        WeightsError: ``src`` is unreadable or not this architecture.
-    """
-    from safetensors.torch import load_file
-
-    if dtype not in WEIGHTS_DTYPES:
-        raise ValueError(f"unknown weights dtype {dtype!r}: choose one of {', '.join(WEIGHTS_DTYPES)}")
-    metadata = read_model_metadata(src)
-    tensors = {name: t.to(WEIGHTS_DTYPES[dtype]).contiguous() for name, t in load_file(str(src)).items()}
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {**metadata, "weights_dtype": dtype}
-    write_atomically(dst, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    return dst
 
 
 def update_metadata(path: Path, changes: dict[str, str]) -> Path:

@@ -3,7 +3,7 @@
 Read top to bottom: augmentation, evaluation, checkpoints, the run. ``invoke train`` calls
 ``train()``; ``python -m trainer.train --help`` works too.
 
-Recipe (the defaults, chosen by the measurements in the README, "Training"): 16 epochs of AdamW
+Recipe (the defaults, chosen by the measurements in docs/training.md): 16 epochs of AdamW
 (weight decay 0.05) with a one-cycle learning-rate schedule and cross-entropy. Each training
 image gets the "draw" augmentation (a random affine transform with a wide slant, strokes made
 thinner or thicker by erosion/dilation at twice the resolution, and a smooth elastic distortion
@@ -77,7 +77,7 @@ class Config:
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 5e-2
-    label_smoothing: float = 0.0  # e.g. 0.1 (measured: no gain here, see README)
+    label_smoothing: float = 0.0  # e.g. 0.1 (measured: no gain here, see docs/training.md)
     ema_decay: float = 0.9995  # per optimizer step; 0 turns the EMA off
     augment: str = "draw"  # a key of AUGMENT_PRESETS
     clean_epochs: int = 3  # the last N epochs (at most epochs - 1) train on unaugmented images

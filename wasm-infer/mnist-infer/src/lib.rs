@@ -29,7 +29,7 @@ static WEIGHTS: &[u8] = include_bytes!(env!("MNIST_WEIGHTS_PATH"));
 
 /// The backend used unless one is asked for: this project's own kernels on the best
 /// instruction set of this CPU (`fast-avx2` on x86-64 with AVX2 + FMA), the fastest here (see
-/// README). `Backend::from_name("fast")` resolves it.
+/// docs/benchmarks.md). `Backend::from_name("fast")` resolves it.
 const DEFAULT_BACKEND: &str = "fast";
 
 fn default_backend() -> Backend {

@@ -1,5 +1,5 @@
 //! The layer plan: which layers a weights file's network has, in order, read from the file's
-//! `layers` metadata (JSON written by `trainer.model.layers_to_json`; the Python `Layer` specs
+//! `layers` metadata (JSON written by `mnist_common.plan.layers_to_json`; the Python `Layer` specs
 //! there document each kind). The fast kernels build any plan of these kinds; the burn model
 //! ([`crate::model::Model`]) is the `cnn` plan, [`cnn`].
 //!
