@@ -165,12 +165,9 @@ def test_web_is_a_static_site_without_python():
     assert sorted(p.relative_to(ROOT) for p in WEB_DIR.rglob("*.py") if "node_modules" not in p.parts) == []
 
 
-PREPROCESS_JS = (WEB_DIR / "preprocess.js").read_text()
-
-
-def js_constant(name: str) -> int:
-    match = re.search(rf"export const {name} = (\d+);", PREPROCESS_JS)
-    assert match, f"web/preprocess.js no longer exports {name}"
+def js_constant(name: str, source: str = "preprocess.js") -> int:
+    match = re.search(rf"export const {name} = (\d+);", (WEB_DIR / source).read_text())
+    assert match, f"web/{source} no longer exports {name}"
     return int(match.group(1))
 
 
@@ -178,7 +175,7 @@ def test_python_and_js_agree_on_the_input():
     assert preprocess.MNIST_SIZE == js_constant("MNIST_SIZE") == constants.IMAGE_SIZE == 28
     assert preprocess.DIGIT_BOX == js_constant("DIGIT_BOX") == 20
     assert constants.NUM_PIXELS == 28 * 28
-    assert len(constants.CLASS_NAMES) == constants.NUM_CLASSES == 10
+    assert len(constants.CLASS_NAMES) == constants.NUM_CLASSES == js_constant("NUM_CLASSES", "channel.js") == 10
 
 
 @pytest.mark.native

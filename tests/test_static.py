@@ -57,6 +57,8 @@ def test_the_static_page_predicts_and_switches_models(static_site, browser, mnis
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(static_site)
     page.wait_for_function("window.mnist !== undefined", timeout=60_000)
+    # http.server sends no COOP/COEP headers: no shared memory, so the page keeps to messages.
+    assert page.evaluate("window.mnist.handoff") == "messages (the page is not cross-origin isolated)"
     images = [mnist_test.images[i].flatten().tolist() for i in range(20)]
     labels = [int(mnist_test.labels[i]) for i in range(20)]
 

@@ -71,3 +71,66 @@ def test_when_no_backend_starts_the_error_names_each_one(browser, server):
     }""")
     assert message.startswith("nosuch: ") and "; alsomissing: " in message
     page.close()
+
+
+@pytest.mark.parametrize("backend", ["fast-relaxed", "flex"])
+def test_under_invoke_serve_predictions_go_through_shared_memory(
+    browser, server, backend, mnist_test, torch_probabilities
+):
+    """`invoke serve` makes the page cross-origin isolated, so window.mnist.predict hands the
+    image to the worker through a SharedArrayBuffer (web/channel.js): the same numbers as
+    PyTorch, MC dropout and refusals as through messages, and a teach message between two
+    predictions is applied before the second one."""
+    page = open_page(browser, server, backend)
+    assert page.evaluate("window.mnist.handoff") == "shared memory"
+    images = mnist_test.images[:200].reshape(200, -1).tolist()
+    probs = page.evaluate("(images) => Promise.all(images.map((img) => window.mnist.predict(img)))", images)
+    assert (
+        max(abs(a - b) for row, ref in zip(probs, torch_probabilities[:200].tolist()) for a, b in zip(row, ref)) <= 1e-5
+    )
+    out = page.evaluate(
+        """async (img) => {
+        const uncertain = await window.mnist.predictUncertain(img, { samples: 10 });
+        const refusal = (p) => p.then(() => 'accepted', (err) => err.message);
+        const short = await refusal(window.mnist.predict(img.slice(0, 100)));
+        const tooMany = await refusal(window.mnist.predictUncertain(img, { samples: 100000 }));
+        const before = await window.mnist.predict(img);
+        const [taught, after] = await Promise.all([window.mnist.teach(img, 3), window.mnist.predict(img)]);
+        await window.mnist.forget();
+        const forgotten = await window.mnist.predict(img);
+        return { uncertain, short, tooMany, before, after, forgotten };
+    }""",
+        images[0],
+    )
+    assert abs(sum(out["uncertain"]["probs"]) - 1) < 1e-4 and out["uncertain"]["mutualInformation"] >= 0
+    assert "784" in out["short"], out["short"]
+    assert "samples" in out["tooMany"], out["tooMany"]
+    assert out["before"] == out["forgotten"] and max(out["before"]) == out["before"][7]  # MNIST test digit 0 is a 7
+    assert out["after"] != out["before"]  # taught "3": the prediction after the teach message sees it
+    page.close()
+
+
+def test_a_crash_rejects_a_prediction_waiting_on_shared_memory(browser, server, mnist_test):
+    """A worker that stops while a prediction waits on the channel: that call and later ones
+    reject with the reason instead of waiting forever."""
+    page = open_page(browser, server, "flex")
+    messages = page.evaluate(
+        """async (img) => {
+        const { InferenceWorker } = await import('./inference.js');
+        const classifier = await InferenceWorker.start('flex');
+        if (classifier.handoff !== 'shared memory') return [classifier.handoff];
+        await classifier.predict(Float32Array.from(img));
+        // The worker, blocked in Atomics.wait, is never woken: it will not answer.
+        const notify = Atomics.notify;
+        Atomics.notify = () => 0;
+        const waiting = classifier.predict(Float32Array.from(img));
+        await new Promise((ok) => setTimeout(ok, 50));  // the request is on the channel by now
+        Atomics.notify = notify;
+        classifier.worker.dispatchEvent(new ErrorEvent('error', { message: 'simulated crash' }));
+        const outcome = (p) => p.then(() => 'answered', (err) => err.message);
+        return [await outcome(waiting), await outcome(classifier.predict(Float32Array.from(img)))];
+    }""",
+        mnist_test.images[0].flatten().tolist(),
+    )
+    assert messages == ["the inference worker stopped: simulated crash"] * 2
+    page.close()

@@ -25,6 +25,8 @@
 //                                     backend: the one running, with the reason in brackets
 //                                     when a preferred one could not, e.g.
 //                                     "fast-simd128 (no relaxed SIMD in this browser)";
+//                                     handoff: how predictions reach the worker, "shared memory"
+//                                     or "messages (why not shared memory)";
 //                                     models: names that can be loaded; model: the one running;
 //                                     load(name) switches (rejects with the reason, keeping the
 //                                     current model); predictUncertain -> {probs, std, entropy,
@@ -36,7 +38,8 @@
 //                                     taught: examples per digit (10 counts); predictions use the
 //                                     taught model once there are examples, and a reload keeps them
 //
-// The model runs in a module worker (web/worker.js, driven by web/inference.js); this thread
+// The model runs in a module worker (web/worker.js, driven by web/inference.js; the images
+// through shared memory where the page is cross-origin isolated, web/channel.js); this thread
 // draws and preprocesses. While a prediction runs, newer drawings replace each other and only
 // the newest is classified next.
 
@@ -55,8 +58,7 @@ const configReady = fetch("config.json").then((response) => {
   return response.json();
 });
 
-const LIVE_INTERVAL_MS = 100;
-const MC_SAMPLES = 20;         // MC-dropout passes per live prediction (trainer/uncertainty.py's default)  // at most one live prediction per interval while drawing
+const MC_SAMPLES = 20; // MC-dropout passes at the end of a stroke (trainer/uncertainty.py's default)
 
 const $ = (id) => document.getElementById(id);
 const drawCanvas = $("draw");
@@ -188,13 +190,13 @@ function penSeed() {
  * Drawing on the canvas with web/pen.js's pens: the normal one, or the adverse one while the
  * "challenge: adverse pen" checkbox is checked. Clear (and switching the adverse pen on) starts
  * a new pen: distance 0, a new seed.
- * @param {() => void} classify  called while drawing (at most every LIVE_INTERVAL_MS) and at
- *   the end of each stroke
+ * @param {() => void} classify  called while drawing (at most once per animation frame: the
+ *   newest drawing goes next when the model is free, see LatestOnly) and at the end of each stroke
  * @param {() => void} onClear  called when the canvas is cleared
  */
 function setupDrawing(classify, onClear) {
   const adverseToggle = $("adverse-pen");
-  let drawing = false, last = null, lastLive = 0, pen = null;
+  let drawing = false, last = null, liveFrame = 0, pen = null;
   const newPen = () => {
     pen = createPen({ adverse: adverseToggle.checked, seed: penSeed() });
     adverseToggle.dataset.seed = String(pen.seed);
@@ -224,10 +226,11 @@ function setupDrawing(classify, onClear) {
     pen.move(ctx, last, p);
     last = p;
     sketch.strokes[sketch.strokes.length - 1].push(at(p));
-    const now = performance.now();
-    if (now - lastLive >= LIVE_INTERVAL_MS) {
-      lastLive = now;
-      classify(false); // live: the plain prediction, quick
+    if (!liveFrame) {
+      liveFrame = requestAnimationFrame(() => {
+        liveFrame = 0;
+        if (drawing) classify(false); // live: the plain prediction, quick
+      });
     }
     e.preventDefault();
   });
@@ -345,6 +348,7 @@ async function main() {
     };
     window.mnist = {
       backend: label,
+      handoff: classifier.handoff,
       async predict(pixels) {
         return Array.from((await classifier.predict(checkPixels(pixels))).probs);
       },

@@ -44,6 +44,17 @@ export async function runBuild(backend, images, profileRepeats = 0) {
   return { initMs, ...result, profile };
 }
 
+/**
+ * The page's own API, as its users call it: `window.mnist.predict` on index.html (this module
+ * imported into that page), the hand-off to the inference worker and back included.
+ * @param {number[][]} images digits, 784 raw pixels each (plain arrays, as a caller passes them)
+ * @returns {Promise<{initMs: null, times: number[], digits: number[], handoff: string, backend: string}>}
+ */
+export async function runPage(images) {
+  const result = await timeEach(images, (px) => window.mnist.predict(px));
+  return { initMs: null, ...result, handoff: window.mnist.handoff, backend: window.mnist.backend };
+}
+
 /** ONNX Runtime Web, wasm backend with SIMD, one thread, on the same weights (model.onnx). */
 export async function runOrt(modelUrl, mean, std, images) {
   const t0 = performance.now();

@@ -1,7 +1,20 @@
 // The main thread's side of web/worker.js: start a classifier in a module worker, falling back
-// from one backend to the next, and classify without blocking drawing.
+// from one backend to the next, and classify without blocking drawing. Predictions go through
+// shared memory where the page is cross-origin isolated (web/channel.js), messages elsewhere.
 
 import { backendProblem } from "./classifier.js";
+import {
+  MAIL,
+  NUM_PIXELS,
+  REQUEST,
+  SAMPLES,
+  STATE,
+  STATUS,
+  channelViews,
+  newChannelBuffer,
+  readText,
+  sharedMemoryProblem,
+} from "./channel.js";
 
 /**
  * A new module worker running web/worker.js. Its start (a new JS engine instance, then its
@@ -21,6 +34,14 @@ export class InferenceWorker {
     this.model = model; // the model in use: { name, architecture, unsureThreshold, taught }
     this.nextId = 0;
     this.pending = new Map(); // id -> { resolve, reject }
+    this.shared = null; // the channel's views once the worker uses it (openChannel)
+    this.handoff = "messages"; // how predictions reach the worker, and why when not shared memory
+    this.tail = Promise.resolve(); // with the channel: the request before the next, one at a time
+    // Rejects when the worker stops: a prediction awaiting the channel must not wait forever.
+    this.stopped = new Promise((_, reject) => {
+      this.stop = reject;
+    });
+    this.stopped.catch(() => {});
     worker.onmessage = ({ data }) => {
       const waiting = this.pending.get(data.id);
       if (data.type !== "result" || !waiting) return;
@@ -35,7 +56,30 @@ export class InferenceWorker {
       this.failure = new Error(`the inference worker stopped: ${event.message || "unknown error"}`);
       for (const { reject } of this.pending.values()) reject(this.failure);
       this.pending.clear();
+      this.stop(this.failure);
     };
+  }
+
+  /**
+   * Hand predictions to the worker through shared memory from now on, where this page can
+   * (cross-origin isolated, Atomics.waitAsync) and the build can (not WebGPU); otherwise keep
+   * to messages. `handoff` says which, and why not.
+   * @returns {Promise<void>} never rejects
+   */
+  async openChannel() {
+    const problem = sharedMemoryProblem();
+    if (problem) {
+      this.handoff = `messages (${problem})`;
+      return;
+    }
+    const buffer = newChannelBuffer();
+    try {
+      await this.post({ type: "channel", buffer });
+      this.shared = channelViews(buffer);
+      this.handoff = "shared memory";
+    } catch (err) {
+      this.handoff = `messages (${err.message})`;
+    }
   }
 
   /**
@@ -55,7 +99,8 @@ export class InferenceWorker {
       };
       worker.onmessage = ({ data }) => {
         if (data.type === "loaded") {
-          resolve(new InferenceWorker(worker, data.backend, data.model)); // replaces these handlers
+          const classifier = new InferenceWorker(worker, data.backend, data.model); // replaces these handlers
+          classifier.openChannel().then(() => resolve(classifier));
         } else if (data.type === "load-failed") {
           worker.terminate();
           reject(new Error(data.message));
@@ -66,13 +111,50 @@ export class InferenceWorker {
   }
 
   /** Post `message` with a fresh id; resolves with the worker's answer (see web/worker.js). */
-  request(message) {
+  post(message) {
     if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       this.worker.postMessage({ ...message, id });
     });
+  }
+
+  /**
+   * `post`, once the requests before it are answered when the channel is in use: the worker
+   * then waits blocked on the channel, so it is signalled (MAIL) to read its messages first.
+   */
+  request(message) {
+    if (!this.shared) return this.post(message);
+    return this.inTurn(() => {
+      Atomics.store(this.shared.control, STATE, MAIL);
+      Atomics.notify(this.shared.control, STATE);
+      return this.post(message);
+    });
+  }
+
+  /** Run `task()` after every request made before it has been answered; its result. */
+  inTurn(task) {
+    const result = this.tail.then(() => {
+      if (this.failure) throw this.failure;
+      return task();
+    });
+    this.tail = result.catch(() => {});
+    return result;
+  }
+
+  /** One prediction through the channel (see web/channel.js); the same answer as a message's. */
+  async predictShared(pixels, samples) {
+    const { control } = this.shared;
+    this.shared.pixels.set(pixels);
+    control[SAMPLES] = samples;
+    Atomics.store(control, STATE, REQUEST);
+    Atomics.notify(control, STATE);
+    const wait = Atomics.waitAsync(control, STATE, REQUEST);
+    if (wait.async) await Promise.race([wait.value, this.stopped]);
+    const text = readText(this.shared);
+    if (control[STATUS] !== 0) throw new Error(text);
+    return { probs: this.shared.probs.slice(), ms: this.shared.ms[0], uncertainty: samples > 0 ? JSON.parse(text) : null };
   }
 
   /**
@@ -85,7 +167,9 @@ export class InferenceWorker {
    *   message for a refused input.
    */
   predict(pixels, samples = 0) {
-    return this.request({ type: "predict", pixels, samples });
+    // An image of the wrong size goes as a message: the model refuses it with its reason.
+    if (!this.shared || pixels.length !== NUM_PIXELS) return this.request({ type: "predict", pixels, samples });
+    return this.inTurn(() => this.predictShared(pixels, samples));
   }
 
   /**

@@ -12,11 +12,15 @@
 //                                                             labels Uint32Array(N) (N = 0: forget); the model
 //                                                             in use re-fits its last layer to them, and every
 //                                                             model switched to later is taught them too
+//               { type: "channel", id, buffer }               from now on, predictions come through this
+//                                                             SharedArrayBuffer (web/channel.js), messages
+//                                                             after a MAIL signal; refused by the WebGPU build
 // Messages out: { type: "loaded", backend, model }            the classifier is ready (model: its description)
 //               { type: "load-failed", message }              this backend cannot run here (why)
 //               { type: "result", id, model }                 switched; model: { name, architecture, unsureThreshold,
 //                                                             taught } (taught: examples per digit it learnt)
 //               { type: "result", id, taught }                taught: examples per digit 0-9
+//               { type: "result", id, channel: true }         the shared channel is in use
 //               { type: "result", id, probs, ms, uncertainty } probs: Float32Array(10); ms: predict time;
 //                                                             uncertainty: MC-dropout summary or null
 //               { type: "result", id, error }                 refused (bad input, a file that does not load):
@@ -29,6 +33,7 @@
 // meanwhile on the same classifier.
 
 import { loadClassifier } from "./classifier.js";
+import { DONE, IDLE, MAIL, REQUEST, SAMPLES, STATE, STATUS, channelViews, writeText } from "./channel.js";
 
 /** The MC-dropout seed: fixed, so the same drawing always gets the same answer. */
 const MC_SEED = 0;
@@ -96,11 +101,69 @@ async function predict({ pixels, samples }) {
   return { probs, ms, uncertainty };
 }
 
-const ANSWERS = { model: (m) => switchModel(m.name, m.source).then((model) => ({ model })), predict, teach };
+let shared = null; // the views of the shared channel, once the page opened one
+
+function openChannel({ buffer }) {
+  // A blocking wait cannot await a Promise: the WebGPU build's predictions stay messages.
+  if (typeof Classifier.create === "function") throw new Error("the WebGPU build answers through messages");
+  shared = channelViews(buffer);
+  return { channel: true };
+}
+
+/** The shared channel's request: predict (and MC dropout) on its pixels, the answer in its place. */
+function answerShared() {
+  const { control } = shared;
+  try {
+    const pixels = shared.pixels.slice(); // a private copy: the page may write the next one
+    const samples = control[SAMPLES];
+    const t0 = performance.now();
+    const probs = classifier.predict(pixels);
+    shared.ms[0] = performance.now() - t0;
+    shared.probs.set(probs);
+    writeText(shared, samples > 0 ? classifier.uncertainty(pixels, samples, MC_SEED) : "");
+    control[STATUS] = 0;
+  } catch (err) {
+    writeText(shared, err?.message || String(err));
+    control[STATUS] = 1;
+  }
+}
+
+/**
+ * Answer the shared channel's requests, blocked in Atomics.wait between them, until the page
+ * signals MAIL: then return, so the message that follows is read from the event loop.
+ */
+function serveShared() {
+  const { control } = shared;
+  for (;;) {
+    const state = Atomics.load(control, STATE);
+    if (state === REQUEST) {
+      answerShared();
+      Atomics.store(control, STATE, DONE);
+      Atomics.notify(control, STATE);
+    } else if (state === MAIL) {
+      return;
+    } else {
+      Atomics.wait(control, STATE, state); // IDLE or DONE: until the page changes it
+    }
+  }
+}
+
+/** Post an answer; with a shared channel, mark it IDLE first (the page may write as soon as it reads this). */
+function answer(reply) {
+  if (shared) Atomics.store(shared.control, STATE, IDLE);
+  self.postMessage(reply);
+}
+
+const ANSWERS = {
+  model: (m) => switchModel(m.name, m.source).then((model) => ({ model })),
+  predict,
+  teach,
+  channel: openChannel,
+};
 
 let queue = Promise.resolve(); // the message being handled
 self.onmessage = ({ data: message }) => {
-  const handle = () => handleMessage(message);
+  const handle = () => handleMessage(message).then(() => shared && serveShared());
   queue = queue.then(handle, handle);
 };
 
@@ -117,9 +180,9 @@ async function handleMessage(message) {
     return;
   }
   try {
-    const answer = await ANSWERS[message.type](message);
-    self.postMessage({ type: "result", id: message.id, ...answer });
+    const result = await ANSWERS[message.type](message);
+    answer({ type: "result", id: message.id, ...result });
   } catch (err) {
-    self.postMessage({ type: "result", id: message.id, error: err?.message || String(err) });
+    answer({ type: "result", id: message.id, error: err?.message || String(err) });
   }
 }
