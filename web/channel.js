@@ -47,8 +47,10 @@ const TEXT_AT = PROBS_AT + 4 * NUM_CLASSES;
  * @returns {string}
  */
 export function sharedMemoryProblem() {
-  if (typeof SharedArrayBuffer !== "function") return "no SharedArrayBuffer";
+  // Isolation first: browsers hide SharedArrayBuffer from pages that are not isolated, and the
+  // fix is the server's (COOP and COEP headers, as `invoke serve` sends).
   if (!self.crossOriginIsolated) return "the page is not cross-origin isolated";
+  if (typeof SharedArrayBuffer !== "function") return "no SharedArrayBuffer";
   if (typeof Atomics.waitAsync !== "function") return "no Atomics.waitAsync in this browser";
   return "";
 }
