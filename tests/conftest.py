@@ -154,18 +154,35 @@ def webgpu_browser(playwright):
     browser.close()
 
 
-def open_page(browser, url: str, backend: str):
-    """A page with the classifier loaded on `backend`; fails with the page's status if not."""
-    page = browser.new_page()
+def load(page, url: str):
+    """Open `url` in `page` and wait for its classifier; fails with the page's status and errors
+    if window.mnist does not appear within a minute. Returns `page`."""
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{url}?backend={backend}")
+    page.goto(url)
     try:
         page.wait_for_function("window.mnist !== undefined", timeout=60_000)
     except Exception:
         status = page.locator("[data-testid=status]").inner_text()
         pytest.fail(f"window.mnist never appeared ({status}; errors: {errors})")
     return page
+
+
+def open_page(browser, url: str, backend: str):
+    """A page with the classifier loaded on `backend`; fails with the page's status if not."""
+    return load(browser.new_page(), f"{url}?backend={backend}")
+
+
+def canvas_to_viewport(page):
+    """A function from drawing-canvas pixels (0..280) to the viewport's CSS pixels, where the
+    pointer must go to draw there: the canvas's content box (inside its border), scaled to its
+    rendered size."""
+    box = page.evaluate(
+        """() => { const c = document.querySelector('canvas[data-testid=draw]'), r = c.getBoundingClientRect();
+                   return {x: r.left + c.clientLeft, y: r.top + c.clientTop, sx: c.clientWidth / c.width,
+                           sy: c.clientHeight / c.height}; }"""
+    )
+    return lambda x, y: (box["x"] + x * box["sx"], box["y"] + y * box["sy"])
 
 
 def open_as_a_user(browser, url, query="", before_load=None):

@@ -202,3 +202,23 @@ def test_serving_needs_no_pytorch(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def static_imports(module: str) -> set[str]:
+    """The web/ modules `module` imports statically (`import ... from "./x.js"`), transitively."""
+    seen, todo = set(), [module]
+    while todo:
+        source = (WEB_DIR / todo.pop()).read_text()
+        for name in re.findall(r'^\s*(?:import|export)\b[^;]*?from\s+"\./([\w.-]+\.js)"', source, re.M | re.S):
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+def test_the_page_preloads_every_module_it_imports():
+    """index.html's modulepreload links name exactly the modules app.js pulls in, so the browser
+    fetches them all at once instead of discovering them one import at a time."""
+    html = (WEB_DIR / "index.html").read_text()
+    preloaded = set(re.findall(r'<link rel="modulepreload" href="([\w.-]+\.js)">', html))
+    assert preloaded == static_imports("app.js")

@@ -32,13 +32,17 @@ def torch_logits(model, mnist_test) -> np.ndarray:
 
 
 @pytest.mark.parametrize("backend", mnist_infer.BACKENDS)
-def test_native_matches_pytorch_on_all_10000_test_digits(backend, test_pixels, torch_logits, mnist_test):
+def test_native_matches_pytorch_on_mnist_test_digits(backend, test_pixels, torch_logits, mnist_test):
+    """Our kernels on all 10,000 test digits; burn's backends, 10x slower, on the first 2,000
+    (93 s for ndarray's 10,000 on a busy CI core)."""
+    n = 10_000 if backend.startswith("fast") else 2_000
     classifier = mnist_infer.Classifier(backend=backend)
-    logits = classifier.logits(test_pixels)
-    assert logits.shape == (10_000, 10) and logits.dtype == np.float32
+    logits = classifier.logits(test_pixels[:n])
+    assert logits.shape == (n, 10) and logits.dtype == np.float32
+    torch_logits, labels = torch_logits[:n], mnist_test.labels.numpy()[:n]
     max_diff = float(np.abs(logits - torch_logits).max())
     same_top1 = float((logits.argmax(1) == torch_logits.argmax(1)).mean())
-    accuracy = float((logits.argmax(1) == mnist_test.labels.numpy()).mean())
+    accuracy = float((logits.argmax(1) == labels).mean())
     print(f"{backend}: max |logit diff| {max_diff:.2e}, top-1 agreement {same_top1:.2%}, accuracy {accuracy:.2%}")
     assert same_top1 == 1.0
     assert max_diff <= 1e-4

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, canvas_to_viewport, load
 from tests.test_browser import STROKES, prediction
 
 pytestmark = pytest.mark.browser
@@ -56,29 +56,15 @@ GEOMETRY = """() => {
 }"""
 
 
-def open_in(context, url):
-    """A page of `context` with the classifier loaded (as conftest's open_page waits for it)."""
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url)
-    try:
-        page.wait_for_function("window.mnist !== undefined", timeout=60_000)
-    except Exception:
-        status = page.locator("[data-testid=status]").inner_text()
-        pytest.fail(f"window.mnist never appeared ({status}; errors: {errors})")
-    return page
-
-
 def touch_draw(page, polylines):
     """Draw `polylines` (canvas pixels, 280x280) with a finger: CDP touch events, which Chromium
     turns into the pointer events (pointerType "touch") that the page listens to."""
     cdp = page.context.new_cdp_session(page)
-    box = page.locator("canvas[data-testid=draw]").bounding_box()
-    scale = box["width"] / 280
+    to_viewport = canvas_to_viewport(page)
 
     def at(x, y):
-        return {"x": box["x"] + x * scale, "y": box["y"] + y * scale}
+        x, y = to_viewport(x, y)
+        return {"x": x, "y": y}
 
     for line in polylines:
         cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [at(*line[0])]})
@@ -117,7 +103,7 @@ def phone(browser):
 
 
 def test_on_a_phone_the_answer_is_in_sight_while_a_finger_draws(phone, server):
-    page = open_in(phone, server)
+    page = load(phone.new_page(), server)
     page.evaluate("""() => {
         window.__pointerTypes = [];
         document.getElementById('draw').addEventListener('pointerdown', (e) => window.__pointerTypes.push(e.pointerType));
@@ -161,7 +147,7 @@ def test_on_a_phone_the_answer_is_in_sight_while_a_finger_draws(phone, server):
 def test_on_a_desktop_the_result_stays_beside_the_canvas(browser, server):
     context = browser.new_context(viewport=DESKTOP)
     try:
-        page = open_in(context, server)
+        page = load(context.new_page(), server)
         g = page.evaluate(GEOMETRY)
         result = page.locator("section.result").bounding_box()
         canvas = g["canvas"]

@@ -66,6 +66,10 @@ def test_drawings_are_saved_with_their_label_and_survive_a_restart(browser, tmp_
         assert sample["canvas"] == [280, 280] and sample["pen_width"] == 20
         strokes = sample["strokes"]
         assert len(strokes) == len(STROKES[digit]) and len(strokes[0]) >= len(STROKES[digit][0])
+        # Where the pointer went, in canvas pixels (the canvas's border is not part of it).
+        for stroke, drawn in zip(strokes, STROKES[digit]):
+            for (x, y, _), (want_x, want_y) in zip((stroke[0], stroke[-1]), (drawn[0], drawn[-1])):
+                assert abs(x - want_x) <= 0.5 and abs(y - want_y) <= 0.5, (x, y, want_x, want_y)
         times = [t for stroke in strokes for _, _, t in stroke]
         assert times == sorted(times) and times[0] == 0
 

@@ -207,9 +207,12 @@ function setupDrawing(classify, onClear) {
   newPen();
   adverseToggle.addEventListener("change", newPen);
 
+  // The pointer in canvas pixels: from the canvas's content box (inside its border), scaled
+  // from its rendered size (smaller on a phone) to its 280x280 pixels.
   const point = (e) => {
     const r = drawCanvas.getBoundingClientRect();
-    return [(e.clientX - r.left) * (drawCanvas.width / r.width), (e.clientY - r.top) * (drawCanvas.height / r.height)];
+    const x = e.clientX - r.left - drawCanvas.clientLeft, y = e.clientY - r.top - drawCanvas.clientTop;
+    return [x * (drawCanvas.width / drawCanvas.clientWidth), y * (drawCanvas.height / drawCanvas.clientHeight)];
   };
   drawCanvas.addEventListener("pointerdown", (e) => {
     drawing = true;
