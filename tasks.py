@@ -477,6 +477,7 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
         "label_smoothing": "cross-entropy label smoothing (default 0)",
         "resume": "continue the run killed in --out-dir from its last epoch checkpoint",
         "limit": "train on the first N images only (quick runs)",
+        "test_limit": "score each epoch on the first N test images only (quick runs; default: all 10,000)",
         "extra_samples": "a sample database (e.g. data/samples.db): its drawings join training, but for one "
         "writer in 5, held out; `invoke evaluate --samples` then scores the model on those",
         "extra_repeat": "times each collected drawing is seen per epoch (default 10)",
@@ -500,6 +501,7 @@ def train(
     label_smoothing=None,
     resume=False,
     limit=None,
+    test_limit=None,
     threads=None,
     device=None,
     data_dir=None,
@@ -532,6 +534,7 @@ def train(
             ema_decay=ema_decay,
             label_smoothing=label_smoothing,
             limit=limit,
+            test_limit=test_limit,
             threads=threads,
             device=device,
             extra_samples=extra_samples,

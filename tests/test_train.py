@@ -13,8 +13,8 @@ from trainer.train import Config, train
 
 @pytest.mark.slow
 def test_short_run_learns_and_writes_weights_and_metrics(tmp_path):
-    metrics = train(Config(epochs=1, limit=3000, batch_size=64), out_dir=tmp_path)
-    assert (tmp_path / "model.safetensors").exists()
+    metrics = train(Config(epochs=1, limit=3000, test_limit=2000, batch_size=64), out_dir=tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and metrics["test_images"] == 2000
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["test_accuracy"] == metrics["test_accuracy"]
     assert metrics["test_accuracy"] > 0.80  # one epoch on 3,000 images, far above chance (10%)
@@ -60,6 +60,8 @@ def run_training(out_dir, *extra):
         "2",
         "--limit",
         "1500",
+        "--test-limit",
+        "500",
         "--batch-size",
         "64",
         "--threads",
@@ -122,6 +124,7 @@ def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
         ("ema_decay", 1.5, "ema_decay"),
         ("lr", 0.0, "lr"),
         ("clean_epochs", -1, "clean_epochs"),
+        ("test_limit", -5, "test_limit must be >= 0, got 0, 0, -5"),
         ("device", "tpu", "unknown device"),
     ],
 )
@@ -165,10 +168,10 @@ def test_the_last_clean_epochs_see_the_images_unaugmented(tmp_path, monkeypatch)
         return real_augment(images, aug, generator)
 
     monkeypatch.setattr(train_module, "augment", recording_augment)
-    train(Config(epochs=3, clean_epochs=1, limit=64, batch_size=64), out_dir=tmp_path)
+    train(Config(epochs=3, clean_epochs=1, limit=64, test_limit=100, batch_size=64), out_dir=tmp_path)
     assert used == [AUGMENT_PRESETS["draw"]] * 2 + [AUGMENT_PRESETS["none"]]
     used.clear()  # more clean epochs than a run has: all but the first epoch are clean
-    train(Config(epochs=2, clean_epochs=5, limit=64, batch_size=64), out_dir=tmp_path)
+    train(Config(epochs=2, clean_epochs=5, limit=64, test_limit=100, batch_size=64), out_dir=tmp_path)
     assert used == [AUGMENT_PRESETS["draw"], AUGMENT_PRESETS["none"]]
 
 
@@ -178,7 +181,7 @@ def test_the_benchmark_reports_every_seed_and_their_mean_and_std(tmp_path):
 
     from bench.train import report, run
 
-    summary = run((0, 1), out_dir=tmp_path, epochs=1, limit=256)
+    summary = run((0, 1), out_dir=tmp_path, epochs=1, limit=256, test_limit=500)
     accuracies = [r["test_accuracy"] for r in summary["runs"]]
     assert [r["seed"] for r in summary["runs"]] == [0, 1]
     assert summary["test_accuracy"]["mean"] == pytest.approx(statistics.fmean(accuracies))

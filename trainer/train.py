@@ -85,6 +85,9 @@ class Config:
     threads: int = 0  # 0: torch's default (all cores)
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto" (CUDA when there is one)
     limit: int = 0  # 0: all 60,000 training images; >0: the first `limit` (for quick runs)
+    # 0: every epoch is scored on all 10,000 test images; >0: on the first `test_limit` (quick
+    # runs: 10,000 take 11 s on one core, as long as a short epoch). metrics.json: test_images.
+    test_limit: int = 0
     # A sample database (mnist_common/samples.py) whose drawings join the training images, all but
     # the writers held out for testing (trainer.data.is_held_out); "" for none.
     extra_samples: str = ""
@@ -125,7 +128,10 @@ class Config:
                 self.augment in AUGMENT_PRESETS,
                 f"unknown augment {self.augment!r}: choose one of {', '.join(AUGMENT_PRESETS)}",
             ),
-            (self.threads >= 0 and self.limit >= 0, "threads and limit must be >= 0"),
+            (
+                min(self.threads, self.limit, self.test_limit) >= 0,
+                f"threads, limit and test_limit must be >= 0, got {self.threads}, {self.limit}, {self.test_limit}",
+            ),
             (self.clean_epochs >= 0, f"clean_epochs must be >= 0, got {self.clean_epochs}"),
             (self.extra_repeat >= 1, f"extra_repeat must be at least 1, got {self.extra_repeat}"),
             (
@@ -294,6 +300,8 @@ def train(
 
     full = data.load_split(train=True, data_dir=data_dir)
     test_split = data.load_split(train=False, data_dir=data_dir)
+    if config.test_limit > 0:
+        test_split = data.Split(test_split.images[: config.test_limit], test_split.labels[: config.test_limit])
     train_split = data.Split(full.images[: config.limit], full.labels[: config.limit]) if config.limit > 0 else full
     if config.writers:
         from .synthetic.writers import writers_set
