@@ -120,11 +120,14 @@ def test_a_crash_rejects_a_prediction_waiting_on_shared_memory(browser, server, 
         const classifier = await InferenceWorker.start('flex');
         if (classifier.handoff !== 'shared memory') return [classifier.handoff];
         await classifier.predict(Float32Array.from(img));
-        // The worker, blocked in Atomics.wait, is never woken: it will not answer.
+        // Let the worker get back into Atomics.wait (one not yet there sees the next request
+        // without being woken, and answers it); then it is never woken: it will not answer.
+        const pause = () => new Promise((ok) => setTimeout(ok, 50));
+        await pause();
         const notify = Atomics.notify;
         Atomics.notify = () => 0;
         const waiting = classifier.predict(Float32Array.from(img));
-        await new Promise((ok) => setTimeout(ok, 50));  // the request is on the channel by now
+        await pause();  // the request is on the channel by now
         Atomics.notify = notify;
         classifier.worker.dispatchEvent(new ErrorEvent('error', { message: 'simulated crash' }));
         const outcome = (p) => p.then(() => 'answered', (err) => err.message);
