@@ -191,8 +191,7 @@ def open_as_a_user(browser, url, query="", before_load=None):
     page = browser.new_page()
     if before_load:
         before_load(page)
-    page.goto(url + query)
-    page.wait_for_function("window.mnist !== undefined", timeout=60_000)
+    load(page, url + query)
     shown = (
         page.evaluate("window.mnist.backend"),
         page.locator("[data-testid=backend]").inner_text(),
