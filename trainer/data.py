@@ -140,6 +140,10 @@ class Split:
     images: torch.Tensor
     labels: torch.Tensor
 
+    def first(self, n: int) -> Split:
+        """The first ``n`` images and labels (a view, no copy); ``n`` = 0: the whole split."""
+        return Split(self.images[:n], self.labels[:n]) if n > 0 else self
+
 
 def load_split(train: bool, data_dir: Path = DEFAULT_DATA_DIR) -> Split:
     """Load the training (60,000) or test (10,000) split via torchvision's MNIST class."""

@@ -299,10 +299,8 @@ def train(
     aug = AUGMENT_PRESETS[config.augment]
 
     full = data.load_split(train=True, data_dir=data_dir)
-    test_split = data.load_split(train=False, data_dir=data_dir)
-    if config.test_limit > 0:
-        test_split = data.Split(test_split.images[: config.test_limit], test_split.labels[: config.test_limit])
-    train_split = data.Split(full.images[: config.limit], full.labels[: config.limit]) if config.limit > 0 else full
+    test_split = data.load_split(train=False, data_dir=data_dir).first(config.test_limit)
+    train_split = full.first(config.limit)
     if config.writers:
         from .synthetic.writers import writers_set
 

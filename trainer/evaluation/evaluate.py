@@ -524,7 +524,7 @@ def evaluate(
     split = data.load_split(train=False, data_dir=data_path)
     n = _check_limit(limit, len(split.labels))
     augmented = augmented_images(split.images)[:n]  # transforms drawn for the full split: see its doc
-    split = data.Split(split.images[:n], split.labels[:n])
+    split = split.first(n)
     sets = {"clean": split.images.float(), "augmented": augmented}
     for width, array in redrawn_sets(split.images.numpy(), pen_widths, cache_dir=cache).items():
         sets[redrawn_key(width)] = torch.from_numpy(array)
