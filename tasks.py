@@ -219,14 +219,20 @@ def wasm_bindgen_cli(log_file: Path | None = None) -> str:
     """Path of a wasm-bindgen CLI of exactly the version in Cargo.lock (installed if needed,
     cargo's output to ``log_file`` when one is given)."""
     version = locked_version("wasm-bindgen")
-    candidates = [shutil.which("wasm-bindgen"), str(Path.home() / ".cargo" / "bin" / "wasm-bindgen")]
+    installed = str(cargo_bin() / "wasm-bindgen")
+    candidates = [shutil.which("wasm-bindgen"), installed]
     for path in filter(None, candidates):
         if output([path, "--version"]).split()[-1:] == [version]:
             return path
     log(f"installing wasm-bindgen-cli {version} (must match the wasm-bindgen crate)")
     # No --locked: the CLI's own lock file pins a crate version the registry no longer serves.
     run(["cargo", "install", "wasm-bindgen-cli", "--version", version], log_file=log_file)
-    return str(Path.home() / ".cargo" / "bin" / "wasm-bindgen")
+    return installed
+
+
+def cargo_bin() -> Path:
+    """Where `cargo install` puts binaries: $CARGO_HOME/bin, by default ~/.cargo/bin."""
+    return Path(os.environ.get("CARGO_HOME") or Path.home() / ".cargo") / "bin"
 
 
 def npm_tools() -> Path:
