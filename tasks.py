@@ -257,21 +257,40 @@ def weights_path() -> Path:
     return Path(os.environ.get("MNIST_WEIGHTS", WEIGHTS))
 
 
-def use_weights_dtype(dtype: str) -> None:
-    """Point the builds at the weights stored as `dtype` (f32: the file itself; f16: a copy
-    converted by trainer.export under target/weights/, half the size), via $MNIST_WEIGHTS."""
-    from mnist_common.weights import WEIGHTS_DTYPES, convert_weights
+#: How the page's builds (our kernels: fast-simd128, fast-relaxed) store the weights they
+#: embed, unless --weights-dtype says otherwise: int8 with per-channel scales, a quarter of f32's
+#: bytes, and on the committed model the same 10,000 MNIST test predictions as f32 (docs/build.md).
+#: burn's builds and the native module always embed the f32 file itself: burn-store would keep
+#: f16 parameters as f16 and has no int8 with scales; native code is not downloaded.
+DEFAULT_WEIGHTS_DTYPE = "int8"
+_weights_dtype = DEFAULT_WEIGHTS_DTYPE  # set by use_weights_dtype (a task's --weights-dtype)
 
+
+def use_weights_dtype(dtype: str) -> None:
+    """Store the weights the page's builds embed as ``dtype`` (one of
+    ``mnist_common.weights.WEIGHTS_DTYPES``) from now on; raises Exit naming the choices."""
+    from mnist_common.weights import WEIGHTS_DTYPES
+
+    global _weights_dtype
     if dtype not in WEIGHTS_DTYPES:
         raise Exit(f"unknown --weights-dtype {dtype!r}: choose one of {', '.join(WEIGHTS_DTYPES)}")
-    if dtype == "f32":
-        return
-    source = weights_path()
+    _weights_dtype = dtype
+
+
+def embedded_weights(backend: str) -> Path:
+    """The weights file the wasm build ``backend`` embeds: for our kernels' builds the weights
+    (``weights_path()``) stored in the chosen dtype, a copy converted under target/weights/
+    (again only when the source is newer); for burn's builds the source itself."""
+    from mnist_common.weights import convert_weights
+
+    source, dtype = weights_path(), _weights_dtype
+    if backend not in FAST_BACKENDS or dtype == "f32":
+        return source
     converted = TARGET / "weights" / f"{source.stem}-{dtype}.safetensors"
     if not converted.exists() or converted.stat().st_mtime < source.stat().st_mtime:
         convert_weights(source, converted, dtype)
         log(f"wrote {converted.relative_to(ROOT)} ({converted.stat().st_size / 1e6:.2f} MB, from {source.name})")
-    os.environ["MNIST_WEIGHTS"] = str(converted)
+    return converted
 
 
 def files_digest(prefix: str, files: list[Path]) -> str:
@@ -283,10 +302,10 @@ def files_digest(prefix: str, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def rust_inputs(skip: tuple[str, ...] = ()) -> list[Path]:
-    """What a build of wasm-infer/ depends on: the Cargo files, the weights, and the crates'
-    .rs/.toml files outside tests/ and outside the folders named in `skip`."""
-    files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", weights_path()]
+def rust_inputs(weights: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """What a build of wasm-infer/ depends on: the Cargo files, the ``weights`` it embeds, and
+    the crates' .rs/.toml files outside tests/ and outside the folders named in `skip`."""
+    files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", weights]
     return files + sorted(
         p
         for p in (ROOT / "wasm-infer").rglob("*")
@@ -303,7 +322,7 @@ def source_digest(backend: str, route: str) -> str:
     """Hash of everything a wasm build depends on: sources, lock files, weights, toolchain route."""
     return files_digest(
         f"{backend}\n{route}\n{wasm_opt_flags(backend)}\n",
-        [WEB / "package-lock.json", *rust_inputs(skip=("mnist-infer",))],
+        [WEB / "package-lock.json", *rust_inputs(embedded_weights(backend), skip=("mnist-infer",))],
     )
 
 
@@ -355,7 +374,7 @@ def build_one(backend: str, force: bool = False, log_file: Path | None = None) -
                 "--features",
                 FAST_BACKENDS.get(backend, backend),
             ],
-            env=toolchain["env"],
+            env={**toolchain["env"], "MNIST_WEIGHTS": str(embedded_weights(backend))},
             log_file=log_file,
         )
     finally:
@@ -380,9 +399,10 @@ def build_one(backend: str, force: bool = False, log_file: Path | None = None) -
     staging.rename(out_dir)
     size = wasm.stat().st_size
     gz = len(gzip.compress(wasm.read_bytes(), 9))
-    weights = weights_path().stat().st_size
+    weights = embedded_weights(backend)
     log(
-        f"{wasm.relative_to(ROOT)}: {size / 1e6:.2f} MB ({gz / 1e6:.2f} MB gzip), of which weights {weights / 1e6:.2f} MB"
+        f"{wasm.relative_to(ROOT)}: {size / 1e6:.2f} MB ({gz / 1e6:.2f} MB gzip), of which weights "
+        f"{weights.stat().st_size / 1e6:.2f} MB ({weights.name})"
     )
     return wasm
 
@@ -399,7 +419,7 @@ def native_module_up_to_date() -> bool:
     from importlib.util import find_spec
 
     stamp = TARGET / "native-build-stamp"
-    digest = files_digest(sys.executable, rust_inputs(skip=("mnist-wasm",)))
+    digest = files_digest(sys.executable, rust_inputs(weights_path(), skip=("mnist-wasm",)))
     return find_spec("mnist_infer") is not None and stamp.exists() and stamp.read_text() == digest
 
 
@@ -417,7 +437,7 @@ def native_module(log_file: Path | None = None) -> None:
     if native_module_up_to_date():
         return
     stamp = TARGET / "native-build-stamp"
-    digest = files_digest(sys.executable, rust_inputs(skip=("mnist-wasm",)))
+    digest = files_digest(sys.executable, rust_inputs(weights_path(), skip=("mnist-wasm",)))
     log(
         "building the native Python module mnist_infer (wasm-infer/mnist-infer) with maturin"
         + (f" (output: {log_file.relative_to(ROOT)})" if log_file else "")
@@ -669,8 +689,10 @@ def fixtures(c):
 
 
 WEIGHTS_DTYPE_HELP = (
-    "how the embedded weights are stored: f32 (default) or f16 (half the size, "
-    "widened to f32 at load; prints the accuracy of both on the MNIST test set)"
+    f"how the page's builds (fast-simd128, fast-relaxed) store their embedded weights (default "
+    f"{DEFAULT_WEIGHTS_DTYPE}): int8 (per-channel scales, a quarter of f32's size), f16 (half) or "
+    "f32, all widened to f32 at load; burn's builds embed f32. Given explicitly (with the dev "
+    "extras), build-wasm prints the MNIST test accuracy with f32 and with this dtype"
 )
 
 
@@ -681,17 +703,21 @@ WEIGHTS_DTYPE_HELP = (
         "weights-dtype": WEIGHTS_DTYPE_HELP,
     }
 )
-def build_wasm(c, backend="all", force=False, weights_dtype="f32"):
+def build_wasm(c, backend="all", force=False, weights_dtype=None):
     """Compile wasm-infer to wasm (wasm-bindgen, wasm-opt) into web/pkg/<backend>/."""
-    source = weights_path()
-    use_weights_dtype(weights_dtype)
+    use_weights_dtype(weights_dtype or DEFAULT_WEIGHTS_DTYPE)
     for name in requested_backends(backend):
         build_one(name, force=force)
     write_static_site()
-    if weights_dtype != "f32":
+    if weights_dtype and weights_dtype != "f32":
+        from importlib.util import find_spec
+
+        if find_spec("torch") is None:
+            log("the accuracy of each weights dtype needs PyTorch: `./dev evaluate` installs it")
+            return
         from trainer.evaluation.evaluate import accuracy_by_dtype
 
-        for dtype, result in accuracy_by_dtype(source, ("f32", weights_dtype)).items():
+        for dtype, result in accuracy_by_dtype(weights_path(), ("f32", weights_dtype)).items():
             log(
                 f"MNIST test accuracy with {dtype} weights: {result['accuracy']:.2%} "
                 f"({result['errors']} errors, {result['changed']} predictions changed)"
@@ -723,14 +749,14 @@ def serve(
     port=8000,
     backend=DEFAULT_BACKEND,
     webgpu=False,
-    weights_dtype="f32",
+    weights_dtype=DEFAULT_WEIGHTS_DTYPE,
     models=None,
     samples_db=None,
 ):
     """Serve web/ at http://<host>:<port> as soon as the page's fallback build is ready; the
     other stale builds (the other wasm builds, the native module behind POST /api/predict) are
     built while it is served, their output in target/logs/, their progress on the console."""
-    embedded = weights_path()  # the file the builds embed (an f16 copy of it with --weights-dtype f16)
+    embedded = weights_path()  # the model the builds embed (the page's in --weights-dtype)
     models_dir = Path(models) if models else MODEL_DIR
     if not models_dir.is_dir():
         raise Exit(f"--models names a folder of *.safetensors files; {models_dir} is not one")

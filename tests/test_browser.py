@@ -63,10 +63,10 @@ def test_wasm_matches_pytorch_on_1000_mnist_digits(browser, server, backend, mni
         "async (images) => { const out = []; for (const img of images) out.push(await window.mnist.predict(img)); return out; }",
         images,
     )
-    ours = torch.tensor(probs)
+    ours, reference = torch.tensor(probs), torch_probabilities(backend)
     assert ours.shape == (N_IMAGES, 10)
-    same_top1 = (ours.argmax(1) == torch_probabilities.argmax(1)).float().mean().item()
-    max_diff = (ours - torch_probabilities).abs().max().item()
+    same_top1 = (ours.argmax(1) == reference.argmax(1)).float().mean().item()
+    max_diff = (ours - reference).abs().max().item()
     accuracy = (ours.argmax(1) == mnist_test.labels[:N_IMAGES]).float().mean().item()
     print(f"{backend}: top-1 agreement {same_top1:.2%}, max |prob diff| {max_diff:.2e}, accuracy {accuracy:.2%}")
     assert same_top1 == 1.0
@@ -120,7 +120,7 @@ def test_bad_input_throws_and_the_page_keeps_working(browser, server, backend, m
         if name in ("short", "long"):
             assert "784" in message
     probs = page.evaluate("(img) => window.mnist.predict(img)", mnist_test.images[0].flatten().tolist())
-    assert max(abs(a - b) for a, b in zip(probs, torch_probabilities[0].tolist())) <= 1e-4
+    assert max(abs(a - b) for a, b in zip(probs, torch_probabilities(backend)[0].tolist())) <= 1e-4
     page.close()
 
 
@@ -151,23 +151,27 @@ FROM_BYTES = """async ([backend, files, images]) => {
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_weights_loaded_at_run_time_answer_like_the_embedded_ones(browser, server, backend, mnist_test, tmp_path):
     """Classifier.fromBytes: a model.safetensors given at run time (the wasm-side half of issue
-    14's model picker). The committed file gives exactly the embedded model's probabilities;
-    f16 weights (the fast builds) the same digits; a bad file is refused with its reason."""
+    14's model picker). The file the build embeds gives exactly the embedded model's
+    probabilities; our kernels' builds read the weights in every dtype (f32, f16, int8) to the
+    same digits; a bad file is refused with its reason."""
     import base64
 
     from safetensors.torch import load_file, save_file
 
+    import tasks
     from mnist_common.plan import MLP, layers_to_json
     from tests.conftest import WEIGHTS
-    from trainer.export import convert_weights, read_metadata
+    from trainer.export import WEIGHTS_DTYPES, convert_weights, read_metadata
 
     # The cnn's tensors under the mlp's layer plan: no build may run it.
     foreign = tmp_path / "foreign.safetensors"
     metadata = {**read_metadata(WEIGHTS), "architecture": MLP.id, "layers": layers_to_json(MLP.layers)}
     save_file(load_file(str(WEIGHTS)), str(foreign), metadata=metadata)
-    files = {"same": WEIGHTS.read_bytes(), "truncated": WEIGHTS.read_bytes()[:1000], "foreign": foreign.read_bytes()}
-    if backend.startswith("fast"):
-        files["f16"] = convert_weights(WEIGHTS, tmp_path / "f16.safetensors", "f16").read_bytes()
+    embedded = tasks.embedded_weights(backend).read_bytes()
+    files = {"same": embedded, "truncated": embedded[:1000], "foreign": foreign.read_bytes()}
+    dtypes = WEIGHTS_DTYPES if backend.startswith("fast") else ()
+    for dtype in dtypes:
+        files[dtype] = convert_weights(WEIGHTS, tmp_path / f"{dtype}.safetensors", dtype).read_bytes()
     page = open_page(browser, server, backend)
     images = mnist_test.images[:20].reshape(20, -1).tolist()
     encoded = {name: base64.b64encode(data).decode() for name, data in files.items()}
@@ -175,10 +179,11 @@ def test_weights_loaded_at_run_time_answer_like_the_embedded_ones(browser, serve
     assert out["same"] == out["embedded"]
     assert "not a readable safetensors file" in out["truncated"], out["truncated"]
     assert "fc1.weight has shape [128, 1600], the plan says [512, 784]" in out["foreign"], out["foreign"]
-    if "f16" in out:
-        embedded, f16 = torch.tensor(out["embedded"]), torch.tensor(out["f16"])
-        assert (embedded.argmax(1) == f16.argmax(1)).all()
-        assert (embedded - f16).abs().max() < 1e-2
+    embedded = torch.tensor(out["embedded"])
+    for dtype in dtypes:
+        other = torch.tensor(out[dtype])
+        assert (embedded.argmax(1) == other.argmax(1)).all(), dtype
+        assert (embedded - other).abs().max() < 1e-2, dtype
     page.close()
 
 
@@ -198,7 +203,7 @@ def test_the_page_runs_our_relaxed_simd_kernels_by_itself(browser, server, mnist
     assert status == "ready: draw a digit"
     assert len(page.workers) == 1  # the worker spawned at start-up is the one in use
     probs = page.evaluate("(img) => window.mnist.predict(img)", mnist_test.images[5].flatten().tolist())
-    assert max(abs(a - b) for a, b in zip(probs, torch_probabilities[5].tolist())) <= 1e-5
+    assert max(abs(a - b) for a, b in zip(probs, torch_probabilities("fast-relaxed")[5].tolist())) <= 1e-5
     page.close()
 
 
@@ -220,7 +225,7 @@ def test_without_relaxed_simd_the_page_runs_fast_simd128_and_says_why(browser, s
     # Skipped before any worker loaded it: the one worker is fast-simd128's.
     assert len(page.workers) == 1
     probs = page.evaluate("(img) => window.mnist.predict(img)", mnist_test.images[9].flatten().tolist())
-    assert max(abs(a - b) for a, b in zip(probs, torch_probabilities[9].tolist())) <= 1e-5
+    assert max(abs(a - b) for a, b in zip(probs, torch_probabilities("fast-simd128")[9].tolist())) <= 1e-5
     page.close()
 
 

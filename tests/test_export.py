@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -117,4 +118,39 @@ def test_f16_copy_halves_the_file_and_loads_into_the_f32_model(tmp_path, model, 
     assert (full.argmax(1) == rounded.argmax(1)).float().mean() >= 0.998
     assert float((full - rounded).abs().max()) < 0.1
     with pytest.raises(ValueError, match="f16"):
-        convert_weights(WEIGHTS, tmp_path / "x.safetensors", "int8")
+        convert_weights(WEIGHTS, tmp_path / "x.safetensors", "int4")
+
+
+def test_int8_copy_quarters_the_weights_and_each_is_within_half_a_step(tmp_path, model, mnist_test):
+    """--weights-dtype int8: every weight of 2+ dimensions as int8 times one float32 scale per
+    output channel (mnist_common.weights.quantize_int8), the vectors kept in f32."""
+    from safetensors.numpy import load_file as load_numpy
+    from safetensors.numpy import save_file as save_numpy
+
+    from trainer.export import convert_weights
+
+    int8 = convert_weights(WEIGHTS, tmp_path / "int8.safetensors", "int8")
+    assert int8.stat().st_size < 0.27 * WEIGHTS.stat().st_size
+    assert read_metadata(int8)["weights_dtype"] == "int8"
+    stored, original = load_numpy(str(int8)), load_numpy(str(WEIGHTS))
+    assert set(stored) == set(original) | {f"{n}_scale" for n, t in original.items() if t.ndim >= 2}
+    for name, weight in original.items():
+        if weight.ndim < 2:
+            assert stored[name].dtype == np.float32 and (stored[name] == weight).all(), name
+            continue
+        q, scale = stored[name], stored[f"{name}_scale"]
+        assert q.dtype == np.int8 and scale.shape == (weight.shape[0],), name
+        assert np.abs(q.reshape(len(q), -1)).max(1).min() == 127, name  # each channel's peak is ±127
+        step = scale.reshape((-1,) + (1,) * (q.ndim - 1))
+        # Half a step, and the float32 rounding of the scale and of the product.
+        assert (np.abs(q * step - weight) <= step * (0.5 + 1e-5)).all(), name
+    images = normalize(mnist_test.images[:500].unsqueeze(1))
+    with torch.no_grad():
+        full, quantized = model(images), load_model(int8)(images)
+    assert (full.argmax(1) == quantized.argmax(1)).float().mean() >= 0.998
+    # Without its scales an int8 weight is refused by name.
+    del stored["fc1.weight_scale"]
+    broken = tmp_path / "broken.safetensors"
+    save_numpy(stored, str(broken), metadata=read_metadata(int8))
+    with pytest.raises(WeightsError, match="fc1.weight_scale"):
+        load_model(broken)

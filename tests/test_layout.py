@@ -189,13 +189,13 @@ def test_python_and_rust_agree_on_the_input_and_classes():
 
 
 def test_serving_needs_no_pytorch(tmp_path):
-    """`./dev serve` installs no PyTorch: the server, the tasks module and the f16 weights
-    conversion (`--weights-dtype f16`) import none of torch, torchvision or matplotlib."""
+    """`./dev serve` installs no PyTorch: the server, the tasks module and the weights
+    conversions (`--weights-dtype f16|int8`) import none of torch, torchvision or matplotlib."""
     script = (
         "import sys, tasks, server.app, server.classify\n"
         "from mnist_common.weights import convert_weights\n"
         "from mnist_common.paths import DEFAULT_WEIGHTS\n"
-        f"convert_weights(DEFAULT_WEIGHTS, {str(tmp_path / 'f16.safetensors')!r}, 'f16')\n"
+        f"for dtype in ('f16', 'int8'): convert_weights(DEFAULT_WEIGHTS, {str(tmp_path)!r} + '/' + dtype, dtype)\n"
         "server.app.list_models(server.app.MODELS_DIR)\n"
         "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib', 'skimage') if m in sys.modules))\n"
     )

@@ -35,14 +35,23 @@ def model_names(page):
     return page.evaluate("window.mnist.models")
 
 
-def weights_of(name: str) -> Path:
+#: The build these tests run.
+BACKEND = "fast-relaxed"
+
+
+def weights_of(name: str, backend: str = BACKEND) -> Path:
+    """The weights the page on the build ``backend`` runs as model ``name``: its file in
+    models/, or for the embedded model the file that build embeds (``tasks.embedded_weights``:
+    int8 in our kernels' builds by default, f32 in burn's)."""
+    import tasks
+
     path = MODELS_DIR / f"{name}.safetensors"
-    return path if path.exists() else MODELS_DIR / "model.safetensors"
+    return path if path.exists() else tasks.embedded_weights(backend)
 
 
 @pytest.fixture(scope="module")
 def page(browser, server):
-    page = open_page(browser, server, "fast-relaxed")
+    page = open_page(browser, server, BACKEND)
     yield page
     page.close()
 
@@ -165,9 +174,9 @@ def test_burns_builds_run_every_model_too(browser, server, backend, mnist_test):
         page.evaluate("(n) => window.mnist.load(n)", name)
         probs = np.array(page.evaluate(PREDICT_ALL, images.reshape(100, -1).tolist()))
         with torch.no_grad():
-            expected = torch.softmax(load_model(weights_of(name))(normalize(images.unsqueeze(1))), 1).numpy()
+            expected = torch.softmax(load_model(weights_of(name, backend))(normalize(images.unsqueeze(1))), 1).numpy()
         assert np.abs(probs - expected).max() < 1e-4, name
         got = page.evaluate("(img) => window.mnist.predictUncertain(img, {samples: 5})", images[0].reshape(-1).tolist())
-        reference = summarize(mc_probabilities(load_model(weights_of(name)), images[:1], samples=5, seed=0))
+        reference = summarize(mc_probabilities(load_model(weights_of(name, backend)), images[:1], samples=5, seed=0))
         np.testing.assert_allclose(got["probs"], reference["probabilities"][0], atol=5e-5, err_msg=name)
     page.close()

@@ -12,7 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, WEIGHTS, open_page
+import tasks
+from tests.conftest import ROOT, open_page
 from tests.test_browser import STROKES, draw
 from tests.test_models_page import PREDICT_ALL
 from trainer.synthetic.writers import glyph_strokes, place, teach_split, upright, with_variants, writers_set
@@ -80,8 +81,9 @@ def test_a_writer_taught_three_digits_per_class_is_read_better(browser, server, 
         f"teaching the 30th example (a re-fit on all 30) took {ms[-1]:.1f} ms, all 30 calls {sum(ms):.0f} ms"
     )
     assert acc_after > acc_before
-    # The page runs the same Rust as the native module: taught the same examples, same answers.
-    native = mnist_infer.Classifier(WEIGHTS)
+    # The page runs the same Rust as the native module: taught the same examples, same answers
+    # (from the weights the page's build embeds).
+    native = mnist_infer.Classifier(tasks.embedded_weights("fast-relaxed"))
     native.teach(pixels[teach], labels[teach])
     np.testing.assert_allclose(after, native.predict(pixels[test]), atol=1e-4)
 

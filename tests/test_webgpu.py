@@ -39,7 +39,7 @@ def test_wgpu_matches_the_ndarray_build_on_500_mnist_digits(
     assert gpu.shape == cpu.shape == (N_IMAGES, 10)
     same_top1 = (gpu.argmax(1) == cpu.argmax(1)).float().mean().item()
     max_diff = (gpu - cpu).abs().max().item()
-    vs_torch = (gpu - torch_probabilities[:N_IMAGES]).abs().max().item()
+    vs_torch = (gpu - torch_probabilities("wgpu")[:N_IMAGES]).abs().max().item()
     accuracy = (gpu.argmax(1) == mnist_test.labels[:N_IMAGES]).float().mean().item()
     print(
         f"wgpu vs ndarray: top-1 agreement {same_top1:.2%}, max |prob diff| {max_diff:.2e} "
@@ -81,7 +81,7 @@ def test_a_webgpu_device_failure_falls_back_to_the_cpu_kernels_with_the_reason(
     assert label == backend_line == f"fast-relaxed ({reason})"
     assert status == f"wgpu: {reason}: using fast-relaxed. ready: draw a digit"
     probs = page.evaluate("(img) => window.mnist.predict(img)", mnist_test.images[7].flatten().tolist())
-    assert max(abs(a - b) for a, b in zip(probs, torch_probabilities[7].tolist())) <= 1e-5
+    assert max(abs(a - b) for a, b in zip(probs, torch_probabilities("fast-relaxed")[7].tolist())) <= 1e-5
     page.close()
 
 

@@ -31,6 +31,7 @@ from mnist_common.weights import (
     WEIGHTS_DTYPES,
     WeightsError,
     convert_weights,
+    dequantize,
     read_metadata,
     read_model_metadata,
     write_atomically,
@@ -110,19 +111,20 @@ def update_metadata(path: Path, changes: dict[str, str]) -> Path:
 
 
 def load_model(path: Path) -> Net:
-    """Load a ``Net`` in eval mode from a file written by ``save_safetensors``: its layer plan
-    from the metadata, its tensors by name.
+    """Load a ``Net`` in eval mode from a file written by ``save_safetensors`` (or a copy by
+    ``convert_weights``: f16 and int8 tensors widened to float32 as the Rust reader does): its
+    layer plan from the metadata, its tensors by name.
 
     Raises:
         WeightsError: unreadable file, no valid plan, or tensors that do not match (the message
             names the missing, unexpected or mis-shaped tensors).
     """
-    from safetensors.torch import load_file
+    from safetensors.numpy import load_file
 
     metadata = read_model_metadata(path)
     model = Net(layers_from_json(metadata["layers"]), metadata["architecture"])
     expected = state_dict_for_export(model)
-    tensors = load_file(str(path))
+    tensors = {name: torch.from_numpy(t) for name, t in dequantize(load_file(str(path))).items()}
     problems = [f"missing tensor {name}" for name in expected if name not in tensors]
     problems += [f"unexpected tensor {name}" for name in tensors if name not in expected]
     problems += [

@@ -46,7 +46,7 @@ from mnist_common.paths import DEFAULT_WEIGHTS, REPORTS_DIR, ROOT
 
 from .. import data
 from ..augment import AUGMENT_SEED, Augment, augmented_images
-from ..export import WeightsError, load_model, read_metadata, write_metrics
+from ..export import WEIGHTS_DTYPES, WeightsError, load_model, read_metadata, write_metrics
 from ..model import NUM_CLASSES, normalize
 from ..synthetic.redraw import (
     ADVERSE_MAX_WIDTH,
@@ -142,7 +142,7 @@ def score(
 
 
 def accuracy_by_dtype(
-    weights: Path, dtypes: tuple[str, ...] = ("f32", "f16"), data_dir: Path = data.DEFAULT_DATA_DIR
+    weights: Path, dtypes: tuple[str, ...] = WEIGHTS_DTYPES, data_dir: Path = data.DEFAULT_DATA_DIR
 ) -> dict[str, dict]:
     """The same weights stored in each of ``dtypes`` (``export.convert_weights``), scored on
     the 10,000 MNIST test digits: ``{dtype: {"accuracy": in [0, 1], "errors": int,

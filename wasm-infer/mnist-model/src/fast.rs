@@ -120,8 +120,9 @@ impl Network {
 
     /// The kernels' form of the model in a PyTorch safetensors file: its layer `plan` (from
     /// the metadata) with the tensors named as in `trainer/model.py`'s state_dict
-    /// (`conv1.conv.weight`, `conv1.norm.running_var`, `fc1.weight`, ...), in f32 or f16 (f16
-    /// is widened to f32 exactly); `num_batches_tracked` is ignored. `input` is one image's
+    /// (`conv1.conv.weight`, `conv1.norm.running_var`, `fc1.weight`, ...), in f32, f16
+    /// (widened to f32 exactly) or int8 with per-channel scales (`<name>_scale`, see
+    /// `params::SCALE_SUFFIX`); `num_batches_tracked` is ignored. `input` is one image's
     /// `[channels, height, width]`, `isa` the instruction set to pack for.
     ///
     /// # Errors

@@ -564,9 +564,48 @@ fn read(
             "{name} has shape {shape:?}, expected {rank} dimensions"
         ));
     }
-    let values = widen(view.dtype(), view.data()).map_err(|e| format!("{name}: {e}"))?;
+    let values = if view.dtype() == Dtype::I8 {
+        dequantize(file, used, &name, &shape, view.data())?
+    } else {
+        widen(view.dtype(), view.data()).map_err(|e| format!("{name}: {e}"))?
+    };
     used.insert(name);
     Ok((values, shape))
+}
+
+/// Suffix of an int8 weight's scales (`mnist_common.weights.SCALE_SUFFIX`): `fc1.weight` in
+/// int8 is `fc1.weight_scale` (f32 or f16, one value per output channel) times its values.
+pub const SCALE_SUFFIX: &str = "_scale";
+
+/// The f32 values of the int8 tensor `name` (`bytes`, of `shape` `[out, ...]`): each output
+/// channel's values times its scale in `<name>_scale` (symmetric per-channel quantization,
+/// `invoke build-wasm --weights-dtype int8`). Errors name a missing or mis-shaped scale.
+fn dequantize(
+    file: &SafeTensors,
+    used: &mut BTreeSet<String>,
+    name: &str,
+    shape: &[usize],
+    bytes: &[u8],
+) -> Result<Vec<f32>, String> {
+    let channels = shape.first().copied().unwrap_or(0);
+    let scale_name = format!("{name}{SCALE_SUFFIX}");
+    let scale = file
+        .tensor(&scale_name)
+        .map_err(|_| format!("{name} is int8 but {scale_name} is missing from the file"))?;
+    if scale.shape() != [channels] {
+        return Err(format!(
+            "{scale_name} has shape {:?}, expected [{channels}] (one scale per output channel of {name})",
+            scale.shape()
+        ));
+    }
+    let scales = widen(scale.dtype(), scale.data()).map_err(|e| format!("{scale_name}: {e}"))?;
+    used.insert(scale_name);
+    let per_channel = bytes.len() / channels.max(1);
+    Ok(bytes
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| f32::from(q as i8) * scales[i / per_channel])
+        .collect())
 }
 
 /// [`read`] of a 1-D tensor that must hold `len` values (a bias, a BatchNorm vector).
@@ -597,7 +636,9 @@ fn widen(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect()),
-        other => Err(format!("dtype {other:?} (this crate reads F32 or F16)")),
+        other => Err(format!(
+            "dtype {other:?} (this crate reads F32, F16, and I8 with per-channel scales)"
+        )),
     }
 }
 

@@ -169,7 +169,14 @@ fn bad_pixels_are_refused_and_the_classifier_stays_usable() {
 fn altered(
     edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>, &mut HashMap<String, String>),
 ) -> Vec<u8> {
-    let bytes = weights();
+    altered_from(weights(), edit)
+}
+
+/// Re-serialise the safetensors file `bytes` with the tensors and metadata `edit` changes.
+fn altered_from(
+    bytes: Vec<u8>,
+    edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>, &mut HashMap<String, String>),
+) -> Vec<u8> {
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
     let mut metadata = meta.metadata().clone().unwrap_or_default();
@@ -391,4 +398,72 @@ fn the_committed_cnn_plan_is_the_burn_models() {
         mnist_model::plan::parse(json).unwrap(),
         mnist_model::plan::cnn()
     );
+}
+
+/// `invoke build-wasm --weights-dtype int8` (`mnist_common.weights.quantize_int8`): each weight
+/// of 2+ dimensions stored as int8 with one f32 scale per output channel in `<name>_scale`.
+/// The fast kernels' reader must give exactly the logits of the f32 file holding `q * scale`,
+/// and a missing or mis-shaped scale is refused by name.
+#[cfg(feature = "fast")]
+#[test]
+fn int8_weights_are_their_values_times_the_channel_scales() {
+    let fixture = fixture();
+    let pixels = &fixture.pixels[..32 * INPUT_LEN];
+    let mut dequantized = HashMap::new();
+    let quantized = altered(|t, _| {
+        let names: Vec<String> = t.keys().cloned().collect();
+        for name in names {
+            let (dtype, shape, data) = t[&name].clone();
+            if shape.len() < 2 {
+                continue;
+            }
+            assert_eq!(dtype, Dtype::F32, "{name}");
+            let values: Vec<f32> = data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let per_channel = values.len() / shape[0];
+            let (mut q, mut scales, mut back) = (Vec::new(), Vec::new(), Vec::new());
+            for row in values.chunks_exact(per_channel) {
+                let peak = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
+                scales.extend_from_slice(&scale.to_le_bytes());
+                for v in row {
+                    let level = (v / scale).round().clamp(-127.0, 127.0) as i8;
+                    q.push(level as u8);
+                    back.push(f32::from(level) * scale);
+                }
+            }
+            dequantized.insert(name.clone(), back);
+            t.insert(name.clone(), (Dtype::I8, shape.clone(), q));
+            t.insert(
+                format!("{name}_scale"),
+                (Dtype::F32, vec![shape[0]], scales),
+            );
+        }
+    });
+    assert!(dequantized.contains_key("fc1.weight"));
+    let reference = altered(|t, _| {
+        for (name, values) in &dequantized {
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            t.get_mut(name).unwrap().2 = bytes;
+        }
+    });
+    for backend in backends().filter(|b| b.name().starts_with("fast")) {
+        let int8 = Classifier::from_safetensors(&quantized, backend).unwrap();
+        let f32_file = Classifier::from_safetensors(&reference, backend).unwrap();
+        assert_eq!(
+            int8.logits(pixels).unwrap(),
+            f32_file.logits(pixels).unwrap(),
+            "{}",
+            backend.name()
+        );
+        let bytes = altered_from(quantized.clone(), |t, _| {
+            t.remove("fc1.weight_scale");
+        });
+        let message = Classifier::from_safetensors(&bytes, backend)
+            .expect_err("an int8 weight without its scales must be refused")
+            .to_string();
+        assert!(message.contains("fc1.weight_scale"), "{message}");
+    }
 }

@@ -108,8 +108,8 @@ impl Classifier {
     }
 
     /// Load a weights file at run time instead of the embedded one: `bytes` (Uint8Array) of a
-    /// `model.safetensors` written by `trainer.export` (f32; the fast builds also read f16,
-    /// `invoke build-wasm --weights-dtype f16`). Throws an `Error` naming the problem (not a
+    /// `model.safetensors` written by `trainer.export` (f32; the fast builds also read f16
+    /// and int8, `invoke build-wasm --weights-dtype f16|int8`). Throws an `Error` naming the problem (not a
     /// safetensors file, another architecture, a missing, mis-shaped or unused tensor);
     /// classifiers made before are untouched.
     #[wasm_bindgen(js_name = fromBytes)]
