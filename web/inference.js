@@ -150,8 +150,12 @@ export class InferenceWorker {
     control[SAMPLES] = samples;
     Atomics.store(control, STATE, REQUEST);
     Atomics.notify(control, STATE);
-    const wait = Atomics.waitAsync(control, STATE, REQUEST);
-    if (wait.async) await Promise.race([wait.value, this.stopped]);
+    // Until the worker has changed the state: a wake-up alone does not say it has (a notify
+    // wakes every waiter on the address, whatever the value).
+    while (Atomics.load(control, STATE) === REQUEST) {
+      const wait = Atomics.waitAsync(control, STATE, REQUEST);
+      if (wait.async) await Promise.race([wait.value, this.stopped]);
+    }
     const text = readText(this.shared);
     if (control[STATUS] !== 0) throw new Error(text);
     return { probs: this.shared.probs.slice(), ms: this.shared.ms[0], uncertainty: samples > 0 ? JSON.parse(text) : null };
