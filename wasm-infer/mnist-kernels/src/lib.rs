@@ -447,8 +447,11 @@ impl Network {
                             linear.shape
                         ));
                     }
-                    if k != features || n == 0 {
+                    if k != features {
                         return Err(format!("{name} takes {k} features, gets {features}"));
+                    }
+                    if n == 0 {
+                        return Err(format!("{name} has no outputs"));
                     }
                     let flattened = flatten_order.take();
                     // `order[kk]` = PyTorch's index of the kernels' input `kk`.
