@@ -305,12 +305,13 @@ def files_digest(prefix: str, files: list[Path]) -> str:
 
 def rust_inputs(weights: Path, skip: tuple[str, ...] = ()) -> list[Path]:
     """What a build of wasm-infer/ depends on: the Cargo files, the ``weights`` it embeds, and
-    the crates' .rs/.toml files outside tests/ and outside the folders named in `skip`."""
+    the crates' .rs/.toml files outside tests/ and examples/ (the kernels' property tests) and
+    outside the folders named in `skip`."""
     files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", weights]
     return files + sorted(
         p
         for p in (ROOT / "wasm-infer").rglob("*")
-        if p.suffix in {".rs", ".toml"} and "tests" not in p.parts and not set(skip) & set(p.parts)
+        if p.suffix in {".rs", ".toml"} and not {"tests", "examples", *skip} & set(p.parts)
     )
 
 
