@@ -13,7 +13,6 @@
 //! small and the first prediction early.
 
 use alloc::string::String;
-use alloc::vec::Vec;
 
 use safetensors::SafeTensors;
 
@@ -76,41 +75,60 @@ fn from_checked(checked: &Checked, input: [usize; 3], isa: Isa) -> Result<Networ
     Network::new(isa, input, layers)
 }
 
-/// The kernels' form of the model in a PyTorch safetensors file: its layer `plan` (from
-/// the metadata) with the tensors named as in `trainer/model.py`'s state_dict
-/// (`conv1.conv.weight`, `conv1.norm.running_var`, `fc1.weight`, ...), in f32, f16
-/// (widened to f32 exactly) or int8 with per-channel scales (`<name>_scale`, see
-/// `params::SCALE_SUFFIX`); `num_batches_tracked` is ignored. `input` is one image's
-/// `[channels, height, width]`, `isa` the instruction set to pack for.
-///
-/// # Errors
-/// A message naming the tensor when one is missing, of another rank, dtype or length than
-/// its layer needs, or not used by the plan; or naming the layer when the shapes do not
-/// chain or its configuration is one the kernels do not implement; or when this CPU lacks
-/// `isa`.
-pub(crate) fn from_safetensors(
-    file: &SafeTensors,
-    plan: &[crate::plan::Layer],
-    input: [usize; 3],
-    isa: Isa,
-) -> Result<Network, String> {
-    from_checked(&params::check_file(plan, file, input)?, input, isa)
+/// Building the kernels' [`Network`] from this crate's sources of weights (a trait, since
+/// [`Network`] is the `mnist-kernels` crate's: bring it into scope to call
+/// `Network::from_safetensors`).
+pub trait LoadNetwork: Sized {
+    /// The kernels' form of the model in a PyTorch safetensors file: its layer `plan` (from
+    /// the metadata) with the tensors named as in `trainer/model.py`'s state_dict
+    /// (`conv1.conv.weight`, `conv1.norm.running_var`, `fc1.weight`, ...), in f32, f16
+    /// (widened to f32 exactly) or int8 with per-channel scales (`<name>_scale`, see
+    /// `params::SCALE_SUFFIX`); `num_batches_tracked` is ignored. `input` is one image's
+    /// `[channels, height, width]`, `isa` the instruction set to pack for.
+    ///
+    /// # Errors
+    /// A message naming the tensor when one is missing, of another rank, dtype or length than
+    /// its layer needs, or not used by the plan; or naming the layer when the shapes do not
+    /// chain or its configuration is one the kernels do not implement; or when this CPU lacks
+    /// `isa`.
+    fn from_safetensors(
+        file: &SafeTensors,
+        plan: &[crate::plan::Layer],
+        input: [usize; 3],
+        isa: Isa,
+    ) -> Result<Self, String>;
+
+    /// The kernels' form of the burn `model` (loaded by burn-store; the `cnn` plan), for
+    /// instruction set `isa`; `input` is one image's `[channels, height, width]`. The
+    /// reference for [`LoadNetwork::from_safetensors`].
+    ///
+    /// # Errors
+    /// A message naming the layer when its configuration is one the kernels do not implement,
+    /// when the shapes do not chain, or when a parameter is not f32; or when this CPU lacks
+    /// `isa`.
+    fn from_model(model: &Model, input: [usize; 3], isa: Isa) -> Result<Self, String>;
 }
 
-/// The kernels' form of the burn `model` (loaded by burn-store; the `cnn` plan), for
-/// instruction set `isa`; `input` is one image's `[channels, height, width]`. The
-/// reference for [`from_safetensors`].
-///
-/// # Errors
-/// A message naming the layer when its configuration is one the kernels do not implement,
-/// when the shapes do not chain, or when a parameter is not f32; or when this CPU lacks `isa`.
-pub(crate) fn from_model(model: &Model, input: [usize; 3], isa: Isa) -> Result<Network, String> {
-    from_checked(&params::check_model(model, input)?, input, isa)
+impl LoadNetwork for Network {
+    fn from_safetensors(
+        file: &SafeTensors,
+        plan: &[crate::plan::Layer],
+        input: [usize; 3],
+        isa: Isa,
+    ) -> Result<Network, String> {
+        from_checked(&params::check_file(plan, file, input)?, input, isa)
+    }
+
+    fn from_model(model: &Model, input: [usize; 3], isa: Isa) -> Result<Network, String> {
+        from_checked(&params::check_model(model, input)?, input, isa)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     extern crate std;
+
+    use alloc::vec::Vec;
 
     use super::*;
     use burn::prelude::Device;
@@ -134,8 +152,9 @@ mod tests {
         for &isa in Isa::ALL.iter().filter(|isa| isa.available()) {
             let input = [1, 28, 28];
             let plan = crate::plan::cnn();
-            let direct = from_safetensors(&file, &plan, input, isa).unwrap();
-            assert_eq!(direct, from_model(&model, input, isa).unwrap(), "{isa:?}");
+            let direct = Network::from_safetensors(&file, &plan, input, isa).unwrap();
+            let reference = Network::from_model(&model, input, isa).unwrap();
+            assert_eq!(direct, reference, "{isa:?}");
         }
     }
 }

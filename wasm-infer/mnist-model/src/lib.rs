@@ -50,6 +50,8 @@ use burn::prelude::*;
 
 pub use adapt::Head;
 #[cfg(feature = "fast")]
+pub use fast::LoadNetwork;
+#[cfg(feature = "fast")]
 pub use kernels::{Isa, Network};
 pub use model::Model;
 pub use uncertainty::Uncertainty;
@@ -92,7 +94,7 @@ pub enum Backend {
     #[cfg(feature = "wgpu")]
     Wgpu,
     /// This project's own SIMD kernels on the given instruction set (the weights are read into
-    /// a [`Network`] without burn, see `fast.rs`).
+    /// a [`Network`] without burn: [`LoadNetwork::from_safetensors`]).
     #[cfg(feature = "fast")]
     Fast(Isa),
 }
@@ -176,7 +178,7 @@ impl Backend {
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
             // The kernels need no device; flex is where a burn model to compare them with
-            // lives (`fast::from_model`).
+            // lives (`LoadNetwork::from_model`).
             #[cfg(feature = "fast")]
             Backend::Fast(_) => Device::flex(),
         }
@@ -510,7 +512,7 @@ impl Classifier {
         let file = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| LoadError::Format(e.to_string()))?;
         let input = [1, IMAGE_SIZE, IMAGE_SIZE];
-        let network = fast::from_safetensors(&file, &metadata.plan, input, isa)
+        let network = Network::from_safetensors(&file, &metadata.plan, input, isa)
             .map_err(LoadError::Tensors)?;
         check_outputs(network.output_len())?;
         Ok(Self {
