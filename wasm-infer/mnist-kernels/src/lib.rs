@@ -173,6 +173,16 @@ impl Shape {
     }
 }
 
+/// `28x28x1 image` (height x width x channels) or `1600 features`.
+impl core::fmt::Display for Shape {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Shape::Image([h, w, c]) => write!(f, "{h}x{w}x{c} image"),
+            Shape::Flat(n) => write!(f, "{n} features"),
+        }
+    }
+}
+
 /// A stride-1 2-D convolution in PyTorch's layout, as [`Network::new`] takes it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Conv<'a> {
@@ -298,18 +308,15 @@ fn conv_layer(
     let [c_out, c_in, kh, kw] = conv.shape;
     if conv.weight.len() != c_out * c_in * kh * kw || conv.bias.len() != c_out {
         return Err(format!(
-            "{name}: {} weights and {} biases for a {:?} convolution",
+            "{name}: {} weights and {} biases for a {c_out}x{c_in}x{kh}x{kw} convolution",
             conv.weight.len(),
             conv.bias.len(),
-            conv.shape
         ));
     }
     let (ph, pw) = (h + 2 * conv.padding, w + 2 * conv.padding);
     if c_in != c || kh == 0 || kw == 0 || ph < kh || pw < kw {
         return Err(format!(
-            "{name} takes {c_in} channels of at least {:?}, gets {c} of {:?}",
-            [kh, kw],
-            [ph, pw]
+            "{name} takes {c_in} channels of at least {kh}x{kw}, gets {c} of {ph}x{pw}"
         ));
     }
     // k = (ky * kw + kx) * c_in + c, the order of the kernels' segments.
@@ -362,7 +369,7 @@ impl Network {
         let [c, h, w] = input;
         let mut shape = Shape::Image([h, w, c]);
         if shape.is_empty() {
-            return Err(format!("an empty input {input:?}"));
+            return Err(format!("an empty input image ({c}x{h}x{w})"));
         }
         let mut network = Network {
             isa,
@@ -392,14 +399,14 @@ impl Network {
                             let (s, projected) = conv_layer(s, shape, &label, isa)?;
                             if projected != next {
                                 return Err(format!(
-                                    "{label} gives {projected:?}, {name}.b gives {next:?}"
+                                    "{label} gives {projected}, {name}.b gives {next}"
                                 ));
                             }
                             Some(s)
                         }
                         None if shape != next => {
                             return Err(format!(
-                                "{name}: an identity shortcut of {shape:?}, {name}.b gives {next:?}"
+                                "{name}: an identity shortcut of {shape}, {name}.b gives {next}"
                             ));
                         }
                         None => None,
@@ -441,10 +448,9 @@ impl Network {
                     };
                     if linear.weight.len() != n * k || linear.bias.len() != n {
                         return Err(format!(
-                            "{name}: {} weights and {} biases for a {:?} linear layer",
+                            "{name}: {} weights and {} biases for a {n}x{k} linear layer",
                             linear.weight.len(),
                             linear.bias.len(),
-                            linear.shape
                         ));
                     }
                     if k != features {
