@@ -10,7 +10,8 @@
     invoke predict IMAGE...           classify image files with the native Rust model
     invoke test                       every test: lint, Rust parity, no_std proof, Python, browser
     invoke test --quick               lint + the Python tests without native module, wasm, browser
-    invoke lint                       ruff (lint, format) and rustfmt, checks only
+    invoke test-kernels               the SIMD kernels' property tests, natively and in wasm (Node)
+    invoke lint                       ruff (lint, format), rustfmt, clippy on mnist-kernels
     invoke bench                      in-browser speed against ONNX Runtime Web
     invoke bench-api                  /api/predict throughput; native Rust vs PyTorch per image
     invoke bench-train                train with 3 seeds: mean ± std accuracy and wall time
@@ -59,7 +60,7 @@ NOSTD_TARGET = "thumbv7em-none-eabihf"
 #: `fast` builds this project's kernels with their scalar fallback.
 NOSTD_BACKENDS = ("flex", "ndarray", "fast")
 
-#: This project's own kernels (wasm-infer/mnist-model/src/kernels) as wasm builds -> mnist-wasm's
+#: This project's own kernels (wasm-infer/mnist-kernels) as wasm builds -> mnist-wasm's
 #: cargo feature. fast-relaxed needs relaxed SIMD (the page checks before loading it).
 FAST_BACKENDS = {"fast-relaxed": "fast-relaxed", "fast-simd128": "fast"}
 #: burn's CPU backends: run everywhere, natively too (the Rust tests and the Python module use them).
@@ -304,12 +305,13 @@ def files_digest(prefix: str, files: list[Path]) -> str:
 
 def rust_inputs(weights: Path, skip: tuple[str, ...] = ()) -> list[Path]:
     """What a build of wasm-infer/ depends on: the Cargo files, the ``weights`` it embeds, and
-    the crates' .rs/.toml files outside tests/ and outside the folders named in `skip`."""
+    the crates' .rs/.toml files outside tests/ and examples/ (the kernels' property tests) and
+    outside the folders named in `skip`."""
     files = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", weights]
     return files + sorted(
         p
         for p in (ROOT / "wasm-infer").rglob("*")
-        if p.suffix in {".rs", ".toml"} and "tests" not in p.parts and not set(skip) & set(p.parts)
+        if p.suffix in {".rs", ".toml"} and not {"tests", "examples", *skip} & set(p.parts)
     )
 
 
@@ -990,18 +992,99 @@ def nostd(c):
     )
 
 
+#: Cases per property and instruction set in the kernels' wasm property tests (about 1 s per
+#: 100 on this 2-core machine, for 3 instruction sets and 6 properties).
+KERNEL_WASM_CASES = 200
+
+
+def node_wasm_flags() -> list[str]:
+    """Node's flag for relaxed SIMD: Node 20 validates it only with
+    --experimental-wasm-relaxed-simd; a Node that has dropped the flag has it on by default."""
+    flag = "--experimental-wasm-relaxed-simd"
+    return [flag] if subprocess.run(["node", flag, "-e", ""], capture_output=True).returncode == 0 else []
+
+
+def kernel_wasm_tests(seed: int = 2026, cases: int = KERNEL_WASM_CASES) -> None:
+    """The kernels' property tests (wasm-infer/mnist-kernels/tests/property) on the wasm
+    instruction sets: the crate's `wasm_properties` example built for wasm32 with simd128 and
+    relaxed SIMD (seconds: no burn), run in Node."""
+    if shutil.which("node") is None:
+        raise Exit("the kernels' wasm property tests run in Node.js: install it")
+    toolchain = wasm_toolchain()
+    log(f"the kernels' property tests in wasm: scalar, simd128, relaxed SIMD ({toolchain['route']} route)")
+    run(
+        [
+            toolchain["cargo"],
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            *toolchain["build_std"],
+            "-p",
+            "mnist-kernels",
+            "--example",
+            "wasm_properties",
+            "--features",
+            "relaxed-simd",
+        ],
+        env=toolchain["env"],
+    )
+    module = Path(toolchain["env"]["CARGO_TARGET_DIR"]) / WASM_TARGET / "release" / "examples" / "wasm_properties.wasm"
+    script = ROOT / "wasm-infer" / "mnist-kernels" / "examples" / "wasm_properties.mjs"
+    run(["node", *node_wasm_flags(), script, module, str(seed), str(cases)])
+
+
+@task(
+    help={
+        "seed": "draws other cases (default 2026, as `invoke test`)",
+        "cases": f"cases per property and instruction set in wasm (default {KERNEL_WASM_CASES}); natively "
+        "each test has its own count (MNIST_KERNELS_CASES overrides it)",
+    }
+)
+def test_kernels(c, seed=2026, cases=KERNEL_WASM_CASES):
+    """The SIMD kernels' property tests against an f64 reference: natively on every instruction
+    set this CPU has (`cargo test -p mnist-kernels`), then in wasm on simd128 and relaxed SIMD
+    (Node). No burn: about a minute cold."""
+    run(
+        ["cargo", "test", "--profile", NATIVE_PROFILE, "-p", "mnist-kernels", "--features", "std"],
+        env={**os.environ, "MNIST_KERNELS_SEED": str(seed)},
+    )
+    kernel_wasm_tests(seed=int(seed), cases=int(cases))
+
+
 #: The tests `invoke test --quick` runs: no native module, no wasm, no browser, no training.
 QUICK_TESTS = "not native and not browser and not slow"
 
 
 @task
 def lint(c):
-    """ruff (lint and format) on the Python, rustfmt on the Rust: checks only, changes nothing
-    (`ruff check --fix . && ruff format . && cargo fmt` fix what they can)."""
+    """ruff (lint and format) on the Python, rustfmt on the Rust, clippy on the kernels crate:
+    checks only, changes nothing (`ruff check --fix . && ruff format . && cargo fmt` fix what
+    they can)."""
     ruff = [sys.executable, "-m", "ruff"]
     run([*ruff, "check", "."])
     run([*ruff, "format", "--check", "."])
     run(["cargo", "fmt", "--all", "--check"])
+    # Clippy on mnist-kernels only: it has no dependency, so this takes seconds (the other
+    # crates would compile burn first). Its own target dir, so that it never waits on a build.
+    if not output(["cargo", "clippy", "--version"]):
+        log("cargo clippy is not installed: the kernels crate is not linted")
+        return
+    run(
+        [
+            "cargo",
+            "clippy",
+            "-p",
+            "mnist-kernels",
+            "--all-targets",
+            "--features",
+            "std",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        env={**os.environ, "CARGO_TARGET_DIR": str(TARGET / "clippy")},
+    )
 
 
 @task(
@@ -1029,10 +1112,11 @@ def test(c, quick=False):
         native()
     log(
         "Rust: model vs PyTorch on real MNIST digits, burn's CPU backends and our kernels on every "
-        "instruction set this CPU has (wgpu: in the browser tests)"
+        "instruction set this CPU has (wgpu: in the browser tests); the kernels' property tests"
     )
     # The native module's profile, and mnist-infer named for its features (it has no Rust tests
-    # of its own): the tests then reuse every dependency `native_module` compiled.
+    # of its own): the tests then reuse every dependency `native_module` compiled. mnist-kernels
+    # gets `std` from mnist-model's, so its property tests run on AVX2 + FMA where the CPU has it.
     features = [f"mnist-model/{f}" for f in CPU_BACKENDS + ("simd", "fast", "std")]
     run(
         [
@@ -1044,10 +1128,13 @@ def test(c, quick=False):
             "mnist-model",
             "-p",
             "mnist-infer",
+            "-p",
+            "mnist-kernels",
             "--features",
             ",".join(features),
         ]
     )
+    kernel_wasm_tests()
     nostd(c)
     log("Python and browser tests")
     # One worker per core, a test file per worker at a time (its module fixtures built once):

@@ -14,9 +14,9 @@
 //!
 //! The backend is a runtime [`Backend`]; each is compiled in by the cargo feature of the same
 //! name (`ndarray`, `flex`, `wgpu`); `simd` adds flex's SIMD kernels (needs a target with std).
-//! `fast` adds [`Backend::Fast`]: this crate's own SIMD kernels ([`kernels`]) run the model,
-//! read from the same file without burn's runtime, with BatchNorm folded and the weights
-//! packed once at load.
+//! `fast` adds [`Backend::Fast`]: this project's own SIMD kernels ([`kernels`], the
+//! `mnist-kernels` crate) run the model, read from the same file without burn's runtime, with
+//! BatchNorm folded and the weights packed once at load.
 //! The CPU backends are ready at once and answer synchronously. wgpu (WebGPU in a browser) must
 //! be started with [`Classifier::from_safetensors_async`] and read with
 //! [`Classifier::probabilities_async`]: a browser cannot block on the GPU.
@@ -24,14 +24,13 @@
 #![no_std]
 
 extern crate alloc;
-#[cfg(feature = "std")]
-extern crate std;
 
 pub mod adapt;
 #[cfg(feature = "fast")]
 mod fast;
+/// This project's own SIMD kernels: the `mnist-kernels` crate (feature `fast`).
 #[cfg(feature = "fast")]
-pub mod kernels;
+pub use mnist_kernels as kernels;
 #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
 pub mod layers;
 pub mod model;
@@ -50,6 +49,8 @@ use core::fmt;
 use burn::prelude::*;
 
 pub use adapt::Head;
+#[cfg(feature = "fast")]
+pub use fast::LoadNetwork;
 #[cfg(feature = "fast")]
 pub use kernels::{Isa, Network};
 pub use model::Model;
@@ -92,8 +93,8 @@ pub enum Backend {
     /// burn-wgpu: compute shaders on the GPU through wgpu (WebGPU in a browser).
     #[cfg(feature = "wgpu")]
     Wgpu,
-    /// This crate's own SIMD kernels on the given instruction set (the weights are read into
-    /// a [`Network`] without burn: [`Network::from_safetensors`]).
+    /// This project's own SIMD kernels on the given instruction set (the weights are read into
+    /// a [`Network`] without burn: [`LoadNetwork::from_safetensors`]).
     #[cfg(feature = "fast")]
     Fast(Isa),
 }
@@ -177,7 +178,7 @@ impl Backend {
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
             // The kernels need no device; flex is where a burn model to compare them with
-            // lives (`Network::from_model`).
+            // lives (`LoadNetwork::from_model`).
             #[cfg(feature = "fast")]
             Backend::Fast(_) => Device::flex(),
         }
@@ -738,8 +739,8 @@ impl Classifier {
                 match (mc, features) {
                     (None, false) => network.forward(&x),
                     (None, true) => network.features(&x),
-                    (Some((n, seed)), false) => network.forward_mc(&x, n, seed),
-                    (Some((n, seed)), true) => network.features_mc(&x, n, seed),
+                    (Some((n, seed)), false) => network.forward_mc(&x, n, mask(seed)),
+                    (Some((n, seed)), true) => network.features_mc(&x, n, mask(seed)),
                 }
             }
         }
@@ -883,6 +884,14 @@ fn read_head(metadata: &Metadata, bytes: &[u8]) -> Result<Head, String> {
         classes: dense.shape[0],
         features: dense.shape[1],
     })
+}
+
+/// MC dropout's masks for the kernels ([`Network::forward_mc`]): `len` factors from value
+/// `start` of the stream `seed` ([`uncertainty::dropout_mask`], the masks `trainer.uncertainty`
+/// and the burn paths draw).
+#[cfg(feature = "fast")]
+fn mask(seed: u64) -> impl Fn(u64, usize, f32) -> Vec<f32> {
+    move |start, len, p| uncertainty::dropout_mask(seed, start, len, p)
 }
 
 /// `head` re-fitted to checked examples.

@@ -6,7 +6,7 @@
 //! [N, 10] computed by PyTorch in eval mode.
 //!
 //! Run with every backend: `cargo test -p mnist-model --features ndarray,flex,simd,fast,std`
-//! (`fast`: this crate's own kernels on every instruction set this CPU has, the bare-metal
+//! (`fast`: this project's own kernels on every instruction set this CPU has, the bare-metal
 //! scalar fallback included).
 
 use std::collections::HashMap;

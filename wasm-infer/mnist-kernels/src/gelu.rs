@@ -20,7 +20,9 @@
 
 use super::simd::Simd;
 
-/// Coefficients of `P(t)`, constant term first (Numerical Recipes' `erfcc`).
+/// Coefficients of `P(t)`, constant term first (Numerical Recipes' `erfcc`), with the
+/// published digits (more than f32 keeps: the same f32 values as their shortest forms).
+#[allow(clippy::excessive_precision)]
 const ERFC_POLY: [f32; 10] = [
     -1.265_512_23,
     1.000_023_68,
@@ -45,7 +47,9 @@ fn exp_nonpositive<S: Simd>(y: S::V) -> S::V {
     // Rounding to the nearest whole number by adding and subtracting 1.5 * 2^23 (valid for
     // |v| < 2^22), which needs no rounding instruction (SSE2 has none).
     const ROUND: f32 = 12_582_912.0;
-    // ln 2 split in two so that n * LN2_HI is exact for |n| <= 2^9 (Cody and Waite).
+    // ln 2 split in two so that n * LN2_HI is exact for |n| <= 2^9 (Cody and Waite). LN2_HI
+    // is 355 / 512, exactly: written in full.
+    #[allow(clippy::excessive_precision)]
     const LN2_HI: f32 = 0.693_359_375;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let y = S::max(y, S::splat(-87.0));

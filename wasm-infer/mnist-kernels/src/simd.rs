@@ -12,7 +12,7 @@
 //! | `Relaxed`   | wasm32 `simd128 + relaxed-simd`| 4     | `f32x4.relaxed_madd` (fused where the CPU has FMA) |
 //!
 //! Every function is `#[inline(always)]`: the kernels are instantiated inside one entry point
-//! per instruction set (see `super::run_stage`), and the AVX2 and relaxed-SIMD entry points
+//! per instruction set (see `Network::run`), and the AVX2 and relaxed-SIMD entry points
 //! carry `#[target_feature]`, so the whole kernel is compiled for that instruction set.
 //!
 //! # Safety
