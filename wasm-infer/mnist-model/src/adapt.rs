@@ -39,7 +39,9 @@ pub struct Head {
     pub weight: Vec<f32>,
     /// `[classes]`.
     pub bias: Vec<f32>,
+    /// Outputs: one logit per class.
     pub classes: usize,
+    /// Inputs: the penultimate features' width.
     pub features: usize,
 }
 

@@ -13,12 +13,14 @@
 //! small and the first prediction early.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use safetensors::SafeTensors;
 
 use crate::kernels::{self, Activation, Isa, Layer, Network};
 use crate::model::Model;
 use crate::params::{self, Checked, Step};
+use crate::pass::{McDropout, Pass};
 use crate::plan::Act;
 
 fn activation(act: Act) -> Activation {
@@ -121,6 +123,31 @@ impl LoadNetwork for Network {
 
     fn from_model(model: &Model, input: [usize; 3], isa: Isa) -> Result<Network, String> {
         from_checked(&params::check_model(model, input)?, input, isa)
+    }
+}
+
+/// The kernels' one forward pass ([`Pass`]): `input` `[N, C, H, W]` (NCHW, normalised) ->
+/// logits `[N, classes]`, or with `pass.features` the penultimate features `[N, F]`; with
+/// `pass.mc`, MC dropout on one image (`samples` rows out), its masks drawn by
+/// [`crate::uncertainty::dropout_mask`] from the seed (the masks of `trainer.uncertainty` and
+/// of the burn paths).
+///
+/// # Panics
+/// As the [`Network`] method it calls: an input that is not whole images, or for MC dropout
+/// not one image or no samples (the [`crate::Classifier`] checks first).
+pub(crate) fn pass(network: &Network, input: &[f32], pass: Pass) -> Vec<f32> {
+    let Some(McDropout { samples, seed }) = pass.mc else {
+        return if pass.features {
+            network.features(input)
+        } else {
+            network.forward(input)
+        };
+    };
+    let mask = move |start, len, p| crate::uncertainty::dropout_mask(seed, start, len, p);
+    if pass.features {
+        network.features_mc(input, samples, mask)
+    } else {
+        network.forward_mc(input, samples, mask)
     }
 }
 

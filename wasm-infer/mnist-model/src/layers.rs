@@ -20,6 +20,7 @@ use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 
 use crate::params::{Checked, Conv, Step};
+use crate::pass::{McDropout, Pass};
 use crate::plan::Act;
 use crate::uncertainty::dropout_mask;
 
@@ -176,36 +177,28 @@ impl LayerModel {
         }
     }
 
-    /// Normalised images `[N, 1, 28, 28]` -> logits `[N, 10]`.
+    /// Normalised images `[N, 1, 28, 28]` -> logits `[N, 10]` (the same as
+    /// `self.pass(images, Pass::LOGITS)`).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.run(images, None, self.ops.len())
+        self.pass(images, Pass::LOGITS)
     }
 
-    /// Normalised images `[N, 1, 28, 28]` -> the penultimate features `[N, F]` (every step
-    /// but the last, the head that `crate::adapt` re-fits).
-    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
-        self.run(images, None, self.ops.len() - 1)
-    }
-
-    /// MC dropout: logits `[samples, 10]` of one normalised image `[1, 1, 28, 28]`, repeated
-    /// into a `[samples, 1, 28, 28]` batch, each dropout layer masked by
-    /// [`dropout_mask`]`(seed, ...)` over its `[samples, features]` input, the value index
-    /// counting on across the layers: the fast kernels' and `trainer.uncertainty`'s masks.
-    pub fn forward_mc(&self, image: Tensor<4>, samples: usize, seed: u64) -> Tensor<2> {
-        self.run(
-            image.repeat_dim(0, samples),
-            Some((seed, 0)),
-            self.ops.len(),
-        )
-    }
-
-    /// [`LayerModel::forward_mc`] up to the penultimate features `[samples, F]`.
-    pub fn features_mc(&self, image: Tensor<4>, samples: usize, seed: u64) -> Tensor<2> {
-        self.run(
-            image.repeat_dim(0, samples),
-            Some((seed, 0)),
-            self.ops.len() - 1,
-        )
+    /// The one forward pass ([`Pass`]): normalised images `[N, 1, 28, 28]` -> logits
+    /// `[N, 10]`, or with `pass.features` the penultimate features `[N, F]` (every step but
+    /// the last, the head that `crate::adapt` re-fits).
+    ///
+    /// With `pass.mc` ([`McDropout`]), MC dropout on one image `[1, 1, 28, 28]`, repeated into
+    /// a `[samples, 1, 28, 28]` batch, each dropout layer masked by [`dropout_mask`]`(seed,
+    /// ...)` over its `[samples, features]` input, the value index counting on across the
+    /// layers: the fast kernels' and `trainer.uncertainty`'s masks.
+    pub fn pass(&self, images: Tensor<4>, pass: Pass) -> Tensor<2> {
+        let end = self.ops.len() - usize::from(pass.features);
+        match pass.mc {
+            None => self.run(images, None, end),
+            Some(McDropout { samples, seed }) => {
+                self.run(images.repeat_dim(0, samples), Some((seed, 0)), end)
+            }
+        }
     }
 
     /// Each step run `repeats` times on the output of the one before, timed with `now`:

@@ -10,6 +10,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Gelu, Linear, LinearConfig, Relu};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
+use crate::pass::{McDropout, Pass};
+
 /// Output channels of both convolutions.
 pub const CHANNELS: usize = 64;
 /// Features after the second block: 64 channels x 5 x 5.
@@ -105,44 +107,48 @@ impl Model {
         }
     }
 
-    /// Normalised images `[N, 1, 28, 28]` -> logits `[N, 10]`.
+    /// Normalised images `[N, 1, 28, 28]` -> logits `[N, 10]` (the same as
+    /// `self.pass(images, Pass::LOGITS)`).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.fc3.forward(self.features(images))
+        self.pass(images, Pass::LOGITS)
     }
 
-    /// Normalised images `[N, 1, 28, 28]` -> the penultimate features `[N, 128]`, the input
-    /// of `fc3` (the head that `crate::adapt` re-fits).
-    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self.conv2.forward(self.conv1.forward(images));
-        let x: Tensor<2> = x.flatten(1, 3);
-        let x = self.activation.forward(self.fc1.forward(x));
-        self.activation.forward(self.fc2.forward(x))
-    }
-}
-
-impl Model {
-    /// MC dropout on the burn backends: logits `[samples, 10]` of one normalised image
-    /// `[1, 1, 28, 28]`, repeated into a `[samples, 1, 28, 28]` batch, with the dropout after
-    /// `fc1` and after `fc2` (p = 0.25, as `trainer.model.CNN`) applied with the masks of
+    /// The one forward pass ([`Pass`]): normalised images `[N, 1, 28, 28]` -> logits
+    /// `[N, 10]`, or with `pass.features` the penultimate features `[N, 128]` (the input of
+    /// `fc3`, the head that `crate::adapt` re-fits).
+    ///
+    /// With `pass.mc` ([`McDropout`]), MC dropout on one image `[1, 1, 28, 28]`: it is
+    /// repeated into a `[samples, 1, 28, 28]` batch, and the dropout after `fc1` and after
+    /// `fc2` (p = 0.25, as `trainer.model.CNN`) is applied with the masks of
     /// [`crate::uncertainty::dropout_mask`] from `seed` (the first layer's `samples * 128`
     /// values, then the second's): the same masks as the fast kernels and `trainer.uncertainty`.
-    pub fn forward_mc(&self, image: Tensor<4>, samples: usize, seed: u64) -> Tensor<2> {
-        self.fc3.forward(self.features_mc(image, samples, seed))
-    }
-
-    /// [`Model::forward_mc`] up to the penultimate features `[samples, 128]` (masked).
-    pub fn features_mc(&self, image: Tensor<4>, samples: usize, seed: u64) -> Tensor<2> {
-        let device = image.device();
-        let mask = |start: u64| {
-            let values = crate::uncertainty::dropout_mask(seed, start, samples * HIDDEN, DROPOUT);
-            Tensor::<2>::from_data(TensorData::new(values, [samples, HIDDEN]), &device)
+    /// The output then has `samples` rows.
+    pub fn pass(&self, images: Tensor<4>, pass: Pass) -> Tensor<2> {
+        let device = images.device();
+        let (images, mask) = match pass.mc {
+            None => (images, None),
+            Some(McDropout { samples, seed }) => {
+                (images.repeat_dim(0, samples), Some((samples, seed)))
+            }
         };
-        let x = self
-            .conv2
-            .forward(self.conv1.forward(image.repeat_dim(0, samples)));
+        let dropout = |x: Tensor<2>, layer: u64| match mask {
+            None => x,
+            Some((samples, seed)) => {
+                let start = layer * (samples * HIDDEN) as u64;
+                let values =
+                    crate::uncertainty::dropout_mask(seed, start, samples * HIDDEN, DROPOUT);
+                x * Tensor::<2>::from_data(TensorData::new(values, [samples, HIDDEN]), &device)
+            }
+        };
+        let x = self.conv2.forward(self.conv1.forward(images));
         let x: Tensor<2> = x.flatten(1, 3);
-        let x = self.activation.forward(self.fc1.forward(x)) * mask(0);
-        self.activation.forward(self.fc2.forward(x)) * mask((samples * HIDDEN) as u64)
+        let x = dropout(self.activation.forward(self.fc1.forward(x)), 0);
+        let x = dropout(self.activation.forward(self.fc2.forward(x)), 1);
+        if pass.features {
+            x
+        } else {
+            self.fc3.forward(x)
+        }
     }
 }
 

@@ -39,39 +39,61 @@ pub enum Layer {
     /// Convolution (stride 1, zero padding), optional BatchNorm, activation, optional
     /// `pool` x `pool` max-pool (0: none).
     Conv {
+        /// The state_dict prefix of its tensors (`conv1`, `fc1`, ...).
         name: String,
+        /// Input channels.
         in_channels: usize,
+        /// Output channels.
         out_channels: usize,
+        /// Square kernel side, pixels.
         kernel_size: usize,
+        /// Zero padding on each side, pixels.
         padding: usize,
+        /// A BatchNorm follows the convolution (eps 1e-5, PyTorch's default).
         norm: bool,
+        /// The activation after it.
         activation: Act,
+        /// Max-pool side after the activation (0: none).
         pool: usize,
     },
     /// `relu(b(a(x)) + shortcut(x))`: `a` = "same" conv + BatchNorm + ReLU, `b` = the same
     /// without ReLU, shortcut = identity or (channels change) 1x1 conv + BatchNorm.
     Residual {
+        /// The state_dict prefix of its tensors (`conv1`, `fc1`, ...).
         name: String,
+        /// Input channels.
         in_channels: usize,
+        /// Output channels.
         out_channels: usize,
+        /// Square kernel side, pixels.
         kernel_size: usize,
     },
     /// `kernel_size` x `kernel_size` max-pool, stride `kernel_size`, floor mode.
-    MaxPool { kernel_size: usize },
+    MaxPool {
+        /// Window side and stride, pixels.
+        kernel_size: usize,
+    },
     /// Mean over the pixels of each channel: `[C, H, W]` -> `[C]`.
     GlobalAvgPool,
     /// `[C, H, W]` -> `[C * H * W]` in PyTorch's `(c, h, w)` order.
     Flatten,
     /// Fully connected layer and activation.
     Linear {
+        /// The state_dict prefix of its tensors (`conv1`, `fc1`, ...).
         name: String,
+        /// Input features.
         in_features: usize,
+        /// Output features.
         out_features: usize,
+        /// The activation after it.
         activation: Act,
     },
     /// Inverted dropout with probability `p`: the identity at inference, random masks under
     /// MC dropout.
-    Dropout { p: f32 },
+    Dropout {
+        /// Probability of dropping a value, 0..1.
+        p: f32,
+    },
 }
 
 /// Parse a plan from its JSON text.

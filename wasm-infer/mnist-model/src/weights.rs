@@ -28,14 +28,26 @@ pub enum LoadError {
     /// Not a readable safetensors file (truncated, corrupt header, ...).
     Format(String),
     /// A metadata key is missing or unparsable.
-    Metadata { key: &'static str, problem: String },
+    Metadata {
+        /// The metadata key.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The file holds an architecture this backend cannot run (the reason is given).
-    Architecture { found: String, problem: String },
+    Architecture {
+        /// The file's `architecture` id.
+        found: String,
+        /// Why this backend cannot run it.
+        problem: String,
+    },
     /// Tensors do not match the model; the message names each of them.
     Tensors(String),
     /// The backend's device did not start (wgpu: no adapter, device request refused).
     Device {
+        /// The backend's name ([`crate::Backend::name`]).
         backend: &'static str,
+        /// What the device or the CPU said.
         problem: String,
     },
 }
@@ -63,7 +75,9 @@ impl core::error::Error for LoadError {}
 /// Input normalisation read from the metadata: `(pixel / 255 - mean) / std`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Normalization {
+    /// Mean of the training pixels scaled to 0..1 (MNIST: 0.1307).
     pub mean: f32,
+    /// Their standard deviation (MNIST: 0.3081).
     pub std: f32,
 }
 
@@ -74,6 +88,7 @@ pub struct Metadata {
     pub architecture: String,
     /// The layer plan (`layers`; the `cnn`'s for a file from before plans).
     pub plan: Vec<Layer>,
+    /// `mnist_mean`, `mnist_std`: the input normalisation.
     pub normalization: Normalization,
     /// `unsure_mutual_information`: the MC-dropout mutual information (nats) above which a
     /// prediction is "not sure", chosen on a validation split (`trainer.uncertainty`); none
