@@ -620,7 +620,7 @@ POST_ERRORS = {
         "pixels[0] is nan",
     ),
     "deep-json": (dict(body=b"[" * 100_000 + b"]" * 100_000), 400, "not valid JSON"),
-    "no-content-length": (dict(body=b"", content_length=False), 411, "Content-Length"),
+    "no-content-length": (dict(body=b"", content_length=False), 400, "not valid JSON"),  # an empty body
     "over-2MB": (dict(body=b"", headers={**JSON, "Content-Length": "2000001"}), 413, "limit is 2000000"),
 }
 
@@ -780,6 +780,55 @@ def test_samples_that_got_201_survive_sigkill_mid_write(tmp_path):
         assert {k: row[k] for k in sent_fields(row)} == sent_fields(make_sample(i, writer=row["writer"]))
     with sqlite3.connect(db) as check:
         assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+WORKERS_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from server.app import serve
+serve("127.0.0.1", int(sys.argv[3]), "flex", ["flex"], workers=2, samples_db=sys.argv[2], log_requests=False)
+"""
+
+
+def test_two_worker_processes_share_one_database(tmp_path):
+    """`invoke serve --workers 2`: two uvicorn worker processes on one port, each opening the
+    same SQLite file (created by whichever comes first); every sample posted to them is stored
+    once, under its own id."""
+    from tests.conftest import free_port, wait_until_serving
+
+    db, port = tmp_path / "data" / "samples.db", free_port()
+    proc = subprocess.Popen([sys.executable, "-c", WORKERS_SCRIPT, str(ROOT), str(db), str(port)], cwd=ROOT)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_until_serving(proc, f"http://{address}/config.json", seconds=60, what="serve(workers=2)")
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        workers = [c for c in children if b"multiprocessing" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) >= 2, children
+        ids, lock = [], threading.Lock()
+
+        def client(k: int) -> None:
+            for i in range(15):
+                status, answer = post(address, make_sample(k * 100 + i, writer=f"client-{k}"))
+                assert status == 201, answer
+                with lock:
+                    ids.append(answer["id"])
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT * 3)
+        assert sorted(ids) == list(range(1, 61))
+        status, answer = get(address, "?limit=1000")
+        assert status == 200 and answer["total"] == 60 and answer["next"] is None
+        assert sorted((s["writer"], s["label"]) for s in answer["samples"]) == sorted(
+            (f"client-{k}", (k * 100 + i) % 10) for k in range(4) for i in range(15)
+        )
+        assert call(address, "GET", "/api/predict", content_length=False)[0] == 405  # the whole app, in each
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert SampleStore(db).integrity_check() == "ok"
 
 
 # --- invoke samples ---------------------------------------------------------------------------
