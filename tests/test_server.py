@@ -135,6 +135,7 @@ def test_port_in_use_is_a_clear_error(local_server):
     [
         (["serve", "--backend", "wgpu"], "--backend names the fallback build: fast-simd128, ndarray, flex, not 'wgpu'"),
         (["serve", "--backend", "fast-relaxed"], "not 'fast-relaxed'"),  # not every browser runs it
+        (["serve", "--workers", "0"], "--workers is a number of processes, at least 1, not 0"),
         (
             ["build-wasm", "--backend", "cuda"],
             "unknown backend 'cuda': choose one of fast-relaxed, fast-simd128, ndarray, flex, wgpu, all",
