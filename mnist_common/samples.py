@@ -35,12 +35,12 @@ last commits can roll back on power loss: a page that was told "saved" must not 
 and one fsync per hand-drawn digit costs nothing worth saving. A commit that did not finish is
 rolled back when the database is next opened: a sample is there whole or not at all.
 
-Threads: a ``SampleStore`` holds only the path. Every call opens its own connection, uses it for
-one transaction and closes it (``SampleStore.connect``), so any number of threads (those of
-ThreadingHTTPServer) can share one store; SQLite serialises the writers (each waits up to
-BUSY_TIMEOUT seconds for the lock), readers never wait in WAL mode. Opening a connection costs
-tens of microseconds; one per thread would leak one per HTTP connection, as the server makes a
-thread per connection.
+Threads and processes: a ``SampleStore`` holds only the path. Every call opens its own
+connection, uses it for one transaction and closes it (``SampleStore.connect``), so any number of
+threads (the server's thread pool) and processes (``invoke serve --workers N``) can share one
+file; SQLite serialises the writers (each waits up to BUSY_TIMEOUT seconds for the lock), readers
+never wait in WAL mode, and ``open_store`` migrates under the write lock, so two processes
+opening a new file at once create it once. Opening a connection costs tens of microseconds.
 
 Schema versions: ``PRAGMA user_version`` holds the schema version (0 for a new, empty file);
 ``open_store`` applies ``MIGRATIONS[v:]`` in order, each in its own transaction together with
