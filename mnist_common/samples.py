@@ -469,6 +469,15 @@ def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _is_finite(value: object) -> bool:
+    """A number that is finite as a float: not NaN or infinite, nor an integer too large for a
+    float (JSON allows 10**400; math.isfinite would raise OverflowError on it)."""
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -513,7 +522,7 @@ def _pixels(value: object) -> bytes:
         if len(value) != NUM_PIXELS:
             raise ValueError(f"pixels must hold {NUM_PIXELS} numbers (28x28, row-major), got {len(value)}")
         for i, v in enumerate(value):
-            if not _is_number(v) or not math.isfinite(v) or not 0 <= v <= 255:
+            if not _is_finite(v) or not 0 <= v <= 255:
                 raise ValueError(f"pixels[{i}] is {_short(v)}, not a number in 0..255")
         image = np.floor(np.asarray(value, dtype=np.float64) + 0.5).astype(np.uint8)
     if not image.any():
@@ -538,11 +547,7 @@ def _strokes(value: object) -> str:
             raise ValueError(f"strokes hold more than {MAX_POINTS} points")
         checked = []
         for j, point in enumerate(stroke):
-            if (
-                not isinstance(point, (list, tuple))
-                or len(point) != 3
-                or not all(_is_number(v) and math.isfinite(v) for v in point)
-            ):
+            if not isinstance(point, (list, tuple)) or len(point) != 3 or not all(_is_finite(v) for v in point):
                 raise ValueError(f"strokes[{i}][{j}] must be [x, y, t_ms], three finite numbers, got {_short(point)}")
             if point[2] < 0:
                 raise ValueError(f"strokes[{i}][{j}] has t_ms {_short(point[2])}; times are >= 0")
@@ -592,7 +597,7 @@ def validate(sample: object) -> tuple:
     if unknown:
         raise ValueError(f"unknown field {_short(unknown[0])} (fields: {', '.join(REQUIRED + OPTIONAL)})")
     pen_width = sample["pen_width"]
-    if not _is_number(pen_width) or not math.isfinite(pen_width) or not 0 < pen_width <= MAX_CANVAS_SIDE:
+    if not _is_finite(pen_width) or not 0 < pen_width <= MAX_CANVAS_SIDE:
         raise ValueError(f"pen_width must be a number of px in (0, {MAX_CANVAS_SIDE}], got {_short(pen_width)}")
     width, height = _canvas(sample["canvas"])
     return (

@@ -620,6 +620,18 @@ POST_ERRORS = {
         "pixels[0] is nan",
     ),
     "deep-json": (dict(body=b"[" * 100_000 + b"]" * 100_000), 400, "not valid JSON"),
+    # JSON integers too large for a float (json.loads reads them as ints).
+    "huge-pixel": (
+        dict(body=json.dumps(make_sample(pixels=[10**400] + [1] * 783)).encode()),
+        400,
+        "pixels[0] is 1000000",
+    ),
+    "huge-pen-width": (dict(body=json.dumps(make_sample(pen_width=10**400)).encode()), 400, "pen_width must be"),
+    "huge-stroke-x": (
+        dict(body=json.dumps(make_sample(strokes=[[[10**400, 1, 0]]])).encode()),
+        400,
+        "strokes[0][0] must be [x, y, t_ms], three finite numbers",
+    ),
     "no-content-length": (dict(body=b"", content_length=False), 400, "not valid JSON"),  # an empty body
     "over-2MB": (dict(body=b"", headers={**JSON, "Content-Length": "2000001"}), 413, "limit is 2000000"),
 }
