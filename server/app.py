@@ -73,7 +73,7 @@ SAMPLES_PATH = "/api/samples"
 #: The methods each API path takes: the ``Allow`` header of its 405, and its message's words.
 API_METHODS = {PREDICT_PATH: "POST", MNIST_PATH: "POST", SAMPLES_PATH: "GET, HEAD, POST"}
 API_TAKES = {PREDICT_PATH: "POST", MNIST_PATH: "POST", SAMPLES_PATH: "GET or POST"}
-#: Methods the server knows; any other gets 501 (as http.server answered), known ones 405/404.
+#: The methods HTTP defines; any other gets 501, these 405 or 404 where a path does not take them.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 #: Samples per ``GET /api/samples`` page: the default and the most ``limit`` may ask for.
 DEFAULT_PAGE = 100
@@ -619,7 +619,7 @@ class ModelListing:
     """The weights files the server offers (``list_models``).
 
     Attributes:
-        entries: config.json's ``models`` list (see the module docstring), embedded one first.
+        entries: config.json's ``models`` list (fields: docs/api.md), embedded one first.
         files: file name, as in each entry's ``url`` after ``models/`` -> the file served.
         embedded: the ``name`` of the embedded entry, None when it is not listed.
     """
@@ -630,7 +630,7 @@ class ModelListing:
 
 
 def warn(message: str) -> None:
-    """One line on stderr, as the request log writes them."""
+    """One line on stderr, prefixed ``[serve]``."""
     sys.stderr.write(f"[serve] {' '.join(message.split())}\n")
 
 
@@ -739,7 +739,7 @@ def is_hidden(path: str) -> bool:
 
 def page_config(default_backend: str, backends: list[str], listing: ModelListing) -> dict:
     """The /config.json document: ``{"default", "backends", "embedded", "models"}`` (see the
-    module docstring). ``invoke build-wasm`` writes it to web/config.json too, for static hosts."""
+    fields in docs/api.md). ``invoke build-wasm`` writes it to web/config.json too, for static hosts."""
     return {
         "default": default_backend,
         "backends": list(backends),
@@ -1292,7 +1292,7 @@ class Server:
         self._done = threading.Event()
 
     def serve_forever(self, poll_interval: float | None = None) -> None:
-        """Serve until ``shutdown()``; ``poll_interval`` is accepted for http.server's callers."""
+        """Serve until ``shutdown()``; ``poll_interval`` is ignored (http.server's argument)."""
         self._started.set()
         try:
             self._uvicorn.run(sockets=[self.socket])

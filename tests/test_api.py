@@ -624,6 +624,24 @@ def test_bad_requests_get_a_json_error(api, case):
     assert_alive(api)
 
 
+def test_fastapis_validation_errors_are_400_in_our_shape(classify_pixels):
+    """A route that declares its parameters (FastAPI validates them) answers bad ones with our
+    400 {"success": false, "error"}, not FastAPI's 422."""
+    server = start(classify_pixels=classify_pixels)
+
+    @server.app.get("/api/probe")
+    def probe(n: int) -> dict:
+        return {"n": n}
+
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert call(base, "/api/probe?n=3", method="GET", content_length=False).json() == {"n": 3}
+        assert_error(call(base, "/api/probe?n=x", method="GET", content_length=False), 400, "n: Input should be")
+        assert_error(call(base, "/api/probe", method="GET", content_length=False), 400, "n: Field required")
+    finally:
+        stop(server)
+
+
 def test_head_on_predict_is_405_without_body(api):
     reply = call(api, method="HEAD", content_length=False)
     assert reply.status == 405 and reply.headers["Allow"] == "POST" and reply.body == b""
