@@ -724,6 +724,7 @@ def fraction(text: str | None) -> float | None:
 
 
 def is_api(path: str) -> bool:
+    """Paths of the API (``/api`` and under): their errors are JSON."""
     return path == "/api" or path.startswith("/api/")
 
 
