@@ -71,6 +71,7 @@ import numbers
 import os
 import re
 import sqlite3
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -166,11 +167,29 @@ def open_store(path: Path | str = DEFAULT_DB, *, create: bool = True) -> SampleS
         version = db.execute("PRAGMA user_version").fetchone()[0]  # refuse a newer file before touching it
         if version > len(MIGRATIONS):
             raise _newer(path, version)
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]  # stored in the file, once for all
+        mode = _wal(db)  # stored in the file, once for all
         if mode.lower() != "wal":
             raise StoreError(f"the sample database {path} cannot use WAL mode (journal mode {mode!r})")
         _migrate(db, path)
     return store
+
+
+def _wal(db: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode=WAL``; returns the journal mode now in force.
+
+    Switching a new file to WAL takes its exclusive lock, and SQLite answers "database is
+    locked" at once, without waiting BUSY_TIMEOUT, when two connections try it together (the
+    workers of ``invoke serve --workers N`` opening a new file): so it is retried here, for up
+    to BUSY_TIMEOUT seconds.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            return db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.005)
 
 
 def _newer(path: Path, version: int) -> StoreError:
