@@ -39,8 +39,9 @@ Threads and processes: a ``SampleStore`` holds only the path. Every call opens i
 connection, uses it for one transaction and closes it (``SampleStore.connect``), so any number of
 threads (the server's thread pool) and processes (``invoke serve --workers N``) can share one
 file; SQLite serialises the writers (each waits up to BUSY_TIMEOUT seconds for the lock), readers
-never wait in WAL mode, and ``open_store`` migrates under the write lock, so two processes
-opening a new file at once create it once. Opening a connection costs tens of microseconds.
+never wait in WAL mode, and ``open_store`` retries the switch to WAL and migrates under the
+write lock, so processes opening a new file at once all get it, created once. Opening a
+connection costs tens of microseconds.
 
 Schema versions: ``PRAGMA user_version`` holds the schema version (0 for a new, empty file);
 ``open_store`` applies ``MIGRATIONS[v:]`` in order, each in its own transaction together with
