@@ -470,7 +470,7 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
     /models/, written as files, so that any static server of web/ (`python -m http.server` in
     web/, a static host) serves a page that predicts and switches models. Both are build
     outputs (ignored by git); the CPU builds are offered, wgpu only by `invoke serve --webgpu`."""
-    from server.app import list_models, page_config
+    from server.static import list_models, page_config
 
     listing = list_models(models_dir, weights_path())
     folder = WEB / "models"
@@ -844,7 +844,7 @@ NATIVE_JOB = "the native classifier mnist_infer (POST /api/predict)"
 class Progress:
     """Builds that run while the page is served: one console line a minute saying what is
     still building and for how long, a line when each ends, and ``native_status`` for the
-    API's 503 answers (``server.app.Building``)."""
+    API's 503 answers (``server.native.Building``)."""
 
     def __init__(self, every: float = 60.0) -> None:
         self._lock = threading.Lock()
@@ -881,7 +881,7 @@ class Progress:
         return True
 
     def native_status(self) -> tuple[str, float | None] | None:
-        """``server.app.Building`` for the native module: what and about how many seconds are left."""
+        """``server.native.Building`` for the native module: what and about how many seconds are left."""
         with self._lock:
             if NATIVE_JOB in self._failed:
                 return f"the build of {NATIVE_JOB} failed (see target/logs/native-build.log)", None

@@ -1,4 +1,4 @@
-"""POST /api/predict (server/app.py): real digits, every error path, fuzzing, concurrency.
+"""POST /api/predict (server/api.py): real digits, every error path, fuzzing, concurrency.
 
 The server runs in this process on a free loopback port and classifies with the native Rust
 module ``mnist_infer`` (built by ``invoke setup``), as ``invoke serve`` does. Set
@@ -7,6 +7,7 @@ NATIVE_REQUIRED to False to run against PyTorch where the native module is not b
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
 import json
@@ -28,7 +29,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from mnist_common.preprocess import load_ink, to_mnist
-from server.app import image_from_multipart, make_server
+from server.api import image_field
+from server.app import make_server
 from server.classify import CLASS_NAMES
 from tests.conftest import REQUIRE_NATIVE
 
@@ -536,11 +538,14 @@ ERROR_CASES = {
     ),
     "no-fields": (dict(body=b"", headers={"Content-Type": multipart([])[1]}), 400, "image"),
     "not-multipart-body": (dict(body=b"garbage\r\n\r\n", headers={"Content-Type": multipart([])[1]}), 400, "image"),
-    # A form of 249,000 empty parts is refused at the 33rd.
+    # A form of 30,000 fields is refused at the 33rd (Starlette's max_fields).
     "too-many-parts": (
-        dict(body=b"--x\r\n\r\n" * 249_000, headers={"Content-Type": "multipart/form-data; boundary=x"}),
+        dict(
+            body=b'--x\r\nContent-Disposition: form-data; name="f"\r\n\r\nv\r\n' * 30_000,
+            headers={"Content-Type": "multipart/form-data; boundary=x"},
+        ),
         400,
-        "more than 32 parts",
+        "maximum number of fields is 32",
     ),
     "nested-parts": (
         dict(
@@ -550,7 +555,7 @@ ERROR_CASES = {
             headers={"Content-Type": "multipart/form-data; boundary=b0"},
         ),
         400,
-        "no form field named 'image'",  # nested parts are data of one unnamed part, never parsed
+        'Content-Disposition header field "name"',  # the first part has no name: refused, never parsed
     ),
     "no-boundary": (dict(body=b"--x\r\n\r\n--x--", headers={"Content-Type": "multipart/form-data"}), 400, "boundary"),
     "malformed-json": json_case(b'{"pixels": [1, 2', words="not valid JSON"),
@@ -690,9 +695,9 @@ def test_max_body_is_configurable(classify_pixels):
 
 def test_a_stalled_body_is_408(api, monkeypatch):
     """A body that stops arriving gets 408 after BODY_TIMEOUT seconds (30; 0.5 here)."""
-    import server.app
+    import server.middleware
 
-    monkeypatch.setattr(server.app, "BODY_TIMEOUT", 0.5)
+    monkeypatch.setattr(server.middleware, "BODY_TIMEOUT", 0.5)
     url = urlsplit(api)
     with socket.create_connection((url.hostname, url.port), timeout=10) as s:
         s.sendall(
@@ -995,7 +1000,27 @@ def test_multipart_bytes_come_back_unchanged(data, tail):
     assume(BOUNDARY.encode() not in data)
     body, content_type = multipart([("other", b"\r\n"), ("image", data), ("image", b"second")])
     if data:
-        assert image_from_multipart(content_type, body) == data
+        assert form_image(body, content_type) == data
+
+
+def form_image(body: bytes, content_type: str) -> bytes:
+    """``image_field`` of a request with this body (Starlette's parser), outside a server."""
+    from starlette.requests import Request
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/api/predict", "query_string": b"",
+             "headers": [(b"content-type", content_type.encode())]}  # fmt: skip
+    return asyncio.run(image_field(Request(scope, receive)))
+
+
+def test_the_first_image_file_wins_and_a_text_field_is_refused():
+    body, content_type = multipart([("image", b"first"), ("image", b"second")])
+    assert form_image(body, content_type) == b"first"
+    text = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"\r\n\r\nabc\r\n--{BOUNDARY}--\r\n'
+    with pytest.raises(Exception, match="the image field is text: send the image as a file"):
+        form_image(text.encode(), content_type)
 
 
 def test_server_alive_after_fuzzing(api):

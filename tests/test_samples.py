@@ -587,13 +587,13 @@ def test_get_pages(api):
 @pytest.mark.parametrize(
     "query, words",
     [
-        ("?limit=0", "limit must be an integer from 1 to 1000, got '0'"),
-        ("?limit=1001", "limit must be an integer from 1 to 1000"),
-        ("?limit=abc", "limit must be an integer"),
-        ("?limit=", "limit must be an integer"),
-        ("?after=-1", "after must be an integer from 0"),
-        ("?after=1.5", "after must be an integer"),
-        ("?after=" + "9" * 30, "after must be an integer"),
+        ("?limit=0", "limit: Input should be greater than or equal to 1, got '0'"),
+        ("?limit=1001", "limit: Input should be less than or equal to 1000, got '1001'"),
+        ("?limit=abc", "limit: must be a plain decimal integer (digits 0-9, at most 30), got 'abc'"),
+        ("?limit=", "limit: must be a plain decimal integer"),
+        ("?after=-1", "after: must be a plain decimal integer"),
+        ("?after=1.5", "after: must be a plain decimal integer"),
+        ("?after=" + "9" * 30, "after: Input should be less than or equal to 9223372036854775807"),
         ("?after=1&after=2", "after is given 2 times"),
     ],
 )

@@ -49,7 +49,7 @@ def test_page_and_modules_are_served(local_server):
 
 
 def test_wasm_is_application_wasm(local_server):
-    from server.app import content_type
+    from server.static import content_type
     from tests.conftest import ROOT
 
     assert content_type(ROOT / "web" / "pkg" / "flex" / "mnist_wasm_bg.wasm") == "application/wasm"
