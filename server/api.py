@@ -30,8 +30,7 @@ from mnist_common.constants import NUM_PIXELS
 from mnist_common.samples import SampleStore, StoreError, open_store
 
 from .errors import ApiError, JsonResponse, error_response, log_failure, parse_json, short_repr
-from .native import MAX_SAMPLES
-from .schemas import ErrorOut, PixelsIn, PredictionOut, SampleIn, SamplesPage, Saved
+from .schemas import MAX_SAMPLES, ErrorOut, PixelsIn, PredictionOut, SampleIn, SamplesPage, Saved
 
 PREDICT_PATH = "/api/predict"
 #: The seed project's name of the same endpoint: ``curl -X POST -F image=@7.png .../api/mnist``.

@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from importlib.util import find_spec
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,13 +33,11 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mnist_common.samples import DEFAULT_DB
-
 from . import api
 from .api import PREDICT_PATH, SAMPLES_PATH
 from .errors import ApiError, JsonResponse, api_error, error_response, invalid_request
-from .middleware import MAX_BODY, BodyLimit, ResponseHeaders
-from .native import Building, Classifier, ClassifyPixels, Uncertainty, UncertaintyFn
+from .middleware import BodyLimit, ResponseHeaders
+from .native import Classifier, Uncertainty
 from .settings import IN_PROCESS, SETTINGS_ENV, Settings, make_settings
 from .static import Site
 
@@ -103,7 +100,7 @@ def app_from_env() -> FastAPI:
     text = os.environ.get(SETTINGS_ENV)
     if text is None:
         raise RuntimeError(f"{SETTINGS_ENV} is not set: start the workers through server.app.serve(workers=N)")
-    return create_app(Settings.from_env(text))
+    return create_app(Settings.model_validate_json(text))
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -182,59 +179,18 @@ class Server:
         self.socket.close()
 
 
-def make_server(
-    host: str,
-    port: int,
-    default_backend: str,
-    backends: list[str],
-    classify_pixels: ClassifyPixels | None = None,
-    max_body: int = MAX_BODY,
-    *,
-    uncertainty: UncertaintyFn | None = None,
-    models_dir: Path | None = None,
-    embedded: Path | None = None,
-    samples_db: Path | None = None,
-    log_requests: bool = True,
-    building: Building | None = None,
-) -> Server:
-    """A server bound to (host, port); port 0 picks a free one (see ``server.server_port``).
-
-    Args:
-        default_backend, backends: what ``/config.json`` tells the page.
-        classify_pixels: (N, 784) float32 pixels 0..255 -> (N, 10) probabilities, used by
-            POST /api/predict; None: ``mnist_infer.predict`` (the native Rust module), imported
-            on the first request (503 while it is not built).
-        max_body: largest request body in bytes; larger ones get 413 before being read.
-        uncertainty: MC dropout for ``POST /api/predict?samples=N`` (``UncertaintyFn``: (784,)
-            float32 pixels, ``samples=N``, ``seed=0`` -> dict); None: ``mnist_infer.uncertainty``
-            on the embedded model, imported on the first such request (503 while not built).
-        models_dir: the folder whose ``*.safetensors`` files /config.json lists and /models/
-            serves (None: the repo's models/). Listed once, here: see ``list_models``.
-        embedded: the weights file the wasm and the native module embed, flagged and named by
-            its architecture in the listing (None: the repo's models/model.safetensors).
-        samples_db: the SQLite file of /api/samples (None: the repo's data/samples.db); opened,
-            created if missing, on the first samples request, not here (503 while it cannot be).
-        log_requests: one stderr line per request (errors are logged regardless).
-        building: while the native module is not importable, what is building it and about how
-            long it has left (see ``Building``), for the 503 answers; None: nothing is.
+def make_server(host: str, port: int, default_backend: str, backends: list[str], *args, **kwargs) -> Server:
+    """A server of ``make_settings(default_backend, backends, *args, **kwargs)`` (those are
+    ``classify_pixels``, ``max_body``, ``uncertainty``, ``models_dir``, ``embedded``,
+    ``samples_db``, ``log_requests``, ``building``: see ``settings.make_settings``) bound to
+    (host, port); port 0 picks a free one (see ``server.server_port``).
 
     Raises:
         SystemExit: the port is in use or the address cannot be bound, or ``models_dir`` is
             not a folder, with a clear message.
     """
-    settings = make_settings(
-        default_backend,
-        backends,
-        classify_pixels,
-        max_body,
-        uncertainty=uncertainty,
-        models_dir=models_dir,
-        embedded=embedded,
-        samples_db=samples_db,
-        log_requests=log_requests,
-        building=building,
-    )
-    return Server(create_app(settings), bind(host, port), log_requests)
+    settings = make_settings(default_backend, backends, *args, **kwargs)
+    return Server(create_app(settings), bind(host, port), settings.log_requests)
 
 
 def serve(
@@ -246,8 +202,7 @@ def serve(
     workers: int = 1,
     **kwargs,
 ) -> None:
-    """Serve until Ctrl-C; ``kwargs`` go to make_server (classify_pixels, max_body,
-    uncertainty, models_dir, embedded, samples_db, log_requests, building).
+    """Serve until Ctrl-C; ``kwargs`` go to ``make_server``.
 
     ``background(server)``, when given, runs in a thread once the server listens: ``invoke
     serve`` builds what the page can do without there, and updates ``server.config["backends"]``
@@ -263,41 +218,24 @@ def serve(
     """
     if workers < 1:
         raise SystemExit(f"--workers must be at least 1, got {workers}")
-    in_process = [name for name in IN_PROCESS if kwargs.get(name) is not None]
-    in_process += ["background"] if background is not None else []
+    in_process = [name for name in IN_PROCESS if kwargs.get(name) is not None] + ["background"] * bool(background)
     if workers > 1 and in_process:
         raise SystemExit(
             f"{workers} worker processes cannot share {', '.join(in_process)} with this process: "
             "serve with one worker while something is being built"
         )
-    shown = "localhost" if host in ("127.0.0.1", "localhost") else host
-    if workers == 1:
-        server = make_server(host, port, default_backend, backends, **kwargs)
-        config, port = server.config, server.server_port
-    else:
-        settings = make_settings(default_backend, backends, **kwargs)
-        bind(host, port).close()  # a clear message for a port in use, before uvicorn starts
-        config = settings.config
-    models = [m["name"] + (" (embedded)" if m["embedded"] else "") for m in config["models"]]
-    print(
-        f"Serving web/ at http://{shown}:{port}/ "
-        f"(backend {default_backend}; built: {', '.join(backends)}; "
-        f"models: {', '.join(models) or 'none'}"
-        f"{f'; {workers} worker processes' if workers > 1 else ''}). Ctrl-C stops.",
-        flush=True,
-    )
-    if kwargs.get("classify_pixels") is None and find_spec("mnist_infer") is None:
-        while_ = "while it is built in the background" if kwargs.get("building") else "until it is built"
-        print(f"POST {PREDICT_PATH} answers 503 (the native module mnist_infer) {while_}.", flush=True)
-    print(f"Samples saved from the page ({SAMPLES_PATH}) go to {kwargs.get('samples_db') or DEFAULT_DB}.", flush=True)
-    print(f"The API as OpenAPI: http://{shown}:{port}/openapi.json, and to try it out: /docs.", flush=True)
     if workers > 1:
         import uvicorn
 
+        settings = make_settings(default_backend, backends, **kwargs)
+        bind(host, port).close()  # a clear message for a port in use, before uvicorn starts
+        announce(host, port, settings, workers)
         os.environ[SETTINGS_ENV] = settings.to_env()
         options = uvicorn_options(settings.log_requests)
         uvicorn.run("server.app:app_from_env", factory=True, host=host, port=port, workers=workers, **options)
         return
+    server = make_server(host, port, default_backend, backends, **kwargs)
+    announce(host, server.server_port, server.app.state.settings, workers)
     if background is not None:
         threading.Thread(target=background, args=(server,), name="builds", daemon=True).start()
     try:
@@ -306,3 +244,20 @@ def serve(
         print("\nstopped")
     finally:
         server.server_close()
+
+
+def announce(host: str, port: int, settings: Settings, workers: int) -> None:
+    """Where the server answers, what it serves, and what answers 503 for now: lines on stdout."""
+    shown = "localhost" if host in ("127.0.0.1", "localhost") else host
+    config = settings.config
+    models = [m["name"] + (" (embedded)" if m["embedded"] else "") for m in config["models"]]
+    lines = [
+        f"Serving web/ at http://{shown}:{port}/ (backend {config['default']}; built: {', '.join(config['backends'])}; "
+        f"models: {', '.join(models) or 'none'}{f'; {workers} worker processes' if workers > 1 else ''}). Ctrl-C stops."
+    ]
+    if settings.classify_pixels is None and find_spec("mnist_infer") is None:
+        while_ = "while it is built in the background" if settings.building else "until it is built"
+        lines.append(f"POST {PREDICT_PATH} answers 503 (the native module mnist_infer) {while_}.")
+    lines.append(f"Samples saved from the page ({SAMPLES_PATH}) go to {settings.samples_db}.")
+    lines.append(f"The API as OpenAPI: http://{shown}:{port}/openapi.json, and to try it out: /docs.")
+    print("\n".join(lines), flush=True)

@@ -16,9 +16,8 @@ from http import HTTPStatus
 import numpy as np
 
 from .errors import ApiError
+from .schemas import UncertaintyOut
 
-#: Most MC-dropout passes ``?samples=N`` may ask for (the native module's own limit).
-MAX_SAMPLES = 1000
 #: Seed of the MC-dropout masks: the same request always gets the same numbers.
 UNCERTAINTY_SEED = 0
 
@@ -36,8 +35,8 @@ Building = Callable[[], "tuple[str, float | None] | None"]
 
 
 def uncertainty_payload(result: dict, samples: int) -> dict:
-    """The ``uncertainty`` object of the API answer from an ``UncertaintyFn`` result (plain
-    Python types: lists of 10 floats, floats, an int, a bool or None).
+    """The ``uncertainty`` object of the API answer (``UncertaintyOut``, plain Python types) from
+    an ``UncertaintyFn`` result.
 
     Raises:
         RuntimeError: the result does not hold 10 finite probabilities and 10 finite stds >= 0,
@@ -45,28 +44,14 @@ def uncertainty_payload(result: dict, samples: int) -> dict:
             ``unsure`` (a broken uncertainty function: the API answers 500).
     """
     try:
-        probabilities = np.asarray(result["probabilities"], dtype=np.float64)
-        std = np.asarray(result["std"], dtype=np.float64)
-        entropy = float(result["entropy"])
-        mutual_information = float(result["mutual_information"])
-        unsure, passes = result["unsure"], result["samples"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise RuntimeError(f"the uncertainty function returned an unusable result ({e!r})") from None
-    if probabilities.shape != (10,) or std.shape != (10,):
-        raise RuntimeError(f"the uncertainty function returned shapes {probabilities.shape} and {std.shape}, not (10,)")
-    values = np.concatenate([probabilities, std, [entropy, mutual_information]])
-    if not np.isfinite(values).all() or (std < 0).any():
-        raise RuntimeError("the uncertainty function returned non-finite values or a negative std")
-    if passes != samples or not (unsure is None or isinstance(unsure, bool)):
-        raise RuntimeError(f"the uncertainty function returned samples={passes!r}, unsure={unsure!r}")
-    return {
-        "probabilities": probabilities.tolist(),
-        "std": std.tolist(),
-        "entropy": entropy,
-        "mutual_information": mutual_information,
-        "samples": samples,
-        "unsure": unsure,
-    }
+        arrays = {key: np.asarray(result[key], dtype=np.float64).tolist() for key in ("probabilities", "std")}
+        scalars = {key: float(result[key]) for key in ("entropy", "mutual_information")}
+        checked = UncertaintyOut.model_validate({**result, **arrays, **scalars})
+    except (KeyError, TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        raise RuntimeError(f"the uncertainty function returned an unusable result ({e})") from None
+    if checked.samples != samples:
+        raise RuntimeError(f"the uncertainty function ran {checked.samples} passes, not {samples}")
+    return checked.model_dump()
 
 
 def native_module(building: Building | None = None):

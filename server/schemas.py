@@ -6,15 +6,18 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from mnist_common.constants import NUM_PIXELS
 from mnist_common.samples import MAX_CANVAS_SIDE, MAX_TEXT
 from mnist_common.samples import validate as validate_sample
 
 from .errors import short_repr
-from .native import MAX_SAMPLES
 
+#: Most MC-dropout passes ``?samples=N`` may ask for (the native module's own limit).
+MAX_SAMPLES = 1000
+#: A finite float (the answers never hold NaN or infinities).
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 #: A JSON number kept as sent (an integer stays one: stored strokes keep their numbers).
 Number = int | float
 
@@ -84,12 +87,14 @@ class UncertaintyOut(BaseModel):
     """MC dropout over ``samples`` forward passes with dropout on (mask seed 0: the same request
     gives the same numbers)."""
 
-    probabilities: list[float] = Field(min_length=10, max_length=10, description="means of the passes' softmax")
-    std: list[float] = Field(min_length=10, max_length=10, description="standard deviations of the passes' softmax")
-    entropy: float = Field(ge=0, description="of the mean, in nats, 0..ln 10")
-    mutual_information: float = Field(description="in nats, 0..entropy")
+    probabilities: list[Finite] = Field(min_length=10, max_length=10, description="means of the passes' softmax")
+    std: list[Annotated[Finite, Field(ge=0)]] = Field(
+        min_length=10, max_length=10, description="standard deviations of the passes' softmax"
+    )
+    entropy: Finite = Field(description="of the mean, in nats, 0..ln 10")
+    mutual_information: Finite = Field(description="in nats, 0..entropy")
     samples: int = Field(ge=1, le=MAX_SAMPLES)
-    unsure: bool | None = Field(description="null when the weights carry no calibrated threshold")
+    unsure: StrictBool | None = Field(description="null when the weights carry no calibrated threshold")
 
 
 class PredictionOut(BaseModel):

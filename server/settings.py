@@ -3,9 +3,9 @@ carried to uvicorn's worker processes as JSON in an environment variable."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
 
 from mnist_common.paths import DEFAULT_WEIGHTS as EMBEDDED_WEIGHTS
 from mnist_common.paths import MODELS_DIR
@@ -17,18 +17,16 @@ from .static import list_models, page_config
 
 #: The environment variable that carries ``Settings`` (as JSON) to uvicorn's worker processes.
 SETTINGS_ENV = "MNIST_SERVE_SETTINGS"
-
 #: The settings that are callables of this process: they cannot reach worker processes.
 IN_PROCESS = ("classify_pixels", "uncertainty", "building")
 
 
-@dataclass
-class Settings:
-    """What one server answers with; everything but the callables travels to worker processes
-    (``to_env``/``from_env``).
+class Settings(BaseModel):
+    """What one server answers with; everything but the callables (IN_PROCESS) travels to worker
+    processes (``to_env``; ``Settings.model_validate_json`` reads it back).
 
     Attributes:
-        config: the /config.json document (``page_config``); ``invoke serve`` updates its
+        config: the /config.json document (``static.page_config``); ``invoke serve`` updates its
             ``backends`` as background builds finish (the answer follows, in this process).
         model_files: file name -> weights file served at ``/models/<file name>``.
         samples_db: the SQLite file of /api/samples, opened (created) on first use.
@@ -38,8 +36,10 @@ class Settings:
             ``mnist_infer.predict``, imported on the first request (503 while it is not built).
         uncertainty: ``UncertaintyFn`` for ``?samples=N``; None: ``mnist_infer.uncertainty``.
         building: while the native module is not importable, what builds it and for how long
-            (``Building``), for the 503 answers; None: nothing is.
+            (``native.Building``), for the 503 answers; None: nothing is.
     """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     config: dict
     model_files: dict[str, Path]
@@ -59,27 +59,7 @@ class Settings:
         given = [name for name in IN_PROCESS if getattr(self, name) is not None]
         if given:
             raise ValueError(f"{', '.join(given)} cannot be passed to worker processes")
-        return json.dumps(
-            {
-                "config": self.config,
-                "model_files": {name: str(path) for name, path in self.model_files.items()},
-                "samples_db": str(self.samples_db),
-                "max_body": self.max_body,
-                "log_requests": self.log_requests,
-            }
-        )
-
-    @classmethod
-    def from_env(cls, text: str) -> Settings:
-        """The settings ``to_env`` wrote."""
-        document = json.loads(text)
-        return cls(
-            config=document["config"],
-            model_files={name: Path(path) for name, path in document["model_files"].items()},
-            samples_db=Path(document["samples_db"]),
-            max_body=int(document["max_body"]),
-            log_requests=bool(document["log_requests"]),
-        )
+        return self.model_dump_json(exclude=set(IN_PROCESS))
 
 
 def make_settings(
@@ -88,28 +68,33 @@ def make_settings(
     classify_pixels: ClassifyPixels | None = None,
     max_body: int = MAX_BODY,
     *,
-    uncertainty: UncertaintyFn | None = None,
     models_dir: Path | None = None,
     embedded: Path | None = None,
     samples_db: Path | None = None,
-    log_requests: bool = True,
-    building: Building | None = None,
+    **options,
 ) -> Settings:
-    """``Settings`` from ``make_server``'s arguments (see there): lists the models folder now.
+    """``Settings`` from ``make_server``'s arguments: lists the models folder now.
+
+    Args:
+        default_backend, backends: what ``/config.json`` tells the page.
+        classify_pixels, max_body: as ``Settings``; so are ``options`` (``uncertainty``,
+            ``log_requests``, ``building``).
+        models_dir: the folder whose ``*.safetensors`` files /config.json lists and /models/
+            serves (None: the repo's models/). Listed once, here: see ``static.list_models``.
+        embedded: the weights file the wasm and the native module embed, flagged and named by
+            its architecture in the listing (None: the repo's models/model.safetensors).
+        samples_db: the SQLite file of /api/samples (None: the repo's data/samples.db); opened,
+            created if missing, on the first samples request, not here (503 while it cannot be).
 
     Raises:
         SystemExit: ``models_dir`` is not a folder.
     """
-    listing = list_models(
-        MODELS_DIR if models_dir is None else Path(models_dir), EMBEDDED_WEIGHTS if embedded is None else Path(embedded)
-    )
+    listing = list_models(Path(models_dir or MODELS_DIR), Path(embedded or EMBEDDED_WEIGHTS))
     return Settings(
         config=page_config(default_backend, backends, listing),
         model_files=listing.files,
-        samples_db=DEFAULT_DB if samples_db is None else Path(samples_db),
+        samples_db=Path(samples_db or DEFAULT_DB),
         max_body=max_body,
-        log_requests=log_requests,
         classify_pixels=classify_pixels,
-        uncertainty=uncertainty,
-        building=building,
+        **options,
     )
