@@ -30,7 +30,17 @@ from mnist_common.constants import NUM_PIXELS
 from mnist_common.samples import SampleStore, StoreError, open_store
 
 from .errors import ApiError, JsonResponse, error_response, log_failure, parse_json, short_repr
-from .schemas import MAX_SAMPLES, ErrorOut, PixelsIn, PredictionOut, SampleIn, SamplesPage, Saved
+from .schemas import (
+    MAX_IMAGE_SIDE,
+    MAX_SAMPLES,
+    ErrorOut,
+    ImageForm,
+    PixelsIn,
+    PredictionOut,
+    SampleIn,
+    SamplesPage,
+    Saved,
+)
 
 PREDICT_PATH = "/api/predict"
 #: The seed project's name of the same endpoint: ``curl -X POST -F image=@7.png .../api/mnist``.
@@ -44,9 +54,6 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 #: Most files, and most plain fields, a multipart/form-data body may have (an image needs one).
 MAX_FORM_PARTS = 32
-#: Largest image side accepted, in pixels (the preprocessing's cost grows with the image: a
-#: 4096x4096 RGB image takes about 1.5 s and 0.7 GB; a 49 kB PNG of 10,000,000x4 px would take 5 GB).
-MAX_IMAGE_SIDE = 4096
 #: Images preprocessed at once; more wait their turn (bounds the memory: 0.7 GB each at most).
 PREPROCESS_SLOTS = 4
 _preprocess_slots = threading.BoundedSemaphore(PREPROCESS_SLOTS)
@@ -211,24 +218,12 @@ PREDICT_RESPONSES = {
     **ERRORS,
     503: {"model": ErrorOut, "description": "the native module mnist_infer is not built (yet)"},
 }
-IMAGE_FORM = {
-    "type": "object",
-    "required": ["image"],
-    "properties": {
-        "image": {
-            "type": "string",
-            "format": "binary",
-            "description": "an image file of one digit: any format Pillow reads, any size, "
-            f"either polarity, at most {MAX_IMAGE_SIDE} px a side",
-        }
-    },
-}
 #: The two bodies of one URL (FastAPI describes one body per route by itself).
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": IMAGE_FORM},
+            "multipart/form-data": {"schema": ImageForm.model_json_schema()},
             "application/json": {"schema": PixelsIn.model_json_schema()},
         },
     }
@@ -248,6 +243,7 @@ SamplesParam = Annotated[
     openapi_extra=PREDICT_BODY,
 )
 async def predict(request: Request, samples: SamplesParam = None) -> Response:
+    """200 ``PredictionOut`` for the body's digit (``read_input``); errors: docs/api.md."""
     digit = await read_input(request)
     return JsonResponse(await in_thread(request, "predicting", predict_payload, request.app.state, digit, samples))
 
@@ -275,6 +271,7 @@ class SampleDatabase:
         self._lock = threading.Lock()
 
     def store(self) -> SampleStore:
+        """The open store (ApiError 503 while it cannot be opened)."""
         with self._lock:  # one opener at a time: the others wait and get its store
             if self._store is None:
                 try:
@@ -314,6 +311,7 @@ DATABASE_FAILED = {503: {"model": ErrorOut, "description": "the database failed"
     },
 )
 async def post_sample(request: Request) -> Response:
+    """201 ``Saved`` once the body's sample (``SampleIn``) is stored; errors: docs/api.md."""
     content_type = request.headers.get("content-type")
     if media_type(content_type) != "application/json":
         shown = short_repr(content_type, 60)
@@ -333,6 +331,7 @@ async def list_samples(
     after: Annotated[QueryInt, Query(ge=0, le=2**63 - 1, description="list samples with ids above this one")] = 0,
     limit: Annotated[QueryInt, Query(ge=1, le=MAX_PAGE, description="samples per page")] = DEFAULT_PAGE,
 ) -> Response:
+    """200 ``SamplesPage``: up to ``limit`` samples with ids above ``after``."""
     return JsonResponse(await in_thread(request, "listing samples", browse, request.app.state.samples, after, limit))
 
 

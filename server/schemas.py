@@ -16,6 +16,9 @@ from .errors import short_repr
 
 #: Most MC-dropout passes ``?samples=N`` may ask for (the native module's own limit).
 MAX_SAMPLES = 1000
+#: Largest image side accepted, in pixels (the preprocessing's cost grows with the image: a
+#: 4096x4096 RGB image takes about 1.5 s and 0.7 GB; a 49 kB PNG of 10,000,000x4 px would take 5 GB).
+MAX_IMAGE_SIDE = 4096
 #: A finite float (the answers never hold NaN or infinities).
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 #: A JSON number kept as sent (an integer stays one: stored strokes keep their numbers).
@@ -47,6 +50,15 @@ class PixelsIn(BaseModel):
             raise ValueError('expected a JSON object {"pixels": [784 numbers 0..255]}')
         check_pixels(document["pixels"])
         return document
+
+
+class ImageForm(BaseModel):
+    """``POST /api/predict``'s multipart/form-data body: the image file of one digit."""
+
+    image: bytes = Field(
+        description="an image file of one digit: any format Pillow reads, any size, "
+        f"either polarity, at most {MAX_IMAGE_SIDE} px a side"
+    )
 
 
 def check_pixels(pixels: object) -> None:

@@ -12,14 +12,12 @@ import sys
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import anyio
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, Response
-from starlette.staticfiles import NotModifiedResponse, StaticFiles
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from mnist_common.paths import DEFAULT_WEIGHTS as EMBEDDED_WEIGHTS
@@ -27,19 +25,13 @@ from mnist_common.paths import MODELS_DIR, WEB_DIR  # noqa: F401 (MODELS_DIR: li
 
 #: URL prefix of the listed weights files (``models/<file name>`` relative to the page).
 MODELS_PATH = "/models/"
-#: Content types of the static files by extension (others: Python's mimetypes, else bytes).
-#: ``.wasm`` as ``application/wasm`` lets the browser compile the module while it downloads.
-CONTENT_TYPES = {
-    ".wasm": "application/wasm",
-    ".js": "text/javascript",
-    ".mjs": "text/javascript",
-    ".json": "application/json",
-    ".html": "text/html",
-    ".css": "text/css",
-    ".png": "image/png",
-    ".svg": "image/svg+xml",
-    ".safetensors": "application/octet-stream",
-}
+#: Content types added to Python's table, where Starlette's FileResponse looks them up (any
+#: other unknown extension: bytes); ``.wasm`` as ``application/wasm`` lets the browser compile
+#: the module while it downloads.
+CONTENT_TYPES = {".wasm": "application/wasm", ".js": "text/javascript", ".mjs": "text/javascript",
+                 ".json": "application/json", ".svg": "image/svg+xml", ".safetensors": "application/octet-stream"}  # fmt: skip
+for suffix, kind in CONTENT_TYPES.items():
+    mimetypes.add_type(kind, suffix)
 
 
 @dataclass(frozen=True)
@@ -66,12 +58,9 @@ def list_models(models_dir: Path, embedded: Path | None = EMBEDDED_WEIGHTS) -> M
     """Describe every ``*.safetensors`` file directly in ``models_dir`` (not in subfolders, not
     hidden ones) for /config.json, reading only the files' headers (no tensor is loaded).
 
-    ``embedded`` is the weights file the wasm and the native module embed: its entry has
-    ``"embedded": true``, comes first, and is named by its architecture's short name (``cnn``)
-    unless another listed file already has that stem (then by its own stem). When it lies
-    outside ``models_dir`` it is listed too (it is what the page runs without a download); a
-    file of the same name in ``models_dir`` then gives way to it, with a warning. The others
-    follow sorted by name, each named by its file stem.
+    ``embedded`` is the weights file the wasm and the native module embed, listed even outside
+    ``models_dir`` (a file there of the same name gives way to it, with a warning). The entries'
+    fields, names and order: docs/api.md (``/config.json``).
 
     A file that is not a readable model (not safetensors, no ``architecture``, a bad layer plan:
     ``mnist_common.weights.read_model_metadata``) is left out with one warning line on stderr.
@@ -191,14 +180,13 @@ def page_config(default_backend: str, backends: list[str], listing: ModelListing
 
 
 def content_type(path: str | os.PathLike) -> str:
-    """The Content-Type of a static file, by its extension (CONTENT_TYPES, then mimetypes)."""
-    suffix = Path(path).suffix.lower()
-    return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(f"x{suffix}")[0] or "application/octet-stream"
+    """The Content-Type of a static file, by its extension (CONTENT_TYPES, then Python's table)."""
+    return mimetypes.guess_type(Path(path).name)[0] or "application/octet-stream"
 
 
 class WebFiles(StaticFiles):
     """web/ as Starlette serves a folder (``index.html`` for a folder, 304 for a fresh copy,
-    ranges), with our content types, and 405 (``Allow: GET, HEAD``) for another method only
+    ranges, content types from CONTENT_TYPES and Python's table), and 405 (``Allow: GET, HEAD``) for another method only
     where the file exists (404 elsewhere)."""
 
     async def get_response(self, path: str, scope: Scope) -> Response:
@@ -216,16 +204,6 @@ class WebFiles(StaticFiles):
         except (OSError, ValueError):  # a name too long, a NUL byte
             return False
         return found is not None and stat.S_ISREG(found.st_mode)
-
-    def file_response(
-        self, full_path: Any, stat_result: os.stat_result, scope: Scope, status_code: int = 200
-    ) -> Response:
-        response = FileResponse(
-            full_path, status_code=status_code, stat_result=stat_result, media_type=content_type(full_path)
-        )
-        if self.is_not_modified(response.headers, Headers(scope=scope)):
-            return NotModifiedResponse(response.headers)
-        return response
 
 
 class Site:
