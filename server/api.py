@@ -4,7 +4,7 @@ Every status, field and message is described in docs/api.md; the documents are `
 FastAPI checks the query parameters (``Query``), pydantic the JSON bodies, Starlette (with
 python-multipart) parses forms; the route's own work runs in a worker thread (``in_thread``).
 The size limit of a body is ``middleware.BodyLimit``'s. The objects the routes use live on
-``app.state`` (``classifier``, ``uncertainty``, ``samples``: see ``app.create_app``).
+``app.state`` (``predict``, ``uncertainty``, ``samples``: see ``app.create_app``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 from mnist_common.constants import NUM_PIXELS
 from mnist_common.samples import SampleStore, StoreError, open_store
 
+from . import native
 from .errors import ApiError, JsonResponse, error_response, log_failure, parse_json, short_repr
 from .schemas import (
     MAX_IMAGE_SIDE,
@@ -201,9 +202,9 @@ def predict_payload(state: Any, digit: np.ndarray | bytes, samples: int | None) 
     from .classify import predictions_payload  # imported on first use, like preprocess
 
     pixels = digit if isinstance(digit, np.ndarray) else pixels_from_image(digit)
-    payload = predictions_payload(state.classifier(pixels.reshape(1, NUM_PIXELS))[0])
+    payload = predictions_payload(native.classify(state.predict, pixels.reshape(1, NUM_PIXELS))[0])
     if samples is not None:
-        payload["uncertainty"] = state.uncertainty(pixels.reshape(NUM_PIXELS), samples)
+        payload["uncertainty"] = native.uncertainty(state.uncertainty, pixels.reshape(NUM_PIXELS), samples)
     return payload
 
 

@@ -37,7 +37,7 @@ from . import api
 from .api import PREDICT_PATH, SAMPLES_PATH
 from .errors import ApiError, JsonResponse, api_error, error_response, invalid_request
 from .middleware import BodyLimit, ResponseHeaders
-from .native import Classifier, Uncertainty
+from .native import NativeFunction
 from .settings import IN_PROCESS, SETTINGS_ENV, Settings, make_settings
 from .static import Site
 
@@ -61,8 +61,8 @@ def create_app(settings: Settings) -> FastAPI:
         default_response_class=JsonResponse,
     )
     app.state.settings = settings
-    app.state.classifier = Classifier(settings.classify_pixels, settings.building)
-    app.state.uncertainty = Uncertainty(settings.uncertainty, settings.building)
+    app.state.predict = NativeFunction("predict", settings.classify_pixels, settings.building)
+    app.state.uncertainty = NativeFunction("uncertainty", settings.uncertainty, settings.building)
     app.state.samples = api.SampleDatabase(settings.samples_db)
     app.include_router(api.router)
     config = lambda: JsonResponse(settings.config)

@@ -1,10 +1,10 @@
 """The native Rust module ``mnist_infer`` behind ``POST /api/predict``: imported on first use,
 and a 503 (with what is being built and ``Retry-After``: docs/api.md) while it cannot be.
 
-* ``Classifier``: (N, 784) float32 pixels 0..255 -> (N, 10) probabilities.
-* ``Uncertainty``: (784,) pixels, N passes -> the API's ``uncertainty`` object (MC dropout).
-
-Either can be given a stand-in (tests, ``make_server(classify_pixels=...)``).
+* ``NativeFunction("predict")``, ``NativeFunction("uncertainty")``: the module's functions, or
+  stand-ins (tests, ``make_server(classify_pixels=...)``), with a 503 until it is built.
+* ``classify``: (N, 784) float32 pixels 0..255 -> (N, 10) probabilities, checked.
+* ``uncertainty``: (784,) pixels, N passes -> the API's ``uncertainty`` object (MC dropout).
 """
 
 from __future__ import annotations
@@ -94,45 +94,33 @@ def not_built(error: ImportError, building: tuple[str, float | None] | None) -> 
     )
 
 
-class Classifier:
-    """``classify_pixels``, or the native ``mnist_infer.predict`` imported on first use.
+class NativeFunction:
+    """``given``, or the function ``name`` of the native module, imported on first use: calling
+    it calls that function, or raises ApiError 503 while the module cannot be imported (tried
+    again on the next call)."""
 
-    Calling it with (N, 784) float32 returns (N, 10) float32 probabilities, or raises ApiError
-    503 when the native module is not built (the import is tried again on the next call).
+    def __init__(self, name: str, given: Callable | None = None, building: Building | None = None) -> None:
+        self.name, self._function, self._building = name, given, building
+
+    def __call__(self, *args, **kwargs):
+        if self._function is None:
+            self._function = getattr(native_module(self._building), self.name)
+        return self._function(*args, **kwargs)
+
+
+def classify(predict: ClassifyPixels, pixels: np.ndarray) -> np.ndarray:
+    """(N, 784) float32 pixels 0..255 -> (N, 10) float32 probabilities by ``predict``.
+
+    Raises:
+        RuntimeError: ``predict`` returned another shape (a bug: the API answers 500).
     """
-
-    def __init__(self, classify_pixels: ClassifyPixels | None = None, building: Building | None = None) -> None:
-        self._classify = classify_pixels
-        self._building = building
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        classify = self._classify or self._native()
-        probabilities = np.asarray(classify(pixels), dtype=np.float32)
-        if probabilities.shape != (len(pixels), 10):
-            raise RuntimeError(f"the classifier returned shape {probabilities.shape} for {len(pixels)} images")
-        return probabilities
-
-    def _native(self) -> ClassifyPixels:
-        self._classify = native_module(self._building).predict
-        return self._classify
+    probabilities = np.asarray(predict(pixels), dtype=np.float32)
+    if probabilities.shape != (len(pixels), 10):
+        raise RuntimeError(f"the classifier returned shape {probabilities.shape} for {len(pixels)} images")
+    return probabilities
 
 
-class Uncertainty:
-    """``uncertainty``, or the native ``mnist_infer.uncertainty`` imported on first use.
-
-    Calling it with (784,) float32 pixels and a number of passes 1..MAX_SAMPLES returns the
-    API's ``uncertainty`` object (``uncertainty_payload``; masks seeded with UNCERTAINTY_SEED),
-    or raises ApiError 503 when the native module is not built (tried again on the next call).
-    """
-
-    def __init__(self, uncertainty: UncertaintyFn | None = None, building: Building | None = None) -> None:
-        self._uncertainty = uncertainty
-        self._building = building
-
-    def __call__(self, pixels: np.ndarray, samples: int) -> dict:
-        uncertainty = self._uncertainty or self._native()
-        return uncertainty_payload(uncertainty(pixels, samples=samples, seed=UNCERTAINTY_SEED), samples)
-
-    def _native(self) -> UncertaintyFn:
-        self._uncertainty = native_module(self._building).uncertainty
-        return self._uncertainty
+def uncertainty(function: UncertaintyFn, pixels: np.ndarray, samples: int) -> dict:
+    """(784,) float32 pixels and 1..MAX_SAMPLES passes -> the API's ``uncertainty`` object
+    (``uncertainty_payload``), masks seeded with UNCERTAINTY_SEED."""
+    return uncertainty_payload(function(pixels, samples=samples, seed=UNCERTAINTY_SEED), samples)
