@@ -99,10 +99,11 @@ router = APIRouter(dependencies=[Depends(given_once)])
 
 
 async def in_thread(request: Request, doing: str, work: Callable[..., Any], *args: Any) -> Any:
-    """``work(*args)`` in a worker thread; any exception but ApiError becomes a logged 500."""
+    """``work(*args)`` in a worker thread; any exception but ApiError and StoreError (a 503)
+    becomes a logged 500."""
     try:
         return await run_in_threadpool(work, *args)
-    except ApiError:
+    except (ApiError, StoreError):
         raise
     except Exception:
         log_failure(request)
@@ -263,8 +264,7 @@ router.post(
 
 class SampleDatabase:
     """The sample database at ``path``, opened (created, migrated: ``mnist_common.samples.open_store``)
-    on first use; ``store()`` raises ApiError 503 while it cannot be opened (tried again on the
-    next call), with the reason."""
+    on first use and again after a failed try. Its StoreErrors are 503s (``database_failed``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -272,30 +272,16 @@ class SampleDatabase:
         self._lock = threading.Lock()
 
     def store(self) -> SampleStore:
-        """The open store (ApiError 503 while it cannot be opened)."""
+        """The open store; StoreError while it cannot be opened."""
         with self._lock:  # one opener at a time: the others wait and get its store
             if self._store is None:
-                try:
-                    self._store = open_store(self.path)
-                except StoreError as e:
-                    raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"cannot save or list samples: {e}") from None
+                self._store = open_store(self.path)
             return self._store
 
 
-def add_sample(samples: SampleDatabase, sample: dict) -> dict:
-    """Store a checked sample; the 201 answer. ApiError 503 when the database fails."""
-    try:
-        return {"success": True, "id": samples.store().add(sample)}
-    except StoreError as e:
-        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"the sample was not saved: {e}") from None
-
-
-def browse(samples: SampleDatabase, after: int, limit: int) -> dict:
-    """One page of samples (``SamplesPage``). ApiError 503 when the database fails."""
-    try:
-        return samples.store().browse(after, limit)
-    except StoreError as e:
-        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"cannot list samples: {e}") from None
+async def database_failed(request: Request, error: StoreError) -> Response:
+    """A StoreError (the database cannot be opened, written or read) is a 503 saying why."""
+    return error_response(HTTPStatus.SERVICE_UNAVAILABLE, f"cannot save or list samples: {error}")
 
 
 DATABASE_FAILED = {503: {"model": ErrorOut, "description": "the database failed"}}
@@ -318,8 +304,9 @@ async def post_sample(request: Request) -> Response:
         shown = short_repr(content_type, 60)
         raise ApiError(HTTPStatus.BAD_REQUEST, f"send the sample as Content-Type: application/json, not {shown}")
     sample = parse_json(SampleIn, await request.body()).model_dump(mode="json", exclude_unset=True)
-    saved = await in_thread(request, "saving the sample", add_sample, request.app.state.samples, sample)
-    return JsonResponse(saved, status_code=HTTPStatus.CREATED)
+    samples = request.app.state.samples
+    sample_id = await in_thread(request, "saving the sample", lambda: samples.store().add(sample))
+    return JsonResponse({"success": True, "id": sample_id}, status_code=HTTPStatus.CREATED)
 
 
 @router.get(
@@ -333,7 +320,9 @@ async def list_samples(
     limit: Annotated[QueryInt, Query(ge=1, le=MAX_PAGE, description="samples per page")] = DEFAULT_PAGE,
 ) -> Response:
     """200 ``SamplesPage``: up to ``limit`` samples with ids above ``after``."""
-    return JsonResponse(await in_thread(request, "listing samples", browse, request.app.state.samples, after, limit))
+    samples = request.app.state.samples
+    page = await in_thread(request, "listing samples", lambda: samples.store().browse(after, limit))
+    return JsonResponse(page)
 
 
 router.head(SAMPLES_PATH, include_in_schema=False)(list_samples)

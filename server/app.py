@@ -33,6 +33,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mnist_common.samples import StoreError
+
 from . import api
 from .api import PREDICT_PATH, SAMPLES_PATH
 from .errors import ApiError, JsonResponse, api_error, error_response, invalid_request
@@ -70,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.head("/config.json", include_in_schema=False)(config)
     app.add_middleware(BodyLimit, max_body=settings.max_body)
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StoreError, api.database_failed)
     app.add_exception_handler(HTTPException, api.http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(Exception, internal_error)
