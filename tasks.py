@@ -472,7 +472,7 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
     /models/, written as files, so that any static server of web/ (`python -m http.server` in
     web/, a static host) serves a page that predicts and switches models. Both are build
     outputs (ignored by git); the CPU builds are offered, wgpu only by `invoke serve --webgpu`."""
-    from server.app import list_models, page_config
+    from server.static import list_models, page_config
 
     listing = list_models(models_dir, weights_path())
     folder = WEB / "models"
@@ -743,6 +743,8 @@ FALLBACK_BACKENDS = ("fast-simd128", *CPU_BACKENDS)
         "/config.json and served under /models/ (read once, at start)",
         "samples-db": "SQLite file where POST /api/samples stores drawn digits (default data/samples.db; "
         "created on the first sample)",
+        "workers": "uvicorn worker processes (default 1); with more, what is stale is built before serving "
+        "starts, as a build in the background can only be followed by one process",
     }
 )
 def serve(
@@ -754,10 +756,15 @@ def serve(
     weights_dtype=DEFAULT_WEIGHTS_DTYPE,
     models=None,
     samples_db=None,
+    workers=1,
 ):
     """Serve web/ at http://<host>:<port> as soon as the page's fallback build is ready; the
     other stale builds (the other wasm builds, the native module behind POST /api/predict) are
-    built while it is served, their output in target/logs/, their progress on the console."""
+    built while it is served, their output in target/logs/, their progress on the console
+    (with --workers N > 1: before it is served)."""
+    workers = int(workers)
+    if workers < 1:
+        raise Exit(f"--workers is a number of processes, at least 1, not {workers}")
     embedded = weights_path()  # the model the builds embed (the page's in --weights-dtype)
     models_dir = Path(models) if models else MODEL_DIR
     if not models_dir.is_dir():
@@ -787,18 +794,34 @@ def serve(
         progress.expect(NATIVE_JOB, float(seconds))
 
     def build_the_rest(server) -> None:
-        """In the background, while the page is served: each build, then what it changes."""
+        """In the background, while the page is served (``server``; None: before serving):
+        each build, then what it changes."""
 
         def wasm_builds() -> None:
             for name in stale:
                 if progress.run(f"wasm {name}", lambda name=name: build_one(name, log_file=LOGS / f"wasm-{name}.log")):
                     write_static_site()
-                    server.config["backends"] = [b for b in built_backends() if b in offered]
+                    if server is not None:
+                        server.config["backends"] = [b for b in built_backends() if b in offered]
 
         waiting = in_background("wasm builds", wasm_builds)
         if native_stale:
             progress.run(NATIVE_JOB, lambda: native_module(log_file=LOGS / "native-build.log"))
         waiting()
+
+    build_while_serving = bool(stale or native_stale)
+    if workers > 1 and build_while_serving:
+        # The worker processes cannot see a build this process follows (the API's 503 "being
+        # built", /config.json's backends as they finish): build first, then serve.
+        what = [f"wasm {name}" for name in stale] + ([NATIVE_JOB] if native_stale else [])
+        log(f"--workers {workers}: building {', '.join(what)} before serving")
+        build_the_rest(None)
+        if native_stale and not native_module_up_to_date():
+            raise Exit(
+                f"--workers {workers} serves once the native module is built, and its build failed "
+                "(see target/logs/native-build.log); `invoke serve` with one worker serves the page without it"
+            )
+        build_while_serving = False
 
     from server.app import serve as serve_web
 
@@ -810,8 +833,9 @@ def serve(
         models_dir=models_dir,
         embedded=embedded,
         samples_db=Path(samples_db) if samples_db else SAMPLES_DB,
-        building=progress.native_status if native_stale else None,
-        background=build_the_rest if stale or native_stale else None,
+        building=progress.native_status if native_stale and build_while_serving else None,
+        background=build_the_rest if build_while_serving else None,
+        workers=workers,
     )
 
 
@@ -822,7 +846,7 @@ NATIVE_JOB = "the native classifier mnist_infer (POST /api/predict)"
 class Progress:
     """Builds that run while the page is served: one console line a minute saying what is
     still building and for how long, a line when each ends, and ``native_status`` for the
-    API's 503 answers (``server.app.Building``)."""
+    API's 503 answers (``server.native.Building``)."""
 
     def __init__(self, every: float = 60.0) -> None:
         self._lock = threading.Lock()
@@ -859,7 +883,7 @@ class Progress:
         return True
 
     def native_status(self) -> tuple[str, float | None] | None:
-        """``server.app.Building`` for the native module: what and about how many seconds are left."""
+        """``server.native.Building`` for the native module: what and about how many seconds are left."""
         with self._lock:
             if NATIVE_JOB in self._failed:
                 return f"the build of {NATIVE_JOB} failed (see target/logs/native-build.log)", None

@@ -33,7 +33,8 @@ import torch
 from PIL import Image, ImageOps
 
 from mnist_common.paths import REPORTS_DIR, ROOT
-from server.app import PREDICT_PATH, make_server
+from server.api import PREDICT_PATH
+from server.app import make_server
 from trainer import data
 from trainer.export import torch_predictor
 

@@ -35,12 +35,13 @@ last commits can roll back on power loss: a page that was told "saved" must not 
 and one fsync per hand-drawn digit costs nothing worth saving. A commit that did not finish is
 rolled back when the database is next opened: a sample is there whole or not at all.
 
-Threads: a ``SampleStore`` holds only the path. Every call opens its own connection, uses it for
-one transaction and closes it (``SampleStore.connect``), so any number of threads (those of
-ThreadingHTTPServer) can share one store; SQLite serialises the writers (each waits up to
-BUSY_TIMEOUT seconds for the lock), readers never wait in WAL mode. Opening a connection costs
-tens of microseconds; one per thread would leak one per HTTP connection, as the server makes a
-thread per connection.
+Threads and processes: a ``SampleStore`` holds only the path. Every call opens its own
+connection, uses it for one transaction and closes it (``SampleStore.connect``), so any number of
+threads (the server's thread pool) and processes (``invoke serve --workers N``) can share one
+file; SQLite serialises the writers (each waits up to BUSY_TIMEOUT seconds for the lock), readers
+never wait in WAL mode, and ``open_store`` retries the switch to WAL and migrates under the
+write lock, so processes opening a new file at once all get it, created once. Opening a
+connection costs tens of microseconds.
 
 Schema versions: ``PRAGMA user_version`` holds the schema version (0 for a new, empty file);
 ``open_store`` applies ``MIGRATIONS[v:]`` in order, each in its own transaction together with
@@ -71,6 +72,7 @@ import numbers
 import os
 import re
 import sqlite3
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -166,11 +168,29 @@ def open_store(path: Path | str = DEFAULT_DB, *, create: bool = True) -> SampleS
         version = db.execute("PRAGMA user_version").fetchone()[0]  # refuse a newer file before touching it
         if version > len(MIGRATIONS):
             raise _newer(path, version)
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]  # stored in the file, once for all
+        mode = _wal(db)  # stored in the file, once for all
         if mode.lower() != "wal":
             raise StoreError(f"the sample database {path} cannot use WAL mode (journal mode {mode!r})")
         _migrate(db, path)
     return store
+
+
+def _wal(db: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode=WAL``; returns the journal mode now in force.
+
+    Switching a new file to WAL takes its exclusive lock, and SQLite answers "database is
+    locked" at once, without waiting BUSY_TIMEOUT, when two connections try it together (the
+    workers of ``invoke serve --workers N`` opening a new file): so it is retried here, for up
+    to BUSY_TIMEOUT seconds.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            return db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.005)
 
 
 def _newer(path: Path, version: int) -> StoreError:
@@ -469,6 +489,15 @@ def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _is_finite(value: object) -> bool:
+    """A number that is finite as a float: not NaN or infinite, nor an integer too large for a
+    float (JSON allows 10**400; math.isfinite would raise OverflowError on it)."""
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -513,7 +542,7 @@ def _pixels(value: object) -> bytes:
         if len(value) != NUM_PIXELS:
             raise ValueError(f"pixels must hold {NUM_PIXELS} numbers (28x28, row-major), got {len(value)}")
         for i, v in enumerate(value):
-            if not _is_number(v) or not math.isfinite(v) or not 0 <= v <= 255:
+            if not _is_finite(v) or not 0 <= v <= 255:
                 raise ValueError(f"pixels[{i}] is {_short(v)}, not a number in 0..255")
         image = np.floor(np.asarray(value, dtype=np.float64) + 0.5).astype(np.uint8)
     if not image.any():
@@ -538,11 +567,7 @@ def _strokes(value: object) -> str:
             raise ValueError(f"strokes hold more than {MAX_POINTS} points")
         checked = []
         for j, point in enumerate(stroke):
-            if (
-                not isinstance(point, (list, tuple))
-                or len(point) != 3
-                or not all(_is_number(v) and math.isfinite(v) for v in point)
-            ):
+            if not isinstance(point, (list, tuple)) or len(point) != 3 or not all(_is_finite(v) for v in point):
                 raise ValueError(f"strokes[{i}][{j}] must be [x, y, t_ms], three finite numbers, got {_short(point)}")
             if point[2] < 0:
                 raise ValueError(f"strokes[{i}][{j}] has t_ms {_short(point[2])}; times are >= 0")
@@ -592,7 +617,7 @@ def validate(sample: object) -> tuple:
     if unknown:
         raise ValueError(f"unknown field {_short(unknown[0])} (fields: {', '.join(REQUIRED + OPTIONAL)})")
     pen_width = sample["pen_width"]
-    if not _is_number(pen_width) or not math.isfinite(pen_width) or not 0 < pen_width <= MAX_CANVAS_SIDE:
+    if not _is_finite(pen_width) or not 0 < pen_width <= MAX_CANVAS_SIDE:
         raise ValueError(f"pen_width must be a number of px in (0, {MAX_CANVAS_SIDE}], got {_short(pen_width)}")
     width, height = _canvas(sample["canvas"])
     return (

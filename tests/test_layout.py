@@ -114,7 +114,7 @@ def test_the_checks_catch_what_they_look_for():
 def test_the_graph_sees_relative_and_lazy_imports():
     graph = import_graph()
     assert "trainer.augment" in graph["trainer.evaluation.evaluate"]  # `from ..augment import`
-    assert "mnist_common.preprocess" in graph["server.app"]  # imported inside a function
+    assert "mnist_common.preprocess" in graph["server.api"]  # imported inside a function
 
 
 def defined_names(path: Path) -> set[str]:
@@ -192,11 +192,11 @@ def test_serving_needs_no_pytorch(tmp_path):
     """`./dev serve` installs no PyTorch: the server, the tasks module and the weights
     conversions (`--weights-dtype f16|int8`) import none of torch, torchvision or matplotlib."""
     script = (
-        "import sys, tasks, server.app, server.classify\n"
+        "import sys, tasks, server.app, server.static, server.classify\n"
         "from mnist_common.weights import convert_weights\n"
         "from mnist_common.paths import DEFAULT_WEIGHTS\n"
         f"for dtype in ('f16', 'int8'): convert_weights(DEFAULT_WEIGHTS, {str(tmp_path)!r} + '/' + dtype, dtype)\n"
-        "server.app.list_models(server.app.MODELS_DIR)\n"
+        "server.static.list_models(server.static.MODELS_DIR)\n"
         "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib', 'skimage') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -49,8 +49,10 @@ def test_page_and_modules_are_served(local_server):
 
 
 def test_wasm_is_application_wasm(local_server):
+    from server.static import content_type
     from tests.conftest import ROOT
 
+    assert content_type(ROOT / "web" / "pkg" / "flex" / "mnist_wasm_bg.wasm") == "application/wasm"
     built = sorted((ROOT / "web" / "pkg").glob("*/mnist_wasm_bg.wasm"))
     if not built:
         pytest.skip("no wasm built yet (invoke build-wasm)")
@@ -86,6 +88,42 @@ def test_other_methods_are_refused(local_server):
     assert status == 501
 
 
+def test_openapi_describes_the_api(local_server):
+    """/openapi.json lists every endpoint with its bodies, parameters and answers (docs/api.md
+    stays the full description); /docs is Swagger UI over it."""
+    status, headers, body = fetch(local_server + "openapi.json")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    paths = json.loads(body)["paths"]
+    assert set(paths["/api/predict"]) == set(paths["/api/mnist"]) == {"post"}
+    assert set(paths["/api/samples"]) == {"get", "post"} and set(paths["/config.json"]) == {"get"}
+    predict = paths["/api/predict"]["post"]
+    content = predict["requestBody"]["content"]
+    assert content["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
+    assert content["application/json"]["schema"]["properties"]["pixels"]["minItems"] == 784
+    assert [p["name"] for p in predict["parameters"]] == ["samples"]
+    assert {"200", "400", "405", "413", "500", "503"} <= set(predict["responses"])
+    assert paths["/api/mnist"]["post"]["requestBody"] == predict["requestBody"]
+    sample = paths["/api/samples"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(sample["required"]) == {"label", "pixels", "strokes", "pen_width", "canvas"}
+    assert sample["additionalProperties"] is False
+    assert [p["name"] for p in paths["/api/samples"]["get"]["parameters"]] == ["after", "limit"]
+    status, headers, body = fetch(local_server + "docs")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b"swagger-ui" in body and b"/openapi.json" in body
+
+
+def test_static_files_answer_head_and_conditional_requests(local_server):
+    status, headers, body = fetch(local_server + "app.js", method="HEAD")
+    assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
+    etag = headers["ETag"]
+    request = urllib.request.Request(local_server + "app.js", headers={"If-None-Match": etag})
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=5)
+    assert answer.value.code == 304  # no-cache: the browser asks, and a fresh copy costs no bytes
+    assert answer.value.headers["Cache-Control"] == "no-cache"
+
+
 def test_port_in_use_is_a_clear_error(local_server):
     port = int(local_server.rsplit(":", 1)[1].strip("/"))
     with pytest.raises(SystemExit, match="already in use"):
@@ -97,6 +135,7 @@ def test_port_in_use_is_a_clear_error(local_server):
     [
         (["serve", "--backend", "wgpu"], "--backend names the fallback build: fast-simd128, ndarray, flex, not 'wgpu'"),
         (["serve", "--backend", "fast-relaxed"], "not 'fast-relaxed'"),  # not every browser runs it
+        (["serve", "--workers", "0"], "--workers is a number of processes, at least 1, not 0"),
         (
             ["build-wasm", "--backend", "cuda"],
             "unknown backend 'cuda': choose one of fast-relaxed, fast-simd128, ndarray, flex, wgpu, all",
