@@ -947,11 +947,13 @@ def samples_task(c, export=None, import_=None, db=None):
         raise Exit(str(e)) from None
 
 
-def install_tools() -> None:
-    """The tools and data the builds and the tests need: the wasm toolchain, wasm-bindgen,
+def install_tools(bindgen: bool = True) -> None:
+    """The tools and data the builds and the tests need: the wasm toolchain, wasm-bindgen
+    (unless ``bindgen`` is false: each wasm build installs it beside cargo when it is missing),
     wasm-opt, Chromium and MNIST (what is there is left alone)."""
     wasm_toolchain()
-    wasm_bindgen_cli()
+    if bindgen:
+        wasm_bindgen_cli()
     wasm_opt()
     apt_install(("chromium",), "browser tests")
     from trainer.data import ensure_mnist
@@ -1125,12 +1127,14 @@ def test(c, quick=False):
         run([sys.executable, "-m", "pytest", "-n", "auto", "--dist", "loadfile", "-m", QUICK_TESTS])
         return
     lint(c)
-    install_tools()
-    # The native module (burn compiled for this CPU) builds beside the wasm builds (burn for
-    # wasm32): they share no compiled crate, and each alone leaves a core idle for long
-    # stretches (chains of crates that wait for each other, one-unit LTO links, wasm-opt).
+    # The native module (burn compiled for this CPU) builds beside everything else, from the
+    # start: it needs only cargo and maturin, shares no compiled crate with the wasm builds (burn
+    # for wasm32), and each alone leaves a core idle for long stretches (chains of crates that
+    # wait for each other, one-unit LTO links, wasm-opt, downloads). The wasm-bindgen CLI is
+    # compiled beside the first wasm build's cargo (`build_one`), not before it.
     native = in_background("native module", lambda: native_module(log_file=LOGS / "native-build.log"))
     try:
+        install_tools(bindgen=False)
         build_wasm(c, backend="all")
     finally:
         native()

@@ -37,6 +37,18 @@ NO_BUILD = bool(os.environ.get("MNIST_TEST_NO_BUILD"))
 REQUIRE_NATIVE = bool(os.environ.get("MNIST_REQUIRE_NATIVE"))
 
 
+#: Test files that run for minutes on one worker (training runs, WebGPU on SwiftShader, the
+#: evaluation reports), slowest first. `invoke test` hands out whole files (`--dist loadfile`)
+#: in collection order: collected last, one of them kept one core busy while the other idled.
+SLOW_FIRST = ("test_train.py", "test_webgpu.py", "test_evaluate.py", "test_compare.py", "test_models_page.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Put the files of SLOW_FIRST first (stable: the rest keep their order)."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
+
+
 def pytest_sessionstart(session):
     if REQUIRE_NATIVE:
         try:

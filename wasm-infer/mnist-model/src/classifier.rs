@@ -22,9 +22,9 @@ use crate::kernels::{Isa, Network};
 use crate::pass::{McDropout, Pass};
 use crate::uncertainty::{self, Uncertainty};
 use crate::weights::{self, LoadError, Metadata};
+use crate::{IMAGE_SIZE, INPUT_LEN, MAX_PIXEL, MAX_SAMPLES, MAX_TAUGHT, NUM_CLASSES, params};
 #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
-use crate::{IMAGE_SIZE, layers, model::Model, plan};
-use crate::{INPUT_LEN, MAX_PIXEL, MAX_SAMPLES, MAX_TAUGHT, NUM_CLASSES, params};
+use crate::{layers, model::Model, plan};
 
 /// The head re-fitted by [`Classifier::teach`], and how many examples of each class it learnt.
 #[derive(Clone, Debug)]

@@ -12,12 +12,17 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+#[cfg(feature = "fast")]
 use burn::module::Param;
+#[cfg(feature = "fast")]
 use burn::nn::PaddingConfig2d;
+#[cfg(feature = "fast")]
 use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::model::{self, ConvBlock, Model};
+use crate::model;
+#[cfg(feature = "fast")]
+use crate::model::{ConvBlock, Model};
 use crate::plan::{Act, Layer};
 
 /// The shape of one image's values entering or leaving a step.
@@ -83,6 +88,7 @@ pub(crate) fn unsupported(what: String) -> String {
 
 /// The convolution geometry the kernels implement: stride 1, no dilation, no groups; the
 /// padding is returned.
+#[cfg(feature = "fast")]
 fn check_conv(
     name: &str,
     stride: [usize; 2],
@@ -103,6 +109,7 @@ fn check_conv(
 }
 
 /// The pool the kernels fuse: 2x2, stride 2, floor mode, no padding or dilation.
+#[cfg(feature = "fast")]
 fn check_pool(
     name: &str,
     kernel_size: [usize; 2],
@@ -427,6 +434,7 @@ pub(crate) fn check_file(
 }
 
 /// [`check`] of the `cnn` plan with the parameters of the burn `model` (loaded by burn-store).
+#[cfg(feature = "fast")]
 pub(crate) fn check_model(model: &Model, input: [usize; 3]) -> Result<Checked, String> {
     check(&crate::plan::cnn(), &mut ModelSource(model), input)
 }
@@ -526,8 +534,10 @@ impl Source for FileSource<'_> {
 }
 
 /// Parameters of the burn `cnn` model, by its field names.
+#[cfg(feature = "fast")]
 struct ModelSource<'a>(&'a Model);
 
+#[cfg(feature = "fast")]
 impl Source for ModelSource<'_> {
     fn conv(&mut self, prefix: &str, _norm: bool) -> Result<ConvParams, String> {
         match prefix {
@@ -645,6 +655,7 @@ fn widen(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
 /// A burn tensor's f32 values, with its shape. The model is built in f32 and burn-store
 /// converts what it loads to the parameters' dtype, so no conversion happens here (a generic
 /// one would link burn's conversions between every pair of dtypes).
+#[cfg(feature = "fast")]
 fn values<const D: usize>(tensor: Tensor<D>) -> Result<(Vec<f32>, [usize; D]), String> {
     let shape: [usize; D] = tensor.dims();
     let data = tensor.into_data();
@@ -655,6 +666,7 @@ fn values<const D: usize>(tensor: Tensor<D>) -> Result<(Vec<f32>, [usize; D]), S
 }
 
 /// An optional bias's values (none for a layer built without bias).
+#[cfg(feature = "fast")]
 fn bias_values(bias: &Option<Param<Tensor<1>>>) -> Result<Option<Vec<f32>>, String> {
     Ok(match bias {
         Some(b) => Some(values(b.val())?.0),
@@ -662,6 +674,7 @@ fn bias_values(bias: &Option<Param<Tensor<1>>>) -> Result<Option<Vec<f32>>, Stri
     })
 }
 
+#[cfg(feature = "fast")]
 fn conv_params(block: &ConvBlock, name: &str) -> Result<ConvParams, String> {
     let conv = &block.conv;
     let padding = check_conv(name, conv.stride, conv.dilation, conv.groups, &conv.padding)?;
@@ -696,6 +709,7 @@ fn conv_params(block: &ConvBlock, name: &str) -> Result<ConvParams, String> {
 }
 
 /// burn's `Linear` holds its weight as `[in, out]`: transposed back to PyTorch's `[out, in]`.
+#[cfg(feature = "fast")]
 fn linear_params(layer: &burn::nn::Linear) -> Result<LinearParams, String> {
     let (weight, [k, n]) = values(layer.weight.val())?;
     let transposed = (0..n * k).map(|i| weight[(i % k) * n + i / k]).collect();
