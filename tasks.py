@@ -344,6 +344,18 @@ def wasm_up_to_date(backend: str) -> bool:
     return wasm.exists() and stamp.exists() and stamp.read_text() == source_digest(backend, wasm_toolchain()["route"])
 
 
+def cargo_wasm_release(toolchain: dict, args: list[str], env: dict | None = None, log_file: Path | None = None) -> Path:
+    """``cargo build --release`` for wasm32 with ``args`` (package, features), on ``toolchain``'s
+    route (``wasm_toolchain()``: its cargo, build-std flags and environment, or ``env``); returns
+    the folder of the release outputs."""
+    run(
+        [toolchain["cargo"], "build", "--release", "--target", WASM_TARGET, *toolchain["build_std"], *args],
+        env=env or toolchain["env"],
+        log_file=log_file,
+    )
+    return Path(toolchain["env"]["CARGO_TARGET_DIR"]) / WASM_TARGET / "release"
+
+
 def build_one(backend: str, force: bool = False, log_file: Path | None = None) -> Path:
     """Build web/pkg/<backend>/ (wasm-bindgen output, wasm-opt'd) unless it is up to date; the
     compiler's output goes to ``log_file`` when one is given (the console otherwise)."""
@@ -363,25 +375,15 @@ def build_one(backend: str, force: bool = False, log_file: Path | None = None) -
     bindgen_ready = in_background("wasm-bindgen-cli", lambda: wasm_bindgen_cli(log_file=bindgen_log))
     optimizer = wasm_opt()
     try:
-        run(
-            [
-                toolchain["cargo"],
-                "build",
-                "--release",
-                "--target",
-                WASM_TARGET,
-                *toolchain["build_std"],
-                "-p",
-                "mnist-wasm",
-                "--features",
-                FAST_BACKENDS.get(backend, backend),
-            ],
+        release = cargo_wasm_release(
+            toolchain,
+            ["-p", "mnist-wasm", "--features", FAST_BACKENDS.get(backend, backend)],
             env={**toolchain["env"], "MNIST_WEIGHTS": str(embedded_weights(backend))},
             log_file=log_file,
         )
     finally:
         bindgen = bindgen_ready()
-    raw = Path(toolchain["env"]["CARGO_TARGET_DIR"]) / WASM_TARGET / "release" / "mnist_wasm.wasm"
+    raw = release / "mnist_wasm.wasm"
     # Assemble beside the old build and swap at the end: a failed build leaves the last good one.
     staging = PKG / f".{backend}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -1038,24 +1040,10 @@ def kernel_wasm_tests(seed: int = 2026, cases: int = KERNEL_WASM_CASES) -> None:
         raise Exit("the kernels' wasm property tests run in Node.js: install it")
     toolchain = wasm_toolchain()
     log(f"the kernels' property tests in wasm: scalar, simd128, relaxed SIMD ({toolchain['route']} route)")
-    run(
-        [
-            toolchain["cargo"],
-            "build",
-            "--release",
-            "--target",
-            WASM_TARGET,
-            *toolchain["build_std"],
-            "-p",
-            "mnist-kernels",
-            "--example",
-            "wasm_properties",
-            "--features",
-            "relaxed-simd",
-        ],
-        env=toolchain["env"],
+    release = cargo_wasm_release(
+        toolchain, ["-p", "mnist-kernels", "--example", "wasm_properties", "--features", "relaxed-simd"]
     )
-    module = Path(toolchain["env"]["CARGO_TARGET_DIR"]) / WASM_TARGET / "release" / "examples" / "wasm_properties.wasm"
+    module = release / "examples" / "wasm_properties.wasm"
     script = ROOT / "wasm-infer" / "mnist-kernels" / "examples" / "wasm_properties.mjs"
     run(["node", *node_wasm_flags(), script, module, str(seed), str(cases)])
 
