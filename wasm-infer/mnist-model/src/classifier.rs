@@ -189,7 +189,7 @@ impl Classifier {
     }
 
     /// What the weights file's metadata says: architecture, layer plan, normalisation, the
-    /// "not sure" threshold.
+    /// "not sure" and "not a digit" thresholds.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
@@ -234,6 +234,11 @@ impl Classifier {
     /// head once examples are taught. Synchronous: on wgpu in a browser use
     /// [`Classifier::uncertainty_async`].
     ///
+    /// The summary is judged by the file's rules: `not_a_digit` is
+    /// [`Classifier::not_a_digit`] on one more pass, in eval mode (dropout off, the
+    /// probabilities [`Classifier::probabilities`] gives), when the file has the rule; `unsure`
+    /// is [`Classifier::unsure`] (either rule).
+    ///
     /// `pixels`: 784 values as [`Classifier::logits`]. The fast kernels run the layers before
     /// the first dropout once; the burn backends run a `[samples, 1, 28, 28]` batch.
     ///
@@ -249,7 +254,15 @@ impl Classifier {
         self.check_mc(pixels, samples)?;
         let mut values = self.to_logits(self.output(pixels, Some(McDropout { samples, seed })));
         softmax_rows(&mut values, NUM_CLASSES);
-        Ok(uncertainty::summarize(&values, NUM_CLASSES))
+        let mut summary = uncertainty::summarize(&values, NUM_CLASSES);
+        // The "not a digit" rule is on one eval-mode pass (dropout off), run only when the file
+        // has the rule.
+        let eval = match self.metadata.not_a_digit_threshold {
+            Some(_) => Some(self.probabilities(pixels)?),
+            None => None,
+        };
+        self.judge(&mut summary, eval.as_deref());
+        Ok(summary)
     }
 
     /// [`Classifier::uncertainty`] with an asynchronous read-back (wgpu in a browser).
@@ -268,7 +281,13 @@ impl Classifier {
                 .await?,
         );
         softmax_rows(&mut values, NUM_CLASSES);
-        Ok(uncertainty::summarize(&values, NUM_CLASSES))
+        let mut summary = uncertainty::summarize(&values, NUM_CLASSES);
+        let eval = match self.metadata.not_a_digit_threshold {
+            Some(_) => Some(self.probabilities_async(pixels).await?),
+            None => None,
+        };
+        self.judge(&mut summary, eval.as_deref());
+        Ok(summary)
     }
 
     /// Teach the classifier one user's hand: re-fit its last layer to these labelled images
@@ -439,12 +458,37 @@ impl Classifier {
         Ok(())
     }
 
-    /// Whether an [`Uncertainty`] counts as "not sure": its mutual information is above the
-    /// file's `unsure_mutual_information` threshold; `None` for an uncalibrated file.
+    /// Whether an [`Uncertainty`] counts as "not sure": true when either of the file's rules
+    /// fires, its mutual information above the `unsure_mutual_information` threshold, or its
+    /// `not_a_digit` (see [`Classifier::not_a_digit`]); with one threshold only, that rule
+    /// decides; `None` when the file has neither.
     pub fn unsure(&self, uncertainty: &Uncertainty) -> Option<bool> {
-        self.metadata
+        let mutual_information = self
+            .metadata
             .unsure_threshold
-            .map(|t| uncertainty.mutual_information > t)
+            .map(|t| uncertainty.mutual_information > t);
+        uncertainty::either(mutual_information, uncertainty.not_a_digit)
+    }
+
+    /// The "not a digit" rule, the weights file's `not_a_digit_max_probability` τ in `(0, 1]`:
+    /// an image is not a digit when the largest of its probabilities is below τ.
+    ///
+    /// `probabilities`: the 10 softmax probabilities of one image (each in 0..=1) from an
+    /// eval-mode pass, dropout off: what [`Classifier::probabilities`] gives (with the taught
+    /// head once examples are taught), not MC dropout's mean. Unchecked here: the bindings
+    /// check values from outside with [`check_probabilities`]. Returns `Some(max < τ)`, or
+    /// `None` when the file has no τ.
+    pub fn not_a_digit(&self, probabilities: &[f32]) -> Option<bool> {
+        self.metadata
+            .not_a_digit_threshold
+            .map(|t| uncertainty::largest_below(probabilities, t))
+    }
+
+    /// Set `summary`'s `not_a_digit` (from `eval`, the eval-mode probabilities of the same
+    /// image, given when the file has the rule) and its `unsure` (either rule).
+    fn judge(&self, summary: &mut Uncertainty, eval: Option<&[f32]>) {
+        summary.not_a_digit = eval.and_then(|p| self.not_a_digit(p));
+        summary.unsure = self.unsure(summary);
     }
 
     /// Where one prediction's time goes: each layer (burn backends) or fused stage (the fast
@@ -572,6 +616,25 @@ fn check_outputs(outputs: usize) -> Result<(), LoadError> {
         )));
     }
     Ok(())
+}
+
+/// Check one image's probabilities before [`Classifier::not_a_digit`] judges them: exactly
+/// [`NUM_CLASSES`] (10) values, each a number in `0.0..=1.0` (NaN refused).
+///
+/// # Errors
+/// [`InputError::Probabilities`] naming the length, or the first bad value and its position.
+pub fn check_probabilities(probabilities: &[f32]) -> Result<(), InputError> {
+    let len = probabilities.len();
+    if len != NUM_CLASSES {
+        return Err(InputError::Probabilities { len, bad: None });
+    }
+    match probabilities.iter().position(|p| !(0.0..=1.0).contains(p)) {
+        Some(index) => Err(InputError::Probabilities {
+            len,
+            bad: Some((index, probabilities[index])),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Check a batch of raw pixels without computing anything.

@@ -4,7 +4,7 @@
 use alloc::string::String;
 use core::fmt;
 
-use crate::{INPUT_LEN, MAX_SAMPLES, MAX_TAUGHT};
+use crate::{INPUT_LEN, MAX_SAMPLES, MAX_TAUGHT, NUM_CLASSES};
 
 /// Why a batch of pixels was refused. Nothing is computed for a refused batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +29,15 @@ pub enum InputError {
     NotOneImage(usize),
     /// MC dropout's sample count is outside `1..=MAX_SAMPLES`.
     Samples(usize),
+    /// Not one image's probabilities ([`crate::check_probabilities`]): [`NUM_CLASSES`] numbers
+    /// in `0.0..=1.0` were expected.
+    Probabilities {
+        /// How many values were given.
+        len: usize,
+        /// The first value that is not a number in `0.0..=1.0`, and its position (`None` when
+        /// the length is wrong).
+        bad: Option<(usize, f32)>,
+    },
 }
 
 impl fmt::Display for InputError {
@@ -55,6 +64,17 @@ impl fmt::Display for InputError {
             InputError::Samples(n) => write!(
                 f,
                 "MC dropout samples must be between 1 and {MAX_SAMPLES}, got {n}"
+            ),
+            InputError::Probabilities { len, bad: None } => write!(
+                f,
+                "expected the {NUM_CLASSES} probabilities of one image, got {len} values"
+            ),
+            InputError::Probabilities {
+                bad: Some((index, value)),
+                ..
+            } => write!(
+                f,
+                "probability {index} is {value}: probabilities are numbers in 0..=1"
             ),
         }
     }

@@ -55,7 +55,7 @@ mod weights;
 
 pub use adapt::Head;
 pub use backend::Backend;
-pub use classifier::{Classifier, check_pixels, softmax_rows};
+pub use classifier::{Classifier, check_pixels, check_probabilities, softmax_rows};
 pub use error::{InputError, PredictError, TeachError};
 #[cfg(feature = "fast")]
 pub use fast::LoadNetwork;
@@ -64,7 +64,7 @@ pub use kernels::{Isa, Network};
 pub use model::Model;
 pub use pass::{McDropout, Pass};
 pub use uncertainty::Uncertainty;
-pub use weights::{ARCHITECTURE, LoadError, Metadata};
+pub use weights::{ARCHITECTURE, LoadError, Metadata, NOT_A_DIGIT_KEY};
 
 /// Side of the square input image, in pixels.
 pub const IMAGE_SIZE: usize = 28;

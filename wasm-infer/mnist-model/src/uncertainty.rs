@@ -5,6 +5,11 @@
 //! The masks come from a counter-based generator ([`uniform`]), so that Python
 //! (`trainer.uncertainty`) can draw exactly the same ones from the same seed and the two
 //! sides can be compared number for number.
+//!
+//! [`crate::Classifier::uncertainty`] also judges the image by the weights file's two rules:
+//! "not sure" (the mutual information above `unsure_mutual_information`) and "not a digit" (the
+//! largest probability of one eval-mode pass below `not_a_digit_max_probability`); `unsure`
+//! is true when either fires.
 
 use alloc::vec::Vec;
 
@@ -48,6 +53,37 @@ pub struct Uncertainty {
     pub mutual_information: f32,
     /// Number of samples `T`.
     pub samples: usize,
+    /// Whether the image is "not a digit" ([`crate::Classifier::not_a_digit`] on the
+    /// probabilities of one eval-mode pass of the same image, dropout off: not on the mean
+    /// above); `None` when the weights file has no `not_a_digit_max_probability`, and from
+    /// [`summarize`] alone.
+    pub not_a_digit: Option<bool>,
+    /// "Not sure": true when either of the file's rules fires (the mutual information above
+    /// `unsure_mutual_information`, or `not_a_digit`); with one of the two thresholds only,
+    /// that rule decides; `None` when the file has neither, and from [`summarize`] alone
+    /// ([`crate::Classifier::unsure`]).
+    pub unsure: Option<bool>,
+}
+
+/// The "not a digit" rule on one image: the largest of its `probabilities` (10 softmax values
+/// of an eval-mode pass, each in 0..=1) is below `threshold` (τ, in `(0, 1]`). NaN values
+/// are passed over; no values at all count as "not a digit". [`crate::Classifier::not_a_digit`]
+/// applies it with the file's τ.
+pub(crate) fn largest_below(probabilities: &[f32], threshold: f32) -> bool {
+    probabilities
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+        < threshold
+}
+
+/// "Not sure" from the two rules' verdicts (each `None` when the file lacks its threshold):
+/// true when either fires, `None` when neither rule exists.
+pub(crate) fn either(mutual_information: Option<bool>, not_a_digit: Option<bool>) -> Option<bool> {
+    match (mutual_information, not_a_digit) {
+        (None, None) => None,
+        (a, b) => Some(a == Some(true) || b == Some(true)),
+    }
 }
 
 /// Entropy in nats of one probability vector (0 log 0 = 0).
@@ -93,6 +129,8 @@ pub fn summarize(probabilities: &[f32], classes: usize) -> Uncertainty {
         entropy: total as f32,
         mutual_information: (total - expected).max(0.0) as f32,
         samples,
+        not_a_digit: None,
+        unsure: None,
     }
 }
 
@@ -127,5 +165,36 @@ mod tests {
         assert!((u.entropy - core::f32::consts::LN_2).abs() < 1e-6);
         assert_eq!(u.probabilities, [0.5, 0.5]);
         assert_eq!(u.std, [0.5, 0.5]);
+        assert_eq!((u.not_a_digit, u.unsure), (None, None)); // the classifier's to judge
+    }
+
+    #[test]
+    fn not_a_digit_when_the_largest_probability_is_below_the_threshold() {
+        let confident = [0.01f32, 0.9, 0.01, 0.01, 0.01, 0.01, 0.01, 0.02, 0.01, 0.01];
+        assert!(!largest_below(&confident, 0.5));
+        assert!(!largest_below(&confident, 0.9)); // equal is not below
+        assert!(largest_below(&confident, 0.900_001));
+        let flat = [0.1f32; 10];
+        assert!(largest_below(&flat, 0.5) && !largest_below(&flat, 0.1));
+        // τ = 1: everything short of certainty; a probability of exactly 1 never fires.
+        let mut certain = [0.0f32; 10];
+        certain[3] = 1.0;
+        assert!(!largest_below(&certain, 1.0) && largest_below(&confident, 1.0));
+        // The largest wherever it is, NaN passed over.
+        assert!(!largest_below(&[0.2, f32::NAN, 0.7, 0.1], 0.6));
+        assert!(largest_below(&[], 0.5));
+    }
+
+    #[test]
+    fn unsure_when_either_rule_fires_and_unknown_without_both() {
+        assert_eq!(either(None, None), None);
+        assert_eq!(either(Some(false), None), Some(false));
+        assert_eq!(either(Some(true), None), Some(true));
+        assert_eq!(either(None, Some(false)), Some(false));
+        assert_eq!(either(None, Some(true)), Some(true));
+        assert_eq!(either(Some(false), Some(false)), Some(false));
+        assert_eq!(either(Some(true), Some(false)), Some(true));
+        assert_eq!(either(Some(false), Some(true)), Some(true));
+        assert_eq!(either(Some(true), Some(true)), Some(true));
     }
 }

@@ -94,7 +94,14 @@ pub struct Metadata {
     /// prediction is "not sure", chosen on a validation split (`trainer.uncertainty`); none
     /// when the file has not been calibrated.
     pub unsure_threshold: Option<f32>,
+    /// `not_a_digit_max_probability`, τ in `(0, 1]`: an image whose largest eval-mode softmax
+    /// probability is below it is "not a digit" ([`crate::Classifier::not_a_digit`]); none
+    /// when the file has no such rule.
+    pub not_a_digit_threshold: Option<f32>,
 }
+
+/// The metadata key of the "not a digit" threshold τ ([`Metadata::not_a_digit_threshold`]).
+pub const NOT_A_DIGIT_KEY: &str = "not_a_digit_max_probability";
 
 /// Load the model and its normalisation from the bytes of a safetensors file.
 #[cfg_attr(
@@ -179,6 +186,13 @@ pub(crate) fn read_metadata(bytes: &[u8]) -> Result<Metadata, LoadError> {
         Some(_) => Some(number("unsure_mutual_information")?),
         None => None,
     };
+    let not_a_digit_threshold = match map.and_then(|m| m.get(NOT_A_DIGIT_KEY)) {
+        Some(text) => Some(probability(text).map_err(|problem| LoadError::Metadata {
+            key: NOT_A_DIGIT_KEY,
+            problem,
+        })?),
+        None => None,
+    };
     Ok(Metadata {
         architecture,
         plan,
@@ -187,5 +201,43 @@ pub(crate) fn read_metadata(bytes: &[u8]) -> Result<Metadata, LoadError> {
             std: number("mnist_std")?,
         },
         unsure_threshold,
+        not_a_digit_threshold,
     })
+}
+
+/// The value of [`NOT_A_DIGIT_KEY`]: a number in `(0, 1]` written as text (Python's `f"{τ:.6g}"`);
+/// 0 or less would call nothing "not a digit", and no softmax probability is above 1.
+///
+/// # Errors
+/// The problem in words: not a number (NaN, text, surrounding spaces) or outside `(0, 1]`.
+fn probability(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        Ok(v) if !v.is_nan() => Err(format!(
+            "`{text}` ({v}) is outside (0, 1]: it must be a probability above 0"
+        )),
+        _ => Err(format!(
+            "`{text}` is not a number (a probability in (0, 1] was expected)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_not_a_digit_threshold_is_a_probability_above_0() {
+        assert_eq!(probability("0.9"), Ok(0.9));
+        assert_eq!(probability("1"), Ok(1.0));
+        assert_eq!(probability("1e-3"), Ok(0.001));
+        for outside in ["0", "-0.5", "1.0001", "2", "inf", "-inf"] {
+            let problem = probability(outside).unwrap_err();
+            assert!(problem.contains("outside (0, 1]"), "{outside}: {problem}");
+        }
+        for text in ["", "NaN", "ninety percent", "0.9.1", "0,9", " 0.9"] {
+            let problem = probability(text).unwrap_err();
+            assert!(problem.contains("not a number"), "{text:?}: {problem}");
+        }
+    }
 }

@@ -467,3 +467,259 @@ fn int8_weights_are_their_values_times_the_channel_scales() {
         assert!(message.contains("fc1.weight_scale"), "{message}");
     }
 }
+
+/// The real weights with the two rules' thresholds set as given (`None`: the key removed):
+/// `unsure_mutual_information` (nats) and `not_a_digit_max_probability` (τ), as text.
+fn with_rules(unsure: Option<&str>, not_a_digit: Option<&str>) -> Vec<u8> {
+    altered(|_, meta| {
+        for (key, value) in [
+            ("unsure_mutual_information", unsure),
+            ("not_a_digit_max_probability", not_a_digit),
+        ] {
+            match value {
+                Some(text) => meta.insert(key.into(), text.into()),
+                None => meta.remove(key),
+            };
+        }
+    })
+}
+
+/// The eval-mode probabilities of the first `n` fixture images, `[n, 10]`.
+fn eval_probabilities(classifier: &Classifier, fixture: &Fixture, n: usize) -> Vec<f32> {
+    classifier
+        .probabilities(&fixture.pixels[..n * INPUT_LEN])
+        .unwrap()
+}
+
+fn largest(row: &[f32]) -> f32 {
+    row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `not_a_digit_max_probability` is read on every backend, and a value that is not a
+/// probability in (0, 1] fails the load naming the key.
+#[test]
+fn the_not_a_digit_threshold_is_read_and_bad_values_are_refused() {
+    for backend in backends() {
+        let load = |bytes: &[u8]| Classifier::from_safetensors(bytes, backend);
+        let classifier = load(&with_rules(Some("0.2"), Some("0.75"))).unwrap();
+        assert_eq!(classifier.metadata().not_a_digit_threshold, Some(0.75));
+        assert_eq!(classifier.metadata().unsure_threshold, Some(0.2));
+        let absent = load(&with_rules(Some("0.2"), None)).unwrap();
+        assert_eq!(absent.metadata().not_a_digit_threshold, None);
+        assert_eq!(absent.not_a_digit(&[0.1; NUM_CLASSES]), None);
+        for bad in ["1.5", "0", "-0.3", "abc", "NaN", ""] {
+            let error = load(&with_rules(None, Some(bad))).expect_err(bad);
+            assert!(
+                matches!(
+                    error,
+                    LoadError::Metadata {
+                        key: "not_a_digit_max_probability",
+                        ..
+                    }
+                ),
+                "{bad}: {error}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains("not_a_digit_max_probability") && message.contains("(0, 1]"),
+                "{message}"
+            );
+        }
+    }
+}
+
+/// The rule is `max(probabilities) < τ`: with τ the median of the largest probabilities of 64
+/// real digits, about half of them fire, and each verdict is the comparison itself.
+#[test]
+fn not_a_digit_is_the_largest_probability_below_the_threshold() {
+    let fixture = fixture();
+    let plain = Classifier::from_safetensors(&weights(), backends().next().unwrap()).unwrap();
+    let n = 64;
+    let mut maxima: Vec<f32> = eval_probabilities(&plain, &fixture, n)
+        .chunks(NUM_CLASSES)
+        .map(largest)
+        .collect();
+    maxima.sort_by(f32::total_cmp);
+    let tau = maxima[n / 2];
+    assert!(
+        maxima[0] < tau,
+        "the digits' maxima must differ: {maxima:?}"
+    );
+    for backend in backends() {
+        let classifier =
+            Classifier::from_safetensors(&with_rules(None, Some(&format!("{tau}"))), backend)
+                .unwrap();
+        let probabilities = eval_probabilities(&classifier, &fixture, n);
+        let verdicts: Vec<bool> = probabilities
+            .chunks(NUM_CLASSES)
+            .map(|p| classifier.not_a_digit(p).unwrap())
+            .collect();
+        for (p, &verdict) in probabilities.chunks(NUM_CLASSES).zip(&verdicts) {
+            assert_eq!(verdict, largest(p) < tau, "{}: {p:?}", backend.name());
+        }
+        let fired = verdicts.iter().filter(|&&v| v).count();
+        assert!(
+            (n / 4..=3 * n / 4).contains(&fired),
+            "{}: {fired}",
+            backend.name()
+        );
+    }
+    // Made-up probabilities: only the largest matters, and equal is not below.
+    let classifier =
+        Classifier::from_safetensors(&with_rules(None, Some("0.5")), backends().next().unwrap())
+            .unwrap();
+    let mut p = [0.05f32; NUM_CLASSES];
+    p[9] = 0.55;
+    assert_eq!(classifier.not_a_digit(&p), Some(false));
+    p[9] = 0.5;
+    assert_eq!(classifier.not_a_digit(&p), Some(false));
+    p[9] = 0.4999;
+    assert_eq!(classifier.not_a_digit(&p), Some(true));
+    assert_eq!(classifier.not_a_digit(&[0.1; NUM_CLASSES]), Some(true));
+}
+
+#[test]
+fn probabilities_from_outside_are_checked() {
+    use mnist_model::check_probabilities;
+    assert_eq!(check_probabilities(&[0.1; NUM_CLASSES]), Ok(()));
+    assert_eq!(
+        check_probabilities(&[0.1; 9]),
+        Err(InputError::Probabilities { len: 9, bad: None })
+    );
+    let mut p = [0.1f32; NUM_CLASSES];
+    for bad in [f32::NAN, -0.01, 1.01, f32::INFINITY] {
+        p[4] = bad;
+        let error = check_probabilities(&p).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                InputError::Probabilities {
+                    len: 10,
+                    bad: Some((4, _))
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("probability 4"), "{error}");
+    }
+    let message = check_probabilities(&[]).unwrap_err().to_string();
+    assert!(
+        message.contains("10 probabilities") && message.contains("got 0"),
+        "{message}"
+    );
+}
+
+/// MC dropout's `not_a_digit` is the rule on one eval-mode pass of the image, not on the
+/// samples' mean: with τ exactly the eval-mode largest probability of a digit whose mean over
+/// the dropout samples is lower, the eval pass does not fire (equal is not below) where the
+/// mean would. `unsure` is true when either rule fires, null without both.
+#[test]
+fn mc_dropout_judges_not_a_digit_on_the_eval_pass_and_unsure_on_either_rule() {
+    let fixture = fixture();
+    let reference = backends().next().unwrap();
+    let plain = Classifier::from_safetensors(&with_rules(None, None), reference).unwrap();
+    let n = 32;
+    let probabilities = eval_probabilities(&plain, &fixture, n);
+    // A digit whose dropout samples agree less than its eval pass: the mean's top is lower.
+    let (index, eval_max, mean_max) = (0..n)
+        .map(|i| {
+            let image = &fixture.pixels[i * INPUT_LEN..(i + 1) * INPUT_LEN];
+            let u = plain.uncertainty(image, 20, 0).unwrap();
+            assert_eq!(
+                (u.not_a_digit, u.unsure),
+                (None, None),
+                "no rules: no verdicts"
+            );
+            let eval = largest(&probabilities[i * NUM_CLASSES..(i + 1) * NUM_CLASSES]);
+            (i, eval, largest(&u.probabilities))
+        })
+        .max_by(|a, b| (a.1 - a.2).total_cmp(&(b.1 - b.2)))
+        .unwrap();
+    assert!(
+        mean_max < eval_max - 1e-4,
+        "image {index}: mean {mean_max}, eval {eval_max}"
+    );
+    let image = &fixture.pixels[index * INPUT_LEN..(index + 1) * INPUT_LEN];
+    let tau = format!("{eval_max:e}"); // exact: Rust prints the shortest text that reads back
+    assert_eq!(tau.parse::<f32>().unwrap(), eval_max);
+    let mi = plain.uncertainty(image, 20, 0).unwrap().mutual_information;
+    let below_mi = format!("{:e}", mi * 0.5); // the MI rule fires
+    let above_mi = "100"; // the MI rule never fires (MI <= ln 10)
+    for backend in backends() {
+        let judged = |unsure: Option<&str>, not_a_digit: Option<&str>| {
+            let classifier =
+                Classifier::from_safetensors(&with_rules(unsure, not_a_digit), backend).unwrap();
+            let u = classifier.uncertainty(image, 20, 0).unwrap();
+            (u.not_a_digit, u.unsure)
+        };
+        let name = backend.name();
+        // τ = the eval pass's largest probability: not below it, so not "not a digit".
+        assert_eq!(
+            judged(Some(above_mi), Some(&tau)),
+            (Some(false), Some(false)),
+            "{name}"
+        );
+        // Just above it: fires, and unsure follows though the MI rule does not fire.
+        let just_above = format!("{:e}", eval_max + 2e-4);
+        assert_eq!(
+            judged(Some(above_mi), Some(&just_above)),
+            (Some(true), Some(true)),
+            "{name}"
+        );
+        assert_eq!(
+            judged(None, Some(&just_above)),
+            (Some(true), Some(true)),
+            "{name}"
+        );
+        assert_eq!(
+            judged(None, Some(&tau)),
+            (Some(false), Some(false)),
+            "{name}"
+        );
+        // The MI rule alone, and with a not-a-digit rule that does not fire.
+        assert_eq!(judged(Some(&below_mi), None), (None, Some(true)), "{name}");
+        assert_eq!(judged(Some(above_mi), None), (None, Some(false)), "{name}");
+        assert_eq!(
+            judged(Some(&below_mi), Some("0.01")),
+            (Some(false), Some(true)),
+            "{name}"
+        );
+        assert_eq!(judged(None, None), (None, None), "{name}");
+    }
+}
+
+/// Teaching changes the probabilities, and the rule judges the taught ones: τ between the
+/// trained and the taught model's largest probability flips the verdict, in `not_a_digit` and
+/// in MC dropout's alike.
+#[test]
+fn the_rule_judges_the_taught_probabilities() {
+    let fixture = fixture();
+    let backend = backends().next().unwrap();
+    let examples = 12;
+    let pixels = &fixture.pixels[..examples * INPUT_LEN];
+    // Taught the wrong digits: the model's answers for these images change a lot.
+    let labels: Vec<u32> = fixture.labels[..examples]
+        .iter()
+        .map(|&l| ((l + 1) % 10) as u32)
+        .collect();
+    let image = &fixture.pixels[..INPUT_LEN];
+    let mut probe = Classifier::from_safetensors(&with_rules(None, None), backend).unwrap();
+    let trained = largest(&probe.probabilities(image).unwrap());
+    probe.teach(pixels, &labels).unwrap();
+    let taught = largest(&probe.probabilities(image).unwrap());
+    assert!((trained - taught).abs() > 1e-3, "{trained} vs {taught}");
+    let tau = format!("{:e}", (trained + taught) / 2.0);
+    let mut classifier =
+        Classifier::from_safetensors(&with_rules(None, Some(&tau)), backend).unwrap();
+    let verdict = |c: &Classifier| {
+        let p = c.probabilities(image).unwrap();
+        let u = c.uncertainty(image, 20, 0).unwrap();
+        assert_eq!(u.not_a_digit, c.not_a_digit(&p));
+        c.not_a_digit(&p).unwrap()
+    };
+    assert_eq!(verdict(&classifier), trained < (trained + taught) / 2.0);
+    classifier.teach(pixels, &labels).unwrap();
+    assert_eq!(verdict(&classifier), taught < (trained + taught) / 2.0);
+    classifier.forget();
+    assert_eq!(verdict(&classifier), trained < (trained + taught) / 2.0);
+}
