@@ -4,7 +4,7 @@ Every status, field and message is described in docs/api.md; the documents are `
 FastAPI checks the query parameters (``Query``), pydantic the JSON bodies, Starlette (with
 python-multipart) parses forms; the route's own work runs in a worker thread (``in_thread``).
 The size limit of a body is ``middleware.BodyLimit``'s. The objects the routes use live on
-``app.state`` (``predict``, ``uncertainty``, ``samples``: see ``app.create_app``).
+``app.state`` (``predict``, ``not_a_digit``, ``uncertainty``, ``samples``: see ``app.create_app``).
 """
 
 from __future__ import annotations
@@ -199,11 +199,14 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 
 
 def predict_payload(state: Any, digit: np.ndarray | bytes, samples: int | None) -> dict:
-    """The 200 answer for one digit (``read_input``'s), with MC dropout when ``samples``."""
+    """The 200 answer for one digit (``read_input``'s): its predictions, ``not_a_digit``, and
+    MC dropout's ``uncertainty`` when ``samples``."""
     from .classify import predictions_payload  # imported on first use, like preprocess
 
     pixels = digit if isinstance(digit, np.ndarray) else pixels_from_image(digit)
-    payload = predictions_payload(native.classify(state.predict, pixels.reshape(1, NUM_PIXELS))[0])
+    probabilities = native.classify(state.predict, pixels.reshape(1, NUM_PIXELS))[0]
+    payload = predictions_payload(probabilities)
+    payload["not_a_digit"] = native.not_a_digit(state.not_a_digit, probabilities)
     if samples is not None:
         payload["uncertainty"] = native.uncertainty(state.uncertainty, pixels.reshape(NUM_PIXELS), samples)
     return payload

@@ -39,7 +39,7 @@ from . import api
 from .api import PREDICT_PATH, SAMPLES_PATH
 from .errors import ApiError, JsonResponse, api_error, error_response, invalid_request
 from .middleware import BodyLimit, ResponseHeaders
-from .native import NativeFunction
+from .native import NativeFunction, no_rule
 from .settings import IN_PROCESS, SETTINGS_ENV, Settings, make_settings
 from .static import Site
 
@@ -65,6 +65,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.predict = NativeFunction("predict", settings.classify_pixels, settings.building)
     app.state.uncertainty = NativeFunction("uncertainty", settings.uncertainty, settings.building)
+    rule = settings.not_a_digit or (None if settings.classify_pixels is None else no_rule)
+    app.state.not_a_digit = NativeFunction("not_a_digit", rule, settings.building)
     app.state.samples = api.SampleDatabase(settings.samples_db)
     app.include_router(api.router)
     config = lambda: JsonResponse(settings.config)
@@ -184,7 +186,7 @@ class Server:
 
 def make_server(host: str, port: int, default_backend: str, backends: list[str], *args, **kwargs) -> Server:
     """A server of ``make_settings(default_backend, backends, *args, **kwargs)`` (those are
-    ``classify_pixels``, ``max_body``, ``uncertainty``, ``models_dir``, ``embedded``,
+    ``classify_pixels``, ``max_body``, ``uncertainty``, ``not_a_digit``, ``models_dir``, ``embedded``,
     ``samples_db``, ``log_requests``, ``building``: see ``settings.make_settings``) bound to
     (host, port); port 0 picks a free one (see ``server.server_port``).
 
@@ -213,8 +215,9 @@ def serve(
 
     ``workers`` > 1 serves from that many uvicorn worker processes sharing the socket, each
     with the application of ``app_from_env`` (same settings, same SQLite file). What lives in
-    this process cannot reach them: ``background``, ``building``, ``classify_pixels`` and
-    ``uncertainty`` must be None (they answer with ``mnist_infer`` as it is installed).
+    this process cannot reach them: ``background``, ``building``, ``classify_pixels``,
+    ``uncertainty`` and ``not_a_digit`` must be None (they answer with ``mnist_infer`` as it is
+    installed).
 
     Raises:
         SystemExit: ``workers`` < 1, or > 1 with one of those given; as ``make_server``.

@@ -1,9 +1,12 @@
 """The native Rust module ``mnist_infer`` behind ``POST /api/predict``: imported on first use,
 and a 503 (with what is being built and ``Retry-After``: docs/api.md) while it cannot be.
 
-* ``NativeFunction("predict")``, ``NativeFunction("uncertainty")``: the module's functions, or
-  stand-ins (tests, ``make_server(classify_pixels=...)``), with a 503 until it is built.
+* ``NativeFunction("predict")``, ``NativeFunction("not_a_digit")``,
+  ``NativeFunction("uncertainty")``: the module's functions, or stand-ins (tests,
+  ``make_server(classify_pixels=...)``), with a 503 until it is built.
 * ``classify``: (N, 784) float32 pixels 0..255 -> (N, 10) probabilities, checked.
+* ``not_a_digit``: one image's 10 probabilities -> the answer's ``not_a_digit`` (the native
+  module's rule: ``mnist_infer.not_a_digit``; no copy of it here), checked.
 * ``uncertainty``: (784,) pixels, N passes -> the API's ``uncertainty`` object (MC dropout).
 """
 
@@ -26,8 +29,17 @@ ClassifyPixels = Callable[[np.ndarray], np.ndarray]
 #: ``(pixels, samples=N, seed=S) -> dict``, the contract of ``mnist_infer.uncertainty``: pixels
 #: (784,) float32 0..255 (one image), N MC-dropout passes (1..1000), S the mask seed; returns
 #: ``{"probabilities": (10,), "std": (10,), "entropy": float, "mutual_information": float,
-#: "samples": N, "unsure": bool or None}`` (units and ranges: ``schemas.UncertaintyOut``).
+#: "samples": N, "not_a_digit": bool or None, "unsure": bool or None}``: ``not_a_digit`` is the
+#: weights' "not a digit" rule on one eval-mode pass of the image (None without its threshold),
+#: ``unsure`` is true when either rule fires (the mutual information above its threshold, or
+#: ``not_a_digit``), None when the weights have neither threshold (units and ranges:
+#: ``schemas.UncertaintyOut``).
 UncertaintyFn = Callable[..., dict]
+#: ``(probabilities) -> bool or None``, the contract of ``mnist_infer.not_a_digit``: one image's
+#: 10 probabilities (float32 (10,), eval mode, as ``ClassifyPixels`` gave them) -> whether it is
+#: "not a digit" (the largest below the weights' ``not_a_digit_max_probability``), None when
+#: the weights have no such threshold.
+NotADigitFn = Callable[[np.ndarray], bool | None]
 #: Building: what the server is waiting for, in words, with a rough time left in seconds (None:
 #: no time, e.g. the build failed, which the words say); or None when nothing is being built.
 #: ``invoke serve`` passes one while it builds the native module in the background.
@@ -41,7 +53,7 @@ def uncertainty_payload(result: dict, samples: int) -> dict:
     Raises:
         RuntimeError: the result does not hold 10 finite probabilities and 10 finite stds >= 0,
             finite entropy and mutual information, ``samples`` passes and a bool-or-None
-            ``unsure`` (a broken uncertainty function: the API answers 500).
+            ``not_a_digit`` and ``unsure`` (a broken uncertainty function: the API answers 500).
     """
     try:
         arrays = {key: np.asarray(result[key], dtype=np.float64).tolist() for key in ("probabilities", "std")}
@@ -118,6 +130,23 @@ def classify(predict: ClassifyPixels, pixels: np.ndarray) -> np.ndarray:
     if probabilities.shape != (len(pixels), 10):
         raise RuntimeError(f"the classifier returned shape {probabilities.shape} for {len(pixels)} images")
     return probabilities
+
+
+def no_rule(probabilities: np.ndarray) -> None:
+    """The ``NotADigitFn`` of a classifier without a "not a digit" rule: always None."""
+    return None
+
+
+def not_a_digit(function: NotADigitFn, probabilities: np.ndarray) -> bool | None:
+    """One image's (10,) probabilities -> the answer's ``not_a_digit`` by ``function``.
+
+    Raises:
+        RuntimeError: ``function`` returned neither a bool nor None (a bug: the API answers 500).
+    """
+    flag = function(np.asarray(probabilities, dtype=np.float32).reshape(10))
+    if flag is not None and not isinstance(flag, bool):
+        raise RuntimeError(f"the not-a-digit function returned {type(flag).__name__}, not a bool or None")
+    return flag
 
 
 def uncertainty(function: UncertaintyFn, pixels: np.ndarray, samples: int) -> dict:

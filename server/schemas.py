@@ -106,7 +106,21 @@ class UncertaintyOut(BaseModel):
     entropy: Finite = Field(description="of the mean, in nats, 0..ln 10")
     mutual_information: Finite = Field(description="in nats, 0..entropy")
     samples: int = Field(ge=1, le=MAX_SAMPLES)
-    unsure: StrictBool | None = Field(description="null when the weights carry no calibrated threshold")
+    not_a_digit: StrictBool | None = Field(
+        description="the top-level not_a_digit: the rule on the eval-mode pass (dropout off), not on these means; "
+        "null when the weights carry no not_a_digit_max_probability"
+    )
+    unsure: StrictBool | None = Field(
+        description="true when either rule fires: mutual_information above the weights' unsure_mutual_information, "
+        "or not_a_digit; with one threshold only, that rule decides; null when the weights carry neither"
+    )
+
+
+#: The top-level ``not_a_digit`` of every prediction (``PredictionOut``).
+NOT_A_DIGIT = (
+    "true when the largest of the 10 probabilities (eval mode, dropout off) is below the weights' "
+    "not_a_digit_max_probability: the image is not a digit; null when the weights carry no such threshold"
+)
 
 
 class PredictionOut(BaseModel):
@@ -114,6 +128,7 @@ class PredictionOut(BaseModel):
 
     predictions: Predictions
     success: Literal[True]
+    not_a_digit: StrictBool | None = Field(description=NOT_A_DIGIT)
     uncertainty: UncertaintyOut | None = Field(None, description="only with ?samples=N")
 
 

@@ -12,13 +12,13 @@ from mnist_common.paths import MODELS_DIR
 from mnist_common.samples import DEFAULT_DB
 
 from .middleware import MAX_BODY
-from .native import Building, ClassifyPixels, UncertaintyFn
+from .native import Building, ClassifyPixels, NotADigitFn, UncertaintyFn
 from .static import list_models, page_config
 
 #: The environment variable that carries ``Settings`` (as JSON) to uvicorn's worker processes.
 SETTINGS_ENV = "MNIST_SERVE_SETTINGS"
 #: The settings that are callables of this process: they cannot reach worker processes.
-IN_PROCESS = ("classify_pixels", "uncertainty", "building")
+IN_PROCESS = ("classify_pixels", "uncertainty", "not_a_digit", "building")
 
 
 class Settings(BaseModel):
@@ -35,6 +35,10 @@ class Settings(BaseModel):
         classify_pixels: (N, 784) float32 pixels 0..255 -> (N, 10) probabilities; None:
             ``mnist_infer.predict``, imported on the first request (503 while it is not built).
         uncertainty: ``UncertaintyFn`` for ``?samples=N``; None: ``mnist_infer.uncertainty``.
+        not_a_digit: ``NotADigitFn`` for every answer's ``not_a_digit``; None: the rule that goes
+            with ``classify_pixels``: ``mnist_infer.not_a_digit`` (the embedded model's) when
+            that is None too, and none at all (``native.no_rule``: null) for a
+            ``classify_pixels`` of its own, whose model's rule this server does not know.
         building: while the native module is not importable, what builds it and for how long
             (``native.Building``), for the 503 answers; None: nothing is.
     """
@@ -48,6 +52,7 @@ class Settings(BaseModel):
     log_requests: bool = True
     classify_pixels: ClassifyPixels | None = None
     uncertainty: UncertaintyFn | None = None
+    not_a_digit: NotADigitFn | None = None
     building: Building | None = None
 
     def to_env(self) -> str:
@@ -78,7 +83,7 @@ def make_settings(
     Args:
         default_backend, backends: what ``/config.json`` tells the page.
         classify_pixels, max_body: as ``Settings``; so are ``options`` (``uncertainty``,
-            ``log_requests``, ``building``).
+            ``not_a_digit``, ``log_requests``, ``building``).
         models_dir: the folder whose ``*.safetensors`` files /config.json lists and /models/
             serves (None: the repo's models/). Listed once, here: see ``static.list_models``.
         embedded: the weights file the wasm and the native module embed, flagged and named by

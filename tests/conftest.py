@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,6 +91,46 @@ def torch_probabilities(mnist_test):
         return cache[path]
 
     return of
+
+
+def non_digits() -> np.ndarray:
+    """A few 28x28 images that are no digit, (6, 784) float32 0..255: noise, a filled block, a
+    checkerboard, stripes, a dense zigzag scribble and a ring of dots."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(0, 255, (28, 28))]
+    block = np.zeros((28, 28))
+    block[4:24, 4:24] = 255
+    images.append(block)
+    yy, xx = np.mgrid[:28, :28]
+    images.append(np.where((yy // 4 + xx // 4) % 2 == 0, 255.0, 0.0))
+    images.append(np.where(yy % 6 < 3, 255.0, 0.0))
+    scribble = Image.new("L", (28, 28))
+    ImageDraw.Draw(scribble).line([(4 + 20 * (i % 2), 4 + 2 * i) for i in range(11)], fill=255, width=2)
+    images.append(np.asarray(scribble, dtype=np.float64))
+    dots = Image.new("L", (28, 28))
+    for k in range(12):
+        x, y = 14 + 9 * np.cos(k * np.pi / 6), 14 + 9 * np.sin(k * np.pi / 6)
+        ImageDraw.Draw(dots).ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], fill=255)
+    images.append(np.asarray(dots, dtype=np.float64))
+    return np.stack(images).reshape(-1, 784).astype(np.float32)
+
+
+def with_metadata(tmp_path, name: str, changes: dict[str, str | None]):
+    """A copy of the committed model with its metadata changed: a value sets a key (as
+    trainer.export.update_metadata writes it), None removes it."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    from trainer.export import update_metadata
+
+    path = tmp_path / f"{name}.safetensors"
+    tensors = load_file(WEIGHTS)
+    with safe_open(WEIGHTS, "np") as f:
+        metadata = {k: v for k, v in f.metadata().items() if changes.get(k, "") is not None}
+    save_file(tensors, path, metadata=metadata)
+    return update_metadata(path, {k: v for k, v in changes.items() if v is not None})
 
 
 def free_port() -> int:

@@ -32,7 +32,7 @@ from mnist_common.preprocess import load_ink, to_mnist
 from server.api import image_field
 from server.app import make_server
 from server.classify import CLASS_NAMES
-from tests.conftest import REQUIRE_NATIVE
+from tests.conftest import REQUIRE_NATIVE, non_digits, with_metadata
 
 #: Fail instead of falling back to PyTorch when mnist_infer cannot be imported: under
 #: `invoke test` (MNIST_REQUIRE_NATIVE); `invoke test --quick` runs the API on PyTorch.
@@ -53,6 +53,13 @@ def native_predict():
     except ImportError:
         return None
     return mnist_infer.predict
+
+
+def native_rule():
+    """``mnist_infer.not_a_digit``: the embedded model's "not a digit" rule."""
+    import mnist_infer
+
+    return mnist_infer.not_a_digit
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +88,10 @@ def stop(server) -> None:
 
 @pytest.fixture(scope="module")
 def api(classify_pixels):
-    """Base URL of a server classifying with ``classify_pixels``."""
-    server = start(classify_pixels=classify_pixels)
+    """Base URL of a server classifying with ``classify_pixels`` (and the native module's "not a
+    digit" rule with the native classifier; none, null, with PyTorch's)."""
+    native = native_predict() is not None
+    server = start(classify_pixels=classify_pixels, not_a_digit=native_rule() if native else None)
     yield f"http://127.0.0.1:{server.server_port}"
     stop(server)
 
@@ -178,7 +187,8 @@ STYLES = ("white-on-black", "black-on-white", "black-on-white-rgb", "transparent
 
 def check_payload(document: dict) -> np.ndarray:
     """Assert the exact 200 response shape; returns the 10 probabilities."""
-    assert set(document) == {"predictions", "success"} and document["success"] is True
+    assert set(document) == {"predictions", "success", "not_a_digit"} and document["success"] is True
+    assert document["not_a_digit"] in (True, False, None)
     predictions = document["predictions"]
     assert set(predictions) == {"all", "prediction"}
     entries = predictions["all"]
@@ -293,7 +303,7 @@ def test_config_and_page_still_served(api):
 
 # --- MC dropout: ?samples=N ---------------------------------------------------------------------
 
-UNCERTAINTY_KEYS = {"probabilities", "std", "entropy", "mutual_information", "samples", "unsure"}
+UNCERTAINTY_KEYS = {"probabilities", "std", "entropy", "mutual_information", "samples", "not_a_digit", "unsure"}
 
 
 def native_uncertainty():
@@ -307,9 +317,11 @@ def native_uncertainty():
 
 def check_uncertainty(document: dict, samples: int) -> dict:
     """Assert the ``uncertainty`` object's shape and ranges; returns it with numpy arrays."""
-    assert set(document) == {"predictions", "success", "uncertainty"}
+    assert set(document) == {"predictions", "success", "not_a_digit", "uncertainty"}
+    assert document["not_a_digit"] in (True, False, None)
     u = document["uncertainty"]
     assert set(u) == UNCERTAINTY_KEYS and u["samples"] == samples and u["unsure"] in (True, False, None)
+    assert u["not_a_digit"] in (True, False, None)
     assert len(u["probabilities"]) == 10 and len(u["std"]) == 10
     probabilities, std = np.array(u["probabilities"]), np.array(u["std"])
     assert ((probabilities >= 0) & (probabilities <= 1)).all() and abs(probabilities.sum() - 1) < 1e-4
@@ -324,6 +336,7 @@ def test_samples_add_mc_dropout_uncertainty(api, mnist_test):
     pixels = mnist_test.images[0].numpy().reshape(784)  # a 7, classified with near certainty
     plain = post_json(api, {"pixels": pixels.tolist()})
     assert plain.status == 200 and "uncertainty" not in plain.json()  # unchanged without samples
+    assert plain.json()["not_a_digit"] is mnist_infer.not_a_digit(check_payload(plain.json()))
     reply = post_json(api, {"pixels": pixels.tolist()}, path="/api/predict?samples=20")
     assert reply.status == 200, reply.body
     document = reply.json()
@@ -341,8 +354,12 @@ def test_samples_add_mc_dropout_uncertainty(api, mnist_test):
     np.testing.assert_allclose(u["std"], expected["std"], atol=1e-6)
     assert u["entropy"] == pytest.approx(expected["entropy"], abs=1e-6)
     assert u["mutual_information"] == pytest.approx(expected["mutual_information"], abs=1e-6)
-    # unsure is null exactly when the weights carry no calibrated threshold.
-    assert (u["unsure"] is None) == (mnist_infer.Classifier().unsure_threshold is None)
+    # unsure is null exactly when the weights carry neither threshold; not_a_digit is the
+    # module's, as in the answer without samples.
+    embedded = mnist_infer.Classifier()
+    assert (u["unsure"] is None) == (embedded.unsure_threshold is None and embedded.not_a_digit_threshold is None)
+    assert u["not_a_digit"] is expected["not_a_digit"] is document["not_a_digit"] is plain.json()["not_a_digit"]
+    assert u["unsure"] is expected["unsure"]
     # Seeded masks: the same request, the same numbers.
     assert post_json(api, {"pixels": pixels.tolist()}, path="/api/predict?samples=20").json() == document
 
@@ -359,6 +376,124 @@ def test_one_sample_has_no_spread_and_images_take_samples_too(api, mnist_test):
     assert int(np.argmax(u["probabilities"])) == int(mnist_test.labels[2])
 
 
+# --- "not a digit": not_a_digit ---------------------------------------------------------------
+
+
+@pytest.mark.native
+def test_every_answer_says_whether_it_is_a_digit_by_the_native_rule(mnist_test):
+    """As `invoke serve` starts it (no stand-ins), every answer has a top-level ``not_a_digit``,
+    with and without ``?samples``, multipart and JSON: the native module's verdict on the
+    answer's probabilities (null when the embedded weights carry no threshold), the same as
+    MC dropout's."""
+    mnist_infer = native_uncertainty()
+    server = start(classify_pixels=None)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        for pixels in [*mnist_test.images[:3].numpy().reshape(3, 784), *non_digits()[:3]]:
+            plain = post_json(base, {"pixels": pixels.tolist()}).json()
+            flag = mnist_infer.not_a_digit(check_payload(plain))
+            assert plain["not_a_digit"] is flag
+            document = post_json(base, {"pixels": pixels.tolist()}, path="/api/predict?samples=5").json()
+            check_uncertainty(document, 5)
+            assert document["not_a_digit"] is document["uncertainty"]["not_a_digit"] is flag
+        image = post_image(base, png(mnist_test.images[0].numpy())).json()
+        assert image["not_a_digit"] is mnist_infer.not_a_digit(check_payload(image))
+        mnist = call(base, "/api/mnist", body=multipart([("image", png(mnist_test.images[0].numpy()))])[0],
+                     headers={"Content-Type": multipart([])[1]})  # fmt: skip
+        assert mnist.json()["not_a_digit"] is image["not_a_digit"]
+    finally:
+        stop(server)
+
+
+def serve_weights(path):
+    """A server answering with the native model of the weights file ``path``: its predict,
+    "not a digit" rule and MC dropout (as `invoke serve` does with the embedded file)."""
+    mnist_infer = native_uncertainty()
+    classifier = mnist_infer.Classifier(str(path))
+    server = start(
+        classify_pixels=classifier.predict, not_a_digit=classifier.not_a_digit, uncertainty=classifier.uncertainty
+    )
+    return server, f"http://127.0.0.1:{server.server_port}", classifier
+
+
+@pytest.mark.native
+def test_not_a_digit_is_null_for_weights_without_the_key(tmp_path, mnist_test):
+    path = with_metadata(tmp_path, "no-key", {"not_a_digit_max_probability": None, "not_a_digit_rule": None})
+    server, base, classifier = serve_weights(path)
+    try:
+        assert classifier.not_a_digit_threshold is None and classifier.unsure_threshold is not None
+        for pixels in (mnist_test.images[0].numpy().reshape(784), non_digits()[0]):
+            plain = post_json(base, {"pixels": pixels.tolist()}).json()
+            check_payload(plain)
+            assert plain["not_a_digit"] is None
+            document = post_json(base, {"pixels": pixels.tolist()}, path="/api/predict?samples=20").json()
+            u = check_uncertainty(document, 20)
+            assert document["not_a_digit"] is None and u["not_a_digit"] is None
+            assert u["unsure"] is bool(u["mutual_information"] > classifier.unsure_threshold)  # the MI rule alone
+    finally:
+        stop(server)
+
+
+@pytest.mark.native
+def test_unsure_when_only_the_not_a_digit_rule_fires(tmp_path, mnist_test):
+    """τ between the top probability of a non-digit and that of a clear 7, and a mutual
+    information threshold no image reaches (100 nats, above ln 10): the non-digit is "not a
+    digit", and so "not sure", though its dropout passes agree well enough; the 7 is neither."""
+    probe = native_uncertainty().Classifier()
+    seven = mnist_test.images[0].numpy().reshape(784).astype(np.float32)
+    others = non_digits()
+    other = others[int(np.argmin(probe.predict(others).max(axis=1)))]
+    low, high = float(probe.predict(other).max()), float(probe.predict(seven).max())
+    assert low < high - 1e-6, (low, high)
+    tau = f"{(low + high) / 2:.9g}"
+    path = with_metadata(tmp_path, "tau", {"not_a_digit_max_probability": tau, "unsure_mutual_information": "100"})
+    server, base, classifier = serve_weights(path)
+    try:
+        for pixels, fires in ((other, True), (seven, False)):
+            plain = post_json(base, {"pixels": pixels.tolist()}).json()
+            check_payload(plain)
+            assert plain["not_a_digit"] is fires
+            document = post_json(base, {"pixels": pixels.tolist()}, path="/api/predict?samples=20").json()
+            u = check_uncertainty(document, 20)
+            assert u["mutual_information"] < 100
+            assert document["not_a_digit"] is u["not_a_digit"] is u["unsure"] is fires
+    finally:
+        stop(server)
+
+
+def test_the_not_a_digit_rule_is_injectable_and_checked(classify_pixels, capfd):
+    """``make_server(not_a_digit=...)`` is asked about each answer's probabilities, and what it
+    says is the answer's ``not_a_digit``; anything but a bool or None is a 500."""
+    calls = []
+
+    def rule(probabilities):
+        calls.append(np.array(probabilities))
+        return bool(probabilities.max() < 0.99)
+
+    server = start(classify_pixels=lambda p: np.tile(np.float32([0.5] + [0.5 / 9] * 9), (len(p), 1)), not_a_digit=rule)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        document = post_json(base, {"pixels": INK}).json()
+        check_payload(document)
+        assert document["not_a_digit"] is True
+        ((given,),) = [calls]
+        assert given.shape == (10,) and given.dtype == np.float32 and given[0] == np.float32(0.5)
+    finally:
+        stop(server)
+    # A classifier of its own without a rule: null, never the embedded model's rule.
+    server = start(classify_pixels=classify_pixels)
+    try:
+        assert post_json(f"http://127.0.0.1:{server.server_port}", {"pixels": INK}).json()["not_a_digit"] is None
+    finally:
+        stop(server)
+    server = start(classify_pixels=classify_pixels, not_a_digit=lambda p: "yes")
+    try:
+        assert_error(post_json(f"http://127.0.0.1:{server.server_port}", {"pixels": INK}), 500, "internal")
+    finally:
+        stop(server)
+    assert "not-a-digit function returned str" in capfd.readouterr().err
+
+
 def test_the_uncertainty_function_is_injectable(classify_pixels):
     calls = []
 
@@ -371,6 +506,7 @@ def test_the_uncertainty_function_is_injectable(classify_pixels):
             "entropy": math.log(10),
             "mutual_information": 0.5,
             "samples": samples,
+            "not_a_digit": False,
             "unsure": True,
         }
 
@@ -379,7 +515,7 @@ def test_the_uncertainty_function_is_injectable(classify_pixels):
     try:
         reply = post_json(base, {"pixels": INK}, path="/api/predict?samples=7")
         u = check_uncertainty(reply.json(), 7)
-        assert u["unsure"] is True and u["mutual_information"] == 0.5
+        assert u["unsure"] is True and u["not_a_digit"] is False and u["mutual_information"] == 0.5
         np.testing.assert_allclose(u["std"], 0.01, rtol=1e-6)
         ((pixels, samples, seed),) = calls
         assert pixels.shape == (784,) and pixels.tolist() == INK and samples == 7 and seed == 0
@@ -396,6 +532,7 @@ def test_the_uncertainty_function_is_injectable(classify_pixels):
             "entropy": 0.0,
             "mutual_information": 0.0,
             "samples": samples,
+            "not_a_digit": None,
             "unsure": None,
         },
         lambda pixels, samples, seed: {
@@ -404,12 +541,22 @@ def test_the_uncertainty_function_is_injectable(classify_pixels):
             "entropy": 0.0,
             "mutual_information": 0.0,
             "samples": samples,
+            "not_a_digit": None,
             "unsure": None,
         },
         lambda pixels, samples, seed: {"probabilities": np.full(10, 0.1)},
+        lambda pixels, samples, seed: {
+            "probabilities": np.full(10, 0.1),
+            "std": np.zeros(10),
+            "entropy": 0.0,
+            "mutual_information": 0.0,
+            "samples": samples,
+            "not_a_digit": "yes",
+            "unsure": True,
+        },
         lambda pixels, samples, seed: (_ for _ in ()).throw(ValueError("secret internal detail")),
     ],
-    ids=["wrong-shape", "negative-std", "missing-keys", "raises"],
+    ids=["wrong-shape", "negative-std", "missing-keys", "not-a-bool", "raises"],
 )
 def test_a_failing_uncertainty_function_is_a_500(classify_pixels, broken, capfd):
     server = start(classify_pixels=classify_pixels, uncertainty=broken)
@@ -428,7 +575,9 @@ def test_samples_answer_503_when_the_native_module_is_missing(classify_pixels, m
     server = start(classify_pixels=classify_pixels)
     base = f"http://127.0.0.1:{server.server_port}"
     try:
-        assert post_json(base, {"pixels": INK}).status == 200  # the injected classifier still answers
+        plain = post_json(base, {"pixels": INK})
+        assert plain.status == 200  # the injected classifier still answers,
+        assert plain.json()["not_a_digit"] is None  # and its rule is unknown: null
         assert_error(post_json(base, {"pixels": INK}, path="/api/predict?samples=20"), 503, "mnist_infer")
     finally:
         stop(server)
@@ -460,12 +609,14 @@ def test_while_serve_builds_the_native_module_the_api_says_so_then_answers(class
             "    out = np.zeros((len(pixels), 10), np.float32)\n"
             "    out[:, 3] = 1\n"
             "    return out\n"
+            "def not_a_digit(probabilities):\n"
+            "    return bool(probabilities.max() < 0.5)\n"
         )
         monkeypatch.syspath_prepend(str(tmp_path))
         monkeypatch.delitem(sys.modules, "mnist_infer")
         reply = post_json(base, {"pixels": INK})
         assert reply.status == 200, reply.body
-        assert reply.json()["predictions"]["prediction"]["label"] == 3
+        assert reply.json()["predictions"]["prediction"]["label"] == 3 and reply.json()["not_a_digit"] is False
     finally:
         stop(server)
         sys.modules.pop("mnist_infer", None)  # the stand-in must not stay imported
@@ -812,7 +963,8 @@ def test_503_when_the_native_module_is_missing(monkeypatch):
 
 def test_native_classifier_is_used(mnist_test, monkeypatch):
     """A server given no classifier (as `invoke serve` starts it) classifies with
-    ``mnist_infer.predict`` and runs MC dropout with ``mnist_infer.uncertainty`` (seed 0): a
+    ``mnist_infer.predict``, judges "not a digit" with ``mnist_infer.not_a_digit`` on those
+    probabilities, and runs MC dropout with ``mnist_infer.uncertainty`` (seed 0): a
     stand-in module records what each is given and answers numbers no model would give, so
     this holds with or without the native build (test_the_default_classifier_is_the_native_module
     checks the real module's numbers)."""
@@ -830,20 +982,27 @@ def test_native_classifier_is_used(mnist_test, monkeypatch):
         calls.append(("uncertainty", np.array(pixels), samples, seed))
         p = np.full(10, 0.1)
         return {"probabilities": p, "std": p / 2, "entropy": 2.0, "mutual_information": 0.25, "samples": samples,
-                "unsure": False}  # fmt: skip
+                "not_a_digit": True, "unsure": True}  # fmt: skip
 
-    monkeypatch.setitem(sys.modules, "mnist_infer", types.SimpleNamespace(predict=predict, uncertainty=uncertainty))
+    def not_a_digit(probabilities):
+        calls.append(("not_a_digit", np.array(probabilities)))
+        return True  # no model would call a one-hot answer "not a digit"
+
+    module = types.SimpleNamespace(predict=predict, uncertainty=uncertainty, not_a_digit=not_a_digit)
+    monkeypatch.setitem(sys.modules, "mnist_infer", module)
     server = start()
     try:
         pixels = mnist_test.images[0].numpy().reshape(784)
         base = f"http://127.0.0.1:{server.server_port}"
-        probabilities = check_payload(post_json(base, {"pixels": pixels.tolist()}).json())
-        assert probabilities.tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]
-        ((name, given),) = calls
+        document = post_json(base, {"pixels": pixels.tolist()}).json()
+        probabilities = check_payload(document)
+        assert probabilities.tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0] and document["not_a_digit"] is True
+        (name, given), (rule, judged) = calls
         assert name == "predict" and given.dtype == np.float32 and given.shape == (1, 784)
         np.testing.assert_array_equal(given[0], pixels)
+        assert rule == "not_a_digit" and judged.shape == (10,) and judged.tolist() == probabilities.tolist()
         u = check_uncertainty(post_json(base, {"pixels": pixels.tolist()}, path="/api/predict?samples=9").json(), 9)
-        assert u["mutual_information"] == 0.25 and u["unsure"] is False
+        assert u["mutual_information"] == 0.25 and u["unsure"] is True and u["not_a_digit"] is True
         name, given, samples, seed = calls[-1]
         assert (name, samples, seed) == ("uncertainty", 9, 0) and given.shape == (784,)
         np.testing.assert_array_equal(given, pixels)

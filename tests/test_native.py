@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from tests.conftest import WEIGHTS
+from tests.conftest import WEIGHTS, non_digits, with_metadata
 from trainer.model import ARCHITECTURE, MNIST_MEAN, MNIST_STD, normalize
 
 pytestmark = pytest.mark.native
@@ -145,3 +145,88 @@ def test_predict_releases_the_gil(test_pixels):
     during = [t for t in ticks if start < t < end]
     print(f"predict of {len(test_pixels)} took {end - start:.2f} s; the other thread ran {len(during)} times meanwhile")
     assert end - start > 0.1 and len(during) >= 10
+
+
+def test_not_a_digit_is_the_largest_probability_below_tau(tmp_path, test_pixels):
+    """The flag is ``max(probabilities) < τ``, computed here in Python, on 200 MNIST test digits
+    and a few non-digits, with τ (stamped into a copy of the model) chosen so that some images
+    of each kind fire and some do not; MC dropout's ``not_a_digit`` is the same verdict (on
+    the eval-mode probabilities) and its ``unsure`` is either rule."""
+    images = np.concatenate([test_pixels[:200], non_digits()])
+    without = mnist_infer.Classifier(str(with_metadata(tmp_path, "without", {"not_a_digit_max_probability": None})))
+    assert without.not_a_digit_threshold is None
+    assert without.not_a_digit(np.full(10, 0.1)) is None
+    maxima = without.predict(images).max(axis=1)
+    # τ between the non-digits' two most confident maxima (some fire, some not), below the
+    # least confident digits' (so those fire too) and above the others'.
+    others = np.sort(maxima[200:])
+    tau = float(others[-2] + others[-1]) / 2
+    tau = min(tau, float(np.quantile(maxima[:200], 0.1)))
+    tau = max(tau, float(np.sort(maxima[:200])[2]) + 1e-6)
+    text = f"{tau:.6g}"
+    path = with_metadata(tmp_path, "stamped", {"not_a_digit_max_probability": text, "not_a_digit_rule": "a test's τ"})
+    classifier = mnist_infer.Classifier(str(path))
+    assert classifier.not_a_digit_threshold == np.float32(text)
+    probabilities = classifier.predict(images)
+    expected = probabilities.max(axis=1) < np.float32(text)
+    flags = np.array([classifier.not_a_digit(p) for p in probabilities])
+    assert flags.dtype == bool and (flags == expected).all()
+    print(f"τ = {text}: {expected[:200].sum()} of 200 digits and {expected[200:].sum()} of 6 non-digits are not digits")
+    for kind in (expected[:200], expected[200:]):
+        assert kind.any() and not kind.all(), "τ must split each kind"
+    # The same verdict from MC dropout (the eval-mode pass of the image), and lists work too.
+    mi_threshold = classifier.unsure_threshold
+    for i in [*range(0, 200, 25), *range(200, 206)]:
+        u = classifier.uncertainty(images[i], samples=10, seed=0)
+        assert (
+            u["not_a_digit"] is bool(expected[i])
+            and classifier.not_a_digit(probabilities[i].tolist()) is u["not_a_digit"]
+        )
+        mi_rule = mi_threshold is not None and u["mutual_information"] > mi_threshold
+        assert u["unsure"] is bool(mi_rule or expected[i])
+    # Without the MI threshold, unsure is the not-a-digit rule alone; without both, None.
+    only = mnist_infer.Classifier(
+        str(with_metadata(tmp_path, "only", {"not_a_digit_max_probability": text, "unsure_mutual_information": None}))
+    )
+    for i in (int(np.argmax(expected)), int(np.argmin(expected))):
+        u = only.uncertainty(images[i], samples=10, seed=0)
+        assert u["unsure"] is u["not_a_digit"] is bool(expected[i])
+    neither = mnist_infer.Classifier(
+        str(
+            with_metadata(tmp_path, "neither", {"not_a_digit_max_probability": None, "unsure_mutual_information": None})
+        )
+    )
+    u = neither.uncertainty(images[0], samples=10, seed=0)
+    assert u["not_a_digit"] is None and u["unsure"] is None
+
+
+def test_the_module_function_uses_the_embedded_models_rule(test_pixels):
+    probabilities = mnist_infer.predict(np.concatenate([test_pixels[:50], non_digits()]))
+    tau = mnist_infer.Classifier().not_a_digit_threshold
+    for p in probabilities:
+        assert mnist_infer.not_a_digit(p) == (None if tau is None else bool(p.max() < np.float32(tau)))
+    assert set(mnist_infer.uncertainty(test_pixels[0], samples=2)) >= {"not_a_digit", "unsure"}
+
+
+@pytest.mark.parametrize(
+    "probabilities, message",
+    [
+        (np.full(9, 0.1), r"shape \(10,\)"),
+        (np.full((1, 10), 0.1), r"shape \(10,\)"),
+        ([0.1] * 9 + [float("nan")], "probability 9 is NaN"),
+        ([0.1] * 9 + [1.5], "probability 9 is 1.5"),
+        ([-0.1] + [0.1] * 9, "probability 0 is -0.1"),
+    ],
+)
+def test_not_a_digit_refuses_what_are_not_ten_probabilities(tmp_path, probabilities, message):
+    classifier = mnist_infer.Classifier(str(with_metadata(tmp_path, "tau", {"not_a_digit_max_probability": "0.5"})))
+    with pytest.raises(ValueError, match=message):
+        classifier.not_a_digit(probabilities)
+    assert classifier.not_a_digit(np.full(10, 0.1)) is True
+
+
+@pytest.mark.parametrize("value", ["1.5", "0", "-0.2", "often", "nan"])
+def test_a_threshold_that_is_no_probability_fails_the_load_by_name(tmp_path, value):
+    path = with_metadata(tmp_path, "bad", {"not_a_digit_max_probability": value})
+    with pytest.raises(ValueError, match=r"bad\.safetensors.*not_a_digit_max_probability.*\(0, 1\]"):
+        mnist_infer.Classifier(str(path))

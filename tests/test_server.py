@@ -104,6 +104,13 @@ def test_openapi_describes_the_api(local_server):
     assert [p["name"] for p in predict["parameters"]] == ["samples"]
     assert {"200", "400", "405", "413", "500", "503"} <= set(predict["responses"])
     assert paths["/api/mnist"]["post"]["requestBody"] == predict["requestBody"]
+    # Every answer says whether the image is a digit: true, false or null, at the top and in MC dropout's.
+    schemas = json.loads(body)["components"]["schemas"]
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictionOut")
+    for name in ("PredictionOut", "UncertaintyOut"):
+        flag = schemas[name]["properties"]["not_a_digit"]
+        assert "not_a_digit" in schemas[name]["required"], name
+        assert {t.get("type") for t in flag["anyOf"]} == {"boolean", "null"} and flag["description"], name
     sample = paths["/api/samples"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(sample["required"]) == {"label", "pixels", "strokes", "pen_width", "canvas"}
     assert sample["additionalProperties"] is False

@@ -6,6 +6,7 @@
 //! probabilities = mnist_infer.predict(pixels)      # (784,) -> (10,), or (N, 784) -> (N, 10)
 //! clf = mnist_infer.Classifier("other.safetensors", backend="ndarray")
 //! u = mnist_infer.uncertainty(pixels, samples=20, seed=0)  # MC dropout: dict of the summary
+//! mnist_infer.not_a_digit(probabilities)  # (10,) -> True/False: max < τ; None without τ
 //! clf.teach(examples, labels)   # (N, 784), (N,) digits: re-fit the last layer to a hand
 //! clf.taught, clf.forget()      # examples per class; back to the trained model
 //! ```
@@ -17,7 +18,7 @@
 use std::path::PathBuf;
 use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
-use mnist_model::{Backend, INPUT_LEN, NUM_CLASSES};
+use mnist_model::{Backend, INPUT_LEN, NUM_CLASSES, check_probabilities};
 use numpy::ndarray::{Array1, Array2};
 use numpy::{AllowTypeChange, IntoPyArray, PyArrayDyn, PyArrayLikeDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -96,8 +97,11 @@ impl Classifier {
     /// MC dropout on one image (784 pixels): `samples` passes with dropout on, masks from
     /// `seed` (the same as `trainer.uncertainty`'s). Returns a dict: `probabilities` and `std`
     /// (float32 (10,): mean and standard deviation over the samples), `entropy` and
-    /// `mutual_information` (float, nats), `samples` (int) and `unsure` (bool, or None when
-    /// the weights file has no `unsure_mutual_information` threshold).
+    /// `mutual_information` (float, nats), `samples` (int), `not_a_digit` (bool: `not_a_digit`
+    /// on one more pass with dropout off; None when the weights file has no
+    /// `not_a_digit_max_probability`) and `unsure` (bool: either rule fires, the mutual
+    /// information above `unsure_threshold` or `not_a_digit`; None when the file has neither
+    /// threshold).
     /// Raises ValueError for bad pixels, not one image, or samples outside 1..=1000.
     #[pyo3(signature = (pixels, samples = 20, seed = 0))]
     fn uncertainty<'py>(
@@ -108,14 +112,11 @@ impl Classifier {
         seed: u64,
     ) -> PyResult<Bound<'py, PyDict>> {
         let values: Vec<f32> = pixels.as_array().iter().copied().collect();
-        let (u, unsure) = py
+        let u = py
             .detach(|| {
-                let inner = self.read();
-                let u = inner
+                self.read()
                     .uncertainty(&values, samples, seed)
-                    .map_err(|e| e.to_string())?;
-                let unsure = inner.unsure(&u);
-                Ok::<_, String>((u, unsure))
+                    .map_err(|e| e.to_string())
             })
             .map_err(PyValueError::new_err)?;
         let dict = PyDict::new(py);
@@ -127,8 +128,29 @@ impl Classifier {
         dict.set_item("entropy", u.entropy)?;
         dict.set_item("mutual_information", u.mutual_information)?;
         dict.set_item("samples", u.samples)?;
-        dict.set_item("unsure", unsure)?;
+        dict.set_item("not_a_digit", u.not_a_digit)?;
+        dict.set_item("unsure", u.unsure)?;
         Ok(dict)
+    }
+
+    /// Whether an image is "not a digit": the largest of its `probabilities` (the 10 that
+    /// `predict` gave for it, each 0..=1; any array-like of 10 numbers) is below
+    /// `not_a_digit_threshold`. Returns True or False, or None when the weights file has no
+    /// `not_a_digit_max_probability`. Raises ValueError for another shape than (10,), or a
+    /// value that is not a number in 0..=1.
+    fn not_a_digit<'py>(
+        &self,
+        probabilities: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
+    ) -> PyResult<Option<bool>> {
+        if probabilities.shape() != [NUM_CLASSES] {
+            return Err(PyValueError::new_err(format!(
+                "probabilities must have shape ({NUM_CLASSES},): one image's, got {:?}",
+                probabilities.shape()
+            )));
+        }
+        let values: Vec<f32> = probabilities.as_array().iter().copied().collect();
+        check_probabilities(&values).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(self.read().not_a_digit(&values))
     }
 
     /// Teach the classifier a hand: re-fit its last layer to these examples (`pixels`:
@@ -188,6 +210,13 @@ impl Classifier {
     #[getter]
     fn unsure_threshold(&self) -> Option<f32> {
         self.read().metadata().unsure_threshold
+    }
+
+    /// The "not a digit" threshold τ in (0, 1] (`not_a_digit_max_probability`): an image whose
+    /// largest probability is below it is not a digit; None when the file has none.
+    #[getter]
+    fn not_a_digit_threshold(&self) -> Option<f32> {
+        self.read().metadata().not_a_digit_threshold
     }
 
     /// Name of the backend: "fast-avx2", "fast-sse2", "fast-scalar", "flex" or "ndarray".
@@ -329,13 +358,23 @@ fn uncertainty<'py>(
     default_classifier()?.uncertainty(py, pixels, samples, seed)
 }
 
-/// The native module: `predict`, `logits`, `uncertainty`, `Classifier`, and constants
-/// describing the input.
+/// The "not a digit" rule of the embedded model (see `Classifier.not_a_digit`): True, False, or
+/// None when its weights file has no `not_a_digit_max_probability`.
+#[pyfunction]
+fn not_a_digit<'py>(
+    probabilities: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
+) -> PyResult<Option<bool>> {
+    default_classifier()?.not_a_digit(probabilities)
+}
+
+/// The native module: `predict`, `logits`, `uncertainty`, `not_a_digit`, `Classifier`, and
+/// constants describing the input.
 #[pymodule]
 fn mnist_infer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(predict, m)?)?;
     m.add_function(wrap_pyfunction!(logits, m)?)?;
     m.add_function(wrap_pyfunction!(uncertainty, m)?)?;
+    m.add_function(wrap_pyfunction!(not_a_digit, m)?)?;
     m.add_class::<Classifier>()?;
     m.add("BACKEND", default_backend().name())?;
     m.add("BACKENDS", available())?;
