@@ -110,6 +110,7 @@ def test_a_crashed_worker_rejects_waiting_and_later_predictions(browser, webgpu_
 def test_every_model_runs_on_webgpu_with_mc_dropout(webgpu_browser, webgpu_server, mnist_test):
     """The model picker on the wgpu build: each committed model loaded at run time
     (Classifier.fromBytes on the GPU device) answers like PyTorch; MC dropout too."""
+    from mnist_common.weights import read_metadata
     from tests.test_models_page import weights_of
     from trainer.export import load_model
     from trainer.model import normalize
@@ -129,6 +130,9 @@ def test_every_model_runs_on_webgpu_with_mc_dropout(webgpu_browser, webgpu_serve
         )
         reference = summarize(mc_probabilities(model, images[:1], samples=20, seed=0))
         assert (torch.tensor(got["probs"]) - reference["probabilities"][0]).abs().max() < 1e-3, name
+        # The "not a digit" verdict comes through the GPU build too: a bool with a τ, else null.
+        has_tau = "not_a_digit_max_probability" in read_metadata(weights_of(name))
+        assert got["notADigit"] in ((True, False) if has_tau else (None,)), (name, got["notADigit"])
     page.close()
 
 

@@ -7,10 +7,16 @@
 //                                     web/pen.js's adverse pen (width and colour change along the
 //                                     stroke); data-seed: that pen's seed (a new one at every
 //                                     Clear and switch-on; ?penseed=N in the URL fixes it to N)
-//   [data-testid="prediction"]        data-digit (0-9, "" when none), data-seq (completed
+//   [data-testid="prediction"]        data-digit (0-9, "" when none: the likeliest digit, also
+//                                     when it is "not a digit"), data-seq (completed
 //                                     inferences shown), data-probs (JSON, 10 probabilities),
-//                                     data-unsure ("true"/"false": MC dropout's verdict, "" when
+//                                     data-not-a-digit ("true"/"false": the model's "not a digit"
+//                                     rule on the shown probabilities, live while drawing too; ""
+//                                     when none or the model has no threshold), data-unsure
+//                                     ("true"/"false": MC dropout's verdict, either rule, "" when
 //                                     none), data-model (the model that answered)
+//   [data-testid="not-a-digit"]       the "not a digit" label: visible only while the shown
+//                                     prediction is not a digit (the digit then shows "?")
 //   [data-testid="model"]             the model picker (<select>); ?model=NAME picks at start
 //   [data-testid="label"], [data-testid="save"]  the digit the drawing is (preset to the
 //                                     prediction) and the button that saves the drawing with it
@@ -30,7 +36,11 @@
 //                                     models: names that can be loaded; model: the one running;
 //                                     load(name) switches (rejects with the reason, keeping the
 //                                     current model); predictUncertain -> {probs, std, entropy,
-//                                     mutualInformation, unsure} (MC dropout, default 20 samples);
+//                                     mutualInformation, notADigit, unsure} (MC dropout, default
+//                                     20 samples; notADigit: the model's rule on one pass with
+//                                     dropout off, true/false, null without its threshold; unsure:
+//                                     either rule, the mutual information or notADigit, null
+//                                     without both thresholds);
 //                                     lastPixels: the 784 preprocessed pixels the canvas last sent
 //                                     to the model (an Array), null while the canvas is blank;
 //                                     async teach(pixels, label) adds one example (rejects a label
@@ -112,14 +122,17 @@ function buildBars() {
 }
 
 /**
- * Show a prediction: `probs` (10, the model's eval-mode answer) on the bars, and, when given,
- * MC dropout's `uncertainty` ({probabilities, std, mutualInformation, unsure}) as a band of
- * mean ± std over each bar and a "not sure" verdict. `probs` null: nothing drawn.
+ * Show a prediction: `probs` (10, the model's eval-mode answer) on the bars; `notADigit` (the
+ * model's rule on them: true, false, or null without one) as "?" and the "not a digit" label;
+ * and, when given, MC dropout's `uncertainty` ({probabilities, std, mutualInformation, unsure})
+ * as a band of mean ± std over each bar and a "not sure" verdict. `probs` null: nothing drawn.
  */
-function show(probs, elapsedMs, uncertainty = null) {
+function show(probs, elapsedMs, uncertainty = null, notADigit = null) {
   const items = $("bars").children;
   predictionEl.dataset.unsure = "";
-  predictionEl.classList.remove("unsure");
+  predictionEl.dataset.notADigit = "";
+  predictionEl.classList.remove("unsure", "is-not-a-digit");
+  $("not-a-digit").hidden = true;
   for (const li of items) li.querySelector(".spread").style.width = "0";
   if (probs === null) {
     predictionEl.dataset.digit = "";
@@ -140,9 +153,17 @@ function show(probs, elapsedMs, uncertainty = null) {
     items[d].querySelector(".fill").style.width = `${(probs[d] * 100).toFixed(1)}%`;
     items[d].querySelector(".pct").textContent = `${(probs[d] * 100).toFixed(1)}%`;
   }
-  $("digit").textContent = String(top);
   $("label").value = String(top); // what a "save" will call it, unless the user says otherwise
-  $("confidence").textContent = `${(probs[top] * 100).toFixed(1)}% sure`;
+  const sure = `${(probs[top] * 100).toFixed(1)}%`;
+  // Not a digit: "?" and the label, the likeliest digit only in the words under it.
+  const lowest = `only ${sure} for a ${top}`;
+  $("digit").textContent = notADigit ? "?" : String(top);
+  $("confidence").textContent = notADigit ? lowest : `${sure} sure`;
+  if (notADigit !== null) predictionEl.dataset.notADigit = String(notADigit);
+  if (notADigit) {
+    predictionEl.classList.add("is-not-a-digit");
+    $("not-a-digit").hidden = false;
+  }
   if (uncertainty) {
     for (let d = 0; d < 10; d++) {
       const mean = uncertainty.probabilities[d], std = uncertainty.std[d];
@@ -153,7 +174,11 @@ function show(probs, elapsedMs, uncertainty = null) {
     }
     const mi = uncertainty.mutualInformation.toFixed(3);
     if (uncertainty.unsure) {
-      $("confidence").textContent = `not sure: the ${uncertainty.samples} dropout samples disagree (mutual information ${mi} nats)`;
+      // Either rule: "not a digit", or the samples' disagreement.
+      const why = uncertainty.notADigit
+        ? lowest
+        : `the ${uncertainty.samples} dropout samples disagree (mutual information ${mi} nats)`;
+      $("confidence").textContent = `not sure: ${why}`;
       predictionEl.classList.add("unsure");
     }
     predictionEl.dataset.unsure = uncertainty.unsure === null ? "" : String(uncertainty.unsure);
@@ -367,7 +392,14 @@ async function main() {
       },
       async predictUncertain(pixels, { samples = MC_SAMPLES } = {}) {
         const { uncertainty: u } = await classifier.predict(checkPixels(pixels), samples);
-        return { probs: u.probabilities, std: u.std, entropy: u.entropy, mutualInformation: u.mutualInformation, unsure: u.unsure };
+        return {
+          probs: u.probabilities,
+          std: u.std,
+          entropy: u.entropy,
+          mutualInformation: u.mutualInformation,
+          notADigit: u.notADigit,
+          unsure: u.unsure,
+        };
       },
       teach,
       forget,
@@ -406,7 +438,7 @@ async function main() {
 
     const live = new LatestOnly(
       classifier,
-      ({ probs, ms, uncertainty }) => show(probs, ms, uncertainty),
+      ({ probs, ms, uncertainty, notADigit }) => show(probs, ms, uncertainty, notADigit),
       (err) => setStatus(`prediction failed: ${err.message}`, true),
     );
     const wanted = new URLSearchParams(location.search).get("model");

@@ -7,8 +7,9 @@
 // elsewhere the page keeps to messages.
 //
 // The buffer, in this order:
-//   control  Int32Array(4)       [state, samples, status (0: ok, 1: error), text length in bytes]
-//   ms       Float64Array(1)     the predict time in the worker
+//   control  Int32Array(5)       [state, samples, status (0: ok, 1: error), text length in bytes,
+//                                verdict: "not a digit" 1, a digit 0, no rule -1]; 4 bytes unused
+//   ms       Float64Array(1)     the predict time in the worker (at byte 24: 8-byte aligned)
 //   pixels   Float32Array(784)   the image, 28x28 row-major, 0..255, ink = 255
 //   probs    Float32Array(10)    the answer
 //   text     Uint8Array(16384)   UTF-8: the MC-dropout summary (JSON) when samples > 0, or the error
@@ -27,6 +28,7 @@ export const STATE = 0;
 export const SAMPLES = 1;
 export const STATUS = 2;
 export const LENGTH = 3;
+export const VERDICT = 4;
 
 export const IDLE = 0;
 export const REQUEST = 1;
@@ -38,7 +40,8 @@ export const NUM_PIXELS = MNIST_SIZE * MNIST_SIZE;
 /** Digits 0-9 (tests/test_layout.py checks it against mnist_common/constants.py). */
 export const NUM_CLASSES = 10;
 const TEXT_BYTES = 16384;
-const PIXELS_AT = 24; // after control (16 bytes) and ms (8)
+const MS_AT = 24; // after control (20 bytes), aligned for the Float64Array
+const PIXELS_AT = MS_AT + 8;
 const PROBS_AT = PIXELS_AT + 4 * NUM_PIXELS;
 const TEXT_AT = PROBS_AT + 4 * NUM_CLASSES;
 
@@ -67,8 +70,8 @@ export function newChannelBuffer() {
  */
 export function channelViews(buffer) {
   return {
-    control: new Int32Array(buffer, 0, 4),
-    ms: new Float64Array(buffer, 16, 1),
+    control: new Int32Array(buffer, 0, 5),
+    ms: new Float64Array(buffer, MS_AT, 1),
     pixels: new Float32Array(buffer, PIXELS_AT, NUM_PIXELS),
     probs: new Float32Array(buffer, PROBS_AT, NUM_CLASSES),
     text: new Uint8Array(buffer, TEXT_AT, TEXT_BYTES),
@@ -81,6 +84,19 @@ export function writeText(views, text) {
   if (bytes.length > views.text.length) bytes = new TextEncoder().encode(text.slice(0, views.text.length / 4));
   views.text.set(bytes);
   views.control[LENGTH] = bytes.length;
+}
+
+/**
+ * "Not a digit" (true), a digit (false) or no rule (null) as the channel's verdict (control[VERDICT]).
+ * @param {boolean | null | undefined} flag
+ */
+export function verdictCode(flag) {
+  return flag === true ? 1 : flag === false ? 0 : -1;
+}
+
+/** The flag back from control[VERDICT]: true, false, or null (no rule). */
+export function verdictFlag(code) {
+  return code === 1 ? true : code === 0 ? false : null;
 }
 
 /** The text last written by writeText. */

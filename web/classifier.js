@@ -65,8 +65,9 @@ export async function backendProblem(backend) {
  * is still being fetched, rather than after it (the glue's init() would only start them then).
  * @param {string} backend "fast-relaxed", "fast-simd128", "flex", "ndarray" or "wgpu"
  * @returns {Promise<{classifier: object, Classifier: Function}>} the embedded model's
- *   classifier (`.backend`, `.architecture`, `.unsureThreshold`, `predict(Float32Array(784))` → 10
- *   probabilities, `uncertainty(pixels, samples, seed)` → JSON, either possibly as a Promise;
+ *   classifier (`.backend`, `.architecture`, `.unsureThreshold`, `.notADigitThreshold`,
+ *   `predict(Float32Array(784))` → 10 probabilities, `uncertainty(pixels, samples, seed)` → JSON,
+ *   either possibly as a Promise; `notADigit(probabilities)` → true | false | undefined, always at once;
  *   CPU builds also `profile(pixels, repeats)` → JSON) and the build's class, whose
  *   `Classifier.fromBytes(Uint8Array)` loads another weights file (a Promise on WebGPU).
  *   Rejects with the reason when the build cannot run here.

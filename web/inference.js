@@ -10,10 +10,12 @@ import {
   SAMPLES,
   STATE,
   STATUS,
+  VERDICT,
   channelViews,
   newChannelBuffer,
   readText,
   sharedMemoryProblem,
+  verdictFlag,
 } from "./channel.js";
 
 /**
@@ -31,7 +33,7 @@ export class InferenceWorker {
   constructor(worker, backend, model) {
     this.worker = worker;
     this.backend = backend; // what the build reports: "fast-relaxed", "fast-simd128", "flex", ...
-    this.model = model; // the model in use: { name, architecture, unsureThreshold, taught }
+    this.model = model; // the model in use: { name, architecture, unsureThreshold, notADigitThreshold, taught }
     this.nextId = 0;
     this.pending = new Map(); // id -> { resolve, reject }
     this.shared = null; // the channel's views once the worker uses it (openChannel)
@@ -158,17 +160,24 @@ export class InferenceWorker {
     }
     const text = readText(this.shared);
     if (control[STATUS] !== 0) throw new Error(text);
-    return { probs: this.shared.probs.slice(), ms: this.shared.ms[0], uncertainty: samples > 0 ? JSON.parse(text) : null };
+    return {
+      probs: this.shared.probs.slice(),
+      ms: this.shared.ms[0],
+      notADigit: verdictFlag(control[VERDICT]),
+      uncertainty: samples > 0 ? JSON.parse(text) : null,
+    };
   }
 
   /**
    * Classify one image in the worker.
    * @param {Float32Array} pixels 784 values, 28x28 row-major, 0..255, ink = 255
    * @param {number} [samples] > 0: also MC dropout with that many passes (1..1000)
-   * @returns {Promise<{probs: Float32Array, ms: number, uncertainty: object | null}>} 10
-   *   probabilities, the predict time, and the MC-dropout summary (`probabilities`, `std`,
-   *   `entropy`, `mutualInformation`, `samples`, `unsure`) when asked; rejects with the model's
-   *   message for a refused input.
+   * @returns {Promise<{probs: Float32Array, ms: number, notADigit: boolean | null,
+   *   uncertainty: object | null}>} 10 probabilities, the predict time, whether the image is
+   *   "not a digit" (the model's rule on these probabilities; null when its weights have no
+   *   threshold), and the MC-dropout summary (`probabilities`, `std`, `entropy`,
+   *   `mutualInformation`, `samples`, `notADigit`, `unsure`: either rule) when asked; rejects
+   *   with the model's message for a refused input.
    */
   predict(pixels, samples = 0) {
     // An image of the wrong size goes as a message: the model refuses it with its reason.
@@ -194,7 +203,7 @@ export class InferenceWorker {
    * Switch to model `name`, loading it from `source` (a URL or the bytes of a .safetensors
    * file; null: the embedded one) the first time.
    * @returns {Promise<{name: string, architecture: string, unsureThreshold: number | null,
-   *   taught: number[]}>}
+   *   notADigitThreshold: number | null, taught: number[]}>}
    *   rejects with the reason (not found, not a model, a model this build cannot run), and the
    *   worker keeps the model it had.
    */

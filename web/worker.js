@@ -18,11 +18,17 @@
 // Messages out: { type: "loaded", backend, model }            the classifier is ready (model: its description)
 //               { type: "load-failed", message }              this backend cannot run here (why)
 //               { type: "result", id, model }                 switched; model: { name, architecture, unsureThreshold,
-//                                                             taught } (taught: examples per digit it learnt)
+//                                                             notADigitThreshold, taught } (taught: examples per
+//                                                             digit it learnt; thresholds: null when the file
+//                                                             has none)
 //               { type: "result", id, taught }                taught: examples per digit 0-9
 //               { type: "result", id, channel: true }         the shared channel is in use
-//               { type: "result", id, probs, ms, uncertainty } probs: Float32Array(10); ms: predict time;
-//                                                             uncertainty: MC-dropout summary or null
+//               { type: "result", id, probs, ms, notADigit, uncertainty }
+//                                                             probs: Float32Array(10); ms: predict time;
+//                                                             notADigit: the wasm's notADigit(probs), true/false,
+//                                                             null without the model's threshold; uncertainty:
+//                                                             MC-dropout summary (with its notADigit and the
+//                                                             combined unsure) or null
 //               { type: "result", id, error }                 refused (bad input, a file that does not load):
 //                                                             the worker keeps the model it had
 //
@@ -33,7 +39,19 @@
 // meanwhile on the same classifier.
 
 import { loadClassifier } from "./classifier.js";
-import { DONE, IDLE, MAIL, REQUEST, SAMPLES, STATE, STATUS, channelViews, writeText } from "./channel.js";
+import {
+  DONE,
+  IDLE,
+  MAIL,
+  REQUEST,
+  SAMPLES,
+  STATE,
+  STATUS,
+  VERDICT,
+  channelViews,
+  verdictCode,
+  writeText,
+} from "./channel.js";
 
 /** The MC-dropout seed: fixed, so the same drawing always gets the same answer. */
 const MC_SEED = 0;
@@ -50,6 +68,7 @@ function describe(name, instance) {
     name,
     architecture: instance.architecture,
     unsureThreshold: instance.unsureThreshold ?? null,
+    notADigitThreshold: instance.notADigitThreshold ?? null,
     taught: Array.from(instance.taught),
   };
 }
@@ -93,12 +112,17 @@ async function switchModel(name, source) {
   return current;
 }
 
+/** The model's "not a digit" rule on one image's probabilities: true, false, or null without one. */
+function notADigit(probs) {
+  return classifier.notADigit(probs) ?? null;
+}
+
 async function predict({ pixels, samples }) {
   const t0 = performance.now();
   const probs = await classifier.predict(pixels);
   const ms = performance.now() - t0;
   const uncertainty = samples > 0 ? JSON.parse(await classifier.uncertainty(pixels, samples, MC_SEED)) : null;
-  return { probs, ms, uncertainty };
+  return { probs, ms, notADigit: notADigit(probs), uncertainty };
 }
 
 let shared = null; // the views of the shared channel, once the page opened one
@@ -120,6 +144,7 @@ function answerShared() {
     const probs = classifier.predict(pixels);
     shared.ms[0] = performance.now() - t0;
     shared.probs.set(probs);
+    control[VERDICT] = verdictCode(notADigit(probs));
     writeText(shared, samples > 0 ? classifier.uncertainty(pixels, samples, MC_SEED) : "");
     control[STATUS] = 0;
   } catch (err) {

@@ -10,8 +10,9 @@
 //! const classifier = new Classifier();              // throws if the weights do not load
 //! const probabilities = classifier.predict(pixels); // Float32Array(784) -> Float32Array(10)
 //! const other = Classifier.fromBytes(new Uint8Array(await (await fetch(url)).arrayBuffer()));
-//! const { probabilities, std, mutualInformation, unsure } =
+//! const { probabilities, std, mutualInformation, notADigit, unsure } =
 //!   JSON.parse(classifier.uncertainty(pixels, 20, 0));  // MC dropout, 20 samples, seed 0
+//! classifier.notADigit(probabilities); // true | false; undefined without the file's threshold
 //! classifier.teach(examples, labels);  // N * 784 pixels, N digits: re-fit the last layer
 //! classifier.taught;                   // Uint32Array(10): examples per class
 //! classifier.forget();                 // back to the trained model
@@ -29,7 +30,7 @@
 //! await classifier.teach(examples, labels);
 //! ```
 
-use mnist_model::{Backend, INPUT_LEN, InputError, NUM_CLASSES};
+use mnist_model::{Backend, INPUT_LEN, InputError, NUM_CLASSES, check_probabilities};
 use wasm_bindgen::prelude::*;
 
 #[cfg(any(
@@ -132,9 +133,12 @@ impl Classifier {
     /// MC dropout on one image: `samples` (1..=1000) forward passes with dropout on, masks
     /// drawn from `seed` (the same masks as `trainer.uncertainty`). Returns JSON:
     /// `{"probabilities": [10 means], "std": [10 standard deviations], "entropy": nats,
-    /// "mutualInformation": nats, "samples": n, "unsure": true | false | null}` (`unsure` is
-    /// null for weights without a calibrated threshold). Throws like `predict`, and for a
-    /// sample count out of range.
+    /// "mutualInformation": nats, "samples": n, "notADigit": true | false | null,
+    /// "unsure": true | false | null}`: `notADigit` is `notADigit` on one more pass with
+    /// dropout off (null without the weights' `not_a_digit_max_probability`); `unsure` is
+    /// true when either rule fires (the mutual information above `unsureThreshold`, or
+    /// `notADigit`), null when the weights have neither threshold. Throws like `predict`, and
+    /// for a sample count out of range.
     pub fn uncertainty(
         &self,
         pixels: &[f32],
@@ -145,7 +149,7 @@ impl Classifier {
             .inner
             .uncertainty(pixels, samples, seed.into())
             .map_err(js_error)?;
-        Ok(uncertainty_json(&self.inner, &u))
+        Ok(uncertainty_json(&u))
     }
 
     /// Teach the classifier a hand: re-fit its last layer to `labels.length` examples
@@ -208,7 +212,7 @@ impl Classifier {
             .uncertainty_async(&pixels, samples, seed.into())
             .await
             .map_err(js_error)?;
-        Ok(uncertainty_json(&self.inner, &u))
+        Ok(uncertainty_json(&u))
     }
 
     /// Teach on the GPU's features: resolves when done, rejects like the CPU builds'
@@ -222,23 +226,30 @@ impl Classifier {
 }
 
 /// The JSON the `uncertainty` methods return (see the CPU builds' `uncertainty`).
-fn uncertainty_json(classifier: &mnist_model::Classifier, u: &mnist_model::Uncertainty) -> String {
+fn uncertainty_json(u: &mnist_model::Uncertainty) -> String {
     let list = |values: &[f32]| {
         let items: Vec<String> = values.iter().map(|v| format!("{v}")).collect();
         format!("[{}]", items.join(","))
     };
-    let unsure = match classifier.unsure(u) {
-        Some(flag) => flag.to_string(),
-        None => "null".to_string(),
-    };
     format!(
-        "{{\"probabilities\":{},\"std\":{},\"entropy\":{},\"mutualInformation\":{},\"samples\":{},\"unsure\":{unsure}}}",
+        "{{\"probabilities\":{},\"std\":{},\"entropy\":{},\"mutualInformation\":{},\"samples\":{},\"notADigit\":{},\"unsure\":{}}}",
         list(&u.probabilities),
         list(&u.std),
         u.entropy,
         u.mutual_information,
-        u.samples
+        u.samples,
+        json_flag(u.not_a_digit),
+        json_flag(u.unsure)
     )
+}
+
+/// `true`, `false` or `null`.
+fn json_flag(flag: Option<bool>) -> &'static str {
+    match flag {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "null",
+    }
 }
 
 #[wasm_bindgen]
@@ -301,6 +312,25 @@ impl Classifier {
     #[wasm_bindgen(getter, js_name = unsureThreshold)]
     pub fn unsure_threshold(&self) -> Option<f32> {
         self.inner.metadata().unsure_threshold
+    }
+
+    /// The "not a digit" threshold τ in (0, 1] from the weights' metadata
+    /// (`not_a_digit_max_probability`): an image whose largest probability is below it is not
+    /// a digit (`notADigit`); `undefined` when the file has none.
+    #[wasm_bindgen(getter, js_name = notADigitThreshold)]
+    pub fn not_a_digit_threshold(&self) -> Option<f32> {
+        self.inner.metadata().not_a_digit_threshold
+    }
+
+    /// Whether an image is "not a digit": the largest of its `probabilities` (a Float32Array
+    /// of the 10 that `predict` returned for it, each 0..=1; with the taught model's numbers
+    /// once taught) is below `notADigitThreshold`. `true` or `false`, `undefined` when the
+    /// weights have no threshold. Throws an `Error` for another length, or a value that is not
+    /// a number in 0..=1. Synchronous in every build (no model runs).
+    #[wasm_bindgen(js_name = notADigit)]
+    pub fn not_a_digit(&self, probabilities: &[f32]) -> Result<Option<bool>, JsError> {
+        check_probabilities(probabilities).map_err(js_error)?;
+        Ok(self.inner.not_a_digit(probabilities))
     }
 
     /// Examples taught per digit 0-9 (a Uint32Array of 10; zeros before `teach`).
