@@ -2,7 +2,7 @@
 
     invoke train                      train and write models/model.safetensors (+ metrics.json)
     invoke evaluate                   report: clean / augmented / redrawn-MNIST accuracy, plots
-    invoke personalize                teaching a hand, measured: synthetic writers before/after
+    invoke personalize                teaching a hand, measured: style writers before/after
     invoke build-wasm --backend all   compile the Rust crate to wasm: our kernels (fast-relaxed,
                                       fast-simd128), burn's flex, ndarray and wgpu
     invoke serve                      build what is stale, serve web/ on http://127.0.0.1:8000
@@ -661,22 +661,26 @@ def evaluate(c, weights=None, out_dir=None, limit=0, data_dir=None, all_=False, 
 @task(
     help={
         "weights": "the model to teach (default models/model.safetensors)",
-        "writers": "synthetic writers (trainer/synthetic/writers.py; default 50)",
+        "writer-set": "styles (default: trainer/synthetic/styles.py, the digit styles MNIST lacks) or "
+        "synthetic (trainer/synthetic/writers.py, from MNIST's test digits)",
+        "writers": "writers (default 60 styles, 50 synthetic)",
         "shots": "digits per class taught (default 3); the writer's other digits are the test",
-        "tune": "try the grid of pulls and step counts on other writers instead (prints it)",
+        "tune": "try the grid of teach settings on other writers of the set instead (prints it)",
     }
 )
-def personalize(c, weights=None, writers=50, shots=3, tune=False):
-    """Teach the model each synthetic writer's hand (the page's "Teach it", natively): accuracy
-    on that writer's other digits before and after, MNIST accuracy after; reports/teach/."""
+def personalize(c, weights=None, writer_set="styles", writers=None, shots=3, tune=False):
+    """Teach the model each writer's hand (the page's "Teach it", natively): accuracy on that
+    writer's other digits before and after, for all writers and the weak ones, MNIST accuracy
+    after; reports/teach/."""
     native_module()
     from trainer.evaluation.personalize import main
 
     main(
         [
             *(["--weights", weights] if weights else []),
-            "--writers",
-            str(writers),
+            "--writer-set",
+            writer_set,
+            *(["--writers", str(writers)] if writers else []),
             "--shots",
             str(shots),
             *(["--tune"] if tune else []),

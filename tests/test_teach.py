@@ -1,9 +1,10 @@
 """Teaching the page a hand (issue 15), in real headless Chromium on the real wasm: a synthetic
 writer's digits (trainer/synthetic/writers.py, from MNIST's test digits) taught through
-window.mnist.teach, the gain on the rest of that writer's digits, the same answers as the
-native module taught the same examples, the hand kept across a reload (IndexedDB) and across
-a model switch, forgotten on request; bad examples refused; the buttons as a person sees them;
-drawings kept in the browser when no server API answers."""
+window.mnist.teach, the gain on the rest of that writer's digits, the time of the 30th teach (a
+fit on all 30, at most 1 s), the same answers as the native module taught the same examples, the
+hand kept across a reload (IndexedDB) and across a model switch, forgotten on request; bad
+examples refused; the buttons as a person sees them; drawings kept in the browser when no server
+API answers."""
 
 from __future__ import annotations
 
@@ -78,9 +79,10 @@ def test_a_writer_taught_three_digits_per_class_is_read_better(browser, server, 
     acc_after = (after.argmax(1) == labels[test]).mean() * 100
     print(
         f"writer's other {len(test)} digits: {acc_before:.1f} % untaught -> {acc_after:.1f} % taught; "
-        f"teaching the 30th example (a re-fit on all 30) took {ms[-1]:.1f} ms, all 30 calls {sum(ms):.0f} ms"
+        f"teaching the 30th example (a fit on all 30 and their variants) took {ms[-1]:.1f} ms, all 30 calls {sum(ms):.0f} ms"
     )
     assert acc_after > acc_before
+    assert ms[-1] < 1000, "teaching the 30th example (a fit on all 30 and their variants) takes at most 1 s"
     # The page runs the same Rust as the native module: taught the same examples, same answers
     # (from the weights the page's build embeds).
     native = mnist_infer.Classifier(tasks.embedded_weights("fast-relaxed"))

@@ -1,6 +1,7 @@
 // "Teach it your hand": the examples the user has taught, kept in this browser (web/local.js)
-// and given to the model in the worker, which re-fits its last layer to them
-// (wasm-infer/mnist-model/src/adapt.rs). The examples, not the re-fitted weights, are what is kept:
+// and given to the model in the worker, which adapts to them: virtual examples of each, then a
+// local correction of the trained model's logits near them (wasm-infer/mnist-model/src/adapt.rs).
+// The examples, not the fitted correction, are what is kept:
 // every model the picker loads is taught the same examples, and a reload re-teaches them.
 
 import { MNIST_SIZE } from "./preprocess.js";

@@ -7,7 +7,7 @@
 //! clf = mnist_infer.Classifier("other.safetensors", backend="ndarray")
 //! u = mnist_infer.uncertainty(pixels, samples=20, seed=0)  # MC dropout: dict of the summary
 //! mnist_infer.not_a_digit(probabilities)  # (10,) -> True/False: max < τ; None without τ
-//! clf.teach(examples, labels)   # (N, 784), (N,) digits: re-fit the last layer to a hand
+//! clf.teach(examples, labels)   # (N, 784), (N,) digits: adapt the model to a hand
 //! clf.taught, clf.forget()      # examples per class; back to the trained model
 //! ```
 //!
@@ -153,15 +153,26 @@ impl Classifier {
         Ok(self.read().not_a_digit(&values))
     }
 
-    /// Teach the classifier a hand: re-fit its last layer to these examples (`pixels`:
-    /// (N, 784) or (784,); `labels`: N digits 0-9), replacing what was taught before; every
-    /// prediction uses it from then on. Empty arrays forget. Raises ValueError naming the
-    /// problem (a blank image, a label that is not a digit, not one label per image, bad
-    /// pixels, a model that cannot be taught); the classifier then keeps what it had.
+    /// Teach the classifier a hand: fit a correction of its logits near these examples and
+    /// their virtual examples (`pixels`: (N, 784) or (784,); `labels`: N digits 0-9; see
+    /// `mnist_model::adapt`), replacing what was taught before; every prediction uses it from
+    /// then on. Empty arrays forget. Raises ValueError naming the problem (a blank image, a
+    /// label that is not a digit, not one label per image, bad pixels, a model that cannot be
+    /// taught); the classifier then keeps what it had.
     ///
-    /// `pull` and `steps` override the re-fit's defaults (`TEACH_PULL`, `TEACH_STEPS`), for
-    /// tuning them (`trainer/evaluation/personalize.py --tune`); `pull` must be > 0.
-    #[pyo3(signature = (pixels, labels, *, pull = mnist_model::adapt::PULL, steps = mnist_model::adapt::STEPS))]
+    /// `pull`, `width`, `steps` and `augment` override the fit's defaults (`TEACH_PULL`,
+    /// `TEACH_WIDTH`, `TEACH_STEPS`, virtual examples on), for tuning them
+    /// (`trainer/evaluation/personalize.py --tune`); `pull` and `width` must be > 0.
+    #[pyo3(signature = (
+        pixels,
+        labels,
+        *,
+        pull = mnist_model::adapt::PULL,
+        steps = mnist_model::adapt::STEPS,
+        width = mnist_model::adapt::WIDTH,
+        augment = true,
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn teach<'py>(
         &self,
         py: Python<'py>,
@@ -169,12 +180,22 @@ impl Classifier {
         labels: PyArrayLikeDyn<'py, i64, AllowTypeChange>,
         pull: f32,
         steps: usize,
+        width: f32,
+        augment: bool,
     ) -> PyResult<()> {
-        if !(pull > 0.0 && pull.is_finite()) {
-            return Err(PyValueError::new_err(format!(
-                "pull must be a positive number, got {pull}"
-            )));
+        for (name, value) in [("pull", pull), ("width", width)] {
+            if !(value > 0.0 && value.is_finite()) {
+                return Err(PyValueError::new_err(format!(
+                    "{name} must be a positive number, got {value}"
+                )));
+            }
         }
+        let settings = mnist_model::Settings {
+            pull,
+            width,
+            steps,
+            augment,
+        };
         let values: Vec<f32> = pixels.as_array().iter().copied().collect();
         let labels: Vec<u32> = labels
             .as_array()
@@ -183,7 +204,7 @@ impl Classifier {
             .collect();
         py.detach(|| {
             self.write()
-                .teach_with(&values, &labels, pull, steps)
+                .teach_with(&values, &labels, settings)
                 .map_err(|e| e.to_string())
         })
         .map_err(PyValueError::new_err)
@@ -383,5 +404,7 @@ fn mnist_infer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ARCHITECTURE", mnist_model::ARCHITECTURE)?;
     m.add("TEACH_PULL", mnist_model::adapt::PULL)?;
     m.add("TEACH_STEPS", mnist_model::adapt::STEPS)?;
+    m.add("TEACH_WIDTH", mnist_model::adapt::WIDTH)?;
+    m.add("TEACH_AUGMENT_BUDGET", mnist_model::adapt::AUGMENT_BUDGET)?;
     Ok(())
 }

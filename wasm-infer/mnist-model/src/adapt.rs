@@ -1,36 +1,198 @@
-//! Few-shot personalisation ("teach it your hand"): the classifier's last linear layer, the
-//! head `logits = W f + b` on the penultimate features `f`, re-fitted to a few of one user's
-//! labelled drawings while staying close to the trained head. The layers below it are not
-//! touched, so the features and the predict time stay those of the trained model.
+//! Few-shot personalisation ("teach it your hand"): the trained classifier plus a local
+//! correction of its logits near a few of one user's labelled drawings. The layers of the
+//! trained model, its last linear layer (the head `logits = W f + b` on the penultimate
+//! features `f`) included, are not touched: far from what was taught the model answers as
+//! trained, and the predict time stays that of the trained model plus `m` distances in the
+//! 128-wide feature space.
 //!
-//! The re-fit minimises a convex objective, multinomial logistic regression on the taught
-//! examples with an L2 pull toward the trained weights `W₀`, `b₀` (the "L2-SP" regulariser of
-//! Li, Grandvalet & Davoine, "Explicit inductive bias for transfer learning with convolutional
-//! networks", ICML 2018):
+//! Teaching `n` examples (28 x 28 images, 0..=255, ink = 255) does three things:
+//!
+//! 1. **Virtual examples**: every example is also written again by a few small affine
+//!    transforms about its ink's centre of mass ([`VARIANTS`]: rotated ±10°, sheared, stretched
+//!    and squeezed by 10 % along x and y; [`augment`]), so three drawings of a digit stand for
+//!    the ways that writer's next one will differ (Niyogi, Girosi & Poggio, "Incorporating prior
+//!    information in machine learning by creating virtual examples", Proc. IEEE 1998; Simard,
+//!    Steinkraus & Platt, ICDAR 2003, for affine distortions of digits). At most
+//!    [`AUGMENT_BUDGET`] images in all: with more examples each gets fewer variants.
+//! 2. The penultimate features of all those images (one forward pass of the trained model).
+//! 3. A **radial basis function correction** centred on the `m = n` examples' own features
+//!    `cᵢ` (Broomhead & Lowe, "Multivariable functional interpolation and adaptive networks",
+//!    Complex Systems 1988): for an image with features `f`,
 //!
 //! ```text
-//! J(W, b) = 1/n Σᵢ CE(softmax(W fᵢ + b), yᵢ) + λ/2 (‖W − W₀‖² + ‖b − b₀‖²)
+//! logits(f) = W₀ f + b₀ + Σᵢ kᵢ(f) aᵢ,     kᵢ(f) = exp(−β ‖f − cᵢ‖² / s)
 //! ```
 //!
-//! by Nesterov's accelerated gradient, `STEPS` steps of size `1 / L` from `(W₀, b₀)`, where
-//! `L = ½ · mean ‖(fᵢ, 1)‖² + λ` bounds the Hessian's largest eigenvalue (the softmax
-//! cross-entropy's Hessian in the logits is at most ½ I). Fixed steps make it deterministic:
-//! the same examples give the same head on every backend. `λ` and the step count were chosen
-//! on synthetic writers other than the ones `invoke personalize` reports (see
-//! `trainer/evaluation/personalize.py`): enough pull to keep MNIST accuracy (issue 15 allows at most 0.3
-//! points lost), little enough to learn a writer's crossed 7 from three examples.
+//! where `W₀`, `b₀` are the trained head, `aᵢ` one amplitude per class for centre `i`, `β` the
+//! [`WIDTH`] and `s` the mean of `‖f‖²` over the fitted images' features (so that `β` does not
+//! depend on the features' scale, which differs between models). The amplitudes `A = (aᵢ)`
+//! `[m, classes]` minimise a convex objective, multinomial logistic regression on the `N`
+//! fitted images (the examples and their variants) with an L2 pull toward zero, that is toward
+//! the trained model:
+//!
+//! ```text
+//! J(A) = 1/N Σⱼ CE(softmax(W₀ fⱼ + b₀ + Σᵢ Kⱼᵢ aᵢ), yⱼ) + λ/2 ‖A‖²,    Kⱼᵢ = kᵢ(fⱼ)
+//! ```
+//!
+//! by Nesterov's accelerated gradient, [`STEPS`] steps of size `1 / L` from `A = 0` (the trained
+//! model), where `L = ½ · ‖K‖₁ ‖K‖∞ / N + λ` bounds the Hessian's largest eigenvalue (the
+//! softmax cross-entropy's Hessian in the logits is at most ½ I, and `‖K‖₂² ≤ ‖K‖₁ ‖K‖∞`, the
+//! largest column sum times the largest row sum). Fixed steps, fixed transforms and `libm`'s
+//! software `exp` make it deterministic: the same examples give the same model on every
+//! backend, natively and in wasm (up to the backends' own differences in the features).
+//!
+//! Why a local correction and not a re-fit of the head (this crate's method until 2026-12,
+//! L2-SP: Li, Grandvalet & Davoine, ICML 2018): moving a linear layer moves a class boundary
+//! everywhere, so teaching a writer's flagged 1 also turned MNIST's 7s with a short top stroke
+//! into 1s; the kernel's reach is limited to what resembles the taught drawings. `λ`, `β` and
+//! the variants were chosen by `invoke personalize --tune` on style writers other than the
+//! ones it reports (see `trainer/evaluation/personalize.py` and docs/evaluation.md, "Teach it
+//! your hand"): the most accuracy on the writers the trained model reads worst with at most
+//! 0.3 points of MNIST test accuracy lost (issue 15).
 
 use alloc::vec;
 use alloc::vec::Vec;
 
-/// Strength `λ` of the pull toward the trained head. Chosen by `invoke personalize --tune` on
-/// 60 tuning writers (6 digits per class, 3 taught) with the committed `cnn`: λ = 1 took them
-/// from 98.0 % to 99.9 % and cost at most 0.15 points on 2,000 MNIST test digits; λ = 0.3 gave
-/// 99.9 % but cost up to 0.35 points, λ = 0.1 up to 0.5, λ = 0.03 up to 1.4.
-pub const PULL: f32 = 1.0;
-/// Gradient steps of one re-fit: with λ = 1 the iteration has converged long before (400
-/// steps give the same accuracies), and 30 examples take about 17 ms natively.
-pub const STEPS: usize = 150;
+use crate::{IMAGE_SIZE, INPUT_LEN, MAX_PIXEL};
+
+/// Strength `λ` of the pull of the correction's amplitudes toward zero (the trained model).
+/// Chosen by `invoke personalize --tune` (docs/evaluation.md): smaller lets the taught drawings
+/// be read with a larger margin and costs MNIST more.
+pub const PULL: f32 = 3e-4;
+/// Width `β` of the correction's kernels, in units of the fitted features' mean `‖f‖²`
+/// (`kᵢ(f) = exp(−β ‖f − cᵢ‖² / s)`): larger is more local (less MNIST lost, less learnt
+/// from each drawing). Chosen by `invoke personalize --tune` (docs/evaluation.md).
+pub const WIDTH: f32 = 20.0;
+/// Gradient steps of one fit: the accuracies do not change between 100 and 1,000 steps on the
+/// tuning writers; 200 leave a margin.
+pub const STEPS: usize = 200;
+/// The most images one fit uses, examples and their variants together: each example gets
+/// `min(1 + VARIANTS.len(), max(1, AUGMENT_BUDGET / n))` images (itself first, then the first
+/// variants of [`VARIANTS`]), so 30 examples get all 8 variants (270 images) and a teach's time
+/// stays bounded as examples accumulate (from 300 examples on, none get variants).
+pub const AUGMENT_BUDGET: usize = 300;
+
+/// Cosine and sine of 10°, as `f32`.
+const COS_10: f32 = 0.984_807_75;
+const SIN_10: f32 = 0.173_648_18;
+
+/// The virtual examples' transforms, in the order they are used: each a 2 x 2 matrix
+/// `[m00, m01, m10, m11]` (row-major, on `(x, y)` with `x` the column and `y` the row, `y`
+/// down) that maps an output pixel's offset from the ink's centre of mass to the offset where
+/// the source image is sampled ([`warp`]). Sampling at `M (p − c)` draws the image transformed
+/// by `M⁻¹`: the first two turn the digit 10° one way and the other, the next two shear it by
+/// ±0.2 (`x` moved by ∓0.2 · `y`: a slant), the last four stretch and squeeze it by about 10 %
+/// along `x`, then along `y` (sampling at 0.9 and 1.1 times the offset).
+pub const VARIANTS: [[f32; 4]; 8] = [
+    [COS_10, SIN_10, -SIN_10, COS_10],
+    [COS_10, -SIN_10, SIN_10, COS_10],
+    [1.0, 0.2, 0.0, 1.0],
+    [1.0, -0.2, 0.0, 1.0],
+    [0.9, 0.0, 0.0, 1.0],
+    [1.1, 0.0, 0.0, 1.0],
+    [1.0, 0.0, 0.0, 0.9],
+    [1.0, 0.0, 0.0, 1.1],
+];
+
+/// The knobs of one teach; [`Settings::DEFAULT`] is what the page and `mnist_infer` use (the
+/// others are for `invoke personalize --tune`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    /// `λ` (> 0, finite): see [`PULL`].
+    pub pull: f32,
+    /// `β` (> 0, finite): see [`WIDTH`].
+    pub width: f32,
+    /// Gradient steps: see [`STEPS`].
+    pub steps: usize,
+    /// Whether examples get virtual examples ([`VARIANTS`], within [`AUGMENT_BUDGET`]).
+    pub augment: bool,
+}
+
+impl Settings {
+    /// [`PULL`], [`WIDTH`], [`STEPS`], with virtual examples.
+    pub const DEFAULT: Settings = Settings {
+        pull: PULL,
+        width: WIDTH,
+        steps: STEPS,
+        augment: true,
+    };
+
+    /// Images fitted per example when `n` (≥ 1) examples are taught: 1 (the example itself)
+    /// without `augment`, else `min(1 + VARIANTS.len(), max(1, AUGMENT_BUDGET / n))`.
+    pub fn images_per_example(&self, n: usize) -> usize {
+        if !self.augment {
+            return 1;
+        }
+        (AUGMENT_BUDGET / n.max(1)).clamp(1, 1 + VARIANTS.len())
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::DEFAULT
+    }
+}
+
+/// `images` `[n * 784]` (0..=255, ink = 255, not blank) each followed by its first
+/// `per_example - 1` variants ([`VARIANTS`], [`warp`]): `[n * per_example * 784]`, example by
+/// example, the example itself first.
+///
+/// # Panics
+/// When `per_example` is 0 or above `1 + VARIANTS.len()`, or `images` is not whole images.
+pub fn augment(images: &[f32], per_example: usize) -> Vec<f32> {
+    assert!((1..=1 + VARIANTS.len()).contains(&per_example));
+    assert!(images.len().is_multiple_of(INPUT_LEN), "[n * 784] pixels");
+    let mut out = Vec::with_capacity(images.len() * per_example);
+    for image in images.chunks_exact(INPUT_LEN) {
+        out.extend_from_slice(image);
+        for sampling in &VARIANTS[..per_example - 1] {
+            out.extend(warp(image, *sampling));
+        }
+    }
+    out
+}
+
+/// One 28 x 28 image (`[784]`, 0..=255) transformed about its ink's centre of mass `c`
+/// (`Σ p · (x, y) / Σ p` over the pixels, in pixel indices): output pixel `p = (x, y)` is the
+/// source sampled bilinearly at `c + M (p − c)`, `M = sampling` (`[m00, m01, m10, m11]`,
+/// row-major), 0 outside the image; clamped to 0..=255. A blank image gives itself.
+pub fn warp(image: &[f32], sampling: [f32; 4]) -> Vec<f32> {
+    assert_eq!(image.len(), INPUT_LEN, "one 28 x 28 image");
+    let (mut mass, mut mx, mut my) = (0.0f32, 0.0f32, 0.0f32);
+    for (i, &p) in image.iter().enumerate() {
+        mass += p;
+        mx += p * (i % IMAGE_SIZE) as f32;
+        my += p * (i / IMAGE_SIZE) as f32;
+    }
+    if mass <= 0.0 {
+        return image.to_vec();
+    }
+    let (cx, cy) = (mx / mass, my / mass);
+    let [m00, m01, m10, m11] = sampling;
+    let pixel = |x: i32, y: i32| -> f32 {
+        if (0..IMAGE_SIZE as i32).contains(&x) && (0..IMAGE_SIZE as i32).contains(&y) {
+            image[y as usize * IMAGE_SIZE + x as usize]
+        } else {
+            0.0
+        }
+    };
+    let mut out = vec![0.0f32; INPUT_LEN];
+    for (i, o) in out.iter_mut().enumerate() {
+        let dx = (i % IMAGE_SIZE) as f32 - cx;
+        let dy = (i / IMAGE_SIZE) as f32 - cy;
+        let sx = cx + (m00 * dx + m01 * dy);
+        let sy = cy + (m10 * dx + m11 * dy);
+        let (x0, y0) = (libm::floorf(sx), libm::floorf(sy));
+        let (fx, fy) = (sx - x0, sy - y0);
+        let (x0, y0) = (x0 as i32, y0 as i32);
+        let value = (1.0 - fx) * (1.0 - fy) * pixel(x0, y0)
+            + fx * (1.0 - fy) * pixel(x0 + 1, y0)
+            + (1.0 - fx) * fy * pixel(x0, y0 + 1)
+            + fx * fy * pixel(x0 + 1, y0 + 1);
+        *o = value.clamp(0.0, MAX_PIXEL);
+    }
+    out
+}
 
 /// A linear head: `logits = weight · features + bias`.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,49 +227,95 @@ impl Head {
         }
         out
     }
+}
 
-    /// This head re-fitted to `features` `[n, features]` labelled `labels` (`n` values, each
-    /// below `classes`), by minimising `J` above from this head. `n = 0` gives this head.
+/// The trained head with a correction fitted to taught examples (see the module's text).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adapted {
+    /// The trained head `W₀`, `b₀`, unchanged.
+    pub head: Head,
+    /// The centres `cᵢ`: the taught examples' features, `[m, features]`.
+    pub centres: Vec<f32>,
+    /// The amplitudes `aᵢ`, `[m, classes]`.
+    pub amplitudes: Vec<f32>,
+    /// `β / s`: `kᵢ(f) = exp(−sharpness ‖f − cᵢ‖²)`.
+    pub sharpness: f32,
+}
+
+impl Adapted {
+    /// The trained `head` corrected to fit taught examples, by minimising `J` above.
+    ///
+    /// `features`: `[n * per_example, head.features]`, the features of each example followed by
+    /// those of its `per_example - 1` variants ([`augment`]'s order); `labels`: `n` values,
+    /// each below `head.classes`, one per example. `n = 0` gives the trained head (no centre).
     ///
     /// # Panics
-    /// When the lengths disagree or a label is out of range (callers check first).
-    pub fn fit(&self, features: &[f32], labels: &[usize]) -> Head {
-        self.fit_with(features, labels, PULL, STEPS)
-    }
-
-    /// [`Head::fit`] with another pull `λ` (> 0) and step count: for tuning them
-    /// (`trainer/evaluation/personalize.py --tune`).
-    ///
-    /// # Panics
-    /// As `fit`, and when `pull` is not positive.
-    pub fn fit_with(&self, features: &[f32], labels: &[usize], pull: f32, steps: usize) -> Head {
+    /// When the lengths disagree, a label is out of range, `per_example` is 0, or `settings`
+    /// has a pull or width that is not a positive number (callers check first).
+    pub fn fit(
+        head: &Head,
+        features: &[f32],
+        labels: &[usize],
+        per_example: usize,
+        settings: Settings,
+    ) -> Adapted {
+        let Settings {
+            pull, width, steps, ..
+        } = settings;
         assert!(
-            pull > 0.0,
-            "the pull toward the trained head must be positive"
+            pull > 0.0 && pull.is_finite() && width > 0.0 && width.is_finite(),
+            "the pull and the width must be positive numbers"
         );
-        let (k, d) = (self.classes, self.features);
-        let n = labels.len();
-        assert!(features.len() == n * d && labels.iter().all(|&y| y < k));
-        if n == 0 {
-            return self.clone();
+        let (k, d, m) = (head.classes, head.features, labels.len());
+        let rows = m * per_example;
+        assert!(per_example >= 1 && features.len() == rows * d);
+        assert!(labels.iter().all(|&y| y < k));
+        let centres: Vec<f32> = features
+            .chunks_exact(d * per_example)
+            .flat_map(|example| example[..d].iter().copied())
+            .collect();
+        if m == 0 {
+            return Adapted {
+                head: head.clone(),
+                centres,
+                amplitudes: Vec::new(),
+                sharpness: 0.0,
+            };
         }
-        let mean_norm = features
+        let scale = features.chunks_exact(d).map(|f| dot(f, f)).sum::<f32>() / rows as f32;
+        let mut adapted = Adapted {
+            head: head.clone(),
+            centres,
+            amplitudes: vec![0.0; m * k],
+            sharpness: width / scale.max(f32::MIN_POSITIVE),
+        };
+        // K [rows, m], the trained logits [rows, k], each row's label.
+        let kernel: Vec<f32> = features
             .chunks_exact(d)
-            .map(|f| dot(f, f) + 1.0)
-            .sum::<f32>()
-            / n as f32;
-        let lipschitz = 0.5 * mean_norm + pull;
+            .flat_map(|f| adapted.kernel(f))
+            .collect();
+        let base = head.logits(features);
+        let targets: Vec<usize> = labels
+            .iter()
+            .flat_map(|&y| core::iter::repeat_n(y, per_example))
+            .collect();
+        let largest_row = kernel
+            .chunks_exact(m)
+            .map(|r| r.iter().sum::<f32>())
+            .fold(0.0f32, f32::max);
+        let largest_column = (0..m)
+            .map(|i| kernel.iter().skip(i).step_by(m).sum::<f32>())
+            .fold(0.0f32, f32::max);
+        let lipschitz = 0.5 * largest_row * largest_column / rows as f32 + pull;
         let rate = 1.0 / lipschitz;
-        // Nesterov's constant momentum for a `PULL`-strongly convex, `L`-smooth objective.
+        // Nesterov's constant momentum for a `λ`-strongly convex, `L`-smooth objective.
         let ratio = libm::sqrtf(pull / lipschitz);
         let momentum = (1.0 - ratio) / (1.0 + ratio);
 
-        // Parameters as one vector: `[W (k * d), b (k)]`.
-        let start: Vec<f32> = self.weight.iter().chain(&self.bias).copied().collect();
-        let mut theta = start.clone();
-        let mut previous = start.clone();
-        let mut gradient = vec![0.0f32; theta.len()];
-        let mut probabilities = vec![0.0f32; k];
+        let mut theta = vec![0.0f32; m * k];
+        let mut previous = theta.clone();
+        let mut gradient = vec![0.0f32; m * k];
+        let mut residual = vec![0.0f32; k];
         for _ in 0..steps {
             // Look-ahead point v = θ + μ (θ − θ_prev), then θ_prev = θ, θ = v − η ∇J(v).
             let look: Vec<f32> = theta
@@ -117,21 +325,24 @@ impl Head {
                 .collect();
             gradient
                 .iter_mut()
-                .zip(look.iter().zip(&start))
-                .for_each(|(g, (v, s))| *g = pull * (v - s));
-            let (w, b) = look.split_at(k * d);
-            for (f, &y) in features.chunks_exact(d).zip(labels) {
-                for c in 0..k {
-                    probabilities[c] = b[c] + dot(&w[c * d..(c + 1) * d], f);
+                .zip(&look)
+                .for_each(|(g, v)| *g = pull * v);
+            for ((row, logits), &y) in kernel
+                .chunks_exact(m)
+                .zip(base.chunks_exact(k))
+                .zip(&targets)
+            {
+                residual.copy_from_slice(logits);
+                for (&kij, a) in row.iter().zip(look.chunks_exact(k)) {
+                    residual.iter_mut().zip(a).for_each(|(r, a)| *r += kij * a);
                 }
-                softmax(&mut probabilities);
-                for c in 0..k {
-                    let g = (probabilities[c] - if c == y { 1.0 } else { 0.0 }) / n as f32;
-                    gradient[c * d..(c + 1) * d]
-                        .iter_mut()
-                        .zip(f)
-                        .for_each(|(gw, x)| *gw += g * x);
-                    gradient[k * d + c] += g;
+                crate::softmax_rows(&mut residual, k);
+                residual[y] -= 1.0;
+                for (&kij, g) in row.iter().zip(gradient.chunks_exact_mut(k)) {
+                    let weight = kij / rows as f32;
+                    g.iter_mut()
+                        .zip(&residual)
+                        .for_each(|(g, r)| *g += weight * r);
                 }
             }
             previous = core::mem::replace(
@@ -142,22 +353,43 @@ impl Head {
                     .collect(),
             );
         }
-        let bias = theta.split_off(k * d);
-        Head {
-            weight: theta,
-            bias,
-            classes: k,
-            features: d,
+        adapted.amplitudes = theta;
+        adapted
+    }
+
+    /// Logits `[n, classes]` of features `[n, features]`, row-major: the trained head's plus
+    /// the correction.
+    ///
+    /// # Panics
+    /// When `features.len()` is not a multiple of the features' width.
+    pub fn logits(&self, features: &[f32]) -> Vec<f32> {
+        let mut out = self.head.logits(features);
+        let k = self.head.classes;
+        if self.amplitudes.is_empty() {
+            return out;
         }
+        for (f, logits) in features
+            .chunks_exact(self.head.features)
+            .zip(out.chunks_exact_mut(k))
+        {
+            for (kij, a) in self.kernel(f).zip(self.amplitudes.chunks_exact(k)) {
+                logits.iter_mut().zip(a).for_each(|(l, a)| *l += kij * a);
+            }
+        }
+        out
+    }
+
+    /// `kᵢ(f)` for every centre, in order.
+    fn kernel<'a>(&'a self, f: &'a [f32]) -> impl Iterator<Item = f32> + 'a {
+        self.centres.chunks_exact(self.head.features).map(move |c| {
+            let distance: f32 = c.iter().zip(f).map(|(c, x)| (x - c) * (x - c)).sum();
+            libm::expf(-self.sharpness * distance)
+        })
     }
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn softmax(values: &mut [f32]) {
-    crate::softmax_rows(values, values.len());
 }
 
 #[cfg(test)]
@@ -174,6 +406,10 @@ mod tests {
         }
     }
 
+    fn fit(features: &[f32], labels: &[usize], settings: Settings) -> Adapted {
+        Adapted::fit(&head(), features, labels, 1, settings)
+    }
+
     #[test]
     fn logits_are_the_linear_map() {
         assert_eq!(
@@ -184,54 +420,92 @@ mod tests {
 
     #[test]
     fn no_examples_keep_the_head() {
-        assert_eq!(head().fit(&[], &[]), head());
+        let adapted = fit(&[], &[], Settings::DEFAULT);
+        assert_eq!(adapted.logits(&[2.0, 1.0]), head().logits(&[2.0, 1.0]));
     }
 
     #[test]
-    fn fitting_learns_a_relabelled_point_and_keeps_the_others() {
+    fn fitting_learns_a_relabelled_point_and_keeps_the_far_ones() {
         // The trained head calls (2, 1) class 0; a user says it is class 1.
-        let fitted = head().fit_with(&[2.0, 1.0, 2.0, 1.0, 2.0, 1.0], &[1, 1, 1], 0.02, STEPS);
-        let after = fitted.logits(&[2.0, 1.0]);
+        let adapted = fit(&[2.0, 1.0], &[1], Settings::DEFAULT);
+        let after = adapted.logits(&[2.0, 1.0]);
         assert!(
             after[1] > after[0],
             "the taught point is class 1 now: {after:?}"
         );
-        // The re-fit moves the weights along (f, 1) = (2, 1, 1): a class-0 point whose (f, 1)
-        // is orthogonal to that keeps its logits.
-        let other = fitted.logits(&[1.0, -3.0]);
-        assert!(
-            other[0] > other[1] + 7.0,
-            "another class-0 point stays class 0: {other:?}"
-        );
+        let near = adapted.logits(&[2.05, 1.0]);
+        assert!(near[1] > near[0], "and so is a point next to it: {near:?}");
+        // Far away (distance² 20 = 4 s, s = ‖(2, 1)‖² = 5): the correction is exp(−80 β / 20) ≈ 0.
+        let far = [4.0, -3.0];
+        assert_eq!(adapted.logits(&far), head().logits(&far));
     }
 
     #[test]
-    fn fitting_is_deterministic_and_agrees_with_the_objective() {
-        let (features, labels) = ([0.5, 2.0, 3.0, 0.1, 1.0, 1.0], [0usize, 0, 1]);
-        let a = head().fit(&features, &labels);
-        assert_eq!(a, head().fit(&features, &labels));
-        // J is lower at the fit than at the start.
-        let objective = |h: &Head| {
+    fn fitting_is_deterministic_and_lowers_the_objective() {
+        let (features, labels) = ([0.5, 2.0, 3.0, 0.1, 1.0, 1.1], [0usize, 0, 1]);
+        let settings = Settings {
+            width: 1.0,
+            ..Settings::DEFAULT
+        };
+        let a = fit(&features, &labels, settings);
+        assert_eq!(a, fit(&features, &labels, settings));
+        let objective = |amplitudes: &[f32]| {
+            let h = Adapted {
+                amplitudes: amplitudes.to_vec(),
+                ..a.clone()
+            };
             let logits = h.logits(&features);
             let ce: f32 = logits
                 .chunks_exact(2)
                 .zip(labels)
                 .map(|(l, y)| {
                     let mut p = l.to_vec();
-                    softmax(&mut p);
+                    crate::softmax_rows(&mut p, 2);
                     -libm::logf(p[y])
                 })
                 .sum::<f32>()
                 / 3.0;
-            let pull: f32 = h
-                .weight
-                .iter()
-                .chain(&h.bias)
-                .zip(head().weight.iter().chain(&head().bias))
-                .map(|(x, s)| (x - s) * (x - s))
-                .sum();
-            ce + PULL / 2.0 * pull
+            ce + settings.pull / 2.0 * amplitudes.iter().map(|x| x * x).sum::<f32>()
         };
-        assert!(objective(&a) < objective(&head()) - 0.1);
+        assert!(objective(&a.amplitudes) < objective(&[0.0; 6]) - 0.1);
+    }
+
+    #[test]
+    fn the_budget_bounds_the_images() {
+        let s = Settings::DEFAULT;
+        assert_eq!(s.images_per_example(1), 9);
+        assert_eq!(s.images_per_example(30), 9);
+        assert_eq!(s.images_per_example(100), 3);
+        assert_eq!(s.images_per_example(1000), 1);
+        let plain = Settings {
+            augment: false,
+            ..s
+        };
+        assert_eq!(plain.images_per_example(30), 1);
+    }
+
+    #[test]
+    fn the_variants_move_ink_about_its_centre() {
+        // A horizontal bar through the centre: turned 10°, its ends move up and down by
+        // about tan 10° · 8 ≈ 1.4 px; the centre pixel keeps its ink.
+        let mut bar = vec![0.0f32; INPUT_LEN];
+        (6..=22).for_each(|x| bar[14 * IMAGE_SIZE + x] = 255.0);
+        let turned = warp(&bar, VARIANTS[0]);
+        assert_eq!(turned[14 * IMAGE_SIZE + 14], 255.0);
+        let row_of_ink = |image: &[f32], x: usize| {
+            let column: Vec<f32> = (0..IMAGE_SIZE).map(|y| image[y * IMAGE_SIZE + x]).collect();
+            (0..IMAGE_SIZE).map(|y| y as f32 * column[y]).sum::<f32>() / column.iter().sum::<f32>()
+        };
+        let (left, right) = (row_of_ink(&turned, 7), row_of_ink(&turned, 20));
+        assert!(
+            (left - right).abs() > 2.0,
+            "the bar's ends at rows {left}, {right}"
+        );
+        // The identity gives the image back; every variant keeps values in 0..=255.
+        assert_eq!(warp(&bar, [1.0, 0.0, 0.0, 1.0]), bar);
+        let all = augment(&bar, 9);
+        assert_eq!(all.len(), 9 * INPUT_LEN);
+        assert!(all.iter().all(|p| (0.0..=MAX_PIXEL).contains(p)));
+        assert_eq!(&all[..INPUT_LEN], &bar[..]);
     }
 }

@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
 use burn::prelude::*;
 
-use crate::adapt::{self, Head};
+use crate::adapt::{Adapted, Head, Settings};
 use crate::backend::Backend;
 use crate::error::{InputError, PredictError, TeachError};
 #[cfg(feature = "fast")]
@@ -26,12 +26,18 @@ use crate::{IMAGE_SIZE, INPUT_LEN, MAX_PIXEL, MAX_SAMPLES, MAX_TAUGHT, NUM_CLASS
 #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
 use crate::{layers, model::Model, plan};
 
-/// The head re-fitted by [`Classifier::teach`], and how many examples of each class it learnt.
+/// The model [`Classifier::teach`] adapted (the trained head and its correction), and how many
+/// examples of each class it learnt.
 #[derive(Clone, Debug)]
 struct Taught {
-    head: Head,
+    adapted: Adapted,
     counts: [usize; NUM_CLASSES],
 }
+
+/// Images per forward pass when teaching computes the features of the examples and their
+/// variants (at most [`crate::adapt::AUGMENT_BUDGET`] or [`MAX_TAUGHT`] of them): bounds the
+/// engines' intermediate buffers.
+const FEATURE_BATCH: usize = 256;
 
 /// What runs the forward pass.
 #[derive(Debug)]
@@ -290,10 +296,11 @@ impl Classifier {
         Ok(summary)
     }
 
-    /// Teach the classifier one user's hand: re-fit its last layer to these labelled images
-    /// ([`adapt`]), replacing what was taught before; from then on every prediction uses the
-    /// re-fitted layer. No examples: the same as [`Classifier::forget`]. Synchronous: on wgpu
-    /// in a browser use [`Classifier::teach_async`].
+    /// Teach the classifier one user's hand: fit a correction of its logits near these
+    /// labelled images and their virtual examples ([`crate::adapt`]), replacing what was taught
+    /// before; from then on every prediction uses it. No examples: the same as
+    /// [`Classifier::forget`]. Synchronous: on wgpu in a browser use
+    /// [`Classifier::teach_async`].
     ///
     /// `pixels`: `N * 784` values as [`Classifier::logits`]; `labels`: `N` digits 0-9.
     ///
@@ -302,11 +309,11 @@ impl Classifier {
     /// label per image, more than [`MAX_TAUGHT`] examples, or a model whose last layer is not
     /// linear. Refused examples change nothing.
     pub fn teach(&mut self, pixels: &[f32], labels: &[u32]) -> Result<(), TeachError> {
-        self.teach_with(pixels, labels, adapt::PULL, adapt::STEPS)
+        self.teach_with(pixels, labels, Settings::DEFAULT)
     }
 
-    /// [`Classifier::teach`] with another pull and step count than [`adapt::PULL`] and
-    /// [`adapt::STEPS`] (for tuning them; `pull` > 0).
+    /// [`Classifier::teach`] with other settings than [`Settings::DEFAULT`] (for tuning them;
+    /// the pull and the width must be positive numbers, which callers check).
     ///
     /// # Errors
     /// As `teach`.
@@ -314,15 +321,19 @@ impl Classifier {
         &mut self,
         pixels: &[f32],
         labels: &[u32],
-        pull: f32,
-        steps: usize,
+        settings: Settings,
     ) -> Result<(), TeachError> {
         let Some(head) = self.check_teach(pixels, labels)? else {
             self.forget();
             return Ok(());
         };
-        let features = self.engine_output(pixels, Pass::FEATURES);
-        self.taught = Some(fit(&head, &features, labels, pull, steps));
+        let per_example = settings.images_per_example(labels.len());
+        let images = crate::adapt::augment(pixels, per_example);
+        let features: Vec<f32> = images
+            .chunks(FEATURE_BATCH * INPUT_LEN)
+            .flat_map(|batch| self.engine_output(batch, Pass::FEATURES))
+            .collect();
+        self.taught = Some(fit(&head, &features, labels, per_example, settings));
         Ok(())
     }
 
@@ -336,11 +347,18 @@ impl Classifier {
             self.forget();
             return Ok(());
         };
-        let features = self
-            .engine_output_async(pixels, Pass::FEATURES)
-            .await
-            .map_err(|e| TeachError::Device(e.to_string()))?;
-        self.taught = Some(fit(&head, &features, labels, adapt::PULL, adapt::STEPS));
+        let settings = Settings::DEFAULT;
+        let per_example = settings.images_per_example(labels.len());
+        let images = crate::adapt::augment(pixels, per_example);
+        let mut features = Vec::new();
+        for batch in images.chunks(FEATURE_BATCH * INPUT_LEN) {
+            features.extend(
+                self.engine_output_async(batch, Pass::FEATURES)
+                    .await
+                    .map_err(|e| TeachError::Device(e.to_string()))?,
+            );
+        }
+        self.taught = Some(fit(&head, &features, labels, per_example, settings));
         Ok(())
     }
 
@@ -442,7 +460,7 @@ impl Classifier {
     /// The taught head's logits of the engine's features, or the engine's logits as they are.
     fn to_logits(&self, values: Vec<f32>) -> Vec<f32> {
         match &self.taught {
-            Some(taught) => taught.head.logits(&values),
+            Some(taught) => taught.adapted.logits(&values),
             None => values,
         }
     }
@@ -582,13 +600,20 @@ fn read_head(metadata: &Metadata, bytes: &[u8]) -> Result<Head, String> {
     })
 }
 
-/// `head` re-fitted to checked examples.
-fn fit(head: &Head, features: &[f32], labels: &[u32], pull: f32, steps: usize) -> Taught {
+/// `head` adapted to checked examples, from the features `[n * per_example, features]` of
+/// each example and its variants ([`crate::adapt::augment`]'s order).
+fn fit(
+    head: &Head,
+    features: &[f32],
+    labels: &[u32],
+    per_example: usize,
+    settings: Settings,
+) -> Taught {
     let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
     let mut counts = [0; NUM_CLASSES];
     labels.iter().for_each(|&l| counts[l] += 1);
     Taught {
-        head: head.fit_with(features, &labels, pull, steps),
+        adapted: Adapted::fit(head, features, &labels, per_example, settings),
         counts,
     }
 }

@@ -702,11 +702,24 @@ fn the_rule_judges_the_taught_probabilities() {
         .iter()
         .map(|&l| ((l + 1) % 10) as u32)
         .collect();
-    let image = &fixture.pixels[..INPUT_LEN];
+    // The probe: the fixture's image whose largest probability teaching changes most (a taught
+    // image is read confidently as its taught digit: its largest probability may stay near 1).
     let mut probe = Classifier::from_safetensors(&with_rules(None, None), backend).unwrap();
-    let trained = largest(&probe.probabilities(image).unwrap());
+    let largest_of = |c: &Classifier| -> Vec<f32> {
+        let p = c.probabilities(&fixture.pixels).unwrap();
+        p.chunks_exact(10).map(largest).collect()
+    };
+    let trained_all = largest_of(&probe);
     probe.teach(pixels, &labels).unwrap();
-    let taught = largest(&probe.probabilities(image).unwrap());
+    let taught_all = largest_of(&probe);
+    let index = (0..trained_all.len())
+        .max_by(|&a, &b| {
+            let change = |i: usize| (trained_all[i] - taught_all[i]).abs();
+            change(a).total_cmp(&change(b))
+        })
+        .unwrap();
+    let image = &fixture.pixels[index * INPUT_LEN..(index + 1) * INPUT_LEN];
+    let (trained, taught) = (trained_all[index], taught_all[index]);
     assert!((trained - taught).abs() > 1e-3, "{trained} vs {taught}");
     let tau = format!("{:e}", (trained + taught) / 2.0);
     let mut classifier =

@@ -13,7 +13,7 @@
 //! const { probabilities, std, mutualInformation, notADigit, unsure } =
 //!   JSON.parse(classifier.uncertainty(pixels, 20, 0));  // MC dropout, 20 samples, seed 0
 //! classifier.notADigit(probabilities); // true | false; undefined without the file's threshold
-//! classifier.teach(examples, labels);  // N * 784 pixels, N digits: re-fit the last layer
+//! classifier.teach(examples, labels);  // N * 784 pixels, N digits: adapt to a hand
 //! classifier.taught;                   // Uint32Array(10): examples per class
 //! classifier.forget();                 // back to the trained model
 //! ```
@@ -152,10 +152,11 @@ impl Classifier {
         Ok(uncertainty_json(&u))
     }
 
-    /// Teach the classifier a hand: re-fit its last layer to `labels.length` examples
-    /// (`pixels`: Float32Array of `labels.length * 784` values, as `predict`; `labels`:
-    /// Uint32Array of digits 0-9), replacing what was taught before; `predict` and
-    /// `uncertainty` use it from then on. Empty arrays forget. Throws an `Error` naming the
+    /// Teach the classifier a hand: adapt it to `labels.length` examples (`pixels`:
+    /// Float32Array of `labels.length * 784` values, as `predict`; `labels`: Uint32Array of
+    /// digits 0-9) by a local correction of its logits near them and their virtual examples
+    /// (`mnist_model::adapt`), replacing what was taught before; `predict` and `uncertainty`
+    /// use it from then on. Empty arrays forget. Throws an `Error` naming the
     /// problem (a blank image, a label that is not a digit, not one label per image, bad
     /// pixels); the classifier then keeps what it had.
     pub fn teach(&mut self, pixels: &[f32], labels: &[u32]) -> Result<(), JsError> {
