@@ -53,18 +53,19 @@ def test_rust_mc_dropout_matches_pytorch_given_the_same_masks(weights, mnist_tes
 
 
 @pytest.mark.parametrize("weights", MODELS, ids=[p.stem for p in MODELS])
-def test_every_committed_model_is_calibrated_and_scribbles_are_less_sure(weights, mnist_test):
-    threshold = float(read_metadata(weights)["unsure_mutual_information"])
+def test_every_committed_model_is_calibrated_and_noise_is_not_sure(weights, mnist_test):
+    """The Rust classifier reads both thresholds; on real test digits it rarely says "not
+    sure", on sprinkled ink (no digit) nearly always, by either rule."""
+    metadata = read_metadata(weights)
     classifier = mnist_infer.Classifier(str(weights))
-    assert classifier.unsure_threshold == pytest.approx(threshold)
+    assert classifier.unsure_threshold == pytest.approx(float(metadata["unsure_mutual_information"]))
     digits = mnist_test.images[:200].reshape(-1, 784).numpy().astype(np.float32)
     flagged = np.mean([classifier.uncertainty(x)["unsure"] for x in digits])
     rng = np.random.default_rng(0)
     noise = (rng.random((50, 784)) < 0.15).astype(np.float32) * 255  # sprinkled ink, no digit
-    mi_noise = np.median([classifier.uncertainty(x)["mutual_information"] for x in noise])
-    mi_digits = np.median([classifier.uncertainty(x)["mutual_information"] for x in digits])
+    flagged_noise = np.mean([classifier.uncertainty(x)["unsure"] for x in noise])
     assert flagged <= 0.05, f"{flagged:.1%} of real test digits called 'not sure'"
-    assert mi_noise > 5 * mi_digits
+    assert flagged_noise >= 0.9, f"only {flagged_noise:.1%} of noise images called 'not sure'"
 
 
 def test_bad_requests_are_refused_with_the_reason(mnist_test):

@@ -29,7 +29,11 @@ class Augment:
     elastic distortion, in pixels (0 turns it off), a random field on an elastic_grid x
     elastic_grid lattice of control points, interpolated bicubically to 28x28 (so it bends
     strokes smoothly, over about 28 / elastic_grid pixels); stroke: probability that an image's
-    strokes are made thinner or thicker (half each) by about one pixel (0 turns it off).
+    strokes are made thinner or thicker (half each) by about one pixel (0 turns it off); ink:
+    probability that an image's ink is made fainter in places, multiplied by a smooth random
+    field with values in [ink_min, 1] (3 x 3 lattice, bicubic), as a pen whose colour changes
+    along the stroke leaves it (web/pen.js's challenge pen: light colours give ink down to about
+    0.2); 0 turns it off.
     """
 
     rotation_deg: float = 12.0
@@ -39,13 +43,15 @@ class Augment:
     elastic_px: float = 0.0
     elastic_grid: int = 4
     stroke: float = 0.0
+    ink: float = 0.0
+    ink_min: float = 0.3
 
 
 #: ``--augment`` presets: "draw" (the default) adds to "affine" what canvas drawings differ in.
 AUGMENT_PRESETS = {
     "none": Augment(rotation_deg=0, translate_px=0, scale=0, shear_deg=0),
     "affine": Augment(),
-    "draw": Augment(rotation_deg=12, translate_px=2.5, scale=0.12, shear_deg=15, elastic_px=1.5, stroke=0.5),
+    "draw": Augment(rotation_deg=12, translate_px=2.5, scale=0.12, shear_deg=15, elastic_px=1.5, stroke=0.5, ink=0.3),
 }
 
 
@@ -120,8 +126,20 @@ def random_stroke_width(images: torch.Tensor, aug: Augment, generator: torch.Gen
     return out
 
 
+def random_ink(images: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Make the ink of a random ``aug.ink`` share of the images fainter in places: each chosen
+    image times a smooth field in [``aug.ink_min``, 1]. Input and output: (N, 1, 28, 28) in [0, 1]."""
+    n = images.shape[0]
+    chosen = (torch.rand(n, generator=generator) < aug.ink).to(images.device)
+    coarse = aug.ink_min + (1 - aug.ink_min) * torch.rand(n, 1, 3, 3, generator=generator)
+    field = F.interpolate(coarse, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", align_corners=True)
+    field = field.clamp(aug.ink_min, 1.0).to(images.device)
+    return torch.where(chosen[:, None, None, None], images * field, images)
+
+
 def augment(images: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
-    """The training augmentation: stroke width, then ``random_warp`` (affine + elastic).
+    """The training augmentation: ink intensity, stroke width, then ``random_warp`` (affine +
+    elastic).
 
     Args:
         images: (N, 1, 28, 28) float32 in [0, 1], background 0.
@@ -129,25 +147,33 @@ def augment(images: torch.Tensor, aug: Augment, generator: torch.Generator) -> t
     Returns:
         (N, 1, 28, 28) float32 in [0, 1].
     """
+    if aug.ink > 0:
+        images = random_ink(images, aug, generator)
     if aug.stroke > 0:
         images = random_stroke_width(images, aug, generator)
     return random_warp(images, aug, generator).clamp(0.0, 1.0)
 
 
-def augmented_images(images: torch.Tensor, seed: int = AUGMENT_SEED) -> torch.Tensor:
-    """Every image under its own random affine transform, the same ones in every run.
+def augmented_images(images: torch.Tensor, seed: int = AUGMENT_SEED, preset: str = "affine") -> torch.Tensor:
+    """Every image under its own random transform of ``AUGMENT_PRESETS[preset]``, the same ones
+    in every run.
 
-    The transforms depend on N as well as the seed (``random_warp`` draws each parameter for
-    the whole batch in turn), so ``evaluate`` augments the full test split and then keeps the
+    The transforms depend on N as well as the seed (``augment`` draws each parameter for the
+    whole batch in turn), so ``evaluate`` augments the full test split and then keeps the
     first ``limit`` images: a subset's augmented images are those of the full set.
 
     Args:
         images: (N, 28, 28) uint8 or float, 0..255, ink = 255.
         seed: seed of the ``torch.Generator`` drawing the transforms.
+        preset: a key of ``AUGMENT_PRESETS``: "affine" (the evaluation's "augmented" test set)
+            or "draw" (what training does; the calibration split of ``trainer.uncertainty``).
 
     Returns:
-        (N, 28, 28) float32 in 0..255, bilinearly resampled (``random_warp``, ``Augment()``).
+        (N, 28, 28) float32 in 0..255, bilinearly resampled (``augment``).
+
+    Raises:
+        KeyError: an unknown preset.
     """
     generator = torch.Generator().manual_seed(seed)
     unit = images.float().unsqueeze(1) / 255.0  # training augments images in [0, 1]
-    return (random_warp(unit, Augment(), generator) * 255.0).clamp(0, 255).squeeze(1)
+    return (augment(unit, AUGMENT_PRESETS[preset], generator) * 255.0).clamp(0, 255).squeeze(1)

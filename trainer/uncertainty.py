@@ -17,8 +17,15 @@ on exactly the same masks. Value ``i`` counts row-major over the ``(T, features)
 each Dropout layer, on across the layers in order; a value is kept when ``uniform >= p``.
 
 A prediction is "not sure" when its mutual information is above the threshold ``calibrate``
-chooses on a validation split and writes into the weights metadata
-(``unsure_mutual_information``).
+chooses on a held-out validation split and writes into the weights metadata
+(``unsure_mutual_information``). MC dropout on the last layers does not see inputs far from
+every digit (784 random pixels get a mutual information of 0), so a second rule, "not a
+digit", looks at the eval-mode softmax: an image is not a digit when its largest probability is
+below ``not_a_digit_max_probability``, chosen on the same split. It works because training
+shows the model non-digits with a uniform target (outlier exposure, ``trainer.train``), so the
+top probability of a non-digit is low; ``trainer.evaluation.compare`` measures it against the
+energy score and the mutual information (AUROC on ``trainer.synthetic.nondigits``' test split).
+The Rust crate applies both rules (``Classifier::not_a_digit``; ``unsure`` = either rule).
 """
 
 from __future__ import annotations
@@ -41,10 +48,16 @@ MIX2 = np.uint64(0x94D049BB133111EB)
 DEFAULT_SAMPLES = 20
 #: Fraction of validation digits ``calibrate`` lets through as "not sure" (its quantile).
 UNSURE_QUANTILE = 0.99
+#: Fraction of validation digits ``calibrate`` lets through as "not a digit": the threshold is
+#: this quantile of their largest softmax probability.
+NOT_A_DIGIT_QUANTILE = 0.01
 #: The validation split of ``calibrate``: MNIST training images 55,000-59,999 (the last
-#: 5,000, the usual MNIST validation split), drawn with the evaluation's "draw" augmentation
-#: so that they are not the exact images the models were trained on.
+#: 5,000, the usual MNIST validation split), which ``trainer.train`` holds out (``holdout``),
+#: under the training's "draw" augmentation (a drawing is never as clean as a scan).
 VALIDATION = slice(55_000, 60_000)
+#: Metadata key ``trainer.train`` writes when the model was not trained on ``VALIDATION``:
+#: its value is ``"55000-59999"``.
+HELD_OUT_KEY = "held_out_validation"
 
 
 def uniform(seed: int, indices: np.ndarray) -> np.ndarray:
@@ -130,40 +143,83 @@ def calibrate(
     samples: int = DEFAULT_SAMPLES,
     quantile: float = UNSURE_QUANTILE,
     limit: int = 0,
+    allow_seen: bool = False,
 ) -> dict:
-    """Choose the "not sure" threshold of the model in ``weights`` and write it into the file's
-    metadata (``unsure_mutual_information``, nats, and ``unsure_rule`` in words).
+    """Choose the "not sure" and "not a digit" thresholds of the model in ``weights`` and write
+    them into the file's metadata.
 
-    The threshold is the ``quantile`` of the mutual information over the ``VALIDATION`` split
-    (augmented), so about ``1 - quantile`` of real digits are called "not sure".
+    On the ``VALIDATION`` split under the "draw" augmentation: ``unsure_mutual_information``
+    (nats) is the ``quantile`` of the MC-dropout mutual information, so about ``1 - quantile``
+    of real digits are "not sure"; ``not_a_digit_max_probability`` (in (0, 1]) is the
+    ``NOT_A_DIGIT_QUANTILE`` quantile of the eval-mode top softmax probability, so about that
+    share of real digits are "not a digit". ``unsure_rule`` and ``not_a_digit_rule`` say so in words.
+
+    Args:
+        allow_seen: calibrate a model whose metadata does not say it was trained without the
+            split (``HELD_OUT_KEY``); the rules then say that the split was seen in training.
 
     Returns:
-        ``{"threshold": float, "validation_images": int, "quantile": float}``.
+        ``{"threshold": MI threshold, "not_a_digit_max_probability": float,
+        "validation_images": int, "quantile": float, "held_out": bool}``.
 
     Raises:
+        ValueError: the model was trained on the split and ``allow_seen`` is False;
         trainer.export.WeightsError: an unreadable weights file; trainer.data.DataError: no MNIST.
     """
     from . import data
     from .augment import augmented_images
-    from .export import load_model, update_metadata
+    from .export import load_model, read_metadata, update_metadata
 
+    split_name = f"{VALIDATION.start}-{VALIDATION.stop - 1}"
+    held_out = read_metadata(weights).get(HELD_OUT_KEY) == split_name
+    if not held_out and not allow_seen:
+        raise ValueError(
+            f"{weights} was trained on MNIST training images {split_name} (no {HELD_OUT_KEY!r} in its "
+            "metadata): train it with the default --holdout, or pass allow_seen=True"
+        )
     model = load_model(weights)
     split = data.load_split(train=True, data_dir=data_dir or data.DEFAULT_DATA_DIR)
     images = split.images[VALIDATION]
     if limit:
         images = images[:limit]
-    mi = summarize(mc_probabilities(model, augmented_images(images), samples))["mutual_information"]
+    images = augmented_images(images, preset="draw")
+    mi = summarize(mc_probabilities(model, images, samples))["mutual_information"]
     threshold = float(torch.quantile(mi.double(), quantile))
-    rule = (
-        f"{quantile:.0%} quantile of the MC-dropout mutual information ({samples} samples, seed 0) "
-        f"on MNIST training images {VALIDATION.start:,}-{VALIDATION.stop - 1:,}, augmented ('draw')"
+    model.eval()
+    with torch.no_grad():
+        top = torch.softmax(model(normalize(images).reshape(-1, 1, 28, 28)), dim=1).max(dim=1).values
+    not_a_digit = float(torch.quantile(top.double(), NOT_A_DIGIT_QUANTILE))
+    where = (
+        f"MNIST training images {VALIDATION.start:,}-{VALIDATION.stop - 1:,}"
+        + (" (held out of training)" if held_out else " (seen in training: this model was trained on them)")
+        + ", augmented ('draw')"
     )
-    update_metadata(weights, {"unsure_mutual_information": f"{threshold:.6g}", "unsure_rule": rule})
-    return {"threshold": threshold, "validation_images": len(images), "quantile": quantile}
+    update_metadata(
+        weights,
+        {
+            "unsure_mutual_information": f"{threshold:.6g}",
+            "unsure_rule": (
+                f"{quantile:.0%} quantile of the MC-dropout mutual information ({samples} samples, seed 0) on {where}"
+            ),
+            "not_a_digit_max_probability": f"{not_a_digit:.6g}",
+            "not_a_digit_rule": (
+                "not a digit when the top eval-mode softmax probability is below the "
+                f"{NOT_A_DIGIT_QUANTILE:.0%} quantile of it on {where}"
+            ),
+        },
+    )
+    return {
+        "threshold": threshold,
+        "not_a_digit_max_probability": not_a_digit,
+        "validation_images": len(images),
+        "quantile": quantile,
+        "held_out": held_out,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m trainer.uncertainty --weights F``: calibrate F's "not sure" threshold."""
+    """``python -m trainer.uncertainty --weights F``: calibrate F's "not sure" and "not a digit"
+    thresholds."""
     import argparse
 
     from .data import DataError
@@ -175,14 +231,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, required=True, help="a .safetensors file written by trainer.export")
     parser.add_argument("--data-dir", type=Path, default=None, help="MNIST folder (default data/)")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
+    parser.add_argument(
+        "--allow-seen", action="store_true", help="calibrate a model that was trained on the validation split"
+    )
     args = parser.parse_args(argv)
     try:
-        result = calibrate(args.weights, args.data_dir, args.samples)
+        result = calibrate(args.weights, args.data_dir, args.samples, allow_seen=args.allow_seen)
     except (WeightsError, DataError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
     print(
         f"{args.weights}: not sure above a mutual information of {result['threshold']:.4g} nats "
-        f"({result['quantile']:.0%} quantile over {result['validation_images']:,} validation digits)"
+        f"({result['quantile']:.0%} quantile), not a digit below a top probability of "
+        f"{result['not_a_digit_max_probability']:.4g} ({NOT_A_DIGIT_QUANTILE:.0%} quantile), over "
+        f"{result['validation_images']:,} validation digits"
+        + ("" if result["held_out"] else " that the model was trained on")
     )
 
 

@@ -1,0 +1,76 @@
+"""trainer.uncertainty.calibrate: the "not sure" and "not a digit" thresholds are chosen on
+MNIST training images the model never saw, under the augmentation the metadata names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, WEIGHTS
+from trainer import data
+from trainer.augment import augmented_images
+from trainer.export import load_model, read_metadata, save_safetensors
+from trainer.model import build, normalize
+from trainer.train import Config, training_split
+from trainer.uncertainty import HELD_OUT_KEY, NOT_A_DIGIT_QUANTILE, VALIDATION, calibrate, mc_probabilities, summarize
+
+MODELS = sorted((ROOT / "models").glob("*.safetensors"))
+#: Validation images and MC passes of the calibrations run here (quick, and enough to tell
+#: the "draw" augmentation from the "affine" one).
+LIMIT, SAMPLES = 300, 4
+
+
+def test_training_never_sees_the_calibration_split():
+    full = data.load_split(train=True)
+    split = training_split(full, Config())
+    assert len(split.labels) == VALIDATION.start == 55_000
+    assert torch.equal(split.images, full.images[: VALIDATION.start])
+    assert len(training_split(full, Config(limit=100)).labels) == 100
+    assert len(training_split(full, Config(holdout=0)).labels) == 60_000
+    with pytest.raises(ValueError, match="holdout must be 0 or 5,000"):
+        Config(holdout=3).validate()
+
+
+def test_a_model_trained_on_the_split_is_refused_or_said_so(tmp_path):
+    """A file without the held-out mark (trained on all 60,000) is not silently calibrated on
+    images it learnt; with allow_seen its rules say so."""
+    weights = save_safetensors(build("mlp").eval(), tmp_path / "seen.safetensors")
+    with pytest.raises(ValueError, match="was trained on MNIST training images 55000-59999"):
+        calibrate(weights, limit=LIMIT, samples=SAMPLES)
+    result = calibrate(weights, limit=LIMIT, samples=SAMPLES, allow_seen=True)
+    assert result["held_out"] is False
+    assert "seen in training" in read_metadata(weights)["unsure_rule"]
+    assert "seen in training" in read_metadata(weights)["not_a_digit_rule"]
+
+
+def test_thresholds_come_from_the_draw_augmented_held_out_split(tmp_path):
+    """Both thresholds are the stated quantiles over the held-out images under the "draw"
+    augmentation (the old code used the "affine" preset while its rule said "draw")."""
+    copy = tmp_path / WEIGHTS.name  # the committed default model
+    copy.write_bytes(WEIGHTS.read_bytes())
+    assert read_metadata(copy).get(HELD_OUT_KEY) == "55000-59999", "the committed model must hold the split out"
+    result = calibrate(copy, limit=LIMIT, samples=SAMPLES)
+    metadata = read_metadata(copy)
+    assert result["held_out"] and "held out of training" in metadata["unsure_rule"]
+    assert "'draw'" in metadata["unsure_rule"] and "'draw'" in metadata["not_a_digit_rule"]
+
+    model = load_model(copy)
+    images = data.load_split(train=True).images[VALIDATION][:LIMIT]
+    for preset, should_match in (("draw", True), ("affine", False)):
+        seen = augmented_images(images, preset=preset)
+        mi = summarize(mc_probabilities(model, seen, SAMPLES))["mutual_information"]
+        with torch.no_grad():
+            top = torch.softmax(model(normalize(seen.unsqueeze(1))), dim=1).max(dim=1).values
+        expected = (float(torch.quantile(mi.double(), 0.99)), float(torch.quantile(top.double(), NOT_A_DIGIT_QUANTILE)))
+        got = (float(metadata["unsure_mutual_information"]), float(metadata["not_a_digit_max_probability"]))
+        matches = all(abs(a - b) <= 1e-5 * max(1.0, abs(b)) for a, b in zip(got, expected))
+        assert matches == should_match, (preset, got, expected)
+
+
+@pytest.mark.parametrize("weights", MODELS, ids=[p.stem for p in MODELS])
+def test_every_committed_model_carries_both_rules(weights):
+    metadata = read_metadata(weights)
+    tau = float(metadata["not_a_digit_max_probability"])
+    assert 0.1 < tau < 1 and float(metadata["unsure_mutual_information"]) > 0
+    for key in ("unsure_rule", "not_a_digit_rule"):
+        assert "MNIST training images 55,000-59,999" in metadata[key] and "'draw'" in metadata[key]
