@@ -499,7 +499,7 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
     auto_shortflags=False,
     help={
         "arch": "architecture: cnn (default), mlp, lenet5 or resnet (trainer/model.py)",
-        "epochs": "passes over the 60,000 training images (default 16)",
+        "epochs": "passes over the 55,000 training images (default 16)",
         "seed": "random seed (default 0); same seed, same machine, same threads: same model",
         "augment": "augmentation preset: draw (default: affine + stroke width, slant, elastic), affine or none",
         "clean_epochs": "the last N epochs train on unaugmented images (default 3)",
@@ -514,6 +514,14 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
         "writers": "add the digits of N synthetic writers written from MNIST's training digits "
         "(trainer/synthetic/writers.py; default 0: none)",
         "writers_per_class": "digits per class of each synthetic writer (default 5)",
+        "styles": "add N digits in styles MNIST lacks (trainer/synthetic/styles.py; default 0: none)",
+        "outliers": "outlier exposure: N non-digits (trainer/synthetic/nondigits.py) trained toward a "
+        "uniform softmax (default 20000; 0: off)",
+        "outlier_weight": "weight of the outlier-exposure loss (default 0.5, as Hendrycks et al. 2019)",
+        "outlier_batch": "non-digits per training step (default 64)",
+        "holdout": "MNIST training images 55,000-59,999 held out for calibrating the thresholds "
+        "(default 5000; 0: train on all 60,000)",
+        "init": "fine-tune: start from this weights file of the same architecture (default: random init)",
         "threads": "torch threads (default: all cores)",
         "device": "cpu (default), cuda, cuda:N or auto",
         "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
@@ -540,6 +548,12 @@ def train(
     extra_repeat=None,
     writers=None,
     writers_per_class=None,
+    styles=None,
+    outliers=None,
+    outlier_weight=None,
+    outlier_batch=None,
+    holdout=None,
+    init=None,
 ):
     """Train a model; write its weights + metrics to models/ (and, for the default cnn, the Rust fixture).
 
@@ -571,6 +585,12 @@ def train(
             extra_repeat=extra_repeat,
             writers=writers,
             writers_per_class=writers_per_class,
+            styles=styles,
+            outliers=outliers,
+            outlier_weight=outlier_weight,
+            outlier_batch=outlier_batch,
+            holdout=holdout,
+            init=init,
         )
         run_training(config, data_dir=data_path, out_dir=out, resume=resume)
     except KeyboardInterrupt:

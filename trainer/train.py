@@ -39,7 +39,7 @@ from . import data
 from .augment import AUGMENT_PRESETS, augment
 from .export import save_safetensors, write_atomically, write_metrics
 from .model import ARCHITECTURES, DEFAULT_ARCHITECTURE, Net, build, count_parameters, normalize
-from .uncertainty import calibrate
+from .uncertainty import HELD_OUT_KEY, VALIDATION, calibrate
 
 DEFAULT_OUT_DIR = MODELS_DIR
 #: Seed of the first synthetic writer of the training set (``Config.writers``): far from the test
@@ -96,6 +96,24 @@ class Config:
     # TRAIN_WRITER_SEED (the test writers' never come near), added to the training images.
     writers: int = 0
     writers_per_class: int = 5
+    # Digits in styles MNIST lacks (trainer/synthetic/styles.py: hooked-tail 9s, one-stroke open
+    # 4s, flagged 1s, curved-top 7s, ...), written by synthetic writers of its training seeds,
+    # added to the training images. 0: none.
+    styles: int = 0
+    # Outlier exposure (Hendrycks et al., ICLR 2019): this many non-digits of
+    # trainer/synthetic/nondigits.py's training split join every step (outlier_batch of them,
+    # augmented like the digits), with a loss pulling the softmax toward uniform, weighted by
+    # outlier_weight (the paper's 0.5). 0 turns it off.
+    outliers: int = 20_000
+    outlier_weight: float = 0.5
+    outlier_batch: int = 64
+    # The last `holdout` MNIST training images (55,000-59,999 with the default) are not trained
+    # on: trainer.uncertainty.calibrate chooses the "not sure" and "not a digit" thresholds on them.
+    holdout: int = 5_000
+    # Fine-tuning: start from this weights file (same architecture) instead of a random
+    # initialisation, e.g. to add outlier exposure to a model that took long to train. Its
+    # thresholds are calibrated on the held-out split only if that file held it out too.
+    init: str = ""
 
     @classmethod
     def from_options(cls, **options: str | None) -> Config:
@@ -137,6 +155,16 @@ class Config:
             (
                 self.writers >= 0 and self.writers_per_class >= 1,
                 f"writers must be >= 0 and writers_per_class >= 1, got {self.writers} and {self.writers_per_class}",
+            ),
+            (
+                min(self.outliers, self.styles) >= 0 and self.outlier_weight >= 0 and self.outlier_batch >= 1,
+                "styles, outliers and outlier_weight must be >= 0 and outlier_batch >= 1, got "
+                f"{self.styles}, {self.outliers}, {self.outlier_weight} and {self.outlier_batch}",
+            ),
+            (
+                self.holdout in (0, VALIDATION.stop - VALIDATION.start),
+                f"holdout must be 0 or {VALIDATION.stop - VALIDATION.start:,} (MNIST training images "
+                f"{VALIDATION.start:,}-{VALIDATION.stop - 1:,}, the calibration split), got {self.holdout}",
             ),
         ]
         for ok, message in checks:
@@ -187,6 +215,13 @@ def collected_for_training(path: str | Path, repeat: int) -> tuple[torch.Tensor,
         "repeat": repeat,
     }
     return (torch.from_numpy(train_images).repeat(repeat, 1, 1), torch.from_numpy(train_labels).repeat(repeat), summary)
+
+
+def training_split(full: data.Split, config: Config) -> data.Split:
+    """The MNIST training images a run trains on: all 60,000 but the last ``config.holdout``
+    (``trainer.uncertainty.VALIDATION``, on which the thresholds are calibrated), then the
+    first ``config.limit`` of those (0: all)."""
+    return full.first(len(full.labels) - config.holdout).first(config.limit)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -300,7 +335,7 @@ def train(
 
     full = data.load_split(train=True, data_dir=data_dir)
     test_split = data.load_split(train=False, data_dir=data_dir).first(config.test_limit)
-    train_split = full.first(config.limit)
+    train_split = training_split(full, config)
     if config.writers:
         from .synthetic.writers import writers_set
 
@@ -318,6 +353,15 @@ def train(
             torch.cat([train_split.labels, torch.from_numpy(written.labels)]),
         )
         print(f"--writers: {len(written.labels):,} digits of {config.writers} synthetic writers join training")
+    if config.styles:
+        from .synthetic.styles import training_styles
+
+        style_images, style_labels = training_styles(config.styles, cache_dir=Path(data_dir) / "styles")
+        train_split = data.Split(
+            torch.cat([train_split.images, torch.from_numpy(style_images)]),
+            torch.cat([train_split.labels, torch.from_numpy(style_labels)]),
+        )
+        print(f"--styles: {len(style_labels):,} digits in styles MNIST lacks join training")
     extra = None
     if config.extra_samples:
         extra_images, extra_labels, extra = collected_for_training(config.extra_samples, config.extra_repeat)
@@ -330,10 +374,34 @@ def train(
         )
     images = (train_split.images.unsqueeze(1).float() / 255.0).to(device)  # (N, 1, 28, 28) in [0, 1]
     labels = train_split.labels.to(device)
+    outliers = None
+    if config.outliers:
+        from .synthetic.nondigits import nondigit_set
+
+        # A quick run (--limit) takes as many non-digits as digits, at most.
+        count = min(config.outliers, config.limit) if config.limit else config.outliers
+        pool = nondigit_set(count, "train", cache_dir=Path(data_dir) / "nondigits")
+        outliers = (torch.from_numpy(pool.images).unsqueeze(1).float() / 255.0).to(device)
+        print(f"--outliers: {count:,} non-digits, {config.outlier_batch} per step, weight {config.outlier_weight}")
 
     # channels_last (NHWC) weights: about a third faster convolutions on the CPU than NCHW
     # (measured: 71 vs 106 ms per training step of 128 images on 2 cores); same model.
-    model = build(config.arch).to(device, memory_format=torch.channels_last)
+    model = build(config.arch)
+    init_held_out = True
+    if config.init:
+        from .export import WeightsError, load_model, read_metadata
+
+        try:
+            start = load_model(Path(config.init))
+        except WeightsError as e:
+            raise ValueError(f"--init: {e}") from e
+        if start.architecture != model.architecture:
+            raise ValueError(f"--init: {config.init} is a {start.architecture}, not a {model.architecture}")
+        model.load_state_dict(start.state_dict())
+        init_held_out = (
+            read_metadata(Path(config.init)).get(HELD_OUT_KEY) == f"{VALIDATION.start}-{VALIDATION.stop - 1}"
+        )
+    model = model.to(device, memory_format=torch.channels_last)
     ema = None
     if config.ema_decay > 0:
         ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
@@ -369,8 +437,18 @@ def train(
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             x = augment(images[idx], epoch_aug, generator) * 255.0
             y = labels[idx]
+            if outliers is not None:
+                # Digits and non-digits in one forward pass (one set of BatchNorm statistics, as
+                # in the paper); the non-digits' loss is the cross-entropy to the uniform
+                # distribution, -mean_k log softmax_k.
+                picked = torch.randint(len(outliers), (config.outlier_batch,), generator=generator).to(device)
+                x = torch.cat([x, augment(outliers[picked], epoch_aug, generator) * 255.0])
             logits = model(normalize(x))
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            loss = F.cross_entropy(logits[: len(y)], y, label_smoothing=config.label_smoothing)
+            if outliers is not None:
+                uniform_loss = -torch.log_softmax(logits[len(y) :], dim=1).mean()
+                loss = loss + config.outlier_weight * uniform_loss
+                logits = logits[: len(y)]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -430,15 +508,29 @@ def train(
         "augment": asdict(aug),
         "history": history,
     }
-    written = {"test_accuracy": f"{final['test_accuracy']:.4f}"}
+    written = {"test_accuracy": f"{final['test_accuracy']:.4f}", "train_images": str(len(labels))}
+    if config.init:
+        written["fine_tuned_from"] = Path(config.init).name
+    if config.holdout and init_held_out:
+        written[HELD_OUT_KEY] = f"{VALIDATION.start}-{VALIDATION.stop - 1}"
+    if config.outliers:
+        written["outlier_exposure"] = json.dumps(
+            {"nondigits": config.outliers, "weight": config.outlier_weight, "per_step": config.outlier_batch}
+        )
     if extra is not None:
         # `invoke evaluate --samples` reads it to score this model on the held-out writers only.
         metrics["extra_samples"] = extra
         written["extra_samples"] = json.dumps(extra)
     save_safetensors(evaluated.cpu().eval(), out_dir / weights_name, written)
-    # The "not sure" threshold of MC dropout, chosen on the validation split, into the metadata.
-    calibration = calibrate(out_dir / weights_name, data_dir, limit=min(config.limit, 5000))
+    # The "not sure" and "not a digit" thresholds, chosen on the held-out split, into the metadata.
+    calibration = calibrate(
+        out_dir / weights_name,
+        data_dir,
+        limit=min(config.limit, 5000),
+        allow_seen=not (config.holdout and init_held_out),
+    )
     metrics["unsure_mutual_information"] = calibration["threshold"]
+    metrics["not_a_digit_max_probability"] = calibration["not_a_digit_max_probability"]
     write_metrics(out_dir / metrics_name, metrics)
     checkpoint_path.unlink(missing_ok=True)
     print(f"wrote {out_dir / weights_name} (test accuracy {final['test_accuracy']:.2%})")
