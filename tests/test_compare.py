@@ -20,14 +20,13 @@ from trainer.evaluation.compare import (
     discover,
     expected_calibration_error,
     load_models,
+    mahalanobis_score,
     main,
-    scribble,
-    scribbles,
     wasm_timing,
 )
 from trainer.synthetic.redraw import PAGE_PEN_WIDTH
 
-#: Test digits (and scribbles) of the comparison under test.
+#: Test digits (and non-digits) of the comparison under test.
 N = 200
 LENET5 = ROOT / "models" / "lenet5.safetensors"
 WASM = ROOT / "web" / "pkg" / "fast-simd128" / "mnist_wasm_bg.wasm"
@@ -56,7 +55,7 @@ def test_the_table_has_one_row_per_model(comparison):
     header = next(line for line in table.splitlines() if line.startswith("| model |"))
     assert all(line.count("|") == header.count("|") for line in rows)
     assert json.loads((out / "comparison.json").read_text()) == json.loads(json.dumps(report))
-    assert report["settings"]["n"] == N and report["settings"]["scribbles"] == N
+    assert report["settings"]["n"] == N and report["settings"]["nondigits"] == N
 
 
 def test_sizes_and_parameters_are_the_files(comparison):
@@ -132,32 +131,41 @@ def test_auroc_on_known_rankings():
         auroc([np.inf], [1])
 
 
-def test_scribbles_are_not_digits(comparison):
-    """The cnn is less sure of scribbles than of test digits: higher median mutual information
-    and entropy, AUROCs well above chance, and the page's threshold flags far more of them."""
-    report, _, _ = comparison
+def test_non_digits_are_told_from_digits(comparison):
+    """Every score ranks the non-digits above the test digits well above chance; the page's
+    rules flag far more non-digits than digits, per kind too; "not sure" is either rule."""
+    report, out, _ = comparison
     for row in report["models"]:
         ood = row["ood"]
         assert ood["n_digits"] == N and ood["n_nondigits"] == N
-        assert ood["median_mutual_information_nondigits"] > 10 * ood["median_mutual_information_digits"]
-        assert ood["median_entropy_nondigits"] > 10 * ood["median_entropy_digits"]
-        assert ood["auroc_entropy"] > 0.85 and ood["auroc_mutual_information"] > 0.85, row["name"]
+        # Outlier exposure made the top probability the score to use; MC dropout's mutual
+        # information and the Mahalanobis distance are reported, not relied on.
+        assert ood["auroc_max_probability"] > 0.95 and ood["auroc_energy"] > 0.9, row["name"]
+        for score in ("mahalanobis", "entropy", "mutual_information"):
+            assert 0 <= ood[f"auroc_{score}"] <= 1, (row["name"], score)
         assert ood["unsure_digits"] <= 0.05
-        assert ood["unsure_nondigits"] > ood["unsure_digits"] + 0.2
+        assert ood["unsure_nondigits"] > ood["unsure_digits"] + 0.5
+        assert ood["unsure_nondigits"] >= max(ood["not_a_digit_nondigits"], ood["mi_unsure_nondigits"])
+        assert ood["unsure_nondigits"] <= ood["not_a_digit_nondigits"] + ood["mi_unsure_nondigits"] + 1e-9
+        assert sum(kind["n"] for kind in ood["per_kind"].values()) == N
+    table = (out / "comparison.md").read_text()
+    assert "## Non-digits per kind" in table and "spiral (test only)" in table
 
 
-def test_scribbles_are_seeded_inked_and_prefix_stable():
-    few = scribbles(4, progress=False)
-    assert few.shape == (4, 28, 28) and few.dtype == torch.float32
-    assert float(few.min()) >= 0 and float(few.max()) <= 255
-    assert all(float(image.sum()) > 0 for image in few)  # never blank
-    assert np.array_equal(scribble(2), few[2].numpy())  # scribble i does not depend on the count
-    assert not np.array_equal(few[0].numpy(), few[1].numpy())
+def test_the_mahalanobis_score_measures_distance_to_the_nearest_class():
+    # Two classes on a line (the other eight far away), unit variance around +-2: a point on a
+    # class mean scores 0, one 3 standard deviations beyond scores 9.
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(np.repeat(np.arange(10), 2000))
+    means = np.concatenate([[-2.0, 2.0], 100.0 + np.arange(8) * 10])
+    fit = torch.from_numpy(means[labels.numpy()] + rng.normal(0, 1, len(labels)))[:, None]
+    scores = mahalanobis_score(torch.tensor([[2.0], [5.0], [-2.0]]), fit, labels)
+    assert scores.tolist() == pytest.approx([0.0, 9.0, 0.0], abs=0.2)
 
 
 def test_comparison_png_is_a_real_image(comparison):
     _, out, _ = comparison
-    for name, low in (("comparison.png", 1000), ("scribbles.png", 300)):
+    for name, low in (("comparison.png", 1000), ("nondigits.png", 300)):
         with Image.open(out / name) as image:
             assert image.format == "PNG"
             image.verify()
@@ -240,10 +248,13 @@ def test_collected_drawings_become_a_column(tmp_path, mnist_test):
             },
             "calibration": {"eval": {"ece": 0.01}, "mc_dropout": {"ece": 0.02}},
             "ood": {
-                "auroc_entropy": 0.9,
-                "auroc_mutual_information": 0.9,
+                "auroc_max_probability": 0.99,
+                "auroc_energy": 0.98,
+                "auroc_mahalanobis": 0.7,
+                "auroc_mutual_information": 0.5,
+                "not_a_digit_nondigits": 0.9,
                 "unsure_digits": 0.01,
-                "unsure_nondigits": 0.5,
+                "unsure_nondigits": 0.92,
             },
         }
     ]

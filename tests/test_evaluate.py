@@ -29,7 +29,7 @@ PNGS = (
     f"worst_errors_pen{PAGE_PEN_WIDTH}.png",
     "worst_errors_adverse.png",
 )
-SET_KEYS = ("clean", "augmented", *(f"redrawn_pen{w}" for w in PEN_WIDTHS), "redrawn_adverse", "writers")
+SET_KEYS = ("clean", "augmented", *(f"redrawn_pen{w}" for w in PEN_WIDTHS), "redrawn_adverse", "writers", "styles")
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,23 @@ def test_synthetic_writers_are_scored_per_writer(report, model, mnist_test):
     assert "**synthetic writers**: 3 writers" in summary
 
 
+def test_styles_are_scored_per_style(report, model):
+    """One styles writer per 50 digits of the limit (6 here), every digit scored, per style too."""
+    from trainer.synthetic.styles import style_names, styles_set
+
+    result = report[0]["sets"]["styles"]
+    styled = styles_set(6, progress=False, cache_dir=None)
+    with torch.no_grad():
+        predicted = model(normalize(torch.from_numpy(styled.images).float().unsqueeze(1))).argmax(1).numpy()
+    correct = predicted == styled.labels
+    assert result["accuracy"] == pytest.approx(correct.mean())
+    names = np.array([style_names()[i] for i in styled.styles])
+    assert set(result["per_style"]) == set(names)
+    for name, mine in result["per_style"].items():
+        assert mine["n"] == (names == name).sum() and mine["accuracy"] == pytest.approx(correct[names == name].mean())
+    assert "**styles MNIST lacks**" in (report[1] / "summary.md").read_text()
+
+
 def test_clean_accuracy_matches_the_model(report, direct_logits, mnist_test):
     clean = report[0]["sets"]["clean"]
     labels = mnist_test.labels[:N]
@@ -119,7 +136,9 @@ def test_numbers_are_consistent(report, mnist_test, key):
     confusion = np.array(result["confusion_matrix"])
     assert confusion.shape == (10, 10) and confusion.sum() == result["n"] == N
     np.testing.assert_array_equal(confusion.sum(axis=1), result["per_class_n"])
-    per_class = [N // 10] * 10 if key == "writers" else torch.bincount(mnist_test.labels[:N], minlength=10).numpy()
+    per_class = (
+        [N // 10] * 10 if key in ("writers", "styles") else torch.bincount(mnist_test.labels[:N], minlength=10).numpy()
+    )
     np.testing.assert_array_equal(confusion.sum(axis=1), per_class)
     assert result["errors"] == N - np.trace(confusion)
     assert result["accuracy"] == pytest.approx(np.trace(confusion) / N)
@@ -160,7 +179,14 @@ def test_training_curves_need_the_weights_own_metrics(tmp_path, capsys, metrics)
     summary = (out / "summary.md").read_text()
     expected = "no metrics.json beside" if metrics is None else "is from another run"
     assert expected in summary and any(expected in note for note in result["notes"])
-    assert tuple(result["sets"]) == ("clean", "augmented", f"redrawn_pen{PAGE_PEN_WIDTH}", "redrawn_adverse", "writers")
+    assert tuple(result["sets"]) == (
+        "clean",
+        "augmented",
+        f"redrawn_pen{PAGE_PEN_WIDTH}",
+        "redrawn_adverse",
+        "writers",
+        "styles",
+    )
     printed = capsys.readouterr().out
     assert "| test set | accuracy | errors | n |" in printed and "| clean |" in printed
 

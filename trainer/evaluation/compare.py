@@ -9,7 +9,7 @@ architecture's short name (``cnn``). The comparison goes to ``reports/models/``:
 - ``comparison.md``: one row per model;
 - ``comparison.png``: accuracy per test set per model (grouped bars), the reliability diagrams,
   the out-of-distribution AUROCs and the wasm predict times;
-- ``scribbles.png``: the first non-digits, as the models see them.
+- ``nondigits.png``: the first non-digits of each kind, as the models see them.
 
 Per model:
 
@@ -22,29 +22,28 @@ Per model:
   with bin m = ((m - 1) / M, m / M]. Once with the eval-mode softmax (no dropout), once with
   MC dropout (the mean of ``MC_SAMPLES`` = 20 passes, ``trainer.uncertainty``, seed 0). The
   reliability diagram's data (per bin: mean confidence, accuracy, count) is kept for both.
-- **out-of-distribution detection**: how well the MC-dropout predictive entropy and mutual
-  information (20 passes) tell non-digits from MNIST test digits, as the AUROC (area under the
-  ROC curve). Positives are the *non-digits* and a higher score means "more likely not a
-  digit", so AUROC = P(score of a random non-digit > score of a random test digit), ties
-  counted half: 1.0 separates perfectly, 0.5 is chance. The fractions of non-digits and of test
-  digits called "not sure" (mutual information above the file's ``unsure_mutual_information``,
-  as the page decides) are reported too.
+- **telling non-digits from digits**: how well each score of ``ood_scores`` (1 - the top
+  eval-mode probability, the energy, the Mahalanobis distance of the penultimate features, the
+  MC-dropout entropy and mutual information) ranks non-digits above MNIST test digits, as the
+  AUROC (area under the ROC curve): positives are the *non-digits*, a higher score means "more
+  likely not a digit", so AUROC = P(score of a random non-digit > score of a random test
+  digit), ties counted half: 1.0 separates perfectly, 0.5 is chance. The shares of non-digits
+  and of test digits that the page flags are reported too: "not a digit" (top probability below
+  the file's ``not_a_digit_max_probability``), and "not sure" (that, or the MC-dropout mutual
+  information above ``unsure_mutual_information``), overall and per kind of non-digit.
 
-  The non-digits are random scribbles drawn here (``scribble``): no dataset of non-digits can
-  be downloaded on this project's machines (EMNIST letters, Fashion-MNIST, ... are out of
-  reach). Each is 1-3 random smooth strokes (cubic Bezier curves or random walks with a slowly
-  turning heading) drawn with the page's round pen (``PAGE_PEN_WIDTH`` = 20 px) on the
-  280x280 canvas (``trainer.synthetic.redraw.redraw``), then preprocessed by ``mnist_common.preprocess.to_mnist``
-  as the page does. Scribble i comes from the generator seeded with ``(SCRIBBLE_SEED, i)``, so
-  the first N scribbles are the same in every run and for every N. A random scribble can look
-  like a digit now and then (a lone stroke is a fair "1"); such scribbles count against the
-  AUROC like any other non-digit.
+  The non-digits are ``trainer.synthetic.nondigits``' test split (``DEFAULT_NONDIGITS``):
+  letters, words and symbols written in fonts and with characters the training never used,
+  scribbles, zigzags, hatching, polygons, coils, random pixels and dots, and kinds only the
+  test has (spirals, figures, ink blobs), each drawn with a round pen on the 280x280 canvas and
+  preprocessed as the page does. No dataset of non-digits can be downloaded on this project's
+  machines (EMNIST letters, Fashion-MNIST, ... are out of reach).
 - **wasm predict time**: the median milliseconds per ``predict`` of the ``fast-simd128`` build
   (``web/pkg/fast-simd128/``) in Node, each model loaded with ``Classifier.fromBytes``, all
   models measured in one Node run with their predicts interleaved (rounds of ``WASM_BLOCK``
   predicts per model), and the ratio to the cnn's time. Skipped, with a note, when Node or the
   build is missing. The build's own probabilities are compared with PyTorch's on the first
-  test digit and the first 3 scribbles (``wasm_max_abs_diff``).
+  test digit and the first 3 non-digits (``wasm_max_abs_diff``).
 """
 
 from __future__ import annotations
@@ -62,17 +61,18 @@ import torch
 from tqdm import tqdm
 
 from mnist_common.paths import MODELS_DIR, PKG_DIR
-from mnist_common.preprocess import to_mnist
 
 from .. import data
 from ..export import WeightsError, load_model, read_metadata, write_metrics
-from ..model import ARCHITECTURES, DEFAULT_ARCHITECTURE
-from ..synthetic.redraw import CANVAS_SIZE, PAGE_PEN_WIDTH, PEN_WIDTHS, redraw
+from ..model import ARCHITECTURES, DEFAULT_ARCHITECTURE, Linear, normalize
+from ..synthetic.nondigits import KINDS, TEST_ONLY_KINDS, NonDigits, nondigit_set
+from ..synthetic.redraw import PAGE_PEN_WIDTH, PEN_WIDTHS
 from ..uncertainty import DEFAULT_SAMPLES, mc_probabilities, summarize
 from .evaluate import (
     ADVERSE_KEY,
     DEFAULT_REPORTS_DIR,
     SAMPLES_KEY,
+    STYLES_KEY,
     WRITERS_KEY,
     logits_of,
     new_figure,
@@ -96,19 +96,20 @@ MC_SAMPLES = DEFAULT_SAMPLES
 MC_SEED = 0
 #: Images per ``mc_probabilities`` call (each is repeated MC_SAMPLES times inside).
 MC_CHUNK = 500
-#: Non-digits without ``limit``; with a limit, ``limit`` of them.
-DEFAULT_SCRIBBLES = 1_000
-#: Seed of the scribbles: scribble i is drawn from ``np.random.default_rng((SCRIBBLE_SEED, i))``.
-SCRIBBLE_SEED = 2024
-#: Margin of the canvas that the scribbles' centre lines keep clear of, in canvas pixels.
-SCRIBBLE_MARGIN = 20
+#: Non-digits (``trainer.synthetic.nondigits``' test split) without ``limit``; with a limit,
+#: ``limit`` of them.
+DEFAULT_NONDIGITS = 2_000
+#: MNIST training images whose penultimate features fit the Mahalanobis score's class means and
+#: shared covariance (the first ones; Lee et al., "A Simple Unified Framework for Detecting
+#: Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018, without input noise).
+MAHALANOBIS_FIT = 5_000
 #: wasm timing: build folder, warm-up predicts per model, rounds, predicts per model per round.
 WASM_BUILD = PKG_DIR / "fast-simd128"
 WASM_WARMUP = 30
 WASM_ROUNDS = 15
 WASM_BLOCK = 20
-#: Scribbles whose wasm probabilities are checked against PyTorch's, beside the first test digit.
-WASM_CHECK_SCRIBBLES = 3
+#: Non-digits whose wasm probabilities are checked against PyTorch's, beside the first test digit.
+WASM_CHECK_NONDIGITS = 3
 #: Seconds the Node timing run may take.
 NODE_TIMEOUT_S = 300
 #: The model whose wasm time is the baseline of the ratios.
@@ -119,8 +120,7 @@ __all__ = [
     "main",
     "expected_calibration_error",
     "auroc",
-    "scribble",
-    "scribbles",
+    "ood_scores",
     "discover",
     "CompareError",
 ]
@@ -205,91 +205,6 @@ def auroc(positive_scores, negative_scores) -> float:
     below = np.searchsorted(neg, pos, side="left")  # negatives strictly below each positive
     tied = np.searchsorted(neg, pos, side="right") - below
     return float((below.sum() + 0.5 * tied.sum()) / (pos.size * neg.size))
-
-
-# --- the non-digits --------------------------------------------------------------------------
-
-
-def _bezier(rng: np.random.Generator) -> np.ndarray:
-    """A cubic Bezier curve with 4 random control points on the canvas: (K, 2) (x, y) points."""
-    low, high = SCRIBBLE_MARGIN, CANVAS_SIZE - 1 - SCRIBBLE_MARGIN
-    control = rng.uniform(low, high, size=(4, 2))
-    t = np.linspace(0.0, 1.0, 200)[:, None]
-    return (
-        (1 - t) ** 3 * control[0]
-        + 3 * (1 - t) ** 2 * t * control[1]
-        + 3 * (1 - t) * t**2 * control[2]
-        + t**3 * control[3]
-    )
-
-
-def _walk(rng: np.random.Generator) -> np.ndarray:
-    """A random walk with a slowly turning heading (its turn rate itself a random walk), kept
-    inside the canvas margin by reflection: (K, 2) (x, y) points, 2 px apart."""
-    low, high = SCRIBBLE_MARGIN, CANVAS_SIZE - 1 - SCRIBBLE_MARGIN
-    steps = int(rng.integers(60, 220))
-    point = rng.uniform(low + 40, high - 40, size=2)
-    heading = rng.uniform(0, 2 * math.pi)
-    turn = rng.normal(0, 0.05)
-    points = [point.copy()]
-    for _ in range(steps):
-        turn = float(np.clip(turn + rng.normal(0, 0.025), -0.2, 0.2))
-        heading += turn
-        point = point + 2.0 * np.array([math.cos(heading), math.sin(heading)])
-        for axis in range(2):  # bounce off the margin: mirror the point and the heading
-            if not low <= point[axis] <= high:
-                edge = low if point[axis] < low else high
-                point[axis] = 2 * edge - point[axis]
-                heading = math.pi - heading if axis == 0 else -heading
-        points.append(point.copy())
-    return np.asarray(points)
-
-
-def _rasterise(polyline: np.ndarray, skel: np.ndarray) -> None:
-    """Mark the pixels of a (K, 2) (x, y) polyline in the (280, 280) bool ``skel``, consecutive
-    pixels 8-connected (points resampled at most 0.7 px apart before rounding)."""
-    for (x0, y0), (x1, y1) in zip(polyline[:-1], polyline[1:]):
-        count = max(2, int(math.ceil(math.hypot(x1 - x0, y1 - y0) / 0.7)) + 1)
-        xs = np.rint(np.linspace(x0, x1, count)).astype(np.int64).clip(0, CANVAS_SIZE - 1)
-        ys = np.rint(np.linspace(y0, y1, count)).astype(np.int64).clip(0, CANVAS_SIZE - 1)
-        skel[ys, xs] = True
-
-
-def scribble_canvas(index: int, seed: int = SCRIBBLE_SEED, pen_width: float = PAGE_PEN_WIDTH) -> np.ndarray:
-    """Scribble ``index`` on the page's canvas: 1-3 random smooth strokes (each a cubic Bezier
-    curve or a turning random walk, even odds) drawn with a round pen ``pen_width`` px wide.
-
-    Returns:
-        (280, 280) float32 in 0..255, ink = 255, background = 0, anti-aliased
-        (``trainer.synthetic.redraw.redraw``); the same array for the same ``index`` and ``seed``.
-    """
-    rng = np.random.default_rng((seed, index))
-    skel = np.zeros((CANVAS_SIZE, CANVAS_SIZE), dtype=bool)
-    for _ in range(int(rng.integers(1, 4))):
-        _rasterise(_bezier(rng) if rng.random() < 0.5 else _walk(rng), skel)
-    return redraw(skel, pen_width)
-
-
-def scribble(index: int, seed: int = SCRIBBLE_SEED) -> np.ndarray:
-    """Scribble ``index`` as the model sees it: ``to_mnist`` of ``scribble_canvas(index, seed)``.
-
-    Returns:
-        (28, 28) float32 in 0..255, ink = 255 (never blank: every scribble has ink).
-    """
-    pixels = to_mnist(scribble_canvas(index, seed))
-    assert pixels is not None, "a scribble always has ink"
-    return pixels
-
-
-def scribbles(count: int, seed: int = SCRIBBLE_SEED, progress: bool = True) -> torch.Tensor:
-    """The first ``count`` scribbles (``scribble``): (count, 28, 28) float32 in 0..255, ink = 255.
-    About 10-20 ms of CPU each."""
-    out = np.zeros((count, 28, 28), dtype=np.float32)
-    for i in tqdm(
-        range(count), desc="drawing scribbles (non-digits)", unit="scribble", disable=not progress, leave=False
-    ):
-        out[i] = scribble(i, seed)
-    return torch.from_numpy(out)
 
 
 # --- the models ------------------------------------------------------------------------------
@@ -383,54 +298,153 @@ def _median(values: torch.Tensor) -> float:
     return float(np.median(values.numpy()))
 
 
-def _fraction_above(values: torch.Tensor, threshold: float | None) -> float | None:
-    """Fraction of ``values`` strictly above ``threshold`` (the page's "not sure" rule), in
-    [0, 1]; None without a threshold."""
-    return None if threshold is None else float((values > threshold).double().mean())
+@torch.inference_mode()
+def penultimate(model, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The input of the model's last linear layer (its penultimate features) for (N, 28, 28)
+    images 0..255, eval mode: (N, F) float32."""
+    model.eval()
+    last = [spec.name for spec in model.layers if isinstance(spec, Linear)][-1]
+    seen: list[torch.Tensor] = []
+    hook = model.get_submodule(last).register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    try:
+        for start in range(0, len(images), batch_size):
+            model(normalize(images[start : start + batch_size].unsqueeze(1)))
+    finally:
+        hook.remove()
+    return torch.cat(seen)
+
+
+def mahalanobis_score(features: torch.Tensor, fit: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Lee et al.'s (NeurIPS 2018) Mahalanobis score without input noise: the smallest squared
+    Mahalanobis distance of each of ``features`` (N, F) to the class means of ``fit`` (M, F)
+    with ``labels`` (M,), under their shared (tied) covariance. (N,) float64; higher = farther
+    from every class."""
+    fit = fit.double()
+    means = torch.stack([fit[labels == c].mean(dim=0) for c in range(10)])
+    centred = fit - means[labels]
+    covariance = centred.T @ centred / len(fit) + 1e-6 * torch.eye(fit.shape[1], dtype=torch.float64)
+    precision = torch.linalg.inv(covariance)
+    diff = features.double()[:, None, :] - means[None]  # (N, 10, F)
+    return torch.einsum("ncf,fg,ncg->nc", diff, precision, diff).min(dim=1).values
+
+
+def ood_scores(model, images: torch.Tensor, mc: dict[str, torch.Tensor], fit: tuple | None) -> dict[str, torch.Tensor]:
+    """Every "how unlike a digit" score of ``images`` (N, 28, 28) 0..255, higher = less like a
+    digit, each (N,):
+
+    - ``max_probability``: 1 - the top eval-mode softmax probability (Hendrycks & Gimpel 2017);
+      the page's "not a digit" rule thresholds this one (``not_a_digit_max_probability``);
+    - ``energy``: -logsumexp of the logits (Liu et al., "Energy-based Out-of-distribution
+      Detection", NeurIPS 2020);
+    - ``entropy`` and ``mutual_information``: MC dropout's (``mc``: ``summarize``'s output);
+    - ``mahalanobis``: ``mahalanobis_score`` of the penultimate features, when ``fit`` =
+      (features (M, F), labels (M,)) of training digits is given.
+    """
+    logits = logits_of(model, images).double()
+    scores = {
+        "max_probability": 1 - torch.softmax(logits, dim=1).max(dim=1).values,
+        "energy": -torch.logsumexp(logits, dim=1),
+        "entropy": mc["entropy"].double(),
+        "mutual_information": mc["mutual_information"].double(),
+    }
+    if fit is not None:
+        scores["mahalanobis"] = mahalanobis_score(penultimate(model, images), *fit)
+    return scores
+
+
+#: The scores ``ood_scores`` gives, in the order of the tables and plots.
+SCORES = ("max_probability", "energy", "mahalanobis", "entropy", "mutual_information")
 
 
 def uncertainty_numbers(
-    model, metadata: dict, digits: torch.Tensor, labels: torch.Tensor, nondigits: torch.Tensor, name: str
+    model,
+    metadata: dict,
+    digits: torch.Tensor,
+    labels: torch.Tensor,
+    nondigits: NonDigits,
+    name: str,
+    fit: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """Calibration and OOD numbers of one model.
 
     Args:
         digits: (N, 28, 28) clean test digits 0..255; labels: (N,) int64.
-        nondigits: (S, 28, 28) scribbles 0..255.
+        nondigits: ``trainer.synthetic.nondigits``' test split.
+        fit: (images (M, 28, 28), labels (M,)) of training digits for the Mahalanobis score;
+            None leaves that score out.
 
     Returns:
         ``{"calibration": {"eval": ECE dict, "mc_dropout": ECE dict}, "clean_accuracy_mc",
-        "ood": {...}}`` (see ``expected_calibration_error``; ``ood`` holds the AUROCs, the
-        medians of entropy and mutual information per side, the threshold and the "not sure"
-        fractions, None without a threshold).
+        "ood": {...}}`` (see ``expected_calibration_error``; ``ood`` holds one AUROC per score
+        of ``ood_scores`` (``auroc_<score>``), the medians of entropy and mutual information
+        per side, both thresholds, and the shares flagged by each rule and by either
+        (``unsure_*``: the page's "not sure", None without any threshold) on the digits, the
+        non-digits and per kind of non-digit).
     """
     probabilities = torch.softmax(logits_of(model, digits), dim=1)
     confidence, predicted = probabilities.max(dim=1)
     calibration = {"eval": expected_calibration_error(confidence.numpy(), (predicted == labels).numpy())}
+    images = torch.from_numpy(nondigits.images).float()
     on_digits = mc_summary(model, digits, f"{name}: MC dropout on test digits")
-    on_scribbles = mc_summary(model, nondigits, f"{name}: MC dropout on scribbles")
+    on_nondigits = mc_summary(model, images, f"{name}: MC dropout on non-digits")
     mc_confidence, mc_predicted = on_digits["probabilities"].max(dim=1)
     calibration["mc_dropout"] = expected_calibration_error(
         mc_confidence.clamp(0, 1).numpy(), (mc_predicted == labels).numpy()
     )
-    raw = metadata.get("unsure_mutual_information")
-    threshold = float(raw) if raw is not None else None
+    features = None if fit is None else (penultimate(model, fit[0]), fit[1])
+    digit_scores = ood_scores(model, digits, on_digits, features)
+    nondigit_scores = ood_scores(model, images, on_nondigits, features)
+
+    def threshold(key: str) -> float | None:
+        return float(metadata[key]) if metadata.get(key) is not None else None
+
+    unsure_mi, top_probability = threshold("unsure_mutual_information"), threshold("not_a_digit_max_probability")
+
+    def flags(scores: dict, mc: dict) -> dict[str, torch.Tensor | None]:
+        mi = None if unsure_mi is None else mc["mutual_information"] > unsure_mi
+        # not a digit: top probability < tau, i.e. max_probability score > 1 - tau
+        nad = None if top_probability is None else (1 - scores["max_probability"]) < top_probability
+        either = None if mi is None and nad is None else (mi if nad is None else nad if mi is None else mi | nad)
+        return {"mi": mi, "not_a_digit": nad, "unsure": either}
+
+    def share(mask: torch.Tensor | None) -> float | None:
+        return None if mask is None else float(mask.double().mean()) if len(mask) else None
+
+    on_d, on_n = flags(digit_scores, on_digits), flags(nondigit_scores, on_nondigits)
+    names = np.array(nondigits.kind_names())
+    per_kind = {}
+    for kind in KINDS:
+        chosen = torch.from_numpy(names == kind)
+        if chosen.any():
+            per_kind[kind] = {
+                "n": int(chosen.sum()),
+                "test_only": kind in TEST_ONLY_KINDS,
+                "not_a_digit": share(None if on_n["not_a_digit"] is None else on_n["not_a_digit"][chosen]),
+                "unsure": share(None if on_n["unsure"] is None else on_n["unsure"][chosen]),
+                **{
+                    f"auroc_{key}": auroc(nondigit_scores[key][chosen].numpy(), digit_scores[key].numpy())
+                    for key in ("max_probability", "energy")
+                },
+            }
     ood = {
-        "positives": "non-digits (scribbles)",
+        "positives": "non-digits (trainer.synthetic.nondigits, test split)",
         "negatives": "MNIST test digits",
         "n_digits": len(digits),
-        "n_nondigits": len(nondigits),
-        "auroc_entropy": auroc(on_scribbles["entropy"].numpy(), on_digits["entropy"].numpy()),
-        "auroc_mutual_information": auroc(
-            on_scribbles["mutual_information"].numpy(), on_digits["mutual_information"].numpy()
-        ),
+        "n_nondigits": len(images),
+        **{f"auroc_{key}": auroc(nondigit_scores[key].numpy(), digit_scores[key].numpy()) for key in nondigit_scores},
         "median_entropy_digits": _median(on_digits["entropy"]),
-        "median_entropy_nondigits": _median(on_scribbles["entropy"]),
+        "median_entropy_nondigits": _median(on_nondigits["entropy"]),
         "median_mutual_information_digits": _median(on_digits["mutual_information"]),
-        "median_mutual_information_nondigits": _median(on_scribbles["mutual_information"]),
-        "unsure_threshold": threshold,
-        "unsure_digits": _fraction_above(on_digits["mutual_information"], threshold),
-        "unsure_nondigits": _fraction_above(on_scribbles["mutual_information"], threshold),
+        "median_mutual_information_nondigits": _median(on_nondigits["mutual_information"]),
+        "unsure_threshold": unsure_mi,
+        "not_a_digit_threshold": top_probability,
+        "mi_unsure_digits": share(on_d["mi"]),
+        "mi_unsure_nondigits": share(on_n["mi"]),
+        "not_a_digit_digits": share(on_d["not_a_digit"]),
+        "not_a_digit_nondigits": share(on_n["not_a_digit"]),
+        "unsure_digits": share(on_d["unsure"]),
+        "unsure_nondigits": share(on_n["unsure"]),
+        "per_kind": per_kind,
     }
     return {
         "calibration": calibration,
@@ -599,12 +613,16 @@ TABLE_COLUMNS = (
     "pens mean",
     "adverse pen",
     "synthetic writers",
+    "styles MNIST lacks",
     "ECE",
     "ECE (MC)",
-    "AUROC entropy",
+    "AUROC top prob.",
+    "AUROC energy",
+    "AUROC Mahalanobis",
     "AUROC MI",
+    "not a digit: non-digits",
+    "not sure: non-digits",
     "not sure: digits",
-    "not sure: scribbles",
     "wasm ms/predict",
     f"vs {BASELINE}",
 )
@@ -624,12 +642,16 @@ def table_row(row: dict) -> list[str]:
         _pct(acc["redrawn_mean"]),
         _pct(acc["adverse"]),
         _pct(acc.get("writers")),
+        _pct(acc.get("styles")),
         _num(row["calibration"]["eval"]["ece"], 4),
         _num(row["calibration"]["mc_dropout"]["ece"], 4),
-        _num(ood["auroc_entropy"]),
+        _num(ood["auroc_max_probability"]),
+        _num(ood["auroc_energy"]),
+        _num(ood.get("auroc_mahalanobis")),
         _num(ood["auroc_mutual_information"]),
-        _pct(ood["unsure_digits"]),
+        _pct(ood["not_a_digit_nondigits"]),
         _pct(ood["unsure_nondigits"]),
+        _pct(ood["unsure_digits"]),
         _num(wasm.get("median_ms")),
         "–" if wasm.get("vs_baseline") is None else f"{wasm['vs_baseline']:.2f}×",
     ]
@@ -648,13 +670,39 @@ def comparison_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_style_table(rows: list[dict]) -> str:
+    """Markdown: accuracy per style of ``trainer.synthetic.styles`` (one column per model)."""
+    styles = list(rows[0]["per_style"]) if rows else []
+    lines = ["| style | " + " | ".join(r["name"] for r in rows) + " |", "|---|" + "---:|" * len(rows)]
+    for style in styles:
+        lines.append(f"| {style} | " + " | ".join(_pct(r["per_style"].get(style)) for r in rows) + " |")
+    return "\n".join(lines)
+
+
+def per_kind_table(rows: list[dict]) -> str:
+    """Markdown: per kind of non-digit, the share each model calls "not sure" (either rule) and
+    the AUROC of its top-probability score; test-only kinds marked."""
+    kinds = list(rows[0]["ood"]["per_kind"]) if rows else []
+    header = ["kind", "n", *[f"{r['name']}: not sure / AUROC" for r in rows]]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * len(rows)]
+    for kind in kinds:
+        first = rows[0]["ood"]["per_kind"][kind]
+        label = kind + (" (test only)" if first["test_only"] else "")
+        cells = [
+            f"{_pct(r['ood']['per_kind'][kind]['unsure'])} / {_num(r['ood']['per_kind'][kind]['auroc_max_probability'])}"
+            for r in rows
+        ]
+        lines.append("| " + " | ".join([label, str(first["n"]), *cells]) + " |")
+    return "\n".join(lines)
+
+
 def write_markdown(path: Path, report: dict) -> None:
     """comparison.md: the table, what each column means, the notes."""
     s = report["settings"]
     wasm = report["wasm"]
     lines = [
         f"# Model comparison ({len(report['models'])} models, {s['n']:,} MNIST test digits, "
-        f"{s['scribbles']:,} scribbles)",
+        f"{s['nondigits']:,} non-digits)",
         "",
         comparison_table(report["models"]),
         "",
@@ -662,24 +710,32 @@ def write_markdown(path: Path, report: dict) -> None:
         "",
         "- **parameters**: tensor elements in the file (weights, biases, BatchNorm running statistics); "
         "**file**: the safetensors file's size.",
-        f"- **clean / augmented / pen {PAGE_PEN_WIDTH} (page) / adverse pen / synthetic writers**: accuracy on "
-        f"`trainer.evaluation.evaluate`'s test sets (the writers: `trainer/synthetic/writers.py`, writer-separated); **pens mean**: the mean over the redrawn sets with pens {', '.join(f'{w:g}' for w in s['pen_widths'])} px. "
+        f"- **clean / augmented / pen {PAGE_PEN_WIDTH} (page) / adverse pen / synthetic writers / styles MNIST lacks**: "
+        "accuracy on `trainer.evaluation.evaluate`'s test sets (the writers: `trainer/synthetic/writers.py`, the "
+        "styles: `trainer/synthetic/styles.py`, both writer-separated; per style below); **pens mean**: the mean over the redrawn sets with pens {', '.join(f'{w:g}' for w in s['pen_widths'])} px. "
         "Each model's own report: " + ", ".join(f"[{r['name']}]({r['report']})" for r in report["models"]) + ".",
         f"- **ECE**: expected calibration error on the clean test digits, {s['ece_bins']} equal-width confidence "
         f"bins (Guo et al. 2017), eval-mode softmax; **ECE (MC)**: the same with the mean of {s['mc_samples']} "
         "MC-dropout passes.",
-        f"- **AUROC entropy / MI**: how well the MC-dropout predictive entropy / mutual information "
-        f"({s['mc_samples']} passes) rank the {s['scribbles']:,} scribbles (positives: non-digits) above the "
-        "test digits (negatives); 1 = perfect, 0.5 = chance. The scribbles are 1-3 random Bezier or random-walk "
-        f"strokes drawn with the page's {PAGE_PEN_WIDTH} px round pen and preprocessed as the page does "
-        "(see scribbles.png); no non-digit dataset can be downloaded here.",
-        '- **not sure**: the fraction called "not sure" by the file\'s threshold '
-        "(`unsure_mutual_information`: MC-dropout mutual information above it).",
+        f"- **AUROC**: how well a score ranks the {s['nondigits']:,} non-digits (positives) above the test "
+        "digits (negatives); 1 = perfect, 0.5 = chance. Scores: **top prob.** 1 - the top eval-mode softmax "
+        'probability (the page\'s "not a digit" rule thresholds it), **energy** -logsumexp(logits) (Liu et al. '
+        "2020), **Mahalanobis** the smallest tied-covariance Mahalanobis distance of the penultimate features to "
+        f"a class mean fitted on {s['mahalanobis_fit']:,} training digits (Lee et al. 2018), **MI** the MC-dropout "
+        f"mutual information ({s['mc_samples']} passes). The non-digits are `trainer/synthetic/nondigits.py`'s "
+        "test split (letters, symbols, scribbles, zigzags, noise, ... in fonts, seeds and kinds the training "
+        "never saw; see nondigits.png), drawn with a round pen and preprocessed as the page does.",
+        "- **not a digit**: the fraction flagged by the file's `not_a_digit_max_probability` (top probability "
+        "below it); **not sure**: flagged by either rule (that one, or MC-dropout mutual information above "
+        "`unsure_mutual_information`), as the page and the API decide.",
         f"- **wasm ms/predict**: median per `predict` of `{wasm['build']}` in Node {wasm['node'] or ''} "
         f"(`Classifier.fromBytes`; {wasm['rounds']} interleaved rounds of {wasm['block']} predicts per model), "
         f"and the ratio to the {BASELINE}.",
         "",
     ]
+    lines += ["## Non-digits per kind", "", per_kind_table(report["models"]), ""]
+    if any(row["per_style"] for row in report["models"]):
+        lines += ["## Styles MNIST lacks, per style", "", per_style_table(report["models"]), ""]
     if report["notes"]:
         lines += ["## Notes", "", *[f"- {note}" for note in report["notes"]], ""]
     path.write_text("\n".join(lines))
@@ -754,16 +810,25 @@ def plot_comparison(report: dict, path: Path) -> None:
 
     ood = figure.add_subplot(grid[1, 1])
     y = np.arange(len(rows))
-    for j, (key, label) in enumerate(
-        (("auroc_entropy", "entropy"), ("auroc_mutual_information", "mutual information"))
-    ):
+    shown_scores = [
+        (key, label)
+        for key, label in (
+            ("auroc_max_probability", "top probability"),
+            ("auroc_energy", "energy"),
+            ("auroc_mahalanobis", "Mahalanobis"),
+            ("auroc_mutual_information", "MC mutual information"),
+        )
+        if all(row["ood"].get(key) is not None for row in rows)
+    ]
+    height = 0.8 / len(shown_scores)
+    for j, (key, label) in enumerate(shown_scores):
         values = [row["ood"][key] for row in rows]
-        drawn = ood.barh(y + (j - 0.5) * 0.38, values, 0.36, label=label, color=("#4c72b0", "#dd8452")[j])
-        ood.bar_label(drawn, labels=[f"{v:.3f}" for v in values], fontsize=8, padding=2)
+        drawn = ood.barh(y - 0.4 + height * (j + 0.5), values, height * 0.9, label=label, color=f"C{j}")
+        ood.bar_label(drawn, labels=[f"{v:.3f}" for v in values], fontsize=7, padding=2)
     ood.set_yticks(
         y,
         [
-            f"{r['name']}\nnot sure: {_pct(r['ood']['unsure_nondigits'])} scribbles,\n"
+            f"{r['name']}\nnot sure: {_pct(r['ood']['unsure_nondigits'])} non-digits,\n"
             f"{_pct(r['ood']['unsure_digits'])} digits"
             for r in rows
         ],
@@ -771,10 +836,10 @@ def plot_comparison(report: dict, path: Path) -> None:
     )
     ood.invert_yaxis()
     ood.axvline(0.5, color="grey", ls=":")
-    ood.set_xlim(0.4, 1.08)
-    ood.set_xlabel("AUROC (scribbles vs test digits)")
-    ood.set_title("Out-of-distribution detection (MC dropout)", fontsize=10)
-    ood.legend(fontsize=8, loc="lower right")
+    ood.set_xlim(0.4, 1.12)
+    ood.set_xlabel("AUROC (non-digits vs test digits)")
+    ood.set_title("Telling non-digits from digits", fontsize=10)
+    ood.legend(fontsize=7, loc="lower right")
 
     speed = figure.add_subplot(grid[1, 2])
     timed = [(row["name"], row.get("wasm") or {}) for row in rows]
@@ -807,14 +872,21 @@ def plot_comparison(report: dict, path: Path) -> None:
     figure.savefig(path)
 
 
-def plot_scribbles(images: torch.Tensor, path: Path, side: int = 6) -> None:
-    """A ``side`` x ``side`` grid of the first scribbles as the models see them (ink white)."""
-    figure = new_figure(side * 1.2, side * 1.2 + 0.4)
-    figure.suptitle("Non-digits: random scribbles, page pen, to_mnist")
-    for ax, image in zip(figure.subplots(side, side).flatten(), list(images[: side * side]) + [None] * side * side):
-        ax.axis("off")
-        if image is not None:
-            ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=255)
+def plot_nondigits(nondigits: NonDigits, path: Path, per_kind: int = 8) -> None:
+    """A grid of the non-digits as the models see them (ink white): one row per kind, its first
+    ``per_kind``."""
+    names = nondigits.kind_names()
+    kinds = [k for k in KINDS if k in names]
+    figure = new_figure(per_kind * 1.0 + 1.6, len(kinds) * 1.0 + 0.5)
+    figure.suptitle("Non-digits (test split) as the models see them")
+    axes = figure.subplots(len(kinds), per_kind, squeeze=False)
+    for row, kind in zip(axes, kinds):
+        chosen = [i for i, k in enumerate(names) if k == kind][:per_kind]
+        row[0].set_title(kind + (" (test only)" if kind in TEST_ONLY_KINDS else ""), fontsize=8, loc="left")
+        for ax, i in zip(row, chosen + [None] * per_kind):
+            ax.axis("off")
+            if i is not None:
+                ax.imshow(nondigits.images[i], cmap="gray", vmin=0, vmax=255)
     figure.savefig(path)
 
 
@@ -829,7 +901,7 @@ def compare(
     *,
     reports_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    scribble_count: int | None = None,
+    nondigit_count: int | None = None,
     wasm_build: str | Path = WASM_BUILD,
     wasm_rounds: int = WASM_ROUNDS,
     samples: tuple | None = None,
@@ -843,12 +915,12 @@ def compare(
             ``collected drawings`` column; per writer in each model's report).
         out_dir: the comparison folder (created); None: ``reports/models``.
         data_dir: MNIST folder; None: ``data/``.
-        limit: the first ``limit`` MNIST test digits only, and ``limit`` scribbles (0: all
-            10,000 digits, ``DEFAULT_SCRIBBLES`` scribbles); for quick runs and tests.
+        limit: the first ``limit`` MNIST test digits only, and ``limit`` non-digits (0: all
+            10,000 digits, ``DEFAULT_NONDIGITS`` non-digits); for quick runs and tests.
         reports_dir: where each model's own report folder goes (``<reports_dir>/<name>/``);
             None: the parent of ``out_dir`` (``reports/``).
         cache_dir: cache of the redrawn test sets (``trainer.evaluation.evaluate``); None: its default.
-        scribble_count: number of non-digits, overriding the one ``limit`` implies.
+        nondigit_count: number of non-digits, overriding the one ``limit`` implies.
         wasm_build: the wasm build folder timed in Node; wasm_rounds: its timing rounds.
 
     Returns:
@@ -871,10 +943,12 @@ def compare(
     split = data.load_split(train=False, data_dir=data_path)
     n = min(int(limit), len(split.labels)) if limit else len(split.labels)
     digits, labels = split.images[:n].float(), split.labels[:n]
-    count = scribble_count if scribble_count is not None else (int(limit) if limit else DEFAULT_SCRIBBLES)
+    count = nondigit_count if nondigit_count is not None else (int(limit) if limit else DEFAULT_NONDIGITS)
     started = time.perf_counter()
-    nondigits = scribbles(count)
-    timings["scribbles"] = time.perf_counter() - started
+    nondigits = nondigit_set(count, "test", cache_dir=data_path / "nondigits")
+    timings["nondigits"] = time.perf_counter() - started
+    train_split = data.load_split(train=True, data_dir=data_path).first(min(MAHALANOBIS_FIT, max(n, 1000)))
+    fit = (train_split.images.float(), train_split.labels)
 
     rows = []
     for entry in loaded:
@@ -893,7 +967,7 @@ def compare(
         sets = {key: result["accuracy"] for key, result in evaluation["sets"].items()}
         redrawn = [sets[redrawn_key(w)] for w in evaluation["pen_widths"] if redrawn_key(w) in sets]
         started = time.perf_counter()
-        numbers = uncertainty_numbers(entry["model"], entry["metadata"], digits, labels, nondigits, name)
+        numbers = uncertainty_numbers(entry["model"], entry["metadata"], digits, labels, nondigits, name, fit)
         timings[f"{name}_uncertainty"] = time.perf_counter() - started
         if numbers["ood"]["unsure_threshold"] is None:
             notes.append(
@@ -920,13 +994,19 @@ def compare(
                     "adverse": sets.get(ADVERSE_KEY),
                     "samples": sets.get(SAMPLES_KEY),
                     "writers": sets.get(WRITERS_KEY),
+                    "styles": sets.get(STYLES_KEY),
+                },
+                "per_style": {
+                    name: r["accuracy"]
+                    for name, r in evaluation["sets"].get(STYLES_KEY, {}).get("per_style", {}).items()
                 },
                 **numbers,
             }
         )
 
     started = time.perf_counter()
-    checks = torch.cat([digits[:1], nondigits[:WASM_CHECK_SCRIBBLES]])  # a sure digit and some unsure inputs
+    # a sure digit and some non-digits
+    checks = torch.cat([digits[:1], torch.from_numpy(nondigits.images[:WASM_CHECK_NONDIGITS]).float()])
     reference = {e["name"]: torch.softmax(logits_of(e["model"], checks), dim=1).double().numpy() for e in loaded}
     wasm = wasm_timing(
         [{"name": e["name"], "path": e["path"]} for e in loaded],
@@ -947,14 +1027,14 @@ def compare(
             "models_dir": shown_path(Path(models_dir)),
             "n": n,
             "limit": int(limit),
-            "scribbles": count,
-            "scribble_seed": SCRIBBLE_SEED,
-            "scribble_pen_width": PAGE_PEN_WIDTH,
+            "nondigits": count,
+            "mahalanobis_fit": len(fit[1]),
             "mc_samples": MC_SAMPLES,
             "mc_seed": MC_SEED,
             "ece_bins": ECE_BINS,
             "pen_widths": list(evaluation["pen_widths"]) if rows else list(PEN_WIDTHS),
-            "ood_positives": "non-digits (scribbles); AUROC = P(score(scribble) > score(test digit)), ties half",
+            "ood_positives": "non-digits (trainer.synthetic.nondigits, test split); "
+            "AUROC = P(score(non-digit) > score(test digit)), ties half",
         },
         "models": rows,
         "wasm": wasm,
@@ -965,9 +1045,9 @@ def compare(
     write_metrics(out / "comparison.json", report)
     write_markdown(out / "comparison.md", report)
     plot_comparison(report, out / "comparison.png")
-    plot_scribbles(nondigits, out / "scribbles.png")
+    plot_nondigits(nondigits, out / "nondigits.png")
     print(
-        f"\n{len(rows)} models on {n:,} MNIST test digits and {count:,} scribbles "
+        f"\n{len(rows)} models on {n:,} MNIST test digits and {count:,} non-digits "
         f"(report: {shown_path(out)}/comparison.md)\n"
     )
     print(comparison_table(rows))
@@ -996,7 +1076,7 @@ def main(argv: list[str] | None = None) -> None:
         "--limit",
         type=int,
         default=0,
-        help=f"first N test digits and N scribbles only (0: all, {DEFAULT_SCRIBBLES:,} scribbles)",
+        help=f"first N test digits and N non-digits only (0: all, {DEFAULT_NONDIGITS:,} non-digits)",
     )
     args = parser.parse_args(argv)
     try:

@@ -17,7 +17,12 @@ Test sets, all built from the 10,000 MNIST test digits (or the first ``limit``):
   ``WRITER_SEED``), each writing 10 digits per class in its own consistent style (slant,
   pen width, elastic field, crossed 7s, flagged 1s, ...) from glyphs of MNIST's test digits,
   with the page's pen and preprocessing: a writer-separated test, scored per writer too
-  (``per_writer``); 20 writers, or one per 100 digits of ``limit``.
+  (``per_writer``); 20 writers, or one per 100 digits of ``limit``;
+- ``styles MNIST lacks`` (key ``styles``): ``trainer.synthetic.styles``' writer-separated test
+  set (60 writers x 5 digits per class, test seeds, parameter ranges wider than training's),
+  digits in styles MNIST's writers rarely used (hooked-tail 9s, one-stroke open 4s, flagged
+  1s without a base, curved-top 7s, ...) next to common ones, scored per style too
+  (``per_style``); 60 writers, or one per 50 digits of ``limit``.
 
 The report folder gets ``evaluation.json`` (every number), ``summary.md`` (the table to compare
 models by, the model's metadata, links to the plots) and PNG plots: ``confusion_matrix.png``
@@ -59,6 +64,8 @@ from ..synthetic.redraw import (
     blank_count,
     redrawn_sets,
 )
+from ..synthetic.styles import DEFAULT_CACHE_DIR as STYLES_CACHE_DIR
+from ..synthetic.styles import style_names, styles_set
 from ..synthetic.writers import DEFAULT_CACHE_DIR as WRITERS_CACHE_DIR
 from ..synthetic.writers import writers_set
 
@@ -72,6 +79,9 @@ ADVERSE_KEY = "redrawn_adverse"
 #: Key of the synthetic writers' set (``trainer.synthetic.writers``), and how many writers by default.
 WRITERS_KEY = "writers"
 WRITERS = 20
+#: Key of the styles set (``trainer.synthetic.styles``), and how many of its writers by default.
+STYLES_KEY = "styles"
+STYLE_WRITERS = 60
 
 __all__ = ["evaluate", "main", "accuracy_by_dtype", "score", "WeightsError"]
 
@@ -189,6 +199,8 @@ def set_label(key: str) -> str:
         return "collected drawings (--samples)"
     if key == WRITERS_KEY:
         return "synthetic writers"
+    if key == STYLES_KEY:
+        return "styles MNIST lacks"
     if not key.startswith("redrawn_pen"):
         return key
     width = float(key.removeprefix("redrawn_pen"))
@@ -251,6 +263,19 @@ def _writers_line(result: dict) -> str:
     )
 
 
+def _styles_line(result: dict) -> str:
+    """The summary's line on the styles set: what it is, the weakest styles."""
+    per_style = result["per_style"]
+    worst = sorted(per_style.items(), key=lambda item: item[1]["accuracy"])[:5]
+    return (
+        f"- **styles MNIST lacks**: `trainer/synthetic/styles.py`'s writer-separated test set, {len(per_style)} "
+        "styles written from parametric strokes by writers and parameter ranges the training never saw, "
+        "with the page's pen and preprocessing; weakest: "
+        + ", ".join(f"{name} {r['accuracy']:.0%}" for name, r in worst)
+        + "."
+    )
+
+
 def write_summary(path: Path, report: dict, plots: dict[str, str], notes: list[str]) -> None:
     """Write summary.md: the table, what the sets are, the model's metadata, plots, notes."""
     metadata = report["metadata"]
@@ -278,6 +303,7 @@ def write_summary(path: Path, report: dict, plots: dict[str, str], notes: list[s
             else []
         ),
         *([_writers_line(report["sets"][WRITERS_KEY])] if WRITERS_KEY in report["sets"] else []),
+        *([_styles_line(report["sets"][STYLES_KEY])] if STYLES_KEY in report["sets"] else []),
         "",
         "## Model",
         "",
@@ -475,6 +501,7 @@ def evaluate(
     adverse_pen: bool = True,
     samples: tuple[np.ndarray, np.ndarray, list] | None = None,
     writers: int = WRITERS,
+    style_writers: int = STYLE_WRITERS,
 ) -> dict:
     """Evaluate ``weights`` on every test set and write the report folder.
 
@@ -492,6 +519,8 @@ def evaluate(
             with accuracy per writer (``per_writer``).
         writers: synthetic writers in the set ``writers`` (0: none); with a ``limit``, at most
             one per 100 digits of it. Their cache: ``<cache_dir>/writers``, or ``data/writers``.
+        style_writers: writers of the styles set ``styles`` (0: none); with a ``limit``, at
+            most one per 50 digits of it. Its cache: ``<cache_dir>/styles``, or ``data/styles``.
 
     Returns:
         the report written to ``evaluation.json``: ``sets`` maps each test set's key
@@ -545,6 +574,14 @@ def evaluate(
         sets[WRITERS_KEY] = torch.from_numpy(written.images).float()
         labels_of[WRITERS_KEY] = torch.from_numpy(written.labels)
         writers_of[WRITERS_KEY] = [f"writer {w:02d}" for w in written.writers]
+    styles_of = {}  # key -> a style name per digit, for the sets scored per style
+    if limit:
+        style_writers = min(style_writers, math.ceil(n / 50))
+    if style_writers:
+        styled = styles_set(style_writers, cache_dir=cache / "styles" if cache_dir is not None else STYLES_CACHE_DIR)
+        sets[STYLES_KEY] = torch.from_numpy(styled.images).float()
+        labels_of[STYLES_KEY] = torch.from_numpy(styled.labels)
+        styles_of[STYLES_KEY] = [style_names()[i] for i in styled.styles]
     notes = []
     if samples is not None:
         images, labels, names = samples
@@ -574,16 +611,14 @@ def evaluate(
     for key, images in sets.items():
         logits = logits_of(model, images, desc=f"{set_label(key)} ({len(images):,} digits)")
         results[key] = score(logits, labels_of[key], images)
-        if key in writers_of:
-            correct = (logits.argmax(1) == labels_of[key]).numpy()
-            names = writers_of[key]
-            results[key]["per_writer"] = {
-                name: {
-                    "n": int(sum(1 for w in names if w == name)),
-                    "accuracy": float(np.mean([c for c, w in zip(correct, names) if w == name])),
+        correct = (logits.argmax(1) == labels_of[key]).numpy()
+        for field, groups in (("per_writer", writers_of), ("per_style", styles_of)):
+            if key in groups:
+                names = np.asarray(groups[key])
+                results[key][field] = {
+                    name: {"n": int((names == name).sum()), "accuracy": float(correct[names == name].mean())}
+                    for name in sorted(set(groups[key]))
                 }
-                for name in sorted(set(names))
-            }
     timings["inference"] = time.perf_counter() - started
 
     history, curves_note = metrics_beside(weights, metadata)
@@ -636,6 +671,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-adverse-pen", action="store_true", help="leave out the adverse-pen set")
     parser.add_argument("--writers", type=int, default=WRITERS, help="synthetic writers (0: none; default %(default)s)")
+    parser.add_argument(
+        "--style-writers",
+        type=int,
+        default=STYLE_WRITERS,
+        help="writers of the styles set (0: none; default %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         widths = tuple(float(w) for w in args.pen_widths.split(","))
@@ -647,6 +688,7 @@ def main(argv: list[str] | None = None) -> None:
             pen_widths=widths,
             adverse_pen=not args.no_adverse_pen,
             writers=args.writers,
+            style_writers=args.style_writers,
         )
     except (WeightsError, data.DataError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
