@@ -53,6 +53,7 @@ import json
 import math
 import shutil
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -761,7 +762,7 @@ def plot_comparison(report: dict, path: Path) -> None:
     bars.set_ylim(bottom, 1.0 + (1.0 - bottom) * 0.12)  # room for the labels above 100 %
     step = 0.05 if 1.0 - bottom > 0.1 else 0.01
     bars.set_yticks(np.arange(math.ceil(bottom / step - 1e-9), round(1 / step) + 1) * step)
-    bars.set_xticks(range(len(keys)), [set_label(k) for k in keys])
+    bars.set_xticks(range(len(keys)), [textwrap.fill(set_label(k), 16) for k in keys])
     bars.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     bars.set_ylabel("accuracy")
     bars.grid(axis="y", alpha=0.3)
@@ -836,10 +837,10 @@ def plot_comparison(report: dict, path: Path) -> None:
     )
     ood.invert_yaxis()
     ood.axvline(0.5, color="grey", ls=":")
-    ood.set_xlim(0.4, 1.12)
-    ood.set_xlabel("AUROC (non-digits vs test digits)")
-    ood.set_title("Telling non-digits from digits", fontsize=10)
-    ood.legend(fontsize=7, loc="lower right")
+    ood.set_xlim(0.0, 1.2)
+    ood.set_xlabel("AUROC (non-digits vs test digits; 0.5 = chance)")
+    ood.set_title("Telling non-digits from digits", fontsize=10, pad=30)
+    ood.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
 
     speed = figure.add_subplot(grid[1, 2])
     timed = [(row["name"], row.get("wasm") or {}) for row in rows]
