@@ -250,29 +250,30 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _weakest(groups: dict[str, dict], count: int) -> str:
+    """The ``count`` groups (writers, styles) with the lowest accuracy, e.g. ``a 92%, b 95%``."""
+    worst = sorted(groups.items(), key=lambda item: item[1]["accuracy"])[:count]
+    return ", ".join(f"{name} {r['accuracy']:.0%}" for name, r in worst)
+
+
 def _writers_line(result: dict) -> str:
     """The summary's line on the synthetic writers: what they are, the worst ones."""
     per_writer = result["per_writer"]
-    worst = sorted(per_writer.items(), key=lambda item: item[1]["accuracy"])[:3]
     return (
         f"- **synthetic writers**: {len(per_writer)} writers of `trainer/synthetic/writers.py`, each writing 10 digits "
         "per class in one consistent style (slant, size, pen width, elastic field, crossed 7s, flagged 1s, "
-        "hooked 9s) from glyphs of MNIST test digits, with the page's pen and preprocessing; weakest: "
-        + ", ".join(f"{name} {r['accuracy']:.0%}" for name, r in worst)
-        + "."
+        f"hooked 9s) from glyphs of MNIST test digits, with the page's pen and preprocessing; weakest: "
+        f"{_weakest(per_writer, 3)}."
     )
 
 
 def _styles_line(result: dict) -> str:
     """The summary's line on the styles set: what it is, the weakest styles."""
     per_style = result["per_style"]
-    worst = sorted(per_style.items(), key=lambda item: item[1]["accuracy"])[:5]
     return (
         f"- **styles MNIST lacks**: `trainer/synthetic/styles.py`'s writer-separated test set, {len(per_style)} "
         "styles written from parametric strokes by writers and parameter ranges the training never saw, "
-        "with the page's pen and preprocessing; weakest: "
-        + ", ".join(f"{name} {r['accuracy']:.0%}" for name, r in worst)
-        + "."
+        f"with the page's pen and preprocessing; weakest: {_weakest(per_style, 5)}."
     )
 
 
