@@ -172,8 +172,10 @@ def test_not_a_digit_is_the_largest_probability_below_tau(tmp_path, test_pixels)
     flags = np.array([classifier.not_a_digit(p) for p in probabilities])
     assert flags.dtype == bool and (flags == expected).all()
     print(f"τ = {text}: {expected[:200].sum()} of 200 digits and {expected[200:].sum()} of 6 non-digits are not digits")
-    for kind in (expected[:200], expected[200:]):
-        assert kind.any() and not kind.all(), "τ must split each kind"
+    # Some digits fire and some do not; some non-digits fire (a model trained with outlier
+    # exposure puts every non-digit below every digit, so all six may).
+    assert expected[:200].any() and not expected[:200].all(), "τ must split the digits"
+    assert expected[200:].any(), "τ must flag a non-digit"
     # The same verdict from MC dropout (the eval-mode pass of the image), and lists work too.
     mi_threshold = classifier.unsure_threshold
     for i in [*range(0, 200, 25), *range(200, 206)]:
