@@ -1145,11 +1145,13 @@ def test_fuzz_content_types(api, content_type, body):
         content_type.encode("latin-1")
     except UnicodeEncodeError:
         assume(False)
-    reply = call(api, body=body, headers={"Content-Type": content_type})
     if re.search("[\x00\x0b\x0c]", content_type):  # not an HTTP field value: refused by uvicorn (h11)
+        # Sent without a body: uvicorn answers 400 and closes at once, and unread body bytes
+        # would make the kernel reset the connection before the client reads that answer.
+        reply = call(api, headers={"Content-Type": content_type})
         assert reply.status == 400 and reply.body == b"Invalid HTTP request received."
     else:
-        assert_handled(reply)
+        assert_handled(call(api, body=body, headers={"Content-Type": content_type}))
 
 
 @settings(max_examples=200, deadline=None)
