@@ -1,11 +1,14 @@
 """Classify image files with the project's native Rust model (``invoke predict IMAGE...``).
 
 image file --load_ink--> ink (H, W) --to_mnist--> 28x28 --predict--> 10 probabilities
+                                                                  --not_a_digit--> true / false
 
 ``predict`` is any function taking float32 pixels, (784,) or (N, 784), 0..255 with ink = 255,
 and returning float32 probabilities, (10,) or (N, 10). The default (``predict=None``) is
 ``mnist_infer.predict`` from the native module built from wasm-infer/mnist-infer, imported on first
 use; ``trainer.export.torch_predictor`` gives the same function from PyTorch, for comparisons and tests.
+``not_a_digit`` is the weights' "not a digit" rule on those probabilities, ``mnist_infer.not_a_digit``
+with the native model (the rule's one implementation, in Rust), none with another ``predict``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from mnist_common.constants import CLASS_NAMES, NUM_PIXELS
 from mnist_common.preprocess import BlankImageError, ImageError, load_ink, to_mnist
 
 Predict = Callable[[np.ndarray], np.ndarray]
+#: One image's (10,) float32 probabilities -> True / False ("not a digit" or not), or None when
+#: the weights carry no such rule (the contract of ``mnist_infer.not_a_digit``).
+NotADigit = Callable[[np.ndarray], bool | None]
 
 
 def native_predict() -> Predict:
@@ -106,7 +112,8 @@ def top_count(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="invoke predict",
-        description="Classify images of handwritten digits with the native Rust model.",
+        description="Classify images of handwritten digits with the native Rust model; a line ends with "
+        '"not a digit" where the model\'s rule says the image is none.',
     )
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...; any polarity)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -114,12 +121,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str], predict: Predict | None = None) -> int:
+def main(argv: Sequence[str], predict: Predict | None = None, not_a_digit: NotADigit | None = None) -> int:
     """Classify the image files named in ``argv``; print one line per file (or JSON).
 
     All readable files are preprocessed, then classified with one (N, 784) ``predict`` call.
-    Failures (unreadable, not an image, blank) are reported per file, on stderr or in the
-    JSON, and the other files are still classified.
+    Each line ends with "not a digit" where the weights' rule says so (``not_a_digit``; with
+    ``predict=None``, the native module's ``mnist_infer.not_a_digit``); the JSON has
+    ``"not_a_digit": true / false``, or null without a rule. Failures (unreadable, not an
+    image, blank) are reported per file, on stderr or in the JSON, and the other files are
+    still classified.
 
     Returns:
         0 when every file was classified, 1 when any failed (or the model is missing),
@@ -142,6 +152,10 @@ def main(argv: Sequence[str], predict: Predict | None = None) -> int:
         except ImportError as e:
             print(f"invoke predict: {e}", file=sys.stderr)
             return 1
+        if predict is None and not_a_digit is None:
+            import mnist_infer
+
+            not_a_digit = mnist_infer.not_a_digit
         batch = np.stack(list(pixels.values())).astype(np.float32)
         for index, probs in zip(pixels, np.asarray(model(batch)).reshape(len(pixels), len(CLASS_NAMES))):
             probabilities[index] = probs
@@ -154,12 +168,14 @@ def main(argv: Sequence[str], predict: Predict | None = None) -> int:
                 print(errors[index], file=sys.stderr)
             continue
         best = top_k(probabilities[index], args.top)
+        flag = None if not_a_digit is None else not_a_digit(probabilities[index])
         results.append(
             {
                 "file": name,
                 "digit": best[0][0],
                 "probability": best[0][1],
                 "top": [{"label": label, "probability": p} for label, p in best],
+                "not_a_digit": flag,
             }
         )
         if not args.json:
@@ -168,7 +184,7 @@ def main(argv: Sequence[str], predict: Predict | None = None) -> int:
                 if args.top == 1
                 else ", ".join(f"{label} {p:.1%}" for label, p in best)
             )
-            print(f"{name}: {shown}")
+            print(f"{name}: {shown}" + (", not a digit" if flag else ""))
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if errors else 0

@@ -13,7 +13,7 @@ from PIL import Image
 from mnist_common.preprocess import BlankImageError
 from server import classify
 from server.classify import CLASS_NAMES, classify_image, main, predictions_payload
-from tests.conftest import WEIGHTS
+from tests.conftest import WEIGHTS, non_digits
 from tests.test_preprocess import upscale
 from trainer.export import torch_predictor
 
@@ -118,6 +118,8 @@ def test_cli_json(digit_files, predict, capsys):
     for result, (_, label) in zip(results, digit_files):
         assert result["digit"] == label and 0.5 < result["probability"] <= 1
         assert len(result["top"]) == 2 and result["top"][0] == {"label": label, "probability": result["probability"]}
+        # The native model's "not a digit" rule; no rule with another predict function.
+        assert result["not_a_digit"] is (False if predict is None else None)
 
 
 def test_cli_bad_files_fail_alone(digit_files, predict, tmp_path, capsys):
@@ -135,6 +137,24 @@ def test_cli_bad_files_fail_alone(digit_files, predict, tmp_path, capsys):
     assert ["error" in r for r in results] == [False, True, False, True, True, False]
     assert "not an image" in results[1]["error"] and "blank" in results[3]["error"]
     print(captured.err)
+
+
+@pytest.mark.native
+def test_cli_says_not_a_digit(digit_files, tmp_path, capsys):
+    """Drawings that are no digit (noise, a block, a checkerboard, stripes, a zigzag, a ring of
+    dots, upscaled to 280x280 files) end their line with "not a digit"; the digits do not."""
+    native_module()
+    files = []
+    for i, image in enumerate(non_digits()):
+        files.append(str(tmp_path / f"not-a-digit-{i}.png"))
+        Image.fromarray(image.reshape(28, 28).astype(np.uint8)).resize((280, 280), Image.BILINEAR).save(files[-1])
+    digits = [path for path, _ in digit_files]
+    assert main(files + digits) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert main(files[:1] + digits[:1] + ["--json"]) == 0
+    assert [r["not_a_digit"] for r in json.loads(capsys.readouterr().out)] == [True, False]
+    print("\n".join(lines))
+    assert [line.endswith(", not a digit") for line in lines] == [True] * len(files) + [False] * len(digits)
 
 
 def test_cli_refuses_bad_arguments(digit_files, capsys):
