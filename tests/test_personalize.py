@@ -36,12 +36,6 @@ def style_writers():
     return personalize.styles_writers(20, 13, personalize.STYLES_SEED, progress=False)
 
 
-#: MNIST points teaching may cost here. The goal is personalize.MAX_MNIST_LOSS (0.3, issues 15
-#: and 23); the default model retrained with outlier exposure loses up to 0.4 with today's
-#: teaching (reworked in issue 23, point 4), so the tests hold it to 0.45 until that lands.
-MNIST_LOSS_LIMIT = 0.45
-
-
 def pixels_of(images) -> np.ndarray:
     return np.asarray(images).reshape(len(images), -1).astype(np.float32)
 
@@ -97,8 +91,8 @@ def warp(image: np.ndarray, sampling: np.ndarray) -> np.ndarray:
 
 def reference_teach(model, head, pixels, labels, pull, width, steps):
     """adapt.rs's method written again in float64 numpy from its doc comment: each example and
-    its 8 variants; their features; amplitudes A of kernels exp(-width |f - c_i|^2 / s) at the
-    examples' features c_i (s: mean |f|^2 of the fitted images) minimising mean CE + pull/2 |A|^2
+    its 8 variants; their features; amplitudes A of kernels
+    exp(-width |f - c_i|^2 / ((|f|^2 + |c_i|^2) / 2)) at the examples' features c_i, minimising mean CE + pull/2 |A|^2
     from A = 0 by Nesterov's method with L = 1/2 |K|_1 |K|_inf / N + pull. Returns a function
     features -> logits."""
     weight, bias = head
@@ -107,10 +101,11 @@ def reference_teach(model, head, pixels, labels, pull, width, steps):
     features = penultimate(model, images.reshape(-1, 784).astype(np.float32))
     centres = features[::per_example]
     targets = np.repeat(labels, per_example)
-    sharpness = width / (features**2).sum(1).mean()
 
     def kernel(f):
-        return np.exp(-sharpness * ((f[:, None, :] - centres[None]) ** 2).sum(-1))
+        distance = ((f[:, None, :] - centres[None]) ** 2).sum(-1)
+        size = 0.5 * ((f**2).sum(1)[:, None] + (centres**2).sum(1)[None])
+        return np.exp(-width * distance / size)
 
     k = kernel(features)
     base = features @ weight.T + bias
@@ -167,8 +162,9 @@ def test_teaching_matches_an_independent_implementation_and_helps_the_writer(mod
 
 def test_a_weak_style_writer_is_read_far_better_once_taught(style_writers, mnist_test):
     """The style writer the trained model reads worst (a hand in styles MNIST lacks): taught 3
-    of its digits per class, it loses most of its errors, while MNIST's 10,000 test digits lose
-    at most 0.3 points; no style writer is read worse once taught."""
+    of its digits per class, it loses at least half its errors, while MNIST's 10,000 test digits
+    lose at most 0.3 points; over the weak style writers two errors in three go, and no style
+    writer is read worse once taught."""
     mnist, mnist_labels = pixels_of(mnist_test.images), mnist_test.labels.numpy()
     classifier = mnist_infer.Classifier(WEIGHTS)
     results = personalize.measure(
@@ -176,11 +172,12 @@ def test_a_weak_style_writer_is_read_far_better_once_taught(style_writers, mnist
     )
     summary = personalize.summarize(results)
     print(summary)
-    assert summary["writers_worse"] == 0 and summary["weak"]["after"] > summary["weak"]["before"] + 3
+    weak = summary["weak"]
+    assert summary["writers_worse"] == 0 and 100 - weak["after"] <= (100 - weak["before"]) / 3
 
     weakest = min(results, key=lambda r: r.before)
     assert weakest.before < personalize.WEAK_BELOW, "a weak writer to teach"
-    assert 100 - weakest.after <= (100 - weakest.before) / 3, "at least two errors in three gone"
+    assert 100 - weakest.after <= (100 - weakest.before) / 2, "at least half its errors gone"
     pixels = pixels_of(style_writers.images)
     teach, _ = teach_split(style_writers, weakest.writer, SHOTS)
     trained = (classifier.predict(mnist).argmax(1) == mnist_labels).mean() * 100
@@ -190,7 +187,7 @@ def test_a_weak_style_writer_is_read_far_better_once_taught(style_writers, mnist
         f"weakest style writer {weakest.writer} ({weakest.style}): {weakest.before:.1f} % -> {weakest.after:.1f} %; "
         f"MNIST {trained:.2f} % -> {taught:.2f} %"
     )
-    assert trained - taught <= MNIST_LOSS_LIMIT
+    assert trained - taught <= personalize.MAX_MNIST_LOSS
 
 
 def test_teaching_each_writer_helps_it_and_costs_little_on_mnist(writers, mnist_test):
@@ -203,7 +200,7 @@ def test_teaching_each_writer_helps_it_and_costs_little_on_mnist(writers, mnist_
         print(f"writer {r.writer}: {r.before:.1f} % -> {r.after:.1f} %, MNIST {r.mnist_after - r.mnist_before:+.2f}")
     print(summary)
     assert summary["after"] > summary["before"] and summary["writers_worse"] <= 1
-    assert summary["mnist_loss_max"] <= MNIST_LOSS_LIMIT
+    assert summary["mnist_loss_max"] <= personalize.MAX_MNIST_LOSS
 
 
 @pytest.mark.parametrize("backend", [b for b in mnist_infer.BACKENDS if not b.startswith("fast")])

@@ -29,9 +29,11 @@ The summary is over all writers and over the *weak* ones, those the untaught mod
 The writers reported are not the ones the fit's settings were chosen on: ``--tune`` tries
 ``PULLS`` x ``WIDTHS`` (with and without virtual examples) on writers from ``TUNE_FIRST_SEED``
 (synthetic) or ``STYLES_TUNE_SEED`` (styles; both seed ranges disjoint from the reported ones,
-the styles ones inside ``styles.TEST_SEEDS``) and MNIST's first ``TUNE_MNIST`` test digits, and
-prints the grid; the chosen settings are ``mnist_model::adapt::{PULL, WIDTH, STEPS}``
-(``mnist_infer.TEACH_PULL`` / ``TEACH_WIDTH`` / ``TEACH_STEPS``).
+the styles ones inside ``styles.TEST_SEEDS``) and MNIST's first ``TUNE_MNIST`` test digits (all
+of them), prints the grid and the best ``acceptable`` setting (the most accuracy on the weak
+writers for at most ``MAX_MNIST_LOSS`` points of MNIST lost for 95 % of the writers); the chosen
+settings are ``mnist_model::adapt::{PULL, WIDTH, STEPS}`` (``mnist_infer.TEACH_PULL`` /
+``TEACH_WIDTH`` / ``TEACH_STEPS``).
 
 Writes ``reports/teach/<weights name>[-synthetic].json`` and ``.png`` (accuracy before and
 after, per writer) and prints a table.
@@ -70,13 +72,17 @@ DEFAULT_PER_CLASS = {"styles": 13, "synthetic": 10}
 WRITER_SETS = tuple(DEFAULT_WRITERS)
 #: A writer the untaught model reads below this (%) is weak: the summary's second half.
 WEAK_BELOW = 99.0
-#: The grid ``--tune`` tries: the pull toward the trained model, and the kernels' width.
-PULLS = (1e-4, 3e-4, 1e-3, 3e-3)
-WIDTHS = (10.0, 20.0, 30.0)
-#: MNIST test digits scored per setting while tuning (all 10,000 in the report).
-TUNE_MNIST = 5000
-#: The most MNIST accuracy teaching may cost (issue 15), in points.
+#: The grid ``--tune`` tries: the pull toward the trained model, and the kernels' width ``β``.
+PULLS = (1e-4, 3e-4, 1e-3)
+WIDTHS = (4.0, 5.0, 6.0)
+#: MNIST test digits scored per setting while tuning: all 10,000, as in the report (the largest loss
+#: over the writers, which decides, moves by 0.05 points per digit of 2,000).
+TUNE_MNIST = 10_000
+#: The most MNIST accuracy teaching may cost (issue 15), in points, for ``MNIST_LOSS_SHARE`` of the
+#: writers; and for any writer (``acceptable`` says why two bounds).
 MAX_MNIST_LOSS = 0.3
+MNIST_LOSS_SHARE = 0.95
+MAX_MNIST_LOSS_ANY = 2 * MAX_MNIST_LOSS
 DEFAULT_REPORT_DIR = REPORTS_DIR / "teach"
 
 
@@ -219,6 +225,7 @@ def summarize(results: list[WriterResult]) -> dict:
             "writers_worse": int((after < before).sum()),
             "writers_below_99_5_after": int((after < 99.5).sum()),
             "mnist_loss_mean": float(loss.mean()),
+            "mnist_loss_share": float(np.quantile(loss, MNIST_LOSS_SHARE)),
             "mnist_loss_max": float(loss.max()),
         }
 
@@ -253,17 +260,29 @@ def plot(results: list[WriterResult], path: Path, title: str, what: str) -> None
     ax.set_xlabel(f"{what} writer (the other {perfect} were read 100 % before and after)")
     ax.set_ylabel("accuracy on the writer's\nother digits (%)")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def acceptable(summary: dict) -> bool:
+    """Whether teaching costs MNIST little enough: at most ``MAX_MNIST_LOSS`` points for
+    ``MNIST_LOSS_SHARE`` of the writers, and at most ``MAX_MNIST_LOSS_ANY`` for every writer.
+
+    A hand whose taught digits are the shape of another class in MNIST (a flagged 1 without a
+    base is how MNIST writes many 7s) cannot be read without reading some MNIST digits as that
+    hand: on the 60 tuning style writers, one such writer costs 0.4-0.9 points under almost every
+    setting that reads it, while the others cost 0.1 or less; the strict bound on every writer
+    would choose by that one writer alone (docs/evaluation.md, "Teach it your hand")."""
+    return summary["mnist_loss_share"] <= MAX_MNIST_LOSS and summary["mnist_loss_max"] <= MAX_MNIST_LOSS_ANY
+
+
 def tune(classifier, dataset: Writers, mnist_pixels: np.ndarray, mnist_labels: np.ndarray, shots: int) -> list[dict]:
     """Every (pull, width) of the grid, with and without virtual examples, on the tuning
-    writers: accuracy after teaching (all and weak writers) and the largest MNIST loss; best
-    first (the weak writers' mean, then all writers') among those within ``MAX_MNIST_LOSS``."""
+    writers: accuracy after teaching (all and weak writers) and the MNIST loss; best first (the
+    weak writers' mean, then all writers') among the ``acceptable`` ones."""
     rows = []
     grid = [{"pull": p, "width": w, "augment": a} for a in (True, False) for p in PULLS for w in WIDTHS]
     for settings in grid:
@@ -276,10 +295,11 @@ def tune(classifier, dataset: Writers, mnist_pixels: np.ndarray, mnist_labels: n
             f"pull {settings['pull']:<7g} width {settings['width']:<5g} virtual {'yes' if settings['augment'] else 'no ':3}  "
             f"all {s['before']:6.2f} -> {s['after']:6.2f} %  weak ({weak['writers']}) {weak['before']:6.2f} -> "
             f"{weak['after']:6.2f} %, worst {s['worst_before']:5.1f} -> {s['worst_after']:5.1f} %  "
-            f"MNIST loss mean {s['mnist_loss_mean']:+.2f} max {s['mnist_loss_max']:+.2f}  ({s['teach_ms_median']:.1f} ms)",
+            f"MNIST loss mean {s['mnist_loss_mean']:+.2f}, {MNIST_LOSS_SHARE:.0%} {s['mnist_loss_share']:+.2f}, "
+            f"max {s['mnist_loss_max']:+.2f}  ({s['teach_ms_median']:.1f} ms)",
             flush=True,
         )
-    return sorted(rows, key=lambda r: (r["mnist_loss_max"] > MAX_MNIST_LOSS, -(r["weak"] or r)["after"], -r["after"]))
+    return sorted(rows, key=lambda r: (not acceptable(r), -(r["weak"] or r)["after"], -r["after"]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -322,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
         n = TUNE_MNIST
         best = tune(classifier, dataset, mnist_pixels[:n], mnist_labels[:n], args.shots)[0]
         print(
-            f"best within {MAX_MNIST_LOSS} points of MNIST: pull {best['pull']:g}, width {best['width']:g}, "
+            f"best with MNIST lost within {MAX_MNIST_LOSS} points for {MNIST_LOSS_SHARE:.0%} of the writers and "
+            f"{MAX_MNIST_LOSS_ANY:g} for all: pull {best['pull']:g}, width {best['width']:g}, "
             f"virtual examples {'on' if best['augment'] else 'off'} (now: pull {mnist_infer.TEACH_PULL:g}, "
             f"width {mnist_infer.TEACH_WIDTH:g}, steps {mnist_infer.TEACH_STEPS})"
         )
@@ -366,9 +387,9 @@ def main(argv: list[str] | None = None) -> None:
         results,
         stem.with_suffix(".png"),
         f"{args.weights.name}, {args.writer_set} writers: {args.shots} per class taught, "
-        + (f"weak {weak['before']:.1f} % -> {weak['after']:.1f} %, " if weak else "")
-        + f"all {summary['before']:.1f} % -> {summary['after']:.1f} %",
-        args.writer_set,
+        + (f"weak {weak['before']:.2f} % -> {weak['after']:.2f} %, " if weak else "")
+        + f"all {summary['before']:.2f} % -> {summary['after']:.2f} %",
+        {"styles": "style"}.get(args.writer_set, args.writer_set),
     )
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
 

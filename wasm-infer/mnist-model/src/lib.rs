@@ -77,7 +77,7 @@ pub const MAX_PIXEL: f32 = 255.0;
 /// Most MC-dropout samples one call takes (the page and the API use 20 by default).
 pub const MAX_SAMPLES: usize = 1000;
 /// Most examples one [`Classifier::teach`] takes (a fit on 1000, without virtual examples then,
-/// took 2.2 s natively on the 2-core machine, busy; 30 with theirs 60 ms).
+/// took 1.1 s natively on the 2-core machine, busy; 30 with theirs 60 ms).
 pub const MAX_TAUGHT: usize = 1000;
 
 #[cfg(not(any(
