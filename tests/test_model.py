@@ -69,6 +69,7 @@ EXPECTED_PARAMETERS = {
     "mlp": (784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10, 0),
     "lenet5": (61_706, 0),  # LeCun et al.'s C1-C3-C5-F6-output sizes with a full C3
     "resnet": (73_386, 608),
+    "capsnet": (2_454_096, 0),  # the paper's size is 8,215,568 (tests/test_capsnet.py)
 }
 
 
@@ -96,7 +97,7 @@ def test_given_masks_replace_dropout_in_any_mode():
 
 
 def test_unknown_architectures_and_bad_plans_are_named():
-    with pytest.raises(ValueError, match="choose one of cnn, mlp, lenet5, resnet"):
+    with pytest.raises(ValueError, match="choose one of cnn, mlp, lenet5, resnet, capsnet"):
         architecture("vgg")
     with pytest.raises(ValueError, match="attention"):
         layers_from_json('[{"kind": "attention"}]')

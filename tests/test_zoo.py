@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mnist_common.plan import rust_unsupported
 from trainer.export import load_model, read_metadata
 from trainer.model import ARCHITECTURES, normalize
 from trainer.uncertainty import mc_probabilities, summarize
@@ -20,8 +21,11 @@ N_DIGITS = 500
 
 
 def test_every_architecture_has_a_committed_model():
+    """Every architecture the Rust crate can build: one whose plan has kinds it does not read yet
+    (``mnist_common.plan.RUST_LAYER_KINDS``: the capsnet until issue 24's Rust half) has no file in
+    models/, where the server and these tests would hand it to Rust."""
     ids = {read_metadata(path)["architecture"] for path in MODELS}
-    assert ids == {a.id for a in ARCHITECTURES.values()}
+    assert ids == {a.id for a in ARCHITECTURES.values() if not rust_unsupported(a.layers)}
 
 
 @pytest.mark.parametrize("backend", mnist_infer.BACKENDS)
