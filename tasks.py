@@ -498,7 +498,7 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
 @task(
     auto_shortflags=False,
     help={
-        "arch": "architecture: cnn (default), mlp, lenet5 or resnet (trainer/model.py)",
+        "arch": "architecture: cnn (default), mlp, lenet5, resnet or capsnet (mnist_common/plan.py)",
         "epochs": "passes over the 55,000 training images (default 16)",
         "seed": "random seed (default 0); same seed, same machine, same threads: same model",
         "augment": "augmentation preset: draw (default: affine + stroke width, slant, elastic), affine or none",
@@ -525,7 +525,8 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
         "threads": "torch threads (default: all cores)",
         "device": "cpu (default), cuda, cuda:N or auto",
         "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
-        "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/)",
+        "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/; "
+        "reports/capsnet/ for the capsnet, which the Rust crate cannot read yet)",
     },
 )
 def train(
@@ -558,16 +559,17 @@ def train(
     """Train a model; write its weights + metrics to models/ (and, for the default cnn, the Rust fixture).
 
     --arch cnn (default) writes model.safetensors + metrics.json; mlp, lenet5 and resnet write
-    <arch>.safetensors + <arch>.metrics.json beside it (trainer.model.ARCHITECTURES).
+    <arch>.safetensors + <arch>.metrics.json beside it (trainer.model.ARCHITECTURES); capsnet
+    writes them to reports/capsnet/ until the Rust crate reads its layer kinds (issue 24).
     """
     from trainer import data
     from trainer.fixtures import write_fixture
     from trainer.model import DEFAULT_ARCHITECTURE
-    from trainer.train import DEFAULT_OUT_DIR, Config
+    from trainer.train import DEFAULT_OUT_DIR, Config, default_out_dir
     from trainer.train import train as run_training
 
-    out = Path(out_dir) if out_dir else DEFAULT_OUT_DIR
     data_path = Path(data_dir) if data_dir else data.DEFAULT_DATA_DIR
+    out = Path(out_dir) if out_dir else DEFAULT_OUT_DIR
     try:
         config = Config.from_options(
             arch=arch,
@@ -592,6 +594,7 @@ def train(
             holdout=holdout,
             init=init,
         )
+        out = Path(out_dir) if out_dir else default_out_dir(config.arch)
         run_training(config, data_dir=data_path, out_dir=out, resume=resume)
     except KeyboardInterrupt:
         raise Exit(

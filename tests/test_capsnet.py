@@ -5,16 +5,18 @@ JSON (strided convolutions too, and plans written before them), and a short real
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mnist_common.paths import MODELS_DIR
+from mnist_common.paths import MODELS_DIR, REPORTS_DIR
 from mnist_common.plan import (
     ARCHITECTURES,
     CAPSNET,
     RUST_LAYER_KINDS,
+    Architecture,
     CapsuleLength,
     Conv,
     Decoder,
@@ -27,6 +29,7 @@ from mnist_common.plan import (
     rust_unsupported,
 )
 from mnist_common.weights import read_metadata
+from trainer.export import load_model
 from trainer.model import (
     MARGIN_LAMBDA,
     MARGIN_NEGATIVE,
@@ -41,6 +44,8 @@ from trainer.model import (
     route,
     squash,
 )
+from trainer.train import Config, default_out_dir, train
+from trainer.uncertainty import mc_probabilities, summarize
 
 
 def paper_squash(s: np.ndarray) -> np.ndarray:
@@ -226,6 +231,17 @@ def test_the_decoder_sees_only_the_masked_capsule():
         torch.testing.assert_close(net.decode(capsules, 5), net.decode(capsules, torch.full((4,), 5)))
 
 
+def test_without_dropout_every_mc_pass_is_the_eval_pass_and_the_mutual_information_0():
+    net = build("capsnet").eval()
+    images = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
+    probabilities = mc_probabilities(net, images, samples=4)
+    assert probabilities.shape == (3, 4, 10)
+    with torch.no_grad():
+        expected = torch.softmax(net(normalize(images.unsqueeze(1))), dim=1)
+    torch.testing.assert_close(probabilities, expected.unsqueeze(1).expand(-1, 4, -1))
+    assert summarize(probabilities)["mutual_information"].abs().max() < 1e-12
+
+
 def test_plans_without_capsules_or_a_decoder_say_so():
     with pytest.raises(ValueError, match="no digit capsules"):
         build("cnn").capsules(torch.zeros(1, 1, 28, 28))
@@ -267,4 +283,67 @@ def test_what_rust_cannot_read_yet_is_named_and_kept_out_of_models():
     assert rust_unsupported((Conv("c", 1, 4, stride=2),)) == ["conv with stride != 1"]
     assert all(not rust_unsupported(a.layers) for a in ARCHITECTURES.values() if a.name != "capsnet")
     assert RUST_LAYER_KINDS < {spec.kind for a in ARCHITECTURES.values() for spec in a.layers}
+    assert default_out_dir("capsnet") == REPORTS_DIR / "capsnet" and default_out_dir("cnn") == MODELS_DIR
     assert not (MODELS_DIR / "capsnet.safetensors").exists()
+
+
+# --- training --------------------------------------------------------------------------------
+
+#: A capsnet small enough to train a few hundred steps in seconds: 16 conv channels, 4 primary
+#: capsule types (144 capsules), a narrow decoder.
+SMALL = Architecture(
+    "capsnet",
+    CAPSNET.id,
+    "a small capsnet for the tests",
+    (
+        Conv("conv1", 1, 16, kernel_size=9, norm=False, activation="relu", pool=0),
+        PrimaryCaps("primary", 16, capsules=4, dim=8),
+        DigitCaps("digits", 4 * 6 * 6),
+        Decoder("decoder", hidden1=64, hidden2=128),
+        CapsuleLength(),
+    ),
+)
+
+
+@pytest.mark.slow
+def test_a_few_hundred_steps_lower_the_loss_and_beat_chance(tmp_path, monkeypatch, mnist_test):
+    """`train` with the margin and reconstruction losses and outlier exposure: 2 epochs of 150
+    steps (32 digits + 16 non-digits each) on real MNIST."""
+    monkeypatch.setitem(ARCHITECTURES, "capsnet", SMALL)
+    config = Config(
+        arch="capsnet",
+        epochs=2,
+        clean_epochs=1,
+        batch_size=32,
+        limit=4800,
+        test_limit=1000,
+        outliers=256,  # as many as the short runs of test_train.py (one cache file)
+        outlier_batch=16,
+        ema_decay=0.99,
+    )
+    metrics = train(config, out_dir=tmp_path)
+    first, last = metrics["history"]
+    assert last["train_loss"] < 0.7 * first["train_loss"], metrics["history"]
+    assert metrics["test_accuracy"] > 0.8  # chance: 0.1
+    assert metrics["loss"] == "margin + 0.0005 reconstruction"
+    model = load_model(tmp_path / "capsnet.safetensors")
+    assert model.layers == SMALL.layers
+    metadata = read_metadata(tmp_path / "capsnet.safetensors")
+    assert layers_from_json(metadata["layers"]) == SMALL.layers and "not_a_digit_max_probability" in metadata
+    images = mnist_test.images[:200]
+    with torch.no_grad():
+        x = normalize(images.unsqueeze(1))
+        lengths = model.capsule_lengths(x)
+        reconstruction = model.reconstruct(x)
+        wrong = model.reconstruct(x, (mnist_test.labels[:200] + 1) % 10)
+    assert (lengths.argmax(1) == mnist_test.labels[:200]).float().mean() > 0.8
+    # The decoder draws the digit of the capsule it is given: from the right one, closer to the input.
+    target = images.reshape(200, -1).float() / 255
+    assert (reconstruction - target).square().sum(1).mean() < 0.9 * (wrong - target).square().sum(1).mean()
+
+
+def test_label_smoothing_is_refused_for_the_margin_loss():
+    with pytest.raises(ValueError, match="margin loss"):
+        Config(arch="capsnet", label_smoothing=0.1).validate()
+    Config(arch="capsnet").validate()
+    assert Path(default_out_dir("nonsense")) == MODELS_DIR

@@ -78,6 +78,8 @@ def mc_probabilities(
     """Softmax probabilities of ``samples`` MC-dropout passes per image.
 
     Every image gets the same masks: those the Rust kernels draw for one image from ``seed``.
+    A plan without dropout (the capsnet) gives ``samples`` copies of its one pass: a mutual
+    information of 0 for every image, so only the "not a digit" rule can call it unsure.
 
     Args:
         model: a ``Net`` (its mode does not matter: the masks replace dropout).
@@ -108,6 +110,11 @@ def mc_probabilities(
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
+            if not rates:
+                # No dropout (the capsnet): every pass is the same pass; run it once.
+                probabilities = torch.softmax(model(batch), dim=1)
+                out.append(probabilities.unsqueeze(1).expand(-1, samples, -1))
+                continue
             repeated = batch.repeat_interleave(samples, dim=0)
             n = len(batch)
             logits = model(repeated, masks=lambda i, shape, n=n: mask(i, shape, n))
