@@ -94,6 +94,18 @@ impl Classifier {
         run(py, self, pixels, mnist_model::Classifier::logits)
     }
 
+    /// What the model sees: a capsule network's reconstruction of the predicted digit,
+    /// float32 (784,) -> (784,) or (N, 784) -> (N, 784), 0..255, ink = 255, row-major 28x28.
+    /// Raises ValueError for bad pixels or a model without a reconstruction decoder (every
+    /// model but the capsule network, on burn's backends: `flex`, `ndarray`).
+    fn reconstruct<'py>(
+        &self,
+        py: Python<'py>,
+        pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        run(py, self, pixels, mnist_model::Classifier::reconstruct)
+    }
+
     /// MC dropout on one image (784 pixels): `samples` passes with dropout on, masks from
     /// `seed` (the same as `trainer.uncertainty`'s). Returns a dict: `probabilities` and `std`
     /// (float32 (10,): mean and standard deviation over the samples), `entropy` and
@@ -324,8 +336,8 @@ fn run<'py, E: std::fmt::Display>(
         .map_err(PyValueError::new_err)?;
     Ok(match batch {
         None => Array1::from_vec(out).into_dyn().into_pyarray(py),
-        Some(n) => Array2::from_shape_vec((n, NUM_CLASSES), out)
-            .expect("the model returns N x 10 values")
+        Some(n) => Array2::from_shape_vec((n, out.len() / n), out)
+            .expect("the model returns as many values for each image")
             .into_dyn()
             .into_pyarray(py),
     })

@@ -14,7 +14,7 @@ use burn::prelude::*;
 
 use crate::adapt::{Adapted, Head, Settings};
 use crate::backend::Backend;
-use crate::error::{InputError, PredictError, TeachError};
+use crate::error::{InputError, PredictError, ReconstructError, TeachError};
 #[cfg(feature = "fast")]
 use crate::fast::LoadNetwork;
 #[cfg(feature = "fast")]
@@ -233,6 +233,39 @@ impl Classifier {
         let mut values = self.to_logits(self.output_async(pixels, None).await?);
         softmax_rows(&mut values, NUM_CLASSES);
         Ok(values)
+    }
+
+    /// What the model sees (a capsule network's reconstruction decoder, Sabour et al. 2017):
+    /// for each image, the image its decoder draws from the capsule of the predicted digit
+    /// (the longest; the other capsules zeroed).
+    ///
+    /// `pixels`: `N * 784` values as [`Classifier::logits`]. Returns `N * 784` values in
+    /// 0..=255, ink = 255, row-major 28x28, image by image (the decoder's (0, 1) output
+    /// times 255). Synchronous (a wgpu device in a browser needs an asynchronous read-back).
+    ///
+    /// # Errors
+    /// [`ReconstructError::Input`] for bad pixels; [`ReconstructError::Unsupported`] for a
+    /// model without a decoder.
+    pub fn reconstruct(&self, pixels: &[f32]) -> Result<Vec<f32>, ReconstructError> {
+        check_pixels(pixels)?;
+        match &self.engine {
+            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+            Engine::Burn {
+                model: BurnModel::Layers(model),
+                device,
+            } => match model.reconstruct(self.images(pixels, device)) {
+                Some(image) => Ok(to_vec(image).into_iter().map(|v| v * MAX_PIXEL).collect()),
+                None => Err(ReconstructError::Unsupported(String::from(
+                    "the model has no reconstruction decoder",
+                ))),
+            },
+            // The burn `cnn` Module and the fast kernels' models have no decoder (the kernels
+            // refuse capsule networks at load).
+            #[allow(unreachable_patterns)]
+            _ => Err(ReconstructError::Unsupported(String::from(
+                "the model has no reconstruction decoder",
+            ))),
+        }
     }
 
     /// MC dropout on one image: `samples` forward passes with dropout on, masks drawn from

@@ -108,6 +108,33 @@ impl From<InputError> for PredictError {
     }
 }
 
+/// Why [`Classifier::reconstruct`] gave no image.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReconstructError {
+    /// The pixels were refused before anything was computed.
+    Input(InputError),
+    /// The model has no reconstruction decoder (of the project's models, only the capsule
+    /// network has one), or this backend does not run it (the reason is given).
+    Unsupported(String),
+}
+
+impl fmt::Display for ReconstructError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReconstructError::Input(e) => e.fmt(f),
+            ReconstructError::Unsupported(e) => write!(f, "no reconstruction: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for ReconstructError {}
+
+impl From<InputError> for ReconstructError {
+    fn from(e: InputError) -> Self {
+        ReconstructError::Input(e)
+    }
+}
+
 /// Why [`Classifier::teach`] refused its examples. Nothing changes for refused examples: the
 /// classifier keeps what it was taught before.
 #[derive(Clone, Debug, PartialEq)]

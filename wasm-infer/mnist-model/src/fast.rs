@@ -12,6 +12,7 @@
 //! (its tensor operations, burn-store's conversions) is linked into it, which keeps the wasm
 //! small and the first prediction early.
 
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -32,22 +33,32 @@ fn activation(act: Act) -> Activation {
 }
 
 /// A folded convolution as the kernels take it (PyTorch's layout, borrowed).
-fn conv(conv: &params::Conv) -> kernels::Conv<'_> {
-    kernels::Conv {
+///
+/// # Errors
+/// A strided convolution (the capsule network's): the kernels slide by 1 only.
+fn conv<'a>(conv: &'a params::Conv, name: &str) -> Result<kernels::Conv<'a>, String> {
+    if conv.stride != 1 {
+        return Err(params::unsupported(format!(
+            "{name}: a convolution of stride {} on the fast kernels (burn's builds run it)",
+            conv.stride
+        )));
+    }
+    Ok(kernels::Conv {
         weight: &conv.weight,
         shape: conv.shape,
         bias: &conv.bias,
         padding: conv.padding,
         activation: activation(conv.activation),
         pool: conv.pool,
-    }
+    })
 }
 
 /// Pack a checked plan for instruction set `isa` (`input`: `[channels, height, width]`).
 ///
 /// # Errors
 /// What [`Network::new`] refuses that the plan's checks let through (a plan ending with a
-/// flatten, an empty image), or an `isa` this CPU lacks.
+/// flatten, an empty image), an `isa` this CPU lacks, or a layer the kernels do not implement
+/// yet: strided convolutions and capsules (issue 24; burn's builds run them).
 fn from_checked(checked: &Checked, input: [usize; 3], isa: Isa) -> Result<Network, String> {
     let layers = checked
         .steps
@@ -55,11 +66,11 @@ fn from_checked(checked: &Checked, input: [usize; 3], isa: Isa) -> Result<Networ
         .zip(&checked.names)
         .map(|(step, name)| {
             let layer = match step {
-                Step::Conv(c) => Layer::Conv(conv(c)),
+                Step::Conv(c) => Layer::Conv(conv(c, name)?),
                 Step::Residual { a, b, shortcut } => Layer::Residual {
-                    a: conv(a),
-                    b: conv(b),
-                    shortcut: shortcut.as_ref().map(conv),
+                    a: conv(a, name)?,
+                    b: conv(b, name)?,
+                    shortcut: shortcut.as_ref().map(|s| conv(s, name)).transpose()?,
                 },
                 Step::MaxPool(k) => Layer::MaxPool(*k),
                 Step::GlobalAvgPool => Layer::GlobalAvgPool,
@@ -71,9 +82,18 @@ fn from_checked(checked: &Checked, input: [usize; 3], isa: Isa) -> Result<Networ
                     activation: activation(dense.activation),
                 }),
                 Step::Dropout(p) => Layer::Dropout(*p),
+                Step::PrimaryCaps { .. }
+                | Step::DigitCaps(_)
+                | Step::Decoder(_)
+                | Step::CapsuleLength(_) => {
+                    return Err(params::unsupported(format!(
+                        "{name} on the fast kernels (capsules run on burn's builds: flex, ndarray, wgpu)"
+                    )));
+                }
             };
-            (name.clone(), layer)
-        });
+            Ok((name.clone(), layer))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     Network::new(isa, input, layers)
 }
 

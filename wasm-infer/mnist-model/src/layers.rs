@@ -8,6 +8,11 @@
 //!              -> residual: relu(b(a(x)) + shortcut(x))
 //!              -> max_pool2d | mean over H, W | flatten (PyTorch's (c, h, w) order)
 //!              -> matmul + bias -> activation, dropout (identity, or MC masks)  -> [N, 10]
+//!
+//! capsules:    -> conv2d (stride) -> [N, C, D, H', W'] -> [N, C·H'·W', D], squash
+//!              -> û = W u (one batched matmul over the input capsules), routing   [N, J, D]
+//!              -> logits scale·|v_j|                                              [N, J]
+//!              (decoder, a side branch: v masked to the longest capsule -> 3 linear layers)
 //! ```
 
 use alloc::boxed::Box;
@@ -15,7 +20,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, relu};
+use burn::tensor::activation::{gelu, relu, sigmoid, softmax};
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 
@@ -31,6 +36,7 @@ struct ConvTensors {
     weight: Tensor<4>,
     bias: Tensor<1>,
     padding: usize,
+    stride: usize,
     activation: Act,
     pool: bool,
 }
@@ -46,12 +52,24 @@ enum Op {
     /// `weight` `[in, out]` (transposed from PyTorch's `[out, in]`), `bias` `[out]`.
     Linear(Tensor<2>, Tensor<1>, Act),
     Dropout(f32),
+    /// Primary capsules: the convolution, then `capsules` types of `dim` values, squashed.
+    PrimaryCaps(ConvTensors, usize, usize),
+    /// Digit capsules: `W` as `[I, J * D, E]` (`û_i = W_i u_i` is one batched matmul), the
+    /// output capsules `J` and their `D`, and the routing iterations.
+    DigitCaps(Tensor<3>, [usize; 2], usize),
+    /// The decoder's three linear layers, `[in, out]` weights and `[out]` biases (ReLU, ReLU,
+    /// sigmoid): a side branch that [`LayerModel::reconstruct`] runs.
+    Decoder(Box<[(Tensor<2>, Tensor<1>); 3]>),
+    /// Logits `scale * |v_j|`.
+    CapsuleLength(f32),
 }
 
-/// The values between steps: images `[N, C, H, W]` or features `[N, F]`.
+/// The values between steps: images `[N, C, H, W]`, features `[N, F]` or capsules
+/// `[N, capsules, D]`.
 enum Values {
     Images(Tensor<4>),
     Features(Tensor<2>),
+    Capsules(Tensor<3>),
 }
 
 /// A checked plan on a burn device.
@@ -69,6 +87,66 @@ fn act<const D: usize>(x: Tensor<D>, a: Act) -> Tensor<D> {
     }
 }
 
+/// The squash non-linearity over each capsule (the last dimension) of `s` `[N, C, D]`:
+/// `s |s| / (1 + |s|²)` (Sabour et al. 2017, eq. 1, written without dividing by `|s|`, so 0
+/// stays 0), as `trainer.model.squash`.
+fn squash(s: Tensor<3>) -> Tensor<3> {
+    let squared = (s.clone() * s.clone()).sum_dim(2);
+    let norm = squared.clone().sqrt();
+    s * (norm / (squared + 1.0))
+}
+
+/// The lengths `[N, J]` of capsules `[N, J, D]`.
+fn lengths(v: Tensor<3>) -> Tensor<2> {
+    let [n, j, _] = v.dims();
+    (v.clone() * v).sum_dim(2).sqrt().reshape([n, j])
+}
+
+/// A linear layer's burn tensors: the weight transposed to `[in, out]`, the bias `[out]`.
+fn linear_tensors(d: &crate::params::Dense, device: &Device) -> (Tensor<2>, Tensor<1>) {
+    let [n, k] = d.shape;
+    let weight: Tensor<2> = Tensor::from_data(TensorData::new(d.weight.clone(), [n, k]), device);
+    let bias = Tensor::from_data(TensorData::new(d.bias.clone(), [n]), device);
+    (weight.transpose(), bias)
+}
+
+/// `x [N, in] · w [in, out] + b`.
+fn affine(x: Tensor<2>, (w, b): &(Tensor<2>, Tensor<1>)) -> Tensor<2> {
+    x.matmul(w.clone()) + b.clone().unsqueeze()
+}
+
+/// Digit capsules `[N, J, D]` from input capsules `u` `[N, I, E]`: the predictions
+/// `û_j|i = W_ij u_i` and `iterations` of routing by agreement (the paper's Procedure 1, as
+/// `trainer.model.route`): from `b = 0`, `c = softmax_j b`, `v = squash(Σ_i c_ij û_j|i)`,
+/// `b += û_j|i · v_j` but after the last.
+fn digit_capsules(
+    u: Tensor<3>,
+    weight: &Tensor<3>,
+    [j, d]: [usize; 2],
+    iterations: usize,
+) -> Tensor<3> {
+    let [n, i, _] = u.dims();
+    // [I, J*D, E] x [I, E, N] -> [I, J*D, N] -> [N, I, J, D]
+    let u_hat: Tensor<4> = weight
+        .clone()
+        .matmul(u.permute([1, 2, 0]))
+        .reshape([i, j, d, n])
+        .permute([3, 0, 1, 2]);
+    let mut logits: Tensor<3> = Tensor::zeros([n, i, j], &u_hat.device());
+    let mut v = None;
+    for iteration in 0..iterations {
+        let coupling = softmax(logits.clone(), 2).unsqueeze_dim::<4>(3);
+        let s: Tensor<3> = (coupling * u_hat.clone()).sum_dim(1).reshape([n, j, d]);
+        let out = squash(s);
+        if iteration + 1 < iterations {
+            let agreement = (u_hat.clone() * out.clone().unsqueeze_dim::<4>(1)).sum_dim(3);
+            logits = logits + agreement.reshape([n, i, j]);
+        }
+        v = Some(out);
+    }
+    v.expect("at least one routing iteration (checked by crate::plan::parse)")
+}
+
 impl ConvTensors {
     fn new(conv: &Conv, device: &Device) -> Self {
         let [o, i, kh, kw] = conv.shape;
@@ -76,6 +154,7 @@ impl ConvTensors {
             weight: Tensor::from_data(TensorData::new(conv.weight.clone(), [o, i, kh, kw]), device),
             bias: Tensor::from_data(TensorData::new(conv.bias.clone(), [o]), device),
             padding: conv.padding,
+            stride: conv.stride,
             activation: conv.activation,
             pool: conv.pool,
         }
@@ -83,7 +162,8 @@ impl ConvTensors {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let p = self.padding;
-        let options = ConvOptions::new([1, 1], [p, p], [1, 1], 1);
+        let s = self.stride;
+        let options = ConvOptions::new([s, s], [p, p], [1, 1], 1);
         let x = act(
             conv2d(x, self.weight.clone(), Some(self.bias.clone()), options),
             self.activation,
@@ -113,13 +193,24 @@ impl LayerModel {
                 Step::GlobalAvgPool => Op::GlobalAvgPool,
                 Step::Flatten(_) => Op::Flatten,
                 Step::Linear(d) => {
-                    let [n, k] = d.shape;
-                    let weight: Tensor<2> =
-                        Tensor::from_data(TensorData::new(d.weight.clone(), [n, k]), device);
-                    let bias = Tensor::from_data(TensorData::new(d.bias.clone(), [n]), device);
-                    Op::Linear(weight.transpose(), bias, d.activation)
+                    let (weight, bias) = linear_tensors(d, device);
+                    Op::Linear(weight, bias, d.activation)
                 }
                 Step::Dropout(p) => Op::Dropout(*p),
+                Step::PrimaryCaps {
+                    conv,
+                    capsules,
+                    dim,
+                } => Op::PrimaryCaps(ConvTensors::new(conv, device), *capsules, *dim),
+                Step::DigitCaps(routing) => {
+                    let [i, j, d, e] = routing.shape;
+                    let data = TensorData::new(routing.weight.clone(), [i, j * d, e]);
+                    Op::DigitCaps(Tensor::from_data(data, device), [j, d], routing.iterations)
+                }
+                Step::Decoder(layers) => Op::Decoder(Box::new(
+                    layers.each_ref().map(|d| linear_tensors(d, device)),
+                )),
+                Step::CapsuleLength(scale) => Op::CapsuleLength(*scale),
             })
             .collect();
         Self {
@@ -151,6 +242,22 @@ impl LayerModel {
             (Op::Linear(w, bias, a), Values::Features(x)) => {
                 Values::Features(act(x.matmul(w.clone()) + bias.clone().unsqueeze(), *a))
             }
+            (Op::PrimaryCaps(conv, capsules, dim), Values::Images(x)) => {
+                let x = conv.forward(x);
+                let [n, _, h, w] = x.dims();
+                let x: Tensor<5> = x.reshape([n, *capsules, *dim, h, w]);
+                let x = x
+                    .permute([0, 1, 3, 4, 2])
+                    .reshape([n, capsules * h * w, *dim]);
+                Values::Capsules(squash(x))
+            }
+            (Op::DigitCaps(weight, out, iterations), Values::Capsules(u)) => {
+                Values::Capsules(digit_capsules(u, weight, *out, *iterations))
+            }
+            (Op::Decoder(_), Values::Capsules(v)) => Values::Capsules(v),
+            (Op::CapsuleLength(scale), Values::Capsules(v)) => {
+                Values::Features(lengths(v) * *scale)
+            }
             (Op::Dropout(p), Values::Features(x)) => match masks {
                 None => Values::Features(x),
                 Some((seed, next)) => {
@@ -173,8 +280,39 @@ impl LayerModel {
         }
         match x {
             Values::Features(values) => values,
+            // The penultimate values of a capsule network: its digit capsules, flattened.
+            Values::Capsules(v) => v.flatten(1, 2),
             Values::Images(_) => unreachable!("checked: a plan ends with features"),
         }
+    }
+
+    /// What a capsule network sees: the decoder's reconstruction `[N, pixels]` (each in
+    /// (0, 1), ink = 1, row-major) of normalised images `[N, 1, 28, 28]` from their longest
+    /// digit capsule (the predicted digit; the others zeroed, as the paper at inference), or
+    /// `None` for a plan without a decoder. Where two capsules are exactly as long, both go
+    /// through (PyTorch's argmax would take the first).
+    pub fn reconstruct(&self, images: Tensor<4>) -> Option<Tensor<2>> {
+        let decoder = self
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::Decoder(_)))?;
+        let Values::Capsules(v) = self.ops[..decoder]
+            .iter()
+            .fold(Values::Images(images), |x, op| self.step(op, x, &mut None))
+        else {
+            unreachable!("checked: a decoder follows capsules")
+        };
+        let Op::Decoder(layers) = &self.ops[decoder] else {
+            unreachable!()
+        };
+        let [n, j, _] = v.dims();
+        let length = lengths(v.clone());
+        let longest = length.clone().max_dim(1).expand([n, j]);
+        let mask = length.equal(longest).float().unsqueeze_dim::<3>(2);
+        let x = (v * mask).flatten(1, 2);
+        let x = relu(affine(x, &layers[0]));
+        let x = relu(affine(x, &layers[1]));
+        Some(sigmoid(affine(x, &layers[2])))
     }
 
     /// Normalised images `[N, 1, 28, 28]` -> logits `[N, 10]` (the same as
@@ -231,6 +369,7 @@ impl Clone for Values {
         match self {
             Values::Images(x) => Values::Images(x.clone()),
             Values::Features(x) => Values::Features(x.clone()),
+            Values::Capsules(x) => Values::Capsules(x.clone()),
         }
     }
 }

@@ -56,7 +56,7 @@ mod weights;
 pub use adapt::{Adapted, Head, Settings};
 pub use backend::Backend;
 pub use classifier::{Classifier, check_pixels, check_probabilities, softmax_rows};
-pub use error::{InputError, PredictError, TeachError};
+pub use error::{InputError, PredictError, ReconstructError, TeachError};
 #[cfg(feature = "fast")]
 pub use fast::LoadNetwork;
 #[cfg(feature = "fast")]

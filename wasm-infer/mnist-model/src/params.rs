@@ -9,7 +9,7 @@
 
 use alloc::collections::BTreeSet;
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 #[cfg(feature = "fast")]
@@ -32,6 +32,8 @@ pub enum Shape {
     Image([usize; 3]),
     /// Features.
     Flat(usize),
+    /// `[capsules, values per capsule]`.
+    Capsules([usize; 2]),
 }
 
 impl Shape {
@@ -40,6 +42,7 @@ impl Shape {
         match self {
             Shape::Image([h, w, c]) => h * w * c,
             Shape::Flat(n) => n,
+            Shape::Capsules([n, d]) => n * d,
         }
     }
 }
@@ -79,6 +82,8 @@ pub(crate) trait Source {
     fn conv(&mut self, prefix: &str, norm: bool) -> Result<ConvParams, String>;
     /// The linear layer `PREFIX`.
     fn linear(&mut self, prefix: &str) -> Result<LinearParams, String>;
+    /// The tensor `name` of `rank` dimensions, with its shape (the digit capsules' matrices).
+    fn tensor(&mut self, name: &str, rank: usize) -> Result<(Vec<f32>, Vec<usize>), String>;
 }
 
 /// Why a model cannot run here (a layer configuration this crate does not implement).
@@ -140,6 +145,8 @@ pub(crate) struct Conv {
     /// `[c_out]`, the folded bias.
     pub bias: Vec<f32>,
     pub padding: usize,
+    /// Step between the kernel's positions (1 but in a capsule network).
+    pub stride: usize,
     pub activation: Act,
     /// A fused 2x2 max-pool (stride 2, floor) after the activation.
     pub pool: bool,
@@ -171,6 +178,31 @@ pub(crate) enum Step {
     Flatten([usize; 3]),
     Linear(Dense),
     Dropout(f32),
+    /// Primary capsules: `conv` (no activation, no pool), its channels cut into `capsules`
+    /// types of `dim` values at every position, each squashed (`crate::plan::Layer::PrimaryCaps`).
+    PrimaryCaps {
+        conv: Conv,
+        capsules: usize,
+        dim: usize,
+    },
+    /// Digit capsules with routing by agreement.
+    DigitCaps(Routing),
+    /// The reconstruction decoder `fc1` (ReLU), `fc2` (ReLU), `fc3` (sigmoid), a side branch:
+    /// the capsules go on unchanged.
+    Decoder(alloc::boxed::Box<[Dense; 3]>),
+    /// Logits `scale * |v_j|` of capsules `[J, D]`.
+    CapsuleLength(f32),
+}
+
+/// The digit capsules' transformation matrices and routing iterations.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Routing {
+    /// `[in_capsules, capsules, dim, in_dim]` row-major: `W_ij` is the `[dim, in_dim]` matrix
+    /// at `[i, j]`.
+    pub weight: Vec<f32>,
+    pub shape: [usize; 4],
+    /// Routing iterations, at least 1.
+    pub iterations: usize,
 }
 
 /// A checked plan: its steps, each with a readable name and the shapes it takes and gives.
@@ -182,7 +214,7 @@ pub(crate) struct Checked {
 }
 
 /// Fold `p`'s BatchNorm (if any) into its weights and bias.
-fn fold(p: &ConvParams, padding: usize, activation: Act, pool: bool) -> Conv {
+fn fold(p: &ConvParams, padding: usize, stride: usize, activation: Act, pool: bool) -> Conv {
     let [c_out, c_in, kh, kw] = p.shape;
     let bias = |o: usize| p.bias.as_ref().map_or(0.0, |b| b[o] as f64);
     let (scale, folded_bias): (Vec<f64>, Vec<f32>) = (0..c_out)
@@ -209,6 +241,7 @@ fn fold(p: &ConvParams, padding: usize, activation: Act, pool: bool) -> Conv {
         shape: p.shape,
         bias: folded_bias,
         padding,
+        stride,
         activation,
         pool,
     }
@@ -228,7 +261,44 @@ fn image(shape: Shape, name: &str) -> Result<[usize; 3], String> {
     match shape {
         Shape::Image(s) => Ok(s),
         Shape::Flat(n) => Err(format!("{name} needs images, gets {n} flat features")),
+        Shape::Capsules([n, d]) => Err(format!("{name} needs images, gets {n} capsules of {d}")),
     }
+}
+
+/// The capsules `[count, dim]` a layer `name` needs, or why `shape` is not that.
+fn capsules(shape: Shape, name: &str, count: usize, dim: usize) -> Result<(), String> {
+    match shape {
+        Shape::Capsules(s) if s == [count, dim] => Ok(()),
+        Shape::Capsules([n, d]) => Err(format!(
+            "{name} takes {count} capsules of {dim}, gets {n} of {d}"
+        )),
+        _ => Err(format!(
+            "{name} needs capsules: primary or digit capsules first"
+        )),
+    }
+}
+
+/// The linear layer `name` from `source`, checked to be `[out_features, in_features]`.
+fn dense(
+    source: &mut dyn Source,
+    name: &str,
+    in_features: usize,
+    out_features: usize,
+    activation: Act,
+) -> Result<Dense, String> {
+    let p = source.linear(name)?;
+    if p.shape != [out_features, in_features] {
+        return Err(format!(
+            "{name}.weight has shape {:?}, the plan says [{out_features}, {in_features}]",
+            p.shape
+        ));
+    }
+    Ok(Dense {
+        bias: p.bias.unwrap_or_else(|| alloc::vec![0.0; out_features]),
+        weight: p.weight,
+        shape: p.shape,
+        activation,
+    })
 }
 
 /// A convolution of `p` on images of `shape`, checked to chain; with its output shape.
@@ -237,6 +307,7 @@ fn conv_on(
     name: &str,
     p: &ConvParams,
     padding: usize,
+    stride: usize,
     act: Act,
     pool: bool,
 ) -> Result<(Conv, Shape), String> {
@@ -250,9 +321,12 @@ fn conv_on(
             [ph, pw]
         ));
     }
-    let (oh, ow) = (ph + 1 - kh, pw + 1 - kw);
+    let (oh, ow) = ((ph - kh) / stride + 1, (pw - kw) / stride + 1);
     let (oh, ow) = if pool { (oh / 2, ow / 2) } else { (oh, ow) };
-    Ok((fold(p, padding, act, pool), Shape::Image([oh, ow, c_out])))
+    Ok((
+        fold(p, padding, stride, act, pool),
+        Shape::Image([oh, ow, c_out]),
+    ))
 }
 
 /// Check `plan` with parameters from `source` for an `input` of `[channels, height, width]`.
@@ -288,15 +362,22 @@ pub(crate) fn check(
                 norm,
                 activation,
                 pool,
+                stride,
             } => {
                 if !matches!(pool, 0 | 2) {
                     return Err(unsupported(format!("{name}: a fused {pool}x{pool} pool")));
                 }
                 let p = source.conv(name, *norm)?;
                 check_spec(name, &p, *in_channels, *out_channels, *kernel_size)?;
-                let (conv, next) = conv_on(shape, name, &p, *padding, *activation, *pool == 2)?;
+                let (conv, next) =
+                    conv_on(shape, name, &p, *padding, *stride, *activation, *pool == 2)?;
                 let label = format!(
-                    "{name} + bias{}{}{} (fused)",
+                    "{name}{} + bias{}{}{} (fused)",
+                    if *stride > 1 {
+                        format!(" (stride {stride})")
+                    } else {
+                        String::new()
+                    },
                     if *norm { " + BatchNorm" } else { "" },
                     act_name(*activation),
                     if *pool == 2 { " + 2x2 max-pool" } else { "" }
@@ -318,15 +399,17 @@ pub(crate) fn check(
                 let pad = k / 2;
                 let pa = source.conv(&format!("{name}.a"), true)?;
                 check_spec(name, &pa, *in_channels, *out_channels, *k)?;
-                let (a, inner) = conv_on(shape, &format!("{name}.a"), &pa, pad, Act::Relu, false)?;
+                let (a, inner) =
+                    conv_on(shape, &format!("{name}.a"), &pa, pad, 1, Act::Relu, false)?;
                 let pb = source.conv(&format!("{name}.b"), true)?;
                 check_spec(name, &pb, *out_channels, *out_channels, *k)?;
-                let (b, next) = conv_on(inner, &format!("{name}.b"), &pb, pad, Act::None, false)?;
+                let (b, next) =
+                    conv_on(inner, &format!("{name}.b"), &pb, pad, 1, Act::None, false)?;
                 let shortcut = if in_channels != out_channels {
                     let shortcut = format!("{name}.shortcut");
                     let ps = source.conv(&shortcut, true)?;
                     check_spec(name, &ps, *in_channels, *out_channels, 1)?;
-                    Some(conv_on(shape, &shortcut, &ps, 0, Act::None, false)?.0)
+                    Some(conv_on(shape, &shortcut, &ps, 0, 1, Act::None, false)?.0)
                 } else {
                     None
                 };
@@ -374,34 +457,139 @@ pub(crate) fn check(
                 let Shape::Flat(features) = shape else {
                     return Err(format!("{name} needs flat features: flatten or pool first"));
                 };
-                let p = source.linear(name)?;
-                let [n, k] = p.shape;
-                if [n, k] != [*out_features, *in_features] {
+                let dense = dense(source, name, *in_features, *out_features, *activation)?;
+                if *in_features != features {
                     return Err(format!(
-                        "{name}.weight has shape {:?}, the plan says [{out_features}, {in_features}]",
-                        p.shape
+                        "{name} takes {in_features} features, gets {features}"
                     ));
                 }
-                if k != features {
-                    return Err(format!("{name} takes {k} features, gets {features}"));
-                }
-                let dense = Dense {
-                    bias: p.bias.unwrap_or_else(|| alloc::vec![0.0; n]),
-                    weight: p.weight,
-                    shape: p.shape,
-                    activation: *activation,
-                };
                 let label = format!("{name} + bias{}", act_name(*activation));
-                push(&mut out, Step::Linear(dense), label, Shape::Flat(n));
-                shape = Shape::Flat(n);
+                push(
+                    &mut out,
+                    Step::Linear(dense),
+                    label,
+                    Shape::Flat(*out_features),
+                );
+                shape = Shape::Flat(*out_features);
             }
             Layer::Dropout { p } => {
-                if matches!(shape, Shape::Image(_)) {
+                if !matches!(shape, Shape::Flat(_)) {
                     return Err(unsupported(String::from(
-                        "dropout on feature maps (only on features: after a flatten, a pool or a linear layer)",
+                        "dropout on feature maps or capsules (only on features: after a flatten, a pool or a linear layer)",
                     )));
                 }
                 push(&mut out, Step::Dropout(*p), format!("dropout {p}"), shape);
+            }
+            Layer::PrimaryCaps {
+                name,
+                in_channels,
+                capsules,
+                dim,
+                kernel_size,
+                stride,
+            } => {
+                let p = source.conv(name, false)?;
+                check_spec(name, &p, *in_channels, capsules * dim, *kernel_size)?;
+                let (conv, grid) = conv_on(shape, name, &p, 0, *stride, Act::None, false)?;
+                let [h, w, _] = image(grid, name)?;
+                let next = Shape::Capsules([capsules * h * w, *dim]);
+                let label = format!(
+                    "{name}: primary capsules ({kernel_size}x{kernel_size} conv, stride {stride}, {capsules} x {h}x{w} capsules of {dim}, squash)"
+                );
+                let step = Step::PrimaryCaps {
+                    conv,
+                    capsules: *capsules,
+                    dim: *dim,
+                };
+                push(&mut out, step, label, next);
+                shape = next;
+            }
+            Layer::DigitCaps {
+                name,
+                in_capsules,
+                in_dim,
+                capsules: count,
+                dim,
+                routing,
+            } => {
+                capsules(shape, name, *in_capsules, *in_dim)?;
+                let (weight, s) = source.tensor(&format!("{name}.weight"), 4)?;
+                let expected = [*in_capsules, *count, *dim, *in_dim];
+                if s != expected {
+                    return Err(format!(
+                        "{name}.weight has shape {s:?}, the plan says {expected:?}"
+                    ));
+                }
+                let next = Shape::Capsules([*count, *dim]);
+                let label = format!(
+                    "{name}: digit capsules ({count} of {dim}, {routing} routing iterations)"
+                );
+                let step = Step::DigitCaps(Routing {
+                    weight,
+                    shape: expected,
+                    iterations: *routing,
+                });
+                push(&mut out, step, label, next);
+                shape = next;
+            }
+            Layer::Decoder {
+                name,
+                capsules: count,
+                dim,
+                hidden1,
+                hidden2,
+                out_features,
+            } => {
+                capsules(shape, name, *count, *dim)?;
+                let pixels = out.shapes[0].len();
+                if *out_features != pixels {
+                    return Err(format!(
+                        "{name} reconstructs {out_features} pixels, the input has {pixels}"
+                    ));
+                }
+                let layers = [
+                    dense(
+                        source,
+                        &format!("{name}.fc1"),
+                        count * dim,
+                        *hidden1,
+                        Act::Relu,
+                    )?,
+                    dense(
+                        source,
+                        &format!("{name}.fc2"),
+                        *hidden1,
+                        *hidden2,
+                        Act::Relu,
+                    )?,
+                    // fc3's sigmoid is the decoder's own: `crate::layers` applies it.
+                    dense(
+                        source,
+                        &format!("{name}.fc3"),
+                        *hidden2,
+                        *out_features,
+                        Act::None,
+                    )?,
+                ];
+                let label = format!(
+                    "{name}: reconstruction decoder ({} -> {hidden1} -> {hidden2} -> {out_features})",
+                    count * dim
+                );
+                push(
+                    &mut out,
+                    Step::Decoder(alloc::boxed::Box::new(layers)),
+                    label,
+                    shape,
+                );
+            }
+            Layer::CapsuleLength { scale } => {
+                let Shape::Capsules([count, _]) = shape else {
+                    return Err(String::from("capsule_length needs capsules"));
+                };
+                let next = Shape::Flat(count);
+                let label = format!("capsule lengths x {scale}");
+                push(&mut out, Step::CapsuleLength(*scale), label, next);
+                shape = next;
             }
         }
     }
@@ -522,6 +710,10 @@ impl Source for FileSource<'_> {
         })
     }
 
+    fn tensor(&mut self, name: &str, rank: usize) -> Result<(Vec<f32>, Vec<usize>), String> {
+        read(self.file, &mut self.used, name.to_string(), rank)
+    }
+
     fn linear(&mut self, prefix: &str) -> Result<LinearParams, String> {
         let (weight, s) = read(self.file, &mut self.used, format!("{prefix}.weight"), 2)?;
         let bias = read_vector(self.file, &mut self.used, format!("{prefix}.bias"), s[0])?;
@@ -554,6 +746,10 @@ impl Source for ModelSource<'_> {
             "fc3" => linear_params(&self.0.fc3),
             other => Err(format!("the burn model has no linear layer {other}")),
         }
+    }
+
+    fn tensor(&mut self, name: &str, _rank: usize) -> Result<(Vec<f32>, Vec<usize>), String> {
+        Err(format!("the burn model has no tensor {name}"))
     }
 }
 

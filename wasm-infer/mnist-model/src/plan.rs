@@ -9,6 +9,11 @@
 //!  {"kind":"linear","name":"fc1","in_features":1600,"out_features":128,"activation":"relu"},
 //!  {"kind":"dropout","p":0.25}, ...]
 //! ```
+//!
+//! The capsule network (`capsnet`; Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules",
+//! NeurIPS 2017) adds strided convolutions (`"stride"`, absent in older plans: 1) and four
+//! kinds: `primary_caps`, `digit_caps`, `decoder` and `capsule_length`. burn's tensor
+//! operations (`crate::layers`) run them; the fast kernels do not yet.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -36,7 +41,7 @@ pub enum Act {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Layer {
-    /// Convolution (stride 1, zero padding), optional BatchNorm, activation, optional
+    /// Convolution (`stride`, zero padding), optional BatchNorm, activation, optional
     /// `pool` x `pool` max-pool (0: none).
     Conv {
         /// The state_dict prefix of its tensors (`conv1`, `fc1`, ...).
@@ -55,6 +60,9 @@ pub enum Layer {
         activation: Act,
         /// Max-pool side after the activation (0: none).
         pool: usize,
+        /// Step between the kernel's positions, pixels (1 in plans written before strides).
+        #[serde(default = "one")]
+        stride: usize,
     },
     /// `relu(b(a(x)) + shortcut(x))`: `a` = "same" conv + BatchNorm + ReLU, `b` = the same
     /// without ReLU, shortcut = identity or (channels change) 1x1 conv + BatchNorm.
@@ -94,6 +102,72 @@ pub enum Layer {
         /// Probability of dropping a value, 0..1.
         p: f32,
     },
+    /// Primary capsules: a `kernel_size` x `kernel_size` convolution with `stride`, no padding
+    /// and no activation, to `capsules * dim` channels, cut into `capsules` types of
+    /// `dim`-D capsules at each of its `H' x W'` positions, each squashed
+    /// (`squash(s) = s |s| / (1 + |s|²)`). `[C, H, W]` -> `[capsules * H' * W', dim]`,
+    /// capsule `(c * H' + y) * W' + x` = type `c` at `(y, x)`, its value `d` = channel
+    /// `c * dim + d`. Tensors `NAME.conv.weight`, `NAME.conv.bias`.
+    PrimaryCaps {
+        /// The state_dict prefix of its tensors.
+        name: String,
+        /// Input channels.
+        in_channels: usize,
+        /// Capsule types.
+        capsules: usize,
+        /// Values per capsule.
+        dim: usize,
+        /// Square kernel side, pixels.
+        kernel_size: usize,
+        /// Step between the kernel's positions, pixels.
+        stride: usize,
+    },
+    /// Digit capsules, routing by agreement (the paper's Procedure 1): `û_j|i = W_ij u_i`,
+    /// from `b_ij = 0`, `routing` times `c_ij = softmax_j b_ij`, `v_j = squash(Σ_i c_ij û_j|i)`,
+    /// `b_ij += û_j|i · v_j` (not after the last). `[in_capsules, in_dim]` ->
+    /// `[capsules, dim]`. Tensor `NAME.weight` `[in_capsules, capsules, dim, in_dim]`.
+    DigitCaps {
+        /// The state_dict prefix of its tensors.
+        name: String,
+        /// Input capsules.
+        in_capsules: usize,
+        /// Values per input capsule.
+        in_dim: usize,
+        /// Output capsules (one per class).
+        capsules: usize,
+        /// Values per output capsule.
+        dim: usize,
+        /// Routing iterations, at least 1.
+        routing: usize,
+    },
+    /// The reconstruction decoder, a side branch (the capsules go on unchanged): every capsule
+    /// but one (the predicted digit's, the longest) zeroed, flattened in (capsule, value)
+    /// order, then `NAME.fc1` + ReLU -> `NAME.fc2` + ReLU -> `NAME.fc3` + sigmoid: the image
+    /// the network sees, `out_features` values in (0, 1), ink = 1.
+    Decoder {
+        /// The state_dict prefix of its tensors.
+        name: String,
+        /// Capsules it reads.
+        capsules: usize,
+        /// Values per capsule.
+        dim: usize,
+        /// Outputs of `fc1`.
+        hidden1: usize,
+        /// Outputs of `fc2`.
+        hidden2: usize,
+        /// Outputs of `fc3`: the reconstruction's pixels.
+        out_features: usize,
+    },
+    /// Class scores of capsules: logits `scale * |v_j|` (`[capsules, dim]` -> `[capsules]`).
+    CapsuleLength {
+        /// The logits per unit of capsule length.
+        scale: f32,
+    },
+}
+
+/// A field's value in plans written before it existed.
+fn one() -> usize {
+    1
 }
 
 /// Parse a plan from its JSON text.
@@ -107,10 +181,24 @@ pub fn parse(json: &str) -> Result<Vec<Layer>, String> {
         return Err("the plan has no layers".to_string());
     }
     for layer in &plan {
-        if let Layer::Dropout { p } = layer
-            && !(0.0..1.0).contains(p)
-        {
-            return Err(format!("dropout probability {p} is not in [0, 1)"));
+        match layer {
+            Layer::Dropout { p } if !(0.0..1.0).contains(p) => {
+                return Err(format!("dropout probability {p} is not in [0, 1)"));
+            }
+            Layer::Conv { name, stride, .. } | Layer::PrimaryCaps { name, stride, .. }
+                if *stride == 0 =>
+            {
+                return Err(format!("{name}: stride 0"));
+            }
+            Layer::DigitCaps { name, routing, .. } if *routing == 0 => {
+                return Err(format!("{name}: no routing iteration (at least 1)"));
+            }
+            Layer::CapsuleLength { scale } if !(scale.is_finite() && *scale > 0.0) => {
+                return Err(format!(
+                    "capsule length scale {scale} is not a positive number"
+                ));
+            }
+            _ => {}
         }
     }
     Ok(plan)
@@ -131,6 +219,7 @@ pub fn cnn() -> Vec<Layer> {
             norm: true,
             activation: Act::Gelu,
             pool: 2,
+            stride: 1,
         })
         .collect();
     plan.push(Layer::Flatten);
@@ -169,5 +258,30 @@ mod tests {
         assert!(parse("[]").unwrap_err().contains("no layers"));
         assert!(parse(r#"[{"kind":"dropout","p":1.0}]"#).is_err());
         assert!(parse("not json").is_err());
+    }
+
+    #[test]
+    fn capsule_plans_parse_and_old_convolutions_have_stride_1() {
+        let plan = parse(
+            r#"[{"kind":"conv","name":"c","in_channels":1,"out_channels":8,"kernel_size":9,
+                "padding":0,"norm":false,"activation":"relu","pool":0},
+               {"kind":"primary_caps","name":"p","in_channels":8,"capsules":2,"dim":4,
+                "kernel_size":9,"stride":2},
+               {"kind":"digit_caps","name":"d","in_capsules":72,"in_dim":4,"capsules":10,
+                "dim":16,"routing":3},
+               {"kind":"decoder","name":"r","capsules":10,"dim":16,"hidden1":8,"hidden2":8,
+                "out_features":784},
+               {"kind":"capsule_length","scale":10.0}]"#,
+        )
+        .unwrap();
+        assert!(matches!(plan[0], Layer::Conv { stride: 1, .. }));
+        assert!(matches!(plan[2], Layer::DigitCaps { routing: 3, .. }));
+        let no_routing = parse(
+            r#"[{"kind":"digit_caps","name":"d","in_capsules":1,"in_dim":1,"capsules":1,
+                "dim":1,"routing":0}]"#,
+        );
+        assert!(no_routing.unwrap_err().contains("routing"));
+        let scale = parse(r#"[{"kind":"capsule_length","scale":-1.0}]"#).unwrap_err();
+        assert!(scale.contains("scale"), "{scale}");
     }
 }
