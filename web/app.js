@@ -24,6 +24,9 @@
 //                                     IndexedDB); the status line says "saved as sample #N"
 //   [data-testid="teach"]             teaches the model the drawing as that digit (web/teach.js)
 //   [data-testid="taught"]            data-count: examples taught; [data-testid="forget"] forgets them
+//   [data-testid="reconstruction"]    what a model with a decoder (the capsule network) sees: its
+//                                     image of the digit it reads, redrawn with each prediction;
+//                                     its figure is hidden for the other models
 //   window.mnist                      { async predict(pixels) -> 10 probabilities, backend,
 //                                       models, model, async load(name),
 //                                       async predictUncertain(pixels, {samples}), lastPixels }
@@ -46,7 +49,10 @@
 //                                     async teach(pixels, label) adds one example (rejects a label
 //                                     that is not a digit 0-9 or a blank image), async forget(),
 //                                     taught: examples per digit (10 counts); predictions use the
-//                                     taught model once there are examples, and a reload keeps them
+//                                     taught model once there are examples, and a reload keeps them;
+//                                     async reconstruct(pixels) -> {digit, pixels}: the predicted
+//                                     digit and what the model sees (784 numbers 0..255, ink =
+//                                     255), rejecting for a model without a decoder
 //
 // The model runs in a module worker (web/worker.js, driven by web/inference.js; the images
 // through shared memory where the page is cross-origin isolated, web/channel.js); this thread
@@ -74,6 +80,7 @@ const $ = (id) => document.getElementById(id);
 const drawCanvas = $("draw");
 const ctx = drawCanvas.getContext("2d", { willReadFrequently: true });
 const previewCtx = $("preview").getContext("2d");
+const reconstructionCtx = $("reconstruction").getContext("2d");
 const predictionEl = $("prediction");
 let seq = 0;
 
@@ -191,13 +198,26 @@ function show(probs, elapsedMs, uncertainty = null, notADigit = null) {
   predictionEl.dataset.seq = String(seq);
 }
 
-function drawPreview(pixels) {
-  const image = previewCtx.createImageData(MNIST_SIZE, MNIST_SIZE);
+/** Draw 784 pixels (0..255, ink = 255; null: blank) on a 28x28 canvas context, white on black. */
+function drawPixels(context, pixels) {
+  const image = context.createImageData(MNIST_SIZE, MNIST_SIZE);
   for (let i = 0; i < MNIST_SIZE * MNIST_SIZE; i++) {
     const v = pixels ? pixels[i] : 0;
     image.data.set([v, v, v, 255], i * 4);
   }
-  previewCtx.putImageData(image, 0, 0);
+  context.putImageData(image, 0, 0);
+}
+
+const drawPreview = (pixels) => drawPixels(previewCtx, pixels);
+
+/**
+ * What the model sees, beside the preview: shown for a model with a decoder. `reconstruction`
+ * null clears it; `digit` is the digit it was drawn from.
+ */
+function showReconstruction(model, reconstruction = null, digit = null) {
+  $("reconstruction-figure").hidden = !model.reconstructs;
+  $("reconstruction").dataset.digit = digit === null ? "" : String(digit);
+  drawPixels(reconstructionCtx, reconstruction);
 }
 
 /**
@@ -406,6 +426,10 @@ async function main() {
       get taught() {
         return teacher.taught;
       },
+      async reconstruct(pixels) {
+        const { digit, pixels: seen } = await classifier.reconstruct(checkPixels(pixels));
+        return { digit, pixels: Array.from(seen) };
+      },
     };
     const switchTo = (name) => picker.load(name).then(
       () => {
@@ -441,6 +465,12 @@ async function main() {
       ({ probs, ms, uncertainty, notADigit }) => show(probs, ms, uncertainty, notADigit),
       (err) => setStatus(`prediction failed: ${err.message}`, true),
     );
+    // The reconstruction follows the newest drawing as the predictions do, one at a time.
+    const seen = new LatestOnly(
+      { predict: (pixels) => classifier.reconstruct(pixels) },
+      ({ digit, pixels }) => showReconstruction(classifier.model, pixels, digit),
+      (err) => setStatus(`reconstruction failed: ${err.message}`, true),
+    );
     const wanted = new URLSearchParams(location.search).get("model");
     if (wanted && wanted !== picker.current) await switchTo(wanted).catch(() => {});
     // final: the drawing is done (pen up, a model switch): also MC dropout's verdict. While the
@@ -450,14 +480,22 @@ async function main() {
       const pixels = toMnist(ink, drawCanvas.width, drawCanvas.height);
       sketch.pixels = pixels;
       drawPreview(pixels);
+      if (pixels === null || !classifier.model.reconstructs) {
+        seen.drop();
+        showReconstruction(classifier.model);
+      }
       if (pixels === null) {
         live.drop();
         show(null);
         return;
       }
       live.submit(pixels, final ? MC_SAMPLES : 0); // a fresh Float32Array; postMessage copies it
+      if (classifier.model.reconstructs) seen.submit(pixels);
     };
-    setupDrawing(reclassify, () => live.drop());
+    setupDrawing(reclassify, () => {
+      live.drop();
+      seen.drop();
+    });
     $("save").addEventListener("click", () => saveSample(picker.current, local));
     $("teach").addEventListener("click", () => {
       if (sketch.pixels === null) {

@@ -33,7 +33,7 @@ export class InferenceWorker {
   constructor(worker, backend, model) {
     this.worker = worker;
     this.backend = backend; // what the build reports: "fast-relaxed", "fast-simd128", "flex", ...
-    this.model = model; // the model in use: { name, architecture, unsureThreshold, notADigitThreshold, taught }
+    this.model = model; // the model in use: { name, architecture, unsureThreshold, notADigitThreshold, reconstructs, taught }
     this.nextId = 0;
     this.pending = new Map(); // id -> { resolve, reject }
     this.shared = null; // the channel's views once the worker uses it (openChannel)
@@ -197,6 +197,17 @@ export class InferenceWorker {
     const { taught } = await this.request({ type: "teach", pixels, labels });
     this.model = { ...this.model, taught };
     return taught;
+  }
+
+  /**
+   * What the model sees: a capsule network's reconstruction of the digit it reads in `pixels`.
+   * @param {Float32Array} pixels 784 values, as `predict`
+   * @returns {Promise<{digit: number, pixels: Float32Array}>} the predicted digit and the
+   *   decoder's image of it (784 values, 0..255, ink = 255, row-major); rejects for a model
+   *   without a decoder (`model.reconstructs` false) or a refused input, with the reason.
+   */
+  reconstruct(pixels) {
+    return this.request({ type: "reconstruct", pixels });
   }
 
   /**

@@ -12,17 +12,22 @@
 //                                                             labels Uint32Array(N) (N = 0: forget); the model
 //                                                             in use re-fits its last layer to them, and every
 //                                                             model switched to later is taught them too
+//               { type: "reconstruct", id, pixels }           what a model with a decoder (the capsnet) sees
+//                                                             in pixels (Float32Array(784), as predict)
 //               { type: "channel", id, buffer }               from now on, predictions come through this
 //                                                             SharedArrayBuffer (web/channel.js), messages
 //                                                             after a MAIL signal; refused by the WebGPU build
 // Messages out: { type: "loaded", backend, model }            the classifier is ready (model: its description)
 //               { type: "load-failed", message }              this backend cannot run here (why)
 //               { type: "result", id, model }                 switched; model: { name, architecture, unsureThreshold,
-//                                                             notADigitThreshold, taught } (taught: examples per
+//                                                             notADigitThreshold, reconstructs, taught }
+//                                                             (reconstructs: it has a decoder; taught: examples per
 //                                                             digit it learnt; thresholds: null when the file
 //                                                             has none)
 //               { type: "result", id, taught }                taught: examples per digit 0-9
 //               { type: "result", id, channel: true }         the shared channel is in use
+//               { type: "result", id, digit, pixels }         the reconstruction: the predicted digit and
+//                                                             Float32Array(784), 0..255, ink = 255
 //               { type: "result", id, probs, ms, notADigit, uncertainty }
 //                                                             probs: Float32Array(10); ms: predict time;
 //                                                             notADigit: the wasm's notADigit(probs), true/false,
@@ -69,6 +74,7 @@ function describe(name, instance) {
     architecture: instance.architecture,
     unsureThreshold: instance.unsureThreshold ?? null,
     notADigitThreshold: instance.notADigitThreshold ?? null,
+    reconstructs: Boolean(instance.reconstructs),
     taught: Array.from(instance.taught),
   };
 }
@@ -123,6 +129,14 @@ async function predict({ pixels, samples }) {
   const ms = performance.now() - t0;
   const uncertainty = samples > 0 ? JSON.parse(await classifier.uncertainty(pixels, samples, MC_SEED)) : null;
   return { probs, ms, notADigit: notADigit(probs), uncertainty };
+}
+
+/** What the model sees: its decoder's image of the digit it predicts (web/app.js draws it). */
+async function reconstruct({ pixels }) {
+  if (!current.reconstructs) throw new Error(`the model "${current.name}" has no reconstruction decoder`);
+  const probs = await classifier.predict(pixels);
+  const digit = probs.indexOf(Math.max(...probs));
+  return { digit, pixels: classifier.reconstruct(pixels) };
 }
 
 let shared = null; // the views of the shared channel, once the page opened one
@@ -183,6 +197,7 @@ const ANSWERS = {
   model: (m) => switchModel(m.name, m.source).then((model) => ({ model })),
   predict,
   teach,
+  reconstruct,
   channel: openChannel,
 };
 

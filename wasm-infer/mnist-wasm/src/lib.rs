@@ -16,6 +16,8 @@
 //! classifier.teach(examples, labels);  // N * 784 pixels, N digits: adapt to a hand
 //! classifier.taught;                   // Uint32Array(10): examples per class
 //! classifier.forget();                 // back to the trained model
+//! classifier.reconstructs;             // true for a model with a decoder (the capsnet)
+//! classifier.reconstruct(pixels);      // Float32Array(784) -> Float32Array(784): what it sees
 //! ```
 //!
 //! The WebGPU build (`wgpu`) must wait for the GPU, so both calls return Promises:
@@ -161,6 +163,15 @@ impl Classifier {
     /// pixels); the classifier then keeps what it had.
     pub fn teach(&mut self, pixels: &[f32], labels: &[u32]) -> Result<(), JsError> {
         self.inner.teach(pixels, labels).map_err(js_error)
+    }
+
+    /// What a capsule network sees: the image its decoder draws from the capsule of the
+    /// predicted digit (Sabour et al. 2017). `pixels`: 784 values, as `predict`. Returns a
+    /// Float32Array of 784 values, 0..=255, ink = 255, row-major 28x28. Throws like `predict`,
+    /// and for a model without a decoder (see `reconstructs`).
+    pub fn reconstruct(&self, pixels: &[f32]) -> Result<Vec<f32>, JsError> {
+        check_one_image(pixels)?;
+        self.inner.reconstruct(pixels).map_err(js_error)
     }
 }
 
@@ -332,6 +343,19 @@ impl Classifier {
     pub fn not_a_digit(&self, probabilities: &[f32]) -> Result<Option<bool>, JsError> {
         check_probabilities(probabilities).map_err(js_error)?;
         Ok(self.inner.not_a_digit(probabilities))
+    }
+
+    /// Whether the model has a reconstruction decoder (the capsule network), so that the CPU
+    /// builds' `reconstruct` draws what it sees. The WebGPU build does not reconstruct yet.
+    #[wasm_bindgen(getter)]
+    pub fn reconstructs(&self) -> bool {
+        let decoder = self
+            .inner
+            .metadata()
+            .plan
+            .iter()
+            .any(|layer| matches!(layer, mnist_model::plan::Layer::Decoder { .. }));
+        decoder && cfg!(not(feature = "wgpu"))
     }
 
     /// Examples taught per digit 0-9 (a Uint32Array of 10; zeros before `teach`).
