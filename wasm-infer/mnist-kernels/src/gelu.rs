@@ -43,7 +43,7 @@ const FRAC_1_SQRT_2: f32 = core::f32::consts::FRAC_1_SQRT_2;
 /// 1.7e-38, is returned as `e^-87`, which `erfc` then scales to well under f32's resolution of
 /// GELU's result.
 #[inline(always)]
-fn exp_nonpositive<S: Simd>(y: S::V) -> S::V {
+pub(crate) fn exp_nonpositive<S: Simd>(y: S::V) -> S::V {
     // Rounding to the nearest whole number by adding and subtracting 1.5 * 2^23 (valid for
     // |v| < 2^22), which needs no rounding instruction (SSE2 has none).
     const ROUND: f32 = 12_582_912.0;

@@ -4,11 +4,12 @@
 //! Both layer kinds compute `out[m, n] = act(bias[n] + Σ_k a[m, k] * w[k, n])`:
 //!
 //! * **Linear**: `m` is the image in the batch, `k` the input feature, `n` the output feature.
-//! * **Convolution** (stride 1, valid padding, NHWC): `m` is an output pixel `(y, x)`, `n` an
+//! * **Convolution** (stride `s`, valid padding, NHWC): `m` is an output pixel `(y, x)`, `n` an
 //!   output channel, and `k = (ky * kernel_w + kx) * C_in + c` runs over the receptive field,
-//!   so `a[m, k] = input[((y + ky) * W + (x + kx)) * C_in + c]`. No im2col buffer: row `m`
-//!   starts at input offset `(y * W + x) * C_in`, and the field is `kernel_h` *segments* of
-//!   `kernel_w * C_in` contiguous values at offsets `ky * W * C_in` from there.
+//!   so `a[m, k] = input[((s*y + ky) * W + (s*x + kx)) * C_in + c]`. No im2col buffer: row `m`
+//!   starts at input offset `(s*y * W + s*x) * C_in`, and the field is `kernel_h` *segments*
+//!   of `kernel_w * C_in` contiguous values at offsets `ky * W * C_in` from there (a stride
+//!   only moves where the rows start).
 //!
 //! The weights are packed once, at load, into column blocks of `NR = 2 * LANES` output
 //! channels: block `b` holds `w[k, b*NR .. b*NR + NR]` for every `k`, contiguous, zero-padded
@@ -92,8 +93,8 @@ impl Packed {
     }
 }
 
-/// A stride-1 2-D convolution (zero `padding` on every side) with its activation and
-/// optional 2x2 max-pool, on one NHWC image.
+/// A 2-D convolution (zero `padding` on every side, `stride` in both directions) with its
+/// activation and optional 2x2 max-pool of its output, on one NHWC image.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ConvLayer {
     /// `k = kernel_h * kernel_w * in_channels`, `n = out_channels`.
@@ -101,6 +102,8 @@ pub(crate) struct ConvLayer {
     pub in_channels: usize,
     pub kernel_size: [usize; 2],
     pub padding: usize,
+    /// Step between the kernel's positions, pixels (at least 1).
+    pub stride: usize,
     pub activation: Activation,
     pub max_pool_2x2: bool,
 }
@@ -109,10 +112,10 @@ impl ConvLayer {
     /// Output `[height, width]` for an input of `[height, width]` (after the pool, if any);
     /// the input must be at least the kernel's size once padded.
     pub(crate) fn output_size(&self, input: [usize; 2]) -> [usize; 2] {
-        let p = 2 * self.padding;
+        let (p, s) = (2 * self.padding, self.stride);
         let conv = [
-            input[0] + p + 1 - self.kernel_size[0],
-            input[1] + p + 1 - self.kernel_size[1],
+            (input[0] + p - self.kernel_size[0]) / s + 1,
+            (input[1] + p - self.kernel_size[1]) / s + 1,
         ];
         if self.max_pool_2x2 {
             [conv[0] / 2, conv[1] / 2]
@@ -154,7 +157,8 @@ impl ConvLayer {
         assert!(
             h >= kh && w >= kw && input.len() == h * w * c_in && self.weights.k == kh * kw * c_in
         );
-        let conv = [h + 1 - kh, w + 1 - kw];
+        let stride = self.stride;
+        let conv = [(h - kh) / stride + 1, (w - kw) / stride + 1];
         let [oh, ow] = if self.max_pool_2x2 {
             [conv[0] / 2, conv[1] / 2]
         } else {
@@ -165,7 +169,8 @@ impl ConvLayer {
         // NHWC, in the packed weights' k order ((ky * kw + kx) * c_in + c). Fewer, longer
         // segments matter most for a thin input (conv1, c_in = 1: 3 segments of 3, not 9 of 1).
         let segments: Vec<usize> = (0..kh).map(|ky| ky * w * c_in).collect();
-        let offset = |y: usize, x: usize| (y * w + x) * c_in;
+        // Where the receptive field of the convolution's output pixel (y, x) starts.
+        let offset = |y: usize, x: usize| (stride * y * w + stride * x) * c_in;
         let tiles = Tiles {
             input,
             segments: &segments,
@@ -202,20 +207,27 @@ pub(crate) struct LinearLayer {
 }
 
 impl LinearLayer {
-    /// `input`: `[batch, in_features]`; `out`: `[batch, out_features]`.
+    /// The rows of `[batch, in_features]` inputs: `0, k, 2k, ...` (`k` = in_features).
+    pub(crate) fn batch_rows(&self, input_len: usize) -> Vec<usize> {
+        let k = self.weights.k;
+        assert!(input_len.is_multiple_of(k), "a batch of {k}-feature rows");
+        (0..input_len / k).map(|i| i * k).collect()
+    }
+
+    /// One output row per entry of `rows`: the `in_features` values of `input` starting at
+    /// that offset, to `out[i * out_features ..][..out_features]` (`[batch, in_features]`
+    /// inputs: [`LinearLayer::batch_rows`]).
     #[inline(always)]
-    pub(crate) fn run<S: Simd>(&self, input: &[f32], out: &mut [f32]) {
+    pub(crate) fn run<S: Simd>(&self, input: &[f32], rows: &[usize], out: &mut [f32]) {
         let (k, n) = (self.weights.k, self.weights.n);
-        let batch = input.len() / k;
-        assert!(input.len() == batch * k && out.len() == batch * n);
+        assert!(out.len() == rows.len() * n && rows.iter().all(|&r| r + k <= input.len()));
         let tiles = Tiles {
             input,
             segments: &[0],
             segment_len: k,
             weights: &self.weights,
         };
-        let rows: Vec<usize> = (0..batch).map(|i| i * k).collect();
-        tiles.rows::<S>(&rows, self.activation, out);
+        tiles.rows::<S>(rows, self.activation, out);
     }
 }
 

@@ -9,10 +9,18 @@
 //!
 //! ```text
 //! input [N, C, H, W] (NCHW, normalised) -> to NHWC
-//!   -> operations on NHWC images: convolutions (stride 1, zero padding; + bias, activation,
+//!   -> operations on NHWC images: convolutions (any stride, zero padding; + bias, activation,
 //!      optional fused 2x2 max-pool), residual blocks, max-pools, global average pool
 //!   -> flatten (h, w, c)   (the first linear layer's weights are permuted to match at build)
 //!   -> linear layers (+ bias, activation), dropout  -> logits [N, classes]
+//!
+//! or a capsule network (Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules",
+//! NeurIPS 2017), after its convolutions:
+//!   -> primary capsules: a (strided) convolution, its channels cut into capsules, squashed
+//!                                                               [N, types * H' * W', dim]
+//!   -> digit capsules: û_j|i = W_ij u_i (the GEMM), routing by agreement     [N, J, D]
+//!   -> (decoder: a side branch, Network::reconstruct)
+//!   -> capsule lengths x scale                                   -> logits [N, J]
 //! ```
 //!
 //! The instruction set is chosen at run time ([`Isa`]); every kernel is written once (`gemm`,
@@ -29,6 +37,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod capsules;
 mod gelu;
 mod gemm;
 mod simd;
@@ -156,6 +165,8 @@ pub enum Shape {
     Image([usize; 3]),
     /// Features.
     Flat(usize),
+    /// Capsules: `[capsules, values per capsule]`, capsule by capsule.
+    Capsules([usize; 2]),
 }
 
 impl Shape {
@@ -164,6 +175,7 @@ impl Shape {
         match self {
             Shape::Image([h, w, c]) => h * w * c,
             Shape::Flat(n) => n,
+            Shape::Capsules([n, d]) => n * d,
         }
     }
 
@@ -173,17 +185,19 @@ impl Shape {
     }
 }
 
-/// `28x28x1 image` (height x width x channels) or `1600 features`.
+/// `28x28x1 image` (height x width x channels), `1600 features` or `288 capsules of 8`.
 impl core::fmt::Display for Shape {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Shape::Image([h, w, c]) => write!(f, "{h}x{w}x{c} image"),
             Shape::Flat(n) => write!(f, "{n} features"),
+            Shape::Capsules([n, d]) => write!(f, "{n} capsules of {d}"),
         }
     }
 }
 
-/// A stride-1 2-D convolution in PyTorch's layout, as [`Network::new`] takes it.
+/// A 2-D convolution in PyTorch's layout, as [`Network::new`] takes it: output pixel `(y, x)`
+/// reads the (zero-padded) input from `(stride * y, stride * x)` on, PyTorch's `Conv2d`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Conv<'a> {
     /// `[c_out, c_in, kh, kw]`, row-major (PyTorch's `Conv2d.weight`; BatchNorm, if any,
@@ -195,6 +209,8 @@ pub struct Conv<'a> {
     pub bias: &'a [f32],
     /// Zero padding on every side, in pixels.
     pub padding: usize,
+    /// Step between the kernel's positions, in pixels, both directions (at least 1).
+    pub stride: usize,
     /// The activation after the bias.
     pub activation: Activation,
     /// A 2x2 max-pool (stride 2, floor mode) after the activation, fused into the kernel.
@@ -213,6 +229,20 @@ pub struct Linear<'a> {
     pub bias: &'a [f32],
     /// The activation after the bias.
     pub activation: Activation,
+}
+
+/// Digit capsules: the transformation matrices `W_ij` of a capsule layer with routing by
+/// agreement (Sabour et al. 2017, Procedure 1), as [`Network::new`] takes them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Routing<'a> {
+    /// `[in_capsules, capsules, dim, in_dim]`, row-major (PyTorch's `DigitCapsules.weight`):
+    /// `W_ij`, the `[dim, in_dim]` matrix at `[i, j]`, predicts output capsule `j` from input
+    /// capsule `i`: `û_j|i = W_ij u_i`.
+    pub weight: &'a [f32],
+    /// `[in_capsules, capsules, dim, in_dim]`.
+    pub shape: [usize; 4],
+    /// Routing iterations, at least 1.
+    pub iterations: usize,
 }
 
 /// One layer of a network, as [`Network::new`] takes it.
@@ -244,6 +274,34 @@ pub enum Layer<'a> {
     /// Dropout with this probability in `[0, 1)`, on features: the identity, except under MC
     /// dropout ([`Network::forward_mc`]).
     Dropout(f32),
+    /// Primary capsules, on images: the convolution (PyTorch's has no activation and no pool),
+    /// its `capsules * dim` output channels cut into `capsules` types of `dim`-D capsules at
+    /// each of its `H' x W'` positions, each squashed, `s |s| / (1 + |s|²)`. Images
+    /// `[H, W, C]` -> capsules `[capsules * H' * W', dim]`: capsule `(c * H' + y) * W' + x` is
+    /// type `c` at `(y, x)`, its value `d` the convolution's channel `c * dim + d` there (the
+    /// kernels' NHWC image holds those `dim` channels together).
+    PrimaryCaps {
+        /// The convolution, `[capsules * dim, C, kh, kw]`.
+        conv: Conv<'a>,
+        /// Capsule types.
+        capsules: usize,
+        /// Values per capsule.
+        dim: usize,
+    },
+    /// Digit capsules, routing by agreement: capsules `[in_capsules, in_dim]` -> `[capsules,
+    /// dim]`. The predictions `û_j|i = W_ij u_i` are one product per input capsule `i`
+    /// (`u_i` of every image in the batch times `W_i`, packed as one `[in_dim, capsules *
+    /// dim]` matrix), then `iterations` of routing: from `b = 0`, `c_i = softmax_j(b_i)`,
+    /// `v_j = squash(Σ_i c_ij û_j|i)`, `b_ij += û_j|i · v_j` but after the last.
+    DigitCaps(Routing<'a>),
+    /// The reconstruction decoder, on capsules `[J, D]`: a side branch that the forward pass
+    /// skips (the capsules go on unchanged) and [`Network::reconstruct`] runs: every capsule
+    /// but the longest zeroed, flattened (capsule by capsule), then the three linear layers
+    /// (`J * D` inputs for the first; each with its own activation: ReLU, ReLU, none in
+    /// PyTorch's), then the logistic sigmoid. At most one per network.
+    Decoder([Linear<'a>; 3]),
+    /// Class scores of capsules `[J, D]`: `scale * |v_j|`, `J` features (the logits).
+    CapsuleLength(f32),
 }
 
 /// One step of [`Network::forward`] (an index into the network's operations), for timing
@@ -268,6 +326,30 @@ enum Op {
     Linear(LinearLayer, Option<[usize; 3]>),
     /// Dropout with this probability: the identity, except under MC dropout.
     Dropout(f32),
+    /// Primary capsules: the convolution, then `dim`-D capsules cut from its channels,
+    /// squashed.
+    PrimaryCaps(ConvLayer, usize),
+    /// Digit capsules with routing by agreement.
+    DigitCaps(Box<DigitCaps>),
+    /// The reconstruction decoder: the identity in the forward pass; its steps (each with the
+    /// shape it gives) run in [`Network::reconstruct`] on the masked capsules.
+    Decoder(Box<[(Op, Shape); 4]>),
+    /// Logits `scale * |v_j|`.
+    CapsuleLength(f32),
+    /// The logistic sigmoid of every value (the decoder's last step).
+    Sigmoid,
+}
+
+/// Digit capsules: `W_i` packed per input capsule, and the routing.
+#[derive(Clone, Debug, PartialEq)]
+struct DigitCaps {
+    /// `matrices[i]`: `W_i` as a linear layer `in_dim -> capsules * dim` (no bias), column
+    /// `j * dim + d` being row `d` of `W_ij`.
+    matrices: Vec<LinearLayer>,
+    /// `[capsules, dim]` out.
+    out: [usize; 2],
+    /// Routing iterations, at least 1.
+    iterations: usize,
 }
 
 /// A residual block's convolutions.
@@ -299,11 +381,10 @@ fn conv_layer(
     name: &str,
     isa: Isa,
 ) -> Result<(ConvLayer, Shape), String> {
-    let Shape::Image([h, w, c]) = shape else {
-        return Err(format!(
-            "{name} needs images, gets {} flat features",
-            shape.len()
-        ));
+    let [h, w, c] = match shape {
+        Shape::Image(image) => image,
+        Shape::Flat(n) => return Err(format!("{name} needs images, gets {n} flat features")),
+        Shape::Capsules(_) => return Err(format!("{name} needs images, gets {shape}")),
     };
     let [c_out, c_in, kh, kw] = conv.shape;
     if conv.weight.len() != c_out * c_in * kh * kw || conv.bias.len() != c_out {
@@ -318,6 +399,9 @@ fn conv_layer(
         return Err(format!(
             "{name} takes {c_in} channels of at least {kh}x{kw}, gets {c} of {ph}x{pw}"
         ));
+    }
+    if conv.stride == 0 {
+        return Err(format!("{name}: stride 0"));
     }
     // k = (ky * kw + kx) * c_in + c, the order of the kernels' segments.
     let weight_at = |k: usize, o: usize| {
@@ -335,6 +419,7 @@ fn conv_layer(
         in_channels: c_in,
         kernel_size: [kh, kw],
         padding: conv.padding,
+        stride: conv.stride,
         activation: conv.activation,
         max_pool_2x2: conv.pool,
     };
@@ -344,6 +429,93 @@ fn conv_layer(
         return Err(format!("{name} gives an empty image ({oh}x{ow}x{c_out})"));
     }
     Ok((layer, out))
+}
+
+/// Pack `linear` for `isa`, checked to take `features` inputs; `order[kk]`, after a flatten,
+/// is PyTorch's index of the kernels' input `kk` (the weights' inputs permuted to match).
+fn linear_layer(
+    linear: &Linear,
+    features: usize,
+    order: Option<&[usize]>,
+    name: &str,
+    isa: Isa,
+) -> Result<LinearLayer, String> {
+    let [n, k] = linear.shape;
+    if linear.weight.len() != n * k || linear.bias.len() != n {
+        return Err(format!(
+            "{name}: {} weights and {} biases for a {n}x{k} linear layer",
+            linear.weight.len(),
+            linear.bias.len(),
+        ));
+    }
+    if k != features {
+        return Err(format!("{name} takes {k} features, gets {features}"));
+    }
+    if n == 0 {
+        return Err(format!("{name} has no outputs"));
+    }
+    let weight_at = |kk: usize, col: usize| {
+        let row = order.map_or(kk, |order| order[kk]);
+        linear.weight[col * k + row]
+    };
+    Ok(LinearLayer {
+        weights: Packed::new(k, n, isa.block_width(), weight_at, linear.bias),
+        activation: linear.activation,
+    })
+}
+
+/// Pack digit capsules' matrices for `isa`, checked against their input capsules `shape`;
+/// with the output shape.
+fn digit_caps(
+    routing: &Routing,
+    shape: Shape,
+    name: &str,
+    isa: Isa,
+) -> Result<(DigitCaps, Shape), String> {
+    let [inputs, classes, dim, in_dim] = routing.shape;
+    let Shape::Capsules(given) = shape else {
+        return Err(format!(
+            "{name} needs capsules (primary capsules first), gets {shape}"
+        ));
+    };
+    if given != [inputs, in_dim] {
+        return Err(format!(
+            "{name} takes {inputs} capsules of {in_dim}, gets {shape}"
+        ));
+    }
+    if routing.weight.len() != inputs * classes * dim * in_dim {
+        return Err(format!(
+            "{name}: {} weights for {inputs}x{classes}x{dim}x{in_dim} matrices",
+            routing.weight.len()
+        ));
+    }
+    if classes * dim == 0 {
+        return Err(format!(
+            "{name} gives no capsule values ({classes} of {dim})"
+        ));
+    }
+    if routing.iterations == 0 {
+        return Err(format!("{name}: no routing iteration (at least 1)"));
+    }
+    let per_input = classes * dim;
+    let zero = vec![0.0; per_input];
+    let matrices = (0..inputs)
+        .map(|i| {
+            // Column j * dim + d of W_i is row d of W_ij: [i, j, d, e] row-major.
+            let weight_at =
+                |e: usize, col: usize| routing.weight[(i * per_input + col) * in_dim + e];
+            LinearLayer {
+                weights: Packed::new(in_dim, per_input, isa.block_width(), weight_at, &zero),
+                activation: Activation::Identity,
+            }
+        })
+        .collect();
+    let caps = DigitCaps {
+        matrices,
+        out: [classes, dim],
+        iterations: routing.iterations,
+    };
+    Ok((caps, Shape::Capsules([classes, dim])))
 }
 
 impl Network {
@@ -442,46 +614,74 @@ impl Network {
                     continue;
                 }
                 Layer::Linear(linear) => {
-                    let [n, k] = linear.shape;
                     let Shape::Flat(features) = shape else {
                         return Err(format!("{name} needs flat features: flatten or pool first"));
                     };
-                    if linear.weight.len() != n * k || linear.bias.len() != n {
-                        return Err(format!(
-                            "{name}: {} weights and {} biases for a {n}x{k} linear layer",
-                            linear.weight.len(),
-                            linear.bias.len(),
-                        ));
-                    }
-                    if k != features {
-                        return Err(format!("{name} takes {k} features, gets {features}"));
-                    }
-                    if n == 0 {
-                        return Err(format!("{name} has no outputs"));
-                    }
                     let flattened = flatten_order.take();
-                    // `order[kk]` = PyTorch's index of the kernels' input `kk`.
-                    let weight_at = |kk: usize, col: usize| {
-                        let row = flattened.as_ref().map_or(kk, |(_, _, order)| order[kk]);
-                        linear.weight[col * k + row]
-                    };
-                    let weights = Packed::new(k, n, isa.block_width(), weight_at, linear.bias);
-                    let activation = linear.activation;
-                    let layer = LinearLayer {
-                        weights,
-                        activation,
-                    };
+                    let order = flattened.as_ref().map(|(_, _, order)| &order[..]);
+                    let layer = linear_layer(linear, features, order, &name, isa)?;
                     let image = flattened.map(|(_, image, _)| image);
-                    (Op::Linear(layer, image), Shape::Flat(n))
+                    (Op::Linear(layer, image), Shape::Flat(linear.shape[0]))
                 }
                 Layer::Dropout(p) => {
                     if !(0.0..1.0).contains(p) {
                         return Err(format!("{name}: dropout probability {p} is not in [0, 1)"));
                     }
-                    if matches!(shape, Shape::Image(_)) {
-                        return Err(format!("{name}: dropout on images (only on features)"));
+                    if !matches!(shape, Shape::Flat(_)) {
+                        return Err(format!(
+                            "{name}: dropout on images or capsules (only on features)"
+                        ));
                     }
                     (Op::Dropout(*p), shape)
+                }
+                Layer::PrimaryCaps {
+                    conv,
+                    capsules,
+                    dim,
+                } => {
+                    let (conv, grid) = conv_layer(conv, shape, &name, isa)?;
+                    let Shape::Image([h, w, c]) = grid else {
+                        unreachable!("a convolution gives images")
+                    };
+                    if *dim == 0 || c != capsules * dim {
+                        return Err(format!(
+                            "{name}: {c} channels are not {capsules} capsule types of {dim} values"
+                        ));
+                    }
+                    let next = Shape::Capsules([capsules * h * w, *dim]);
+                    (Op::PrimaryCaps(conv, *dim), next)
+                }
+                Layer::DigitCaps(routing) => {
+                    let (caps, next) = digit_caps(routing, shape, &name, isa)?;
+                    (Op::DigitCaps(Box::new(caps)), next)
+                }
+                Layer::Decoder(layers) => {
+                    if !matches!(shape, Shape::Capsules(_)) {
+                        return Err(format!("{name} needs capsules, gets {shape}"));
+                    }
+                    if network.ops.iter().any(|op| matches!(op, Op::Decoder(_))) {
+                        return Err(format!("{name}: a second decoder"));
+                    }
+                    let mut features = shape.len();
+                    let mut steps = Vec::new();
+                    for (fc, linear) in ["fc1", "fc2", "fc3"].iter().zip(layers) {
+                        let label = format!("{name}.{fc}");
+                        let layer = linear_layer(linear, features, None, &label, isa)?;
+                        features = linear.shape[0];
+                        steps.push((Op::Linear(layer, None), Shape::Flat(features)));
+                    }
+                    steps.push((Op::Sigmoid, Shape::Flat(features)));
+                    let steps: [(Op, Shape); 4] = steps.try_into().expect("4 steps");
+                    (Op::Decoder(Box::new(steps)), shape)
+                }
+                Layer::CapsuleLength(scale) => {
+                    let Shape::Capsules([capsules, _]) = shape else {
+                        return Err(format!("{name} needs capsules, gets {shape}"));
+                    };
+                    if !scale.is_finite() {
+                        return Err(format!("{name}: scale {scale}"));
+                    }
+                    (Op::CapsuleLength(*scale), Shape::Flat(capsules))
                 }
             };
             network.ops.push(op);
@@ -519,10 +719,11 @@ impl Network {
         *self.shapes.last().expect("the input shape")
     }
 
-    /// The steps of the forward pass, in order (dropout, the identity at inference, is none).
+    /// The steps of the forward pass, in order (dropout, the identity at inference, is none;
+    /// nor is a decoder, a side branch that [`Network::reconstruct`] runs).
     pub fn stages(&self) -> Vec<Stage> {
         (0..self.ops.len())
-            .filter(|&i| !matches!(self.ops[i], Op::Dropout(_)))
+            .filter(|&i| !matches!(self.ops[i], Op::Dropout(_) | Op::Decoder(_)))
             .map(Stage)
             .collect()
     }
@@ -638,7 +839,7 @@ impl Network {
                 assert!(factors.len() >= x.len(), "a mask of {} factors", x.len());
                 x.iter_mut().zip(&factors).for_each(|(v, m)| *v *= m);
                 counter += x.len() as u64;
-            } else {
+            } else if !matches!(op, Op::Decoder(_)) {
                 x = self.run(Stage(i), &x);
             }
         }
@@ -682,103 +883,197 @@ impl Network {
     /// # Panics
     /// When `input.len()` is not a whole batch of the stage's input shape.
     pub fn run(&self, stage: Stage, input: &[f32]) -> Vec<f32> {
-        let (in_len, out_len) = (self.shapes[stage.0].len(), self.shapes[stage.0 + 1].len());
+        let shapes = [self.shapes[stage.0], self.shapes[stage.0 + 1]];
+        self.apply(&self.ops[stage.0], shapes, input)
+    }
+
+    /// What a capsule network sees (its reconstruction decoder, Sabour et al. 2017): for
+    /// each image of `input` (`[N, C, H, W]` as [`Network::forward`]), the decoder's output
+    /// from the capsules it reads (the digit capsules), every capsule zeroed but the longest
+    /// (the predicted digit's; the first of equally long ones, as PyTorch's `argmax`).
+    /// Returns `[N, pixels]`, each value in `(0, 1)` (a 28x28 MNIST image: 784 values,
+    /// row-major, ink = 1), or `None` for a network without a [`Layer::Decoder`].
+    ///
+    /// # Panics
+    /// As [`Network::forward`].
+    pub fn reconstruct(&self, input: &[f32]) -> Option<Vec<f32>> {
+        let at = self
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::Decoder(_)))?;
+        let (Op::Decoder(steps), Shape::Capsules([_, dim])) = (&self.ops[at], self.shapes[at])
+        else {
+            unreachable!("a decoder on capsules (checked by Network::new)")
+        };
+        let mut x = self.forward_to(input, at);
+        let mut shape = self.shapes[at];
+        x.chunks_exact_mut(shape.len())
+            .for_each(|v| capsules::keep_longest(v, dim));
+        for (op, next) in steps.iter() {
+            x = self.apply(op, [shape, *next], &x);
+            shape = *next;
+        }
+        Some(x)
+    }
+
+    /// `op` over a batch of `shapes[0]` inputs, giving `shapes[1]` outputs per image.
+    fn apply(&self, op: &Op, shapes: [Shape; 2], input: &[f32]) -> Vec<f32> {
+        let [in_len, out_len] = shapes.map(Shape::len);
         assert!(
             in_len > 0 && input.len().is_multiple_of(in_len),
             "a batch of {in_len}-value inputs"
         );
         let mut out = vec![0.0; input.len() / in_len * out_len];
         match self.isa {
-            Isa::Scalar => self.run_with::<simd::Scalar>(stage, input, &mut out),
+            Isa::Scalar => apply_with::<simd::Scalar>(op, shapes, input, &mut out),
             #[cfg(target_arch = "x86_64")]
-            Isa::Sse2 => self.run_with::<simd::Sse2>(stage, input, &mut out),
+            Isa::Sse2 => apply_with::<simd::Sse2>(op, shapes, input, &mut out),
             // SAFETY: a Network only holds Avx2Fma when `Isa::available` said the CPU has it
             // (checked by `Network::new`, the only way to make one).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => unsafe { self.run_avx2(stage, input, &mut out) },
+            Isa::Avx2Fma => unsafe { apply_avx2(op, shapes, input, &mut out) },
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Isa::Simd128 => self.run_with::<simd::Simd128>(stage, input, &mut out),
+            Isa::Simd128 => apply_with::<simd::Simd128>(op, shapes, input, &mut out),
             // SAFETY: a module using relaxed SIMD only instantiates where the engine has it.
             #[cfg(all(
                 target_arch = "wasm32",
                 target_feature = "simd128",
                 feature = "relaxed-simd"
             ))]
-            Isa::Relaxed => unsafe { self.run_relaxed(stage, input, &mut out) },
+            Isa::Relaxed => unsafe { apply_relaxed(op, shapes, input, &mut out) },
         }
         out
     }
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(&self, stage: Stage, input: &[f32], out: &mut [f32]) {
-        self.run_with::<simd::Avx2Fma>(stage, input, out)
-    }
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn apply_avx2(op: &Op, shapes: [Shape; 2], input: &[f32], out: &mut [f32]) {
+    apply_with::<simd::Avx2Fma>(op, shapes, input, out)
+}
 
-    #[cfg(all(
-        target_arch = "wasm32",
-        target_feature = "simd128",
-        feature = "relaxed-simd"
-    ))]
-    #[target_feature(enable = "relaxed-simd")]
-    unsafe fn run_relaxed(&self, stage: Stage, input: &[f32], out: &mut [f32]) {
-        self.run_with::<simd::Relaxed>(stage, input, out)
-    }
+#[cfg(all(
+    target_arch = "wasm32",
+    target_feature = "simd128",
+    feature = "relaxed-simd"
+))]
+#[target_feature(enable = "relaxed-simd")]
+unsafe fn apply_relaxed(op: &Op, shapes: [Shape; 2], input: &[f32], out: &mut [f32]) {
+    apply_with::<simd::Relaxed>(op, shapes, input, out)
+}
 
-    /// The stage's kernel for instruction set `S`; inlined into each entry point above so
-    /// that it is compiled with that entry point's target features.
-    #[inline(always)]
-    fn run_with<S: Simd>(&self, stage: Stage, input: &[f32], out: &mut [f32]) {
-        let (shape, out_shape) = (self.shapes[stage.0], self.shapes[stage.0 + 1]);
-        let images = input
-            .chunks_exact(shape.len())
-            .zip(out.chunks_exact_mut(out_shape.len()));
-        let size = match shape {
-            Shape::Image([h, w, _]) => [h, w],
-            Shape::Flat(_) => [1, 1],
-        };
-        match &self.ops[stage.0] {
-            Op::Conv(_) | Op::Residual(_) => {
-                // Both kinds as convolution steps, so that the kernel is inlined once.
-                let (steps, residual) = match &self.ops[stage.0] {
-                    Op::Conv(conv) => (alloc::vec![(conv, Buffer::Input, Buffer::Out)], None),
-                    Op::Residual(block) => {
-                        let mut steps = alloc::vec![
-                            (&block.a, Buffer::Input, Buffer::Temp),
-                            (&block.b, Buffer::Temp, Buffer::Out),
-                        ];
-                        if let Some(shortcut) = &block.shortcut {
-                            steps.push((shortcut, Buffer::Input, Buffer::Temp));
-                        }
-                        (steps, Some(block))
+/// The operation's kernel for instruction set `S`, on a batch of `shapes[0]` inputs into
+/// `shapes[1]` outputs; inlined into each entry point above so that it is compiled with that
+/// entry point's target features. Each kernel is called from one place here (the
+/// convolution's for every kind that convolves, the GEMM's for every product on features or
+/// capsules), since each inlined copy costs code size.
+#[inline(always)]
+fn apply_with<S: Simd>(op: &Op, [shape, out_shape]: [Shape; 2], input: &[f32], out: &mut [f32]) {
+    let batch = input.len() / shape.len();
+    let images = input
+        .chunks_exact(shape.len())
+        .zip(out.chunks_exact_mut(out_shape.len()));
+    let size = match shape {
+        Shape::Image([h, w, _]) => [h, w],
+        Shape::Flat(_) | Shape::Capsules(_) => [1, 1],
+    };
+    match op {
+        Op::Conv(_) | Op::Residual(_) | Op::PrimaryCaps(..) => {
+            // Every kind as convolution steps, so that the kernel is inlined once.
+            let (steps, residual) = match op {
+                Op::Conv(conv) => (alloc::vec![(conv, Buffer::Input, Buffer::Out)], None),
+                Op::Residual(block) => {
+                    let mut steps = alloc::vec![
+                        (&block.a, Buffer::Input, Buffer::Temp),
+                        (&block.b, Buffer::Temp, Buffer::Out),
+                    ];
+                    if let Some(shortcut) = &block.shortcut {
+                        steps.push((shortcut, Buffer::Input, Buffer::Temp));
+                    }
+                    (steps, Some(block))
+                }
+                Op::PrimaryCaps(conv, _) => {
+                    (alloc::vec![(conv, Buffer::Input, Buffer::Temp)], None)
+                }
+                _ => unreachable!(),
+            };
+            for (src, dst) in images {
+                let temp = convolve::<S>(&steps, src, size, dst);
+                if let Some(block) = residual {
+                    // relu(b(a(x)) + shortcut(x)), the shortcut the identity or projected.
+                    let skip = if block.shortcut.is_some() {
+                        &temp[..]
+                    } else {
+                        src
+                    };
+                    dst.iter_mut()
+                        .zip(skip)
+                        .for_each(|(o, s)| *o = (*o + s).max(0.0));
+                }
+                if let Op::PrimaryCaps(conv, dim) = op {
+                    capsules::primary(&temp, conv.output_size(size), *dim, dst);
+                }
+            }
+        }
+        Op::MaxPool(k) => {
+            let Shape::Image([_, _, c]) = shape else {
+                unreachable!("checked at load")
+            };
+            images.for_each(|(src, dst)| max_pool(src, [size[0], size[1], c], *k, dst));
+        }
+        Op::GlobalAvgPool => images.for_each(|(src, dst)| global_avg_pool(src, dst)),
+        Op::Linear(..) | Op::DigitCaps(_) => {
+            // A linear layer is one product (the images as rows); digit capsules one per input
+            // capsule `i`: `u_i` of every image times `W_i`, into `û` `[I, N, J * D]`.
+            let (products, mut u_hat) = match op {
+                Op::DigitCaps(caps) => {
+                    let [classes, dim] = caps.out;
+                    let len = caps.matrices.len() * batch * classes * dim;
+                    (caps.matrices.len(), vec![0.0; len])
+                }
+                _ => (1, Vec::new()),
+            };
+            for i in 0..products {
+                let (layer, rows, target) = match op {
+                    Op::Linear(linear, _) => (linear, linear.batch_rows(input.len()), &mut *out),
+                    Op::DigitCaps(caps) => {
+                        let (inputs, in_dim) = (caps.matrices.len(), caps.matrices[i].weights.k);
+                        let per_input = caps.out[0] * caps.out[1];
+                        let rows = (0..batch).map(|n| (n * inputs + i) * in_dim).collect();
+                        let target = &mut u_hat[i * batch * per_input..][..batch * per_input];
+                        (&caps.matrices[i], rows, target)
                     }
                     _ => unreachable!(),
                 };
-                for (src, dst) in images {
-                    let projected = convolve::<S>(&steps, src, size, dst);
-                    if let Some(block) = residual {
-                        // relu(b(a(x)) + shortcut(x)), the shortcut the identity or projected.
-                        let skip = if block.shortcut.is_some() {
-                            &projected[..]
-                        } else {
-                            src
-                        };
-                        dst.iter_mut()
-                            .zip(skip)
-                            .for_each(|(o, s)| *o = (*o + s).max(0.0));
-                    }
+                layer.run::<S>(input, &rows, target);
+            }
+            if let Op::DigitCaps(caps) = op {
+                let per_input = caps.out[0] * caps.out[1];
+                for (n, v) in out.chunks_exact_mut(per_input).enumerate() {
+                    let inputs = caps.matrices.len();
+                    let u_hat = &u_hat[n * per_input..];
+                    capsules::route::<S>(
+                        u_hat,
+                        inputs,
+                        batch * per_input,
+                        caps.out,
+                        caps.iterations,
+                        v,
+                    );
                 }
             }
-            Op::MaxPool(k) => {
-                let Shape::Image([_, _, c]) = shape else {
-                    unreachable!("checked at load")
-                };
-                images.for_each(|(src, dst)| max_pool(src, [size[0], size[1], c], *k, dst));
-            }
-            Op::GlobalAvgPool => images.for_each(|(src, dst)| global_avg_pool(src, dst)),
-            Op::Linear(linear, _) => linear.run::<S>(input, out),
-            Op::Dropout(_) => out.copy_from_slice(input),
         }
+        Op::CapsuleLength(scale) => {
+            let Shape::Capsules([_, dim]) = shape else {
+                unreachable!("checked at load")
+            };
+            images.for_each(|(v, dst)| capsules::lengths(v, dim, *scale, dst));
+        }
+        Op::Sigmoid => {
+            out.copy_from_slice(input);
+            capsules::sigmoid_in_place::<S>(out);
+        }
+        Op::Dropout(_) | Op::Decoder(_) => out.copy_from_slice(input),
     }
 }
 

@@ -8,7 +8,7 @@
 
 mod property;
 
-use mnist_kernels::{Activation, Conv, Isa, Layer, Linear, Network};
+use mnist_kernels::{Activation, Conv, Isa, Layer, Linear, Network, Routing};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -64,6 +64,21 @@ fn convolutions_with_a_fused_pool_match_the_reference() {
 }
 
 #[test]
+fn strided_convolutions_match_the_reference() {
+    check("strided convolution", 200);
+}
+
+#[test]
+fn primary_capsules_match_the_reference() {
+    check("primary capsules", 200);
+}
+
+#[test]
+fn routing_by_agreement_and_the_decoder_match_the_reference() {
+    check("routing", 150);
+}
+
+#[test]
 fn max_and_average_pools_match_the_reference() {
     check("pools", 200);
 }
@@ -84,6 +99,7 @@ fn networks_that_do_not_chain_are_refused() {
         shape: [2, c_in, 3, 3],
         bias: &bias,
         padding,
+        stride: 1,
         activation: Activation::Gelu,
         pool,
     };
@@ -161,6 +177,99 @@ fn networks_that_do_not_chain_are_refused() {
         vec![Layer::Conv(short)],
         "5 weights and 2 biases",
     );
+    let mut strided = conv(3, 0, false);
+    strided.stride = 0;
+    refused([3, 4, 4], vec![Layer::Conv(strided)], "layer0: stride 0");
+    // Capsules: primary capsules (2 channels: 1 type of 2 values, or 2 of 1) on a 2x2 grid,
+    // digit capsules with 3 x 4 matrices per input capsule, capsule lengths.
+    let primary = |capsules: usize, dim: usize| Layer::PrimaryCaps {
+        conv: conv(3, 0, false),
+        capsules,
+        dim,
+    };
+    let routing = [0.25f32; 4 * 3 * 4 * 2];
+    let digits = |inputs: usize, in_dim: usize, iterations: usize| {
+        Layer::DigitCaps(Routing {
+            weight: &routing[..inputs * 3 * 4 * in_dim],
+            shape: [inputs, 3, 4, in_dim],
+            iterations,
+        })
+    };
+    let decoder_weight = [0.5f32; 12 * 784];
+    let decoder_bias = [0.0f32; 784];
+    let fc = |n: usize, k: usize| Linear {
+        weight: &decoder_weight[..n * k],
+        shape: [n, k],
+        bias: &decoder_bias[..n],
+        activation: Activation::Relu,
+    };
+    let decoder = Layer::Decoder([fc(5, 12), fc(6, 5), fc(7, 6)]);
+    refused(
+        [3, 4, 4],
+        vec![primary(3, 1)],
+        "layer0: 2 channels are not 3 capsule types of 1 values",
+    );
+    refused(
+        [3, 4, 4],
+        vec![Layer::Conv(conv(3, 0, false)), digits(4, 2, 3)],
+        "layer1 needs capsules (primary capsules first), gets 2x2x2 image",
+    );
+    refused(
+        [3, 4, 4],
+        vec![primary(2, 1), digits(4, 2, 3)],
+        "layer1 takes 4 capsules of 2, gets 8 capsules of 1",
+    );
+    refused(
+        [3, 4, 4],
+        vec![primary(1, 2), digits(4, 2, 0)],
+        "layer1: no routing iteration",
+    );
+    refused(
+        [3, 4, 4],
+        vec![primary(1, 2), Layer::Dropout(0.5)],
+        "layer1: dropout on images or capsules",
+    );
+    refused(
+        [3, 4, 4],
+        vec![primary(1, 2), Layer::Flatten],
+        "layer1 needs images",
+    );
+    refused(
+        [3, 4, 4],
+        vec![Layer::Conv(conv(3, 0, false)), Layer::CapsuleLength(1.0)],
+        "layer1 needs capsules, gets 2x2x2 image",
+    );
+    refused(
+        [3, 4, 4],
+        vec![primary(1, 2), digits(4, 2, 3), decoder, decoder],
+        "layer3: a second decoder",
+    );
+    refused(
+        [3, 4, 4],
+        vec![
+            primary(1, 2),
+            digits(4, 2, 3),
+            Layer::Decoder([fc(5, 12), fc(6, 4), fc(7, 6)]),
+        ],
+        "layer2.fc2 takes 4 features, gets 5",
+    );
+    let capsnet = build(
+        [3, 4, 4],
+        vec![
+            primary(1, 2),
+            digits(4, 2, 3),
+            decoder,
+            Layer::CapsuleLength(10.0),
+        ],
+    )
+    .unwrap();
+    assert_eq!(capsnet.output_len(), 3);
+    assert_eq!(capsnet.stages().len(), 3, "the decoder is no stage");
+    let x = [0.5f32; 2 * 3 * 4 * 4];
+    assert_eq!(capsnet.features(&x).len(), 2 * 3 * 4, "the digit capsules");
+    let reconstruction = capsnet.reconstruct(&x).unwrap();
+    assert_eq!(reconstruction.len(), 2 * 7);
+    assert!(reconstruction.iter().all(|&p| p > 0.0 && p < 1.0));
     // And what does chain builds: padding keeps 4x4, the pool halves it, flatten + linear.
     let network = build(
         [3, 4, 4],
@@ -173,4 +282,5 @@ fn networks_that_do_not_chain_are_refused() {
     .unwrap();
     assert_eq!(network.output_len(), 2);
     assert_eq!(network.stages().len(), 2, "the flatten is no stage");
+    assert_eq!(network.reconstruct(&[0.0; 48]), None, "no decoder");
 }

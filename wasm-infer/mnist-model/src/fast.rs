@@ -33,24 +33,16 @@ fn activation(act: Act) -> Activation {
 }
 
 /// A folded convolution as the kernels take it (PyTorch's layout, borrowed).
-///
-/// # Errors
-/// A strided convolution (the capsule network's): the kernels slide by 1 only.
-fn conv<'a>(conv: &'a params::Conv, name: &str) -> Result<kernels::Conv<'a>, String> {
-    if conv.stride != 1 {
-        return Err(params::unsupported(format!(
-            "{name}: a convolution of stride {} on the fast kernels (burn's builds run it)",
-            conv.stride
-        )));
-    }
-    Ok(kernels::Conv {
+fn conv(conv: &params::Conv) -> kernels::Conv<'_> {
+    kernels::Conv {
         weight: &conv.weight,
         shape: conv.shape,
         bias: &conv.bias,
         padding: conv.padding,
+        stride: conv.stride,
         activation: activation(conv.activation),
         pool: conv.pool,
-    })
+    }
 }
 
 /// Pack a checked plan for instruction set `isa` (`input`: `[channels, height, width]`).
@@ -58,7 +50,7 @@ fn conv<'a>(conv: &'a params::Conv, name: &str) -> Result<kernels::Conv<'a>, Str
 /// # Errors
 /// What [`Network::new`] refuses that the plan's checks let through (a plan ending with a
 /// flatten, an empty image), an `isa` this CPU lacks, or a layer the kernels do not implement
-/// yet: strided convolutions and capsules (issue 24; burn's builds run them).
+/// yet: capsules (issue 24; burn's builds run them).
 fn from_checked(checked: &Checked, input: [usize; 3], isa: Isa) -> Result<Network, String> {
     let layers = checked
         .steps
@@ -66,11 +58,11 @@ fn from_checked(checked: &Checked, input: [usize; 3], isa: Isa) -> Result<Networ
         .zip(&checked.names)
         .map(|(step, name)| {
             let layer = match step {
-                Step::Conv(c) => Layer::Conv(conv(c, name)?),
+                Step::Conv(c) => Layer::Conv(conv(c)),
                 Step::Residual { a, b, shortcut } => Layer::Residual {
-                    a: conv(a, name)?,
-                    b: conv(b, name)?,
-                    shortcut: shortcut.as_ref().map(|s| conv(s, name)).transpose()?,
+                    a: conv(a),
+                    b: conv(b),
+                    shortcut: shortcut.as_ref().map(conv),
                 },
                 Step::MaxPool(k) => Layer::MaxPool(*k),
                 Step::GlobalAvgPool => Layer::GlobalAvgPool,

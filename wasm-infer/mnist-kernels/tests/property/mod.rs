@@ -30,7 +30,7 @@
 
 #![allow(dead_code)] // each harness uses its part
 
-use mnist_kernels::{Activation, Conv, Isa, Layer, Linear, Network};
+use mnist_kernels::{Activation, Conv, Isa, Layer, Linear, Network, Routing};
 
 /// f32's unit roundoff, `2^-24`.
 const U: f64 = 1.0 / 16_777_216.0;
@@ -126,6 +126,7 @@ struct ConvSpec {
     shape: [usize; 4],
     bias: Vec<f32>,
     padding: usize,
+    stride: usize,
     activation: Activation,
     pool: bool,
 }
@@ -146,6 +147,7 @@ impl ConvSpec {
             shape,
             bias: rng.values(c_out, 0.5),
             padding,
+            stride: 1,
             activation,
             pool,
         }
@@ -157,6 +159,7 @@ impl ConvSpec {
             shape: self.shape,
             bias: &self.bias,
             padding: self.padding,
+            stride: self.stride,
             activation: self.activation,
             pool: self.pool,
         }
@@ -165,7 +168,11 @@ impl ConvSpec {
     /// `[oh, ow]` on an `[h, w]` image (after the pool).
     fn output_size(&self, [h, w]: [usize; 2]) -> [usize; 2] {
         let [_, _, kh, kw] = self.shape;
-        let (oh, ow) = (h + 2 * self.padding + 1 - kh, w + 2 * self.padding + 1 - kw);
+        let s = self.stride;
+        let (oh, ow) = (
+            (h + 2 * self.padding - kh) / s + 1,
+            (w + 2 * self.padding - kw) / s + 1,
+        );
         if self.pool {
             [oh / 2, ow / 2]
         } else {
@@ -203,6 +210,24 @@ impl LinearSpec {
     }
 }
 
+/// Digit capsules: PyTorch's `[in_capsules, capsules, dim, in_dim]` matrices.
+#[derive(Clone, Debug)]
+struct RoutingSpec {
+    weight: Vec<f32>,
+    shape: [usize; 4],
+    iterations: usize,
+}
+
+impl RoutingSpec {
+    fn layer(&self) -> Routing<'_> {
+        Routing {
+            weight: &self.weight,
+            shape: self.shape,
+            iterations: self.iterations,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Spec {
     Conv(ConvSpec),
@@ -212,15 +237,25 @@ enum Spec {
     Flatten,
     Linear(LinearSpec),
     Dropout(f32),
+    /// The convolution, capsule types, values per capsule.
+    PrimaryCaps(ConvSpec, usize, usize),
+    DigitCaps(RoutingSpec),
+    Decoder(Box<[LinearSpec; 3]>),
+    CapsuleLength(f32),
 }
 
 impl ConvSpec {
-    /// Shape and options, without the numbers: `conv [8, 2, 3, 3] pad 1 Gelu pool`.
+    /// Shape and options, without the numbers: `conv [8, 2, 3, 3] pad 1 stride 2 Gelu pool`.
     fn describe(&self) -> String {
         format!(
-            "conv {:?} pad {} {:?}{}",
+            "conv {:?} pad {}{} {:?}{}",
             self.shape,
             self.padding,
+            if self.stride > 1 {
+                format!(" stride {}", self.stride)
+            } else {
+                String::new()
+            },
             self.activation,
             if self.pool { " pool" } else { "" }
         )
@@ -245,6 +280,21 @@ fn describe(specs: &[Spec]) -> String {
             Spec::Flatten => "flatten".into(),
             Spec::Linear(l) => format!("linear {:?} {:?}", l.shape, l.activation),
             Spec::Dropout(p) => format!("dropout {p}"),
+            Spec::PrimaryCaps(c, types, dim) => {
+                format!(
+                    "primary capsules ({}; {types} types of {dim})",
+                    c.describe()
+                )
+            }
+            Spec::DigitCaps(r) => format!(
+                "digit capsules {:?}, {} routing iterations",
+                r.shape, r.iterations
+            ),
+            Spec::Decoder(fc) => format!(
+                "decoder {:?} -> {:?} -> {:?}",
+                fc[0].shape, fc[1].shape, fc[2].shape
+            ),
+            Spec::CapsuleLength(scale) => format!("capsule lengths x {scale}"),
         })
         .collect();
     parts.join(", ")
@@ -264,6 +314,14 @@ impl Spec {
             Spec::Flatten => Layer::Flatten,
             Spec::Linear(l) => Layer::Linear(l.layer()),
             Spec::Dropout(p) => Layer::Dropout(*p),
+            Spec::PrimaryCaps(c, types, dim) => Layer::PrimaryCaps {
+                conv: c.layer(),
+                capsules: *types,
+                dim: *dim,
+            },
+            Spec::DigitCaps(r) => Layer::DigitCaps(r.layer()),
+            Spec::Decoder(fc) => Layer::Decoder([fc[0].layer(), fc[1].layer(), fc[2].layer()]),
+            Spec::CapsuleLength(scale) => Layer::CapsuleLength(*scale),
         }
     }
 }
@@ -348,7 +406,11 @@ fn conv_ref(x: &Reference, conv: &ConvSpec) -> Reference {
     let [c_out, wc_in, kh, kw] = conv.shape;
     assert_eq!(c_in, wc_in);
     let p = conv.padding as isize;
-    let (ch, cw) = (h + 2 * conv.padding + 1 - kh, w + 2 * conv.padding + 1 - kw);
+    let (ch, cw) = (
+        (h + 2 * conv.padding - kh) / conv.stride + 1,
+        (w + 2 * conv.padding - kw) / conv.stride + 1,
+    );
+    let s = conv.stride as isize;
     let terms = c_in * kh * kw;
     let mut out = Reference {
         dims: [n, c_out, ch, cw],
@@ -365,8 +427,10 @@ fn conv_ref(x: &Reference, conv: &ConvSpec) -> Reference {
                     for c in 0..c_in {
                         for ky in 0..kh {
                             for kx in 0..kw {
-                                let (y, xx) =
-                                    (oy as isize + ky as isize - p, ox as isize + kx as isize - p);
+                                let (y, xx) = (
+                                    s * oy as isize + ky as isize - p,
+                                    s * ox as isize + kx as isize - p,
+                                );
                                 if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
                                     continue; // zero padding
                                 }
@@ -525,6 +589,256 @@ fn repeat_ref(x: &Reference, times: usize) -> Reference {
     out
 }
 
+// --- capsules (Sabour, Frosst & Hinton 2017): a batch of capsules is a `Reference` of dims
+// `[n, 1, capsules, dim]`, flat: capsule by capsule, as the kernels hold them.
+
+/// Largest Lipschitz constant of squash, `s -> s |s| / (1 + |s|²)`, in the 2-norm: its
+/// Jacobian's eigenvalues are `2r / (1 + r²)²` (along `s`; at most 0.6495, at `r = 1/√3`) and
+/// `r / (1 + r²)` (across; at most 1/2), `r = |s|`.
+const SQUASH_SLOPE: f64 = 0.65;
+
+/// Bound on the relative error of the kernels' `exp` (`gelu.rs`, range reduction and a degree-7
+/// polynomial; `capsules.rs`' unit test measures at most 3 roundoffs), as a perturbation of its
+/// argument: `exp~(t) = exp(t + θ)`, `|θ| <= EXP_ERROR`.
+const EXP_ERROR: f64 = 8.0 * U;
+
+/// Absolute error of the kernels' `exp` below its clamp at `-87` (`e^-87` = 1.6e-38 for any
+/// smaller value), bounding its contribution to the softmax and the sigmoid.
+const EXP_FLOOR: f64 = 2e-38;
+
+/// One capsule `s` off by `e` (per value), squashed: `s |s| / (1 + |s|²)`, each value off by
+/// at most `SQUASH_SLOPE·|e|₂` (from the input) plus the rounding of the f32 computation
+/// (`|s|²` summed, its square root, `1 + |s|²`, a division and a product: `1.5·γ(D) + 4u`
+/// relative, bounded by `γ(2D + 6)`).
+fn squash_ref(s: &[f64], e: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let squared: f64 = s.iter().map(|v| v * v).sum();
+    let factor = squared.sqrt() / (1.0 + squared);
+    let carried = SQUASH_SLOPE * e.iter().map(|e| e * e).sum::<f64>().sqrt();
+    let rounding = gamma(2 * s.len() + 6);
+    s.iter()
+        .map(|v| {
+            let v = v * factor;
+            (v, carried + rounding * (v.abs() + carried))
+        })
+        .unzip()
+}
+
+/// Primary capsules: the convolution (`[n, types * dim, h, w]`), its channels cut into `dim`-D
+/// capsules, capsule `(t * h + y) * w + x` = channels `t * dim ..` at `(y, x)`, squashed.
+fn primary_caps_ref(x: &Reference, conv: &ConvSpec, dim: usize) -> Reference {
+    let y = conv_ref(x, conv);
+    let [n, c, h, w] = y.dims;
+    let count = c / dim * h * w;
+    let mut out = Reference {
+        dims: [n, 1, count, dim],
+        value: vec![0.0; n * count * dim],
+        bound: vec![0.0; n * count * dim],
+        flat: true,
+    };
+    for i in 0..n {
+        for capsule in 0..count {
+            let (t, p) = (capsule / (h * w), capsule % (h * w));
+            let at = |d: usize| y.at(i, t * dim + d, p / w, p % w);
+            let values: Vec<f64> = (0..dim).map(|d| y.value[at(d)]).collect();
+            let bounds: Vec<f64> = (0..dim).map(|d| y.bound[at(d)]).collect();
+            let (v, e) = squash_ref(&values, &bounds);
+            let dst = (i * count + capsule) * dim;
+            out.value[dst..dst + dim].copy_from_slice(&v);
+            out.bound[dst..dst + dim].copy_from_slice(&e);
+        }
+    }
+    out
+}
+
+/// Digit capsules: the predictions `û_j|i = W_ij u_i` (dot products of `in_dim` terms, as a
+/// linear layer without bias), then routing by agreement ([`route_ref`]).
+fn digit_caps_ref(x: &Reference, routing: &RoutingSpec) -> Reference {
+    let [inputs, classes, dim, in_dim] = routing.shape;
+    let [n, _, count, e_dim] = x.dims;
+    assert_eq!([count, e_dim], [inputs, in_dim]);
+    let per_input = classes * dim;
+    let mut out = Reference {
+        dims: [n, 1, classes, dim],
+        value: vec![0.0; n * per_input],
+        bound: vec![0.0; n * per_input],
+        flat: true,
+    };
+    for image in 0..n {
+        let mut u_hat = vec![0.0; inputs * per_input];
+        let mut e_hat = vec![0.0; inputs * per_input];
+        for i in 0..inputs {
+            for col in 0..per_input {
+                let (mut sum, mut magnitude, mut carried) = (0.0, 0.0, 0.0);
+                for e in 0..in_dim {
+                    let src = (image * inputs + i) * in_dim + e;
+                    let (a, ea) = (x.value[src], x.bound[src]);
+                    let wt = routing.weight[(i * per_input + col) * in_dim + e] as f64;
+                    sum += a * wt;
+                    magnitude += (a * wt).abs() + wt.abs() * ea;
+                    carried += wt.abs() * ea;
+                }
+                u_hat[i * per_input + col] = sum;
+                e_hat[i * per_input + col] = carried + gamma(in_dim + 2) * magnitude;
+            }
+        }
+        let (v, e) = route_ref(&u_hat, &e_hat, inputs, [classes, dim], routing.iterations);
+        out.value[image * per_input..][..per_input].copy_from_slice(&v);
+        out.bound[image * per_input..][..per_input].copy_from_slice(&e);
+    }
+    out
+}
+
+/// Routing by agreement (Procedure 1) of one image's predictions `u_hat` `[I, J, D]`, off by
+/// `e_hat`: the output capsules `[J, D]` and their bounds. Per step:
+///
+/// * `c_i = softmax_j(b_i)`: with each `exp` argument off by at most `Δ` (the input's error,
+///   the rounding of `b - max`, `exp`'s own error as [`EXP_ERROR`]), every `c_ij` is within a
+///   factor `e^{±2Δ}` of the exact one; the sum and the division add `γ(J)` relative, the
+///   clamp of `exp` [`EXP_FLOOR`];
+/// * `s_j = Σ_i c_ij û_j|i`: the errors carried, plus `γ(I + 1)` of the magnitudes summed;
+/// * `v_j = squash(s_j)` ([`squash_ref`]);
+/// * `b_ij += û_j|i · v_j`: the errors carried, `γ(D + 1)` of the magnitudes, one rounding.
+fn route_ref(
+    u_hat: &[f64],
+    e_hat: &[f64],
+    inputs: usize,
+    [classes, dim]: [usize; 2],
+    iterations: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let per_input = classes * dim;
+    let mut b = vec![0.0; inputs * classes];
+    let mut eb = vec![0.0; inputs * classes];
+    let (mut v, mut ev) = (vec![0.0; per_input], vec![0.0; per_input]);
+    for iteration in 0..iterations {
+        let mut c = vec![0.0; inputs * classes];
+        let mut ec = vec![0.0; inputs * classes];
+        for i in 0..inputs {
+            let (row, erow) = (&b[i * classes..][..classes], &eb[i * classes..][..classes]);
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let emax = erow.iter().copied().fold(0.0, f64::max);
+            let sum: f64 = row.iter().map(|b| (b - max).exp()).sum();
+            let delta = (0..classes)
+                .map(|j| erow[j] + U * ((row[j] - max).abs() + erow[j] + emax) + EXP_ERROR)
+                .fold(0.0, f64::max);
+            let spread = (2.0 * delta).exp() * (1.0 + gamma(classes)) - 1.0;
+            for j in 0..classes {
+                let cij = (row[j] - max).exp() / sum;
+                c[i * classes + j] = cij;
+                ec[i * classes + j] = cij * spread + EXP_FLOOR;
+            }
+        }
+        let mut s = vec![0.0; per_input];
+        let mut es = vec![0.0; per_input];
+        for col in 0..per_input {
+            let (mut sum, mut magnitude, mut carried) = (0.0, 0.0, 0.0);
+            for i in 0..inputs {
+                let (cij, e) = (c[i * classes + col / dim], ec[i * classes + col / dim]);
+                let (u, eu) = (u_hat[i * per_input + col], e_hat[i * per_input + col]);
+                sum += cij * u;
+                carried += cij * eu + u.abs() * e + e * eu;
+                magnitude += (cij + e) * (u.abs() + eu);
+            }
+            s[col] = sum;
+            es[col] = carried + gamma(inputs + 1) * magnitude;
+        }
+        for j in 0..classes {
+            let (vj, ej) = squash_ref(&s[j * dim..][..dim], &es[j * dim..][..dim]);
+            v[j * dim..][..dim].copy_from_slice(&vj);
+            ev[j * dim..][..dim].copy_from_slice(&ej);
+        }
+        if iteration + 1 < iterations {
+            for i in 0..inputs {
+                for j in 0..classes {
+                    let (mut sum, mut magnitude, mut carried) = (0.0, 0.0, 0.0);
+                    for d in 0..dim {
+                        let k = i * per_input + j * dim + d;
+                        let (u, eu, vv, e) = (u_hat[k], e_hat[k], v[j * dim + d], ev[j * dim + d]);
+                        sum += u * vv;
+                        carried += u.abs() * e + vv.abs() * eu + e * eu;
+                        magnitude += (u.abs() + eu) * (vv.abs() + e);
+                    }
+                    let ea = carried + gamma(dim + 1) * magnitude;
+                    let k = i * classes + j;
+                    let next = b[k] + sum;
+                    eb[k] += ea + U * (next.abs() + eb[k] + ea);
+                    b[k] = next;
+                }
+            }
+        }
+    }
+    (v, ev)
+}
+
+/// `|v|` of each capsule, off by at most `|e|₂` (length is 1-Lipschitz) plus its rounding
+/// (`|v|²` summed: `γ(D)`; the root halves it and rounds; a product by the scale): `γ(D + 4)`.
+fn capsule_length_ref(x: &Reference, scale: f32) -> Reference {
+    let [n, _, count, dim] = x.dims;
+    let scale = scale as f64;
+    let mut out = Reference {
+        dims: [n, count, 1, 1],
+        value: vec![0.0; n * count],
+        bound: vec![0.0; n * count],
+        flat: true,
+    };
+    for k in 0..n * count {
+        let (v, e) = (&x.value[k * dim..][..dim], &x.bound[k * dim..][..dim]);
+        let length = v.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let carried = e.iter().map(|e| e * e).sum::<f64>().sqrt();
+        out.value[k] = scale * length;
+        out.bound[k] = scale.abs() * (carried + gamma(dim + 4) * (length + carried));
+    }
+    out
+}
+
+/// The logistic sigmoid, off by at most a quarter of its input's error (its largest slope) plus
+/// its f32 rounding: `exp`'s error twice (in `e / (1 + e)`), three roundings, `exp`'s clamp.
+fn sigmoid_ref(x: &Reference) -> Reference {
+    let mut out = x.clone();
+    for (v, e) in out.value.iter_mut().zip(&mut out.bound) {
+        let y = 1.0 / (1.0 + (-*v).exp());
+        let carried = 0.25 * *e;
+        *e = carried + (2.0 * EXP_ERROR + 3.0 * U) * (y + carried) + EXP_FLOOR;
+        *v = y;
+    }
+    out
+}
+
+/// The decoder's reconstruction of each image of capsules `x` (`[1, pixels]` each): every
+/// capsule zeroed but the longest (the first of equally long ones), three linear layers, the
+/// sigmoid; `None` for an image whose longest capsule the error bounds leave in doubt (another
+/// capsule's length within the bounds of it).
+fn decoder_ref(x: &Reference, fc: &[LinearSpec; 3]) -> Vec<Option<Reference>> {
+    let [n, _, count, dim] = x.dims;
+    let lengths = capsule_length_ref(x, 1.0);
+    (0..n)
+        .map(|image| {
+            let l = &lengths.value[image * count..][..count];
+            let el = &lengths.bound[image * count..][..count];
+            let mut longest = 0;
+            for j in 1..count {
+                if l[j] > l[longest] {
+                    longest = j;
+                }
+            }
+            let clear = (0..count).all(|j| j == longest || l[j] + el[j] < l[longest] - el[longest]);
+            if !clear {
+                return None;
+            }
+            let mut masked = Reference {
+                dims: [1, count * dim, 1, 1],
+                value: vec![0.0; count * dim],
+                bound: vec![0.0; count * dim],
+                flat: true,
+            };
+            let src = (image * count + longest) * dim;
+            masked.value[longest * dim..][..dim].copy_from_slice(&x.value[src..][..dim]);
+            masked.bound[longest * dim..][..dim].copy_from_slice(&x.bound[src..][..dim]);
+            let hidden = linear_ref(&linear_ref(&masked, &fc[0]), &fc[1]);
+            Some(sigmoid_ref(&linear_ref(&hidden, &fc[2])))
+        })
+        .collect()
+}
+
 /// MC dropout's `mask(start, len, p)`, as `Network::forward_mc` takes it.
 type Mask<'a> = &'a mut dyn FnMut(u64, usize, f32) -> Vec<f32>;
 
@@ -546,6 +860,10 @@ fn forward_ref(x: &Reference, specs: &[Spec], mut mc: Option<(usize, Mask)>) -> 
             Spec::GlobalAvgPool => global_avg_pool_ref(&x),
             Spec::Flatten => flatten_ref(&x),
             Spec::Linear(l) => linear_ref(&x, l),
+            Spec::PrimaryCaps(c, _, dim) => primary_caps_ref(&x, c, *dim),
+            Spec::DigitCaps(r) => digit_caps_ref(&x, r),
+            Spec::Decoder(_) => x, // a side branch: see `decoder_ref`
+            Spec::CapsuleLength(scale) => capsule_length_ref(&x, *scale),
             Spec::Dropout(p) => match &mut mc {
                 None => x,
                 Some((samples, mask)) => {
@@ -643,8 +961,20 @@ pub const PROPERTIES: &[Property] = &[
         check: fused_pool,
     },
     Property {
+        name: "strided convolution",
+        check: strided_convolution,
+    },
+    Property {
         name: "pools",
         check: pools,
+    },
+    Property {
+        name: "primary capsules",
+        check: primary_capsules,
+    },
+    Property {
+        name: "routing",
+        check: routing,
     },
     Property {
         name: "network",
@@ -690,6 +1020,7 @@ fn gelu(rng: &mut Rng, isa: Isa) -> Result<(), String> {
         shape: [c, c, 1, 1],
         bias: vec![0.0; c],
         padding: 0,
+        stride: 1,
         activation: Activation::Gelu,
         pool: false,
     });
@@ -766,24 +1097,38 @@ fn gemm(rng: &mut Rng, isa: Isa) -> Result<(), String> {
 
 /// A random convolution (kernel sizes 1-7, not always square; padding 0-3; 1-20 input and
 /// 1-40 output channels; odd and even image sizes; batches 1-9), the work capped by [`WORK`].
-fn random_conv(rng: &mut Rng, pool: bool) -> (ConvSpec, [usize; 4]) {
+/// `strided`: strides 2-4, and a third of the kernels 7-9 wide (the capsule network's primary
+/// capsules: 9x9, stride 2); else stride 1.
+fn random_conv(rng: &mut Rng, pool: bool, strided: bool) -> (ConvSpec, [usize; 4]) {
     loop {
-        let kh = rng.range(1, 7);
+        let stride = if strided { rng.range(2, 4) } else { 1 };
+        let kh = if strided && rng.chance(0.3) {
+            rng.range(7, 9)
+        } else {
+            rng.range(1, 7)
+        };
         let kw = if rng.chance(0.7) { kh } else { rng.range(1, 7) };
         let padding = rng.range(0, 3);
         let c_in = rng.range(1, 20);
         let c_out = rng.range(1, 40);
-        // The padded image at least the kernel (at least twice the pool's window).
-        let least = |k: usize| (k + usize::from(pool)).saturating_sub(2 * padding).max(1);
-        let h = rng.range(least(kh), least(kh) + 10);
-        let w = rng.range(least(kw), least(kw) + 10);
+        // The padded image at least the kernel (a pool's window of outputs more).
+        let least = |k: usize| {
+            (k + usize::from(pool) * stride)
+                .saturating_sub(2 * padding)
+                .max(1)
+        };
+        let h = rng.range(least(kh), least(kh) + 10 + 2 * (stride - 1));
+        let w = rng.range(least(kw), least(kw) + 10 + 2 * (stride - 1));
         let batch = rng.range(1, 9);
         let activation = if pool && rng.chance(0.5) {
             Activation::Gelu // the fused pool's own path: max(gelu(max), gelu(min))
         } else {
             rng.activation()
         };
-        let conv = ConvSpec::random(rng, [c_out, c_in, kh, kw], padding, activation, pool);
+        let conv = ConvSpec {
+            stride,
+            ..ConvSpec::random(rng, [c_out, c_in, kh, kw], padding, activation, pool)
+        };
         let [oh, ow] = conv.output_size([h, w]);
         let work = batch * oh * ow * (1 + 3 * usize::from(pool)) * c_out * c_in * kh * kw;
         if oh >= 1 && ow >= 1 && work <= WORK {
@@ -793,12 +1138,13 @@ fn random_conv(rng: &mut Rng, pool: bool) -> (ConvSpec, [usize; 4]) {
 }
 
 /// One convolution layer against the reference (NCHW in, NHWC out).
-fn check_conv(rng: &mut Rng, isa: Isa, pool: bool) -> Result<(), String> {
-    let (conv, dims) = random_conv(rng, pool);
+fn check_conv(rng: &mut Rng, isa: Isa, pool: bool, strided: bool) -> Result<(), String> {
+    let (conv, dims) = random_conv(rng, pool, strided);
     let description = format!(
-        "input {dims:?}, kernel {:?}, padding {}, {:?}{}",
+        "input {dims:?}, kernel {:?}, padding {}, stride {}, {:?}{}",
         conv.shape,
         conv.padding,
+        conv.stride,
         conv.activation,
         if pool { ", 2x2 max-pool" } else { "" }
     );
@@ -810,13 +1156,159 @@ fn check_conv(rng: &mut Rng, isa: Isa, pool: bool) -> Result<(), String> {
 }
 
 fn convolution(rng: &mut Rng, isa: Isa) -> Result<(), String> {
-    check_conv(rng, isa, false)
+    check_conv(rng, isa, false, false)
 }
 
 /// Convolutions with the 2x2 max-pool fused into the kernel (the 4 rows of a tile are one
 /// pool window; odd sizes drop a row and a column).
 fn fused_pool(rng: &mut Rng, isa: Isa) -> Result<(), String> {
-    check_conv(rng, isa, true)
+    check_conv(rng, isa, true, false)
+}
+
+/// Strided convolutions (strides 2-4, kernels up to 9x9, padding, a fused pool in a quarter of
+/// them): the rows of the GEMM start `stride` pixels apart, the rest is the stride-1 kernel.
+fn strided_convolution(rng: &mut Rng, isa: Isa) -> Result<(), String> {
+    let pool = rng.chance(0.25);
+    check_conv(rng, isa, pool, true)
+}
+
+/// Primary capsules: a convolution (strides 1-3, kernels 1-9, mostly no padding and no
+/// activation, as the capsule network's), its channels cut into 1-4 capsule types of 1-9
+/// values, each squashed; weights scaled by 0.1-10, so that capsules are short (squash
+/// quadratic), near 1 and long (saturated).
+fn primary_capsules(rng: &mut Rng, isa: Isa) -> Result<(), String> {
+    let (conv, dims, types, dim) = loop {
+        let (types, dim) = (rng.range(1, 4), rng.range(1, 9));
+        let (k, stride) = (rng.range(1, 9), rng.range(1, 3));
+        let padding = if rng.chance(0.2) { 1 } else { 0 };
+        let c_in = rng.range(1, 8);
+        let least = k.saturating_sub(2 * padding).max(1);
+        let (h, w) = (rng.range(least, least + 12), rng.range(least, least + 12));
+        let batch = rng.range(1, 5);
+        let activation = if rng.chance(0.8) {
+            Activation::Identity
+        } else {
+            rng.activation()
+        };
+        let shape = [types * dim, c_in, k, k];
+        let mut conv = ConvSpec::random(rng, shape, padding, activation, false);
+        conv.stride = stride;
+        let gain = rng.pick(&[0.1, 1.0, 10.0]);
+        conv.weight.iter_mut().for_each(|w| *w *= gain);
+        let [oh, ow] = conv.output_size([h, w]);
+        if batch * oh * ow * types * dim * c_in * k * k <= WORK {
+            break (conv, [batch, c_in, h, w], types, dim);
+        }
+    };
+    let description = format!(
+        "input {dims:?}, {}, {types} types of {dim}",
+        conv.describe()
+    );
+    let x = inputs(rng, dims);
+    let specs = [Spec::PrimaryCaps(conv, types, dim)];
+    let got = network(isa, [dims[1], dims[2], dims[3]], &specs)?.forward(&x);
+    let want = forward_ref(&Reference::input(&x, dims), &specs, None);
+    compare(&got, &want).map_err(|e| format!("{description}: {e}"))
+}
+
+/// A small capsule network: maybe a convolution, primary capsules (a grid of 1-4 x 1-4
+/// positions, 1-3 types of 1-8 values), digit capsules (1-12 of 1-16 values, 1-4 routing
+/// iterations, matrices scaled so that the routing meets short and long capsules), maybe a
+/// decoder (two hidden ReLU layers, the sigmoid), capsule lengths x a scale. Checked: the logits
+/// (`forward`, and `forward_mc`, which repeats them without dropout), the digit capsules
+/// (`features`) and the reconstruction (`reconstruct`; an image whose longest capsule the
+/// error bounds leave in doubt is skipped).
+fn routing(rng: &mut Rng, isa: Isa) -> Result<(), String> {
+    let c = rng.range(1, 4);
+    let mut specs = Vec::new();
+    let mut channels = c;
+    if rng.chance(0.3) {
+        let c_out = rng.range(1, 6);
+        let activation = rng.activation();
+        specs.push(Spec::Conv(ConvSpec::random(
+            rng,
+            [c_out, c, 3, 3],
+            1,
+            activation,
+            false,
+        )));
+        channels = c_out;
+    }
+    let (types, dim) = (rng.range(1, 3), rng.range(1, 8));
+    let (k, stride) = (rng.range(1, 5), rng.range(1, 3));
+    let (gh, gw) = (rng.range(1, 4), rng.range(1, 4));
+    // The image the grid needs, and some of what the stride leaves out.
+    let h = (gh - 1) * stride + k + rng.range(0, stride - 1);
+    let w = (gw - 1) * stride + k + rng.range(0, stride - 1);
+    let mut primary = ConvSpec::random(
+        rng,
+        [types * dim, channels, k, k],
+        0,
+        Activation::Identity,
+        false,
+    );
+    primary.stride = stride;
+    let in_capsules = types * gh * gw;
+    specs.push(Spec::PrimaryCaps(primary, types, dim));
+    let (classes, out_dim, iterations) = (rng.range(1, 12), rng.range(1, 16), rng.range(1, 4));
+    let gain = rng.pick(&[0.3, 1.0, 3.0]) * (3.0 / dim as f64).sqrt();
+    let shape = [in_capsules, classes, out_dim, dim];
+    let weight = rng.values(shape.iter().product(), gain);
+    specs.push(Spec::DigitCaps(RoutingSpec {
+        weight,
+        shape,
+        iterations,
+    }));
+    let decoder = rng.chance(0.5).then(|| {
+        let (h1, h2, pixels) = (rng.range(1, 24), rng.range(1, 24), rng.range(1, 40));
+        Box::new([
+            LinearSpec::random(rng, h1, classes * out_dim, Activation::Relu),
+            LinearSpec::random(rng, h2, h1, Activation::Relu),
+            LinearSpec::random(rng, pixels, h2, Activation::Identity),
+        ])
+    });
+    if let Some(fc) = &decoder {
+        specs.push(Spec::Decoder(fc.clone()));
+    }
+    specs.push(Spec::CapsuleLength(rng.pick(&[1.0, 10.0, 0.37])));
+    let network = network(isa, [c, h, w], &specs)?;
+    let batch = rng.range(1, 5);
+    let dims = [batch, c, h, w];
+    let x = inputs(rng, dims);
+    let input = Reference::input(&x, dims);
+    let layers = describe(&specs);
+    let describe = |what: &str, e: String| format!("{what} of {dims:?} through [{layers}]: {e}");
+    let logits = forward_ref(&input, &specs, None);
+    compare(&network.forward(&x), &logits).map_err(|e| describe("forward", e))?;
+    let head = &specs[..specs.len() - 1];
+    let capsules = forward_ref(&input, head, None);
+    compare(&network.features(&x), &capsules).map_err(|e| describe("features", e))?;
+    let samples = rng.range(1, 3);
+    let one = &x[..c * h * w];
+    let got = network.forward_mc(one, samples, |_, len, _| vec![1.0; len]);
+    let want = forward_ref(
+        &Reference::input(one, [1, c, h, w]),
+        &specs,
+        Some((samples, &mut |_, len, _| vec![1.0; len])),
+    );
+    compare(&got, &want).map_err(|e| describe("forward_mc", e))?;
+    let reconstruction = network.reconstruct(&x);
+    match (&decoder, reconstruction) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(describe("reconstruct", "an image without a decoder".into())),
+        (Some(_), None) => Err(describe("reconstruct", "no image from a decoder".into())),
+        (Some(fc), Some(got)) => {
+            let pixels = fc[2].shape[0];
+            let wanted = decoder_ref(&capsules, fc);
+            for (image, want) in wanted.iter().enumerate() {
+                if let Some(want) = want {
+                    compare(&got[image * pixels..][..pixels], want)
+                        .map_err(|e| describe(&format!("reconstruct, image {image}"), e))?;
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The stand-alone pools: a `k` x `k` max-pool (floor mode) or the global average pool.
