@@ -1,7 +1,7 @@
 """The capsule network in Rust (issue 24): a capsule plan trained briefly in PyTorch, written as
-safetensors, loaded by the native module on burn's backends (flex, ndarray), and compared with
-PyTorch on real MNIST test digits: logits, top-1 and the decoder's reconstruction. The fast
-kernels refuse it with a reason (they do not run capsules yet), and a model without a decoder
+safetensors, loaded by the native module on burn's backends (flex, ndarray) and on our kernels
+(every ``fast-*`` backend this CPU has: scalar, SSE2, AVX2 + FMA), and compared with PyTorch on
+real MNIST test digits: logits, top-1 and the decoder's reconstruction. A model without a decoder
 refuses to reconstruct."""
 
 from __future__ import annotations
@@ -72,7 +72,11 @@ def reference(capsnet, mnist_test):
     return pixels.reshape(DIGITS, -1).numpy(), logits.numpy(), reconstruction.numpy()
 
 
-@pytest.mark.parametrize("backend", [b for b in ("flex", "ndarray") if b in mnist_infer.BACKENDS])
+#: burn's CPU backends and our kernels on every instruction set the native module has.
+CAPSULE_BACKENDS = [b for b in mnist_infer.BACKENDS if b in ("flex", "ndarray") or b.startswith("fast-")]
+
+
+@pytest.mark.parametrize("backend", CAPSULE_BACKENDS)
 def test_rust_reads_the_capsule_network_as_pytorch_does(capsnet, reference, mnist_test, backend):
     pixels, logits, reconstruction = reference
     classifier = mnist_infer.Classifier(capsnet[1], backend=backend)
@@ -95,9 +99,9 @@ def test_rust_reads_the_capsule_network_as_pytorch_does(capsnet, reference, mnis
     assert one.shape == (784,) and np.allclose(one, rust_reconstruction[0] * 255, atol=1e-3)
 
 
-def test_the_fast_kernels_refuse_capsules_with_a_reason(capsnet):
-    with pytest.raises(ValueError, match="primary capsules .* on the fast kernels"):
-        mnist_infer.Classifier(capsnet[1], backend="fast")
+def test_every_native_cpu_backend_runs_the_capsule_network():
+    """Our kernels on each instruction set are compared above, not only burn's backends."""
+    assert {"flex", "fast-scalar", "fast-sse2"} <= set(CAPSULE_BACKENDS), CAPSULE_BACKENDS
 
 
 @pytest.mark.parametrize("backend", ["fast", "flex"])

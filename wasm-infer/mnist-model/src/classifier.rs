@@ -259,8 +259,14 @@ impl Classifier {
                     "the model has no reconstruction decoder",
                 ))),
             },
-            // The burn `cnn` Module and the fast kernels' models have no decoder (the kernels
-            // refuse capsule networks at load).
+            #[cfg(feature = "fast")]
+            Engine::Fast(network) => match network.reconstruct(&self.normalize(pixels)) {
+                Some(image) => Ok(image.into_iter().map(|v| v * MAX_PIXEL).collect()),
+                None => Err(ReconstructError::Unsupported(String::from(
+                    "the model has no reconstruction decoder",
+                ))),
+            },
+            // The burn `cnn` Module has no decoder.
             #[allow(unreachable_patterns)]
             _ => Err(ReconstructError::Unsupported(String::from(
                 "the model has no reconstruction decoder",

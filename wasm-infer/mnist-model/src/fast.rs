@@ -6,13 +6,15 @@
 //! in PyTorch's layouts, to the kernels' [`Network::new`] (the `mnist-kernels` crate), which
 //! packs them for the chosen [`Isa`]: each weight matrix into its column blocks, the first
 //! linear layer after a flatten permuted from PyTorch's flatten order `(c, h, w)` to the
-//! kernels' NHWC order `(h, w, c)` (the flatten itself is no operation).
+//! kernels' NHWC order `(h, w, c)` (the flatten itself is no operation), the digit capsules'
+//! `W_ij` as one `[in_dim, capsules * dim]` matrix per input capsule. Every step of a plan
+//! maps to one kernel layer, the capsule network's included (strided convolutions, primary
+//! and digit capsules, the decoder, capsule lengths: Sabour, Frosst & Hinton 2017).
 //!
 //! A fast build reads the file this way and makes no burn tensor, so none of burn's runtime
 //! (its tensor operations, burn-store's conversions) is linked into it, which keeps the wasm
 //! small and the first prediction early.
 
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -45,12 +47,21 @@ fn conv(conv: &params::Conv) -> kernels::Conv<'_> {
     }
 }
 
+/// A linear layer as the kernels take it (PyTorch's layout, borrowed).
+fn linear(dense: &params::Dense) -> kernels::Linear<'_> {
+    kernels::Linear {
+        weight: &dense.weight,
+        shape: dense.shape,
+        bias: &dense.bias,
+        activation: activation(dense.activation),
+    }
+}
+
 /// Pack a checked plan for instruction set `isa` (`input`: `[channels, height, width]`).
 ///
 /// # Errors
 /// What [`Network::new`] refuses that the plan's checks let through (a plan ending with a
-/// flatten, an empty image), an `isa` this CPU lacks, or a layer the kernels do not implement
-/// yet: capsules (issue 24; burn's builds run them).
+/// flatten, an empty image), or an `isa` this CPU lacks.
 fn from_checked(checked: &Checked, input: [usize; 3], isa: Isa) -> Result<Network, String> {
     let layers = checked
         .steps
@@ -67,25 +78,28 @@ fn from_checked(checked: &Checked, input: [usize; 3], isa: Isa) -> Result<Networ
                 Step::MaxPool(k) => Layer::MaxPool(*k),
                 Step::GlobalAvgPool => Layer::GlobalAvgPool,
                 Step::Flatten(_) => Layer::Flatten,
-                Step::Linear(dense) => Layer::Linear(kernels::Linear {
-                    weight: &dense.weight,
-                    shape: dense.shape,
-                    bias: &dense.bias,
-                    activation: activation(dense.activation),
-                }),
+                Step::Linear(dense) => Layer::Linear(linear(dense)),
                 Step::Dropout(p) => Layer::Dropout(*p),
-                Step::PrimaryCaps { .. }
-                | Step::DigitCaps(_)
-                | Step::Decoder(_)
-                | Step::CapsuleLength(_) => {
-                    return Err(params::unsupported(format!(
-                        "{name} on the fast kernels (capsules run on burn's builds: flex, ndarray, wgpu)"
-                    )));
-                }
+                Step::PrimaryCaps {
+                    conv: c,
+                    capsules,
+                    dim,
+                } => Layer::PrimaryCaps {
+                    conv: conv(c),
+                    capsules: *capsules,
+                    dim: *dim,
+                },
+                Step::DigitCaps(routing) => Layer::DigitCaps(kernels::Routing {
+                    weight: &routing.weight,
+                    shape: routing.shape,
+                    iterations: routing.iterations,
+                }),
+                // fc3's sigmoid is the kernels' decoder's own, as `crate::layers`'.
+                Step::Decoder(fc) => Layer::Decoder(fc.each_ref().map(linear)),
+                Step::CapsuleLength(scale) => Layer::CapsuleLength(*scale),
             };
-            Ok((name.clone(), layer))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+            (name.clone(), layer)
+        });
     Network::new(isa, input, layers)
 }
 
