@@ -5,8 +5,12 @@
 //! The matrix products are the GEMM's (`gemm.rs`): the primary capsules' convolution, the
 //! predictions `û_j|i = W_ij u_i` (one small product per input capsule `i`, the images as
 //! rows) and the decoder's linear layers. What is here is per capsule a few dozen values: plain
-//! loops (the compiler vectorises those that do not reduce), `exp` vectorised over `S` (the
-//! one of `gelu.rs`), and a square root of our own (`core` has none).
+//! loops (the compiler vectorises those that do not reduce), `exp` (the one of `gelu.rs`) on
+//! the portable 4-lane vocabulary, and a square root of our own (`core` has none). None of it
+//! is generic over the instruction set: compiled once, not once per instruction set inlined
+//! into each entry point, which keeps the wasm small (in a wasm build, whose every function may
+//! use simd128, the compiler maps the 4 lanes and the loops to v128 operations); every
+//! instruction set then gets the same routing, bit for bit.
 //!
 //! ```text
 //! squash(s) = s |s| / (1 + |s|²)                      (eq. 1, without dividing by |s|: 0 stays 0)
@@ -22,7 +26,7 @@
 use alloc::vec;
 
 use super::gelu::exp_nonpositive;
-use super::simd::Simd;
+use super::simd::{Scalar, Simd};
 
 /// `√x` for `x >= 0` (NaN below, `x` itself for 0 and infinity): Newton's iteration in f64
 /// from an estimate that halves the exponent (within 6 %), 4 steps (each squares the relative
@@ -102,9 +106,10 @@ pub(crate) fn keep_longest(v: &mut [f32], dim: usize) {
 }
 
 /// A function of one vector, lane by lane, for [`map_in_place`]. A trait rather than a closure:
-/// a closure is a function of its own, compiled without the entry point's target features
-/// unless LLVM chooses to inline it, and the vector intrinsics in a function compiled without
-/// them are calls (measured: the routing 2.5 times slower on AVX2 than on SSE2).
+/// a closure is a function of its own, compiled without a `#[target_feature]` caller's
+/// features unless LLVM chooses to inline it, and vector intrinsics in a function compiled
+/// without them are calls (measured, when this was generic over the instruction set: the
+/// routing 2.5 times slower on AVX2 than on SSE2).
 trait Lanewise {
     fn apply<S: Simd>(v: S::V) -> S::V;
 }
@@ -157,9 +162,9 @@ fn map_in_place<S: Simd, F: Lanewise>(x: &mut [f32]) {
 
 /// The logistic sigmoid `1 / (1 + e^-x)` of every value, in place (the decoder's last step;
 /// see [`Sigmoid`]).
-#[inline(always)]
-pub(crate) fn sigmoid_in_place<S: Simd>(x: &mut [f32]) {
-    map_in_place::<S, Sigmoid>(x);
+#[inline(never)]
+pub(crate) fn sigmoid_in_place(x: &mut [f32]) {
+    map_in_place::<Scalar, Sigmoid>(x);
 }
 
 /// Routing by agreement (the paper's Procedure 1) for one image, into its output capsules
@@ -169,8 +174,8 @@ pub(crate) fn sigmoid_in_place<S: Simd>(x: &mut [f32]) {
 /// the `J * D` values at `u_hat[i * stride ..]` (row-major `[J, D]`), for `i < inputs`. From
 /// `b = 0`, `iterations` (at least 1) times: `c_i = softmax_j(b_i)` (`exp(b - max) / Σ`),
 /// `s_j = Σ_i c_ij û_j|i`, `v_j = squash(s_j)`, and but after the last `b_ij += û_j|i · v_j`.
-#[inline(always)]
-pub(crate) fn route<S: Simd>(
+#[inline(never)]
+pub(crate) fn route(
     u_hat: &[f32],
     inputs: usize,
     stride: usize,
@@ -194,7 +199,7 @@ pub(crate) fn route<S: Simd>(
             let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             c.iter_mut().zip(b).for_each(|(c, b)| *c = b - max);
         }
-        map_in_place::<S, Exp>(&mut coupling);
+        map_in_place::<Scalar, Exp>(&mut coupling);
         for c in coupling.chunks_exact_mut(classes) {
             let sum = c.iter().fold(0.0, |sum, v| sum + v);
             c.iter_mut().for_each(|v| *v /= sum);
@@ -222,7 +227,6 @@ pub(crate) fn route<S: Simd>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::simd::Scalar;
     use super::*;
 
     #[test]
@@ -294,7 +298,7 @@ mod tests {
         for i in -(90 * 256)..=(90 * 256) {
             let x = i as f32 / 256.0;
             let mut v = [x; 5];
-            sigmoid_in_place::<Scalar>(&mut v);
+            sigmoid_in_place(&mut v);
             let want = 1.0 / (1.0 + libm::exp(-(x as f64)));
             let error = (v[4] as f64 - want).abs();
             assert!(

@@ -1052,7 +1052,7 @@ fn apply_with<S: Simd>(op: &Op, [shape, out_shape]: [Shape; 2], input: &[f32], o
                 for (n, v) in out.chunks_exact_mut(per_input).enumerate() {
                     let inputs = caps.matrices.len();
                     let u_hat = &u_hat[n * per_input..];
-                    capsules::route::<S>(
+                    capsules::route(
                         u_hat,
                         inputs,
                         batch * per_input,
@@ -1071,7 +1071,7 @@ fn apply_with<S: Simd>(op: &Op, [shape, out_shape]: [Shape; 2], input: &[f32], o
         }
         Op::Sigmoid => {
             out.copy_from_slice(input);
-            capsules::sigmoid_in_place::<S>(out);
+            capsules::sigmoid_in_place(out);
         }
         Op::Dropout(_) | Op::Decoder(_) => out.copy_from_slice(input),
     }
