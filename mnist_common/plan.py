@@ -7,7 +7,8 @@ builds the PyTorch modules from a plan, and ``trainer.export`` writes the plan a
 weights file's metadata (key ``layers``), where the Rust crate reads it and builds the same
 network for its kernels (``wasm-infer/mnist-model/src/plan.rs``). A new architecture made of
 these layer kinds therefore needs no code outside this file: add a plan to ``ARCHITECTURES``.
-(The Rust crate does not know every kind yet: ``RUST_LAYER_KINDS`` says which it reads.)
+(The Rust crate reads every kind, burn's backends and its own kernels run them; but only plans of
+``RUST_LAYER_KINDS`` have their weights in ``models/`` yet: see there.)
 
 The default, ``cnn``, is the model of burn's MNIST web demo::
 
@@ -270,16 +271,19 @@ LAYER_KINDS = {
     )
 }
 
-#: The layer kinds the Rust crate reads (``wasm-infer/mnist-model/src/plan.rs``), of convolutions
-#: only stride 1. Issue 24 adds the capsule kinds (and strided convolutions) there; until then
-#: a plan with other kinds (``rust_unsupported``) is trained and evaluated in PyTorch only, and
-#: its weights stay out of ``models/``, which the server and the tests load into Rust.
+#: The layer kinds the Rust crate read before issue 24, of convolutions only stride 1: the kinds of
+#: the models in ``models/``, which the server lists and the tests load into Rust. Since issue 24
+#: the crate (``wasm-infer/mnist-model/src/plan.rs``) reads the capsule kinds and strided
+#: convolutions too, and runs them on burn's backends and on its own kernels
+#: (``wasm-infer/mnist-kernels``); but until the page shows a capsule network's reconstruction, a
+#: plan with other kinds (``rust_unsupported``) keeps its weights out of ``models/``.
 RUST_LAYER_KINDS = frozenset({"conv", "residual", "max_pool", "global_avg_pool", "flatten", "linear", "dropout"})
 
 
 def rust_unsupported(layers: Sequence) -> list[str]:
-    """What of the plan ``layers`` the Rust crate cannot build yet (``RUST_LAYER_KINDS``), in
-    words, each once; empty when it can build all of it."""
+    """What of the plan ``layers`` is not of ``RUST_LAYER_KINDS`` (strided convolutions, capsule
+    kinds: what keeps a model out of ``models/`` for now, see there), in words, each once; empty
+    when nothing is."""
     missing: list[str] = []
     for spec in layers:
         if spec.kind not in RUST_LAYER_KINDS:
