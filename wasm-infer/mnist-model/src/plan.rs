@@ -13,7 +13,8 @@
 //! The capsule network (`capsnet`; Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules",
 //! NeurIPS 2017) adds strided convolutions (`"stride"`, absent in older plans: 1) and four
 //! kinds: `primary_caps`, `digit_caps`, `decoder` and `capsule_length`. burn's tensor
-//! operations (`crate::layers`) run them; the fast kernels do not yet.
+//! operations (`crate::layers`) and the fast kernels (`crate::fast`, the `mnist-kernels`
+//! crate's capsule layers) run them.
 
 use alloc::format;
 use alloc::string::{String, ToString};
