@@ -2,8 +2,8 @@
 the real wasm: a small capsule network (trained briefly in tests/test_capsnet_rust.py's fixture)
 dropped on the page as a weights file, a digit drawn with the mouse, and the reconstruction
 canvas beside "What the model sees" looked at: visible, not blank, drawn from the predicted
-digit. `window.mnist.reconstruct` against the native module, and its refusal for a model
-without a decoder."""
+digit. `window.mnist.reconstruct` against the native module on every build, and its refusal
+for a model without a decoder."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from tests.test_capsnet_rust import capsnet  # noqa: F401 (the fixture)
 mnist_infer = pytest.importorskip("mnist_infer", reason="the native module is built by `invoke setup`")
 pytestmark = pytest.mark.browser
 
-#: The build these tests run: burn's flex runs capsules (the fast kernels refuse them for now).
-BACKEND = "flex"
-#: Test digits compared with the native module.
+#: The page's default build.
+BACKEND = "fast-relaxed"
+#: Test digits compared with the native module, per build.
 DIGITS = 20
 SCREENSHOT = ROOT / "reports" / "screenshots" / "reconstruction.png"
 
@@ -31,6 +31,37 @@ DROP = """async (b64) => {
     data.items.add(new File([bytes], "capsnet.safetensors"));
     document.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
 }"""
+RECONSTRUCT_ALL = """async (images) => {
+    const out = [];
+    for (const p of images) out.push(await window.mnist.reconstruct(p));
+    return out;
+}"""
+
+
+def drop_model(page, path) -> None:
+    """Drop the weights file `path` on the page, as a person would, and wait until it runs."""
+    page.evaluate(DROP, base64.b64encode(path.read_bytes()).decode())
+    page.wait_for_function(f"window.mnist.model === '{path.stem}'", timeout=60_000)
+
+
+def assert_reconstructs_as_native(page, path, native_backend, images, tolerance):
+    """`window.mnist.reconstruct` on `images` against the native module's `reconstruct` on
+    `native_backend` (0..255; the digit: the native prediction's)."""
+    native = mnist_infer.Classifier(path, backend=native_backend)
+    answers = page.evaluate(RECONSTRUCT_ALL, images.tolist())
+    seen = np.array([a["pixels"] for a in answers], dtype=np.float32)
+    expected = native.reconstruct(images)
+    print(
+        f"{page.evaluate('window.mnist.backend')} vs native {native_backend}: max |diff| {np.abs(seen - expected).max():.2e} of 255"
+    )
+    assert seen.shape == (len(images), 784) and seen.min() >= 0 and seen.max() <= 255
+    assert [a["digit"] for a in answers] == native.predict(images).argmax(1).tolist()
+    np.testing.assert_allclose(seen, expected, rtol=0, atol=tolerance * 255)
+
+
+@pytest.fixture(scope="module")
+def images(mnist_test):
+    return mnist_test.images[:DIGITS].reshape(DIGITS, -1).numpy().astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -41,30 +72,18 @@ def page(browser, server, capsnet):  # noqa: F811
     page.close()
 
 
-def test_a_model_without_a_decoder_shows_no_reconstruction(page, mnist_test):
+def test_a_model_without_a_decoder_shows_no_reconstruction(page, images):
     assert page.locator("[data-testid=reconstruction]").is_hidden()
-    pixels = mnist_test.images[0].reshape(-1).tolist()
-    message = page.evaluate("(p) => window.mnist.reconstruct(p).then(() => 'resolved', (e) => e.message)", pixels)
+    message = page.evaluate(
+        "(p) => window.mnist.reconstruct(p).then(() => 'resolved', (e) => e.message)", images[0].tolist()
+    )
     assert "no reconstruction decoder" in message
 
 
-def test_the_page_shows_what_the_capsule_network_sees(page, capsnet, mnist_test):  # noqa: F811
-    _, path = capsnet
-    page.evaluate(DROP, base64.b64encode(path.read_bytes()).decode())
-    page.wait_for_function("window.mnist.model === 'capsnet'", timeout=30_000)
-
-    # window.mnist.reconstruct against the native module on the same build of the model.
-    native = mnist_infer.Classifier(path, backend=BACKEND)
-    images = mnist_test.images[:DIGITS].reshape(DIGITS, -1).numpy().astype(np.float32)
-    answers = page.evaluate(
-        "async (images) => { const out = []; for (const p of images) out.push(await window.mnist.reconstruct(p)); return out; }",
-        images.tolist(),
-    )
-    seen = np.array([a["pixels"] for a in answers], dtype=np.float32)
-    assert seen.shape == (DIGITS, 784) and seen.min() >= 0 and seen.max() <= 255
-    assert [a["digit"] for a in answers] == native.predict(images).argmax(1).tolist()
-    print(f"page vs native reconstruction: max |diff| {np.abs(seen - native.reconstruct(images)).max():.2e} (0..255)")
-    np.testing.assert_allclose(seen, native.reconstruct(images), rtol=0, atol=1e-3 * 255)
+def test_the_page_shows_what_the_capsule_network_sees(page, capsnet, images):  # noqa: F811
+    path = capsnet[1]
+    drop_model(page, path)
+    assert_reconstructs_as_native(page, path, "fast", images, 1e-3)
 
     # What a person sees: draw a 0; the reconstruction appears beside the preview, not blank,
     # drawn from the digit the page shows.
@@ -86,3 +105,27 @@ def test_the_page_shows_what_the_capsule_network_sees(page, capsnet, mnist_test)
     assert canvas.get_attribute("data-digit") == shown
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOT)
+
+    # Back to a model without a decoder: the figure goes.
+    page.evaluate("window.mnist.load(window.mnist.models[0])")
+    page.wait_for_function("document.querySelector('#reconstruction-figure').hidden", timeout=10_000)
+
+
+@pytest.mark.parametrize("backend", ["fast-simd128", "flex", "ndarray"])
+def test_every_cpu_build_reconstructs_as_the_native_module(browser, server, capsnet, images, backend):  # noqa: F811
+    page = open_page(browser, server, backend)
+    try:
+        drop_model(page, capsnet[1])
+        assert_reconstructs_as_native(page, capsnet[1], "fast" if backend.startswith("fast") else backend, images, 1e-3)
+    finally:
+        page.close()
+
+
+def test_webgpu_reconstructs_as_the_native_module(webgpu_browser, webgpu_server, capsnet, images):  # noqa: F811
+    """On WebGPU (SwiftShader in CI), to the tolerance of the other WebGPU checks."""
+    page = open_page(webgpu_browser, webgpu_server, "wgpu")
+    try:
+        drop_model(page, capsnet[1])
+        assert_reconstructs_as_native(page, capsnet[1], "flex", images[:5], 2e-3)
+    finally:
+        page.close()

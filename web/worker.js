@@ -136,7 +136,7 @@ async function reconstruct({ pixels }) {
   if (!current.reconstructs) throw new Error(`the model "${current.name}" has no reconstruction decoder`);
   const probs = await classifier.predict(pixels);
   const digit = probs.indexOf(Math.max(...probs));
-  return { digit, pixels: classifier.reconstruct(pixels) };
+  return { digit, pixels: await classifier.reconstruct(pixels) };
 }
 
 let shared = null; // the views of the shared channel, once the page opened one

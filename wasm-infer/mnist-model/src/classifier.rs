@@ -241,7 +241,7 @@ impl Classifier {
     ///
     /// `pixels`: `N * 784` values as [`Classifier::logits`]. Returns `N * 784` values in
     /// 0..=255, ink = 255, row-major 28x28, image by image (the decoder's (0, 1) output
-    /// times 255). Synchronous (a wgpu device in a browser needs an asynchronous read-back).
+    /// times 255). Synchronous: on wgpu in a browser use [`Classifier::reconstruct_async`].
     ///
     /// # Errors
     /// [`ReconstructError::Input`] for bad pixels; [`ReconstructError::Unsupported`] for a
@@ -271,6 +271,39 @@ impl Classifier {
             _ => Err(ReconstructError::Unsupported(String::from(
                 "the model has no reconstruction decoder",
             ))),
+        }
+    }
+
+    /// [`Classifier::reconstruct`] with an asynchronous read-back, which every backend
+    /// supports and wgpu in a browser requires.
+    ///
+    /// # Errors
+    /// As `reconstruct`, and [`ReconstructError::Device`] when the device fails to return
+    /// the image.
+    pub async fn reconstruct_async(&self, pixels: &[f32]) -> Result<Vec<f32>, ReconstructError> {
+        match &self.engine {
+            #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+            Engine::Burn {
+                model: BurnModel::Layers(model),
+                device,
+            } => {
+                check_pixels(pixels)?;
+                let Some(image) = model.reconstruct(self.images(pixels, device)) else {
+                    return Err(ReconstructError::Unsupported(String::from(
+                        "the model has no reconstruction decoder",
+                    )));
+                };
+                let data = image
+                    .into_data_async()
+                    .await
+                    .map_err(|e| ReconstructError::Device(format!("{e:?}")))?;
+                Ok(f32_values(data)
+                    .into_iter()
+                    .map(|v| v * MAX_PIXEL)
+                    .collect())
+            }
+            #[allow(unreachable_patterns)]
+            _ => self.reconstruct(pixels),
         }
     }
 

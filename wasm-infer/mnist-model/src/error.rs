@@ -116,6 +116,8 @@ pub enum ReconstructError {
     /// The model has no reconstruction decoder (of the project's models, only the capsule
     /// network has one), or this backend does not run it (the reason is given).
     Unsupported(String),
+    /// The device could not compute or return the image (e.g. the GPU device was lost).
+    Device(String),
 }
 
 impl fmt::Display for ReconstructError {
@@ -123,6 +125,9 @@ impl fmt::Display for ReconstructError {
         match self {
             ReconstructError::Input(e) => e.fmt(f),
             ReconstructError::Unsupported(e) => write!(f, "no reconstruction: {e}"),
+            ReconstructError::Device(e) => {
+                write!(f, "the device could not return the reconstruction: {e}")
+            }
         }
     }
 }

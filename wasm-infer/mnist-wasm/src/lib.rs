@@ -30,6 +30,7 @@
 //! const other = await Classifier.fromBytes(bytes);
 //! const summary = JSON.parse(await classifier.uncertainty(pixels, 20, 0));
 //! await classifier.teach(examples, labels);
+//! const seen = await classifier.reconstruct(pixels); // a capsule network's reconstruction
 //! ```
 
 use mnist_model::{Backend, INPUT_LEN, InputError, NUM_CLASSES, check_probabilities};
@@ -227,6 +228,16 @@ impl Classifier {
         Ok(uncertainty_json(&u))
     }
 
+    /// What a capsule network sees, on the GPU: resolves to the CPU builds' `reconstruct`
+    /// (a Float32Array of 784 values, 0..=255), rejects like it (and for a GPU failure).
+    pub async fn reconstruct(&self, pixels: Vec<f32>) -> Result<Vec<f32>, JsError> {
+        check_one_image(&pixels)?;
+        self.inner
+            .reconstruct_async(&pixels)
+            .await
+            .map_err(js_error)
+    }
+
     /// Teach on the GPU's features: resolves when done, rejects like the CPU builds'
     /// `teach` (and for a GPU failure).
     pub async fn teach(&mut self, pixels: Vec<f32>, labels: Vec<u32>) -> Result<(), JsError> {
@@ -345,17 +356,15 @@ impl Classifier {
         Ok(self.inner.not_a_digit(probabilities))
     }
 
-    /// Whether the model has a reconstruction decoder (the capsule network), so that the CPU
-    /// builds' `reconstruct` draws what it sees. The WebGPU build does not reconstruct yet.
+    /// Whether the model has a reconstruction decoder (the capsule network), so that
+    /// `reconstruct` draws what it sees.
     #[wasm_bindgen(getter)]
     pub fn reconstructs(&self) -> bool {
-        let decoder = self
-            .inner
+        self.inner
             .metadata()
             .plan
             .iter()
-            .any(|layer| matches!(layer, mnist_model::plan::Layer::Decoder { .. }));
-        decoder && cfg!(not(feature = "wgpu"))
+            .any(|layer| matches!(layer, mnist_model::plan::Layer::Decoder { .. }))
     }
 
     /// Examples taught per digit 0-9 (a Uint32Array of 10; zeros before `teach`).
