@@ -74,3 +74,32 @@ def test_every_committed_model_carries_both_rules(weights):
     assert 0.1 < tau < 1 and float(metadata["unsure_mutual_information"]) > 0
     for key in ("unsure_rule", "not_a_digit_rule"):
         assert "MNIST training images 55,000-59,999" in metadata[key] and "'draw'" in metadata[key]
+
+
+def test_a_model_without_dropout_has_no_mutual_information_threshold(tmp_path):
+    """The capsnet has no dropout: its MC passes are one pass, and a threshold at a quantile of
+    their rounding noise called random digits "not sure" (12 of 200 in Rust's float32). Its
+    file carries no MI threshold (one already there is removed), its rule says why, and the
+    native module's "not sure" is then the "not a digit" rule alone."""
+    from mnist_common.plan import Conv, Flatten, Linear
+    from trainer.export import update_metadata
+    from trainer.model import Net
+
+    plan = (
+        Conv("conv1", 1, 4, kernel_size=5, norm=False, activation="relu"),
+        Flatten(),
+        Linear("fc", 4 * 12 * 12, 10, "none"),
+    )
+    weights = save_safetensors(Net(plan, "no-dropout").eval(), tmp_path / "no-dropout.safetensors")
+    update_metadata(weights, {"unsure_mutual_information": "1e-17"})  # as a calibration of before wrote
+    result = calibrate(weights, limit=LIMIT, samples=SAMPLES, allow_seen=True)
+    metadata = read_metadata(weights)
+    assert result["threshold"] is None and "unsure_mutual_information" not in metadata
+    assert "no dropout" in metadata["unsure_rule"]
+    mnist_infer = pytest.importorskip("mnist_infer", reason="the native module is built by `invoke setup`")
+    classifier = mnist_infer.Classifier(weights, backend="fast")
+    assert classifier.unsure_threshold is None
+    images = data.load_split(train=False).images[:50].reshape(50, -1).numpy().astype("float32")
+    for image in images:
+        u = classifier.uncertainty(image, samples=8, seed=0)
+        assert u["unsure"] == u["not_a_digit"], u

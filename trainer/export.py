@@ -94,17 +94,18 @@ def save_safetensors(model: Net, path: Path, extra_metadata: dict[str, str] | No
     return path
 
 
-def update_metadata(path: Path, changes: dict[str, str]) -> Path:
+def update_metadata(path: Path, changes: dict[str, str | None]) -> Path:
     """Rewrite the weights file ``path`` with ``changes`` merged into its metadata (atomically;
-    the tensors, their names and dtypes are kept byte for byte). A file from before layer plans
-    gets its ``layers`` written too.
+    the tensors, their names and dtypes are kept byte for byte); a key changed to None is
+    removed. A file from before layer plans gets its ``layers`` written too.
 
     Raises:
         WeightsError: ``path`` is unreadable or does not describe a model.
     """
     from safetensors.torch import load_file
 
-    metadata = {**read_model_metadata(path), **changes}
+    merged = {**read_model_metadata(path), **changes}
+    metadata = {key: value for key, value in merged.items() if value is not None}
     tensors = load_file(str(path))
     write_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return Path(path)

@@ -161,12 +161,18 @@ def calibrate(
     ``NOT_A_DIGIT_QUANTILE`` quantile of the eval-mode top softmax probability, so about that
     share of real digits are "not a digit". ``unsure_rule`` and ``not_a_digit_rule`` say so in words.
 
+    A model without dropout (the capsnet) gets no ``unsure_mutual_information`` (one removed if
+    present): its MC-dropout passes are one pass, their mutual information is 0 up to rounding,
+    and a threshold at a quantile of rounding noise would call random digits "not sure" (measured:
+    12 of 200 test digits in Rust's float32). Its "not sure" is then the "not a digit" rule alone,
+    which ``unsure_rule`` says.
+
     Args:
         allow_seen: calibrate a model whose metadata does not say it was trained without the
             split (``HELD_OUT_KEY``); the rules then say that the split was seen in training.
 
     Returns:
-        ``{"threshold": MI threshold, "not_a_digit_max_probability": float,
+        ``{"threshold": MI threshold (None without dropout), "not_a_digit_max_probability": float,
         "validation_images": int, "quantile": float, "held_out": bool}``.
 
     Raises:
@@ -190,8 +196,12 @@ def calibrate(
     if limit:
         images = images[:limit]
     images = augmented_images(images, preset="draw")
-    mi = summarize(mc_probabilities(model, images, samples))["mutual_information"]
-    threshold = float(torch.quantile(mi.double(), quantile))
+    has_dropout = any(isinstance(spec, Dropout) for spec in model.layers)
+    if has_dropout:
+        mi = summarize(mc_probabilities(model, images, samples))["mutual_information"]
+        threshold = float(torch.quantile(mi.double(), quantile))
+    else:
+        threshold = None
     model.eval()
     with torch.no_grad():
         top = torch.softmax(model(normalize(images).reshape(-1, 1, 28, 28)), dim=1).max(dim=1).values
@@ -204,9 +214,11 @@ def calibrate(
     update_metadata(
         weights,
         {
-            "unsure_mutual_information": f"{threshold:.6g}",
+            "unsure_mutual_information": None if threshold is None else f"{threshold:.6g}",
             "unsure_rule": (
                 f"{quantile:.0%} quantile of the MC-dropout mutual information ({samples} samples, seed 0) on {where}"
+                if has_dropout
+                else "no dropout in this model, so MC dropout cannot disagree: not sure when not a digit"
             ),
             "not_a_digit_max_probability": f"{not_a_digit:.6g}",
             "not_a_digit_rule": (
@@ -246,9 +258,13 @@ def main(argv: list[str] | None = None) -> None:
         result = calibrate(args.weights, args.data_dir, args.samples, allow_seen=args.allow_seen)
     except (WeightsError, DataError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
+    unsure = (
+        "no mutual-information threshold (no dropout)"
+        if result["threshold"] is None
+        else f"not sure above a mutual information of {result['threshold']:.4g} nats ({result['quantile']:.0%} quantile)"
+    )
     print(
-        f"{args.weights}: not sure above a mutual information of {result['threshold']:.4g} nats "
-        f"({result['quantile']:.0%} quantile), not a digit below a top probability of "
+        f"{args.weights}: {unsure}, not a digit below a top probability of "
         f"{result['not_a_digit_max_probability']:.4g} ({NOT_A_DIGIT_QUANTILE:.0%} quantile), over "
         f"{result['validation_images']:,} validation digits"
         + ("" if result["held_out"] else " that the model was trained on")
