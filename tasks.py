@@ -526,7 +526,7 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
         "device": "cpu (default), cuda, cuda:N or auto",
         "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
         "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/; "
-        "reports/capsnet/ for the capsnet, which the Rust crate cannot read yet)",
+        "reports/capsnet/ for the capsnet, not in models/ yet)",
     },
 )
 def train(
@@ -560,7 +560,7 @@ def train(
 
     --arch cnn (default) writes model.safetensors + metrics.json; mlp, lenet5 and resnet write
     <arch>.safetensors + <arch>.metrics.json beside it (trainer.model.ARCHITECTURES); capsnet
-    writes them to reports/capsnet/ until the Rust crate reads its layer kinds (issue 24).
+    writes them to reports/capsnet/ until its layer kinds join mnist_common.plan.RUST_LAYER_KINDS.
     """
     from trainer import data
     from trainer.fixtures import write_fixture

@@ -278,7 +278,7 @@ def test_stride_is_written_only_when_not_1_and_old_plans_without_it_still_load()
     assert net.c.conv(torch.zeros(1, 1, 28, 28)).shape == (1, 4, 14, 14)  # (28 + 2 - 3) // 2 + 1
 
 
-def test_what_rust_cannot_read_yet_is_named_and_kept_out_of_models():
+def test_kinds_outside_rust_layer_kinds_are_named_and_kept_out_of_models():
     assert rust_unsupported(CAPSNET.layers) == ["primary_caps", "digit_caps", "decoder", "capsule_length"]
     assert rust_unsupported((Conv("c", 1, 4, stride=2),)) == ["conv with stride != 1"]
     assert all(not rust_unsupported(a.layers) for a in ARCHITECTURES.values() if a.name != "capsnet")

@@ -21,9 +21,9 @@ N_DIGITS = 500
 
 
 def test_every_architecture_has_a_committed_model():
-    """Every architecture the Rust crate can build: one whose plan has kinds it does not read yet
-    (``mnist_common.plan.RUST_LAYER_KINDS``: the capsnet until issue 24's Rust half) has no file in
-    models/, where the server and these tests would hand it to Rust."""
+    """Every architecture of ``mnist_common.plan.RUST_LAYER_KINDS``: one whose plan has other kinds
+    (the capsnet, until its kinds join them) keeps its weights out of models/, which the server
+    lists and these tests load."""
     ids = {read_metadata(path)["architecture"] for path in MODELS}
     assert ids == {a.id for a in ARCHITECTURES.values() if not rust_unsupported(a.layers)}
 

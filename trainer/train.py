@@ -17,8 +17,9 @@ options, but with its own loss instead of the cross-entropy: the margin loss (m+
 m- = 0.1, lambda = 0.5) of its capsule lengths, plus 0.0005 x the summed squared error of its
 decoder's reconstruction (from the true class's capsule) against the (augmented) input image in
 [0, 1]. Its non-digits in outlier exposure get the margin loss with no class present (every
-capsule pushed below m-) and no reconstruction loss. Until the Rust crate reads its layer kinds
-(``mnist_common.plan.RUST_LAYER_KINDS``) its files go to ``reports/capsnet/``, not ``models/``.
+capsule pushed below m-) and no reconstruction loss. Until its layer kinds join
+``mnist_common.plan.RUST_LAYER_KINDS`` (the kinds of the models in ``models/``) its files go to
+``reports/capsnet/``, not ``models/``.
 
 Reliability: a checkpoint is written after every epoch (``checkpoint.pt`` beside the outputs,
 atomically); ``--resume`` continues a killed run from it and, on the same machine with the same
@@ -201,10 +202,10 @@ def is_capsule_network(arch: str) -> bool:
 
 def default_out_dir(arch: str) -> Path:
     """Where a run of ``arch`` writes when not told: ``models/``, which the server lists and the
-    tests load into the Rust crate, for an architecture the crate can build; ``reports/<arch>/``
-    for one it cannot yet (``mnist_common.plan.rust_unsupported``: the capsnet until issue 24's
-    Rust half), so that its file does not break them. An unknown ``arch``: ``models/`` (training
-    refuses it)."""
+    tests load into the Rust crate, for an architecture of ``mnist_common.plan.RUST_LAYER_KINDS``;
+    ``reports/<arch>/`` for one with other kinds (``rust_unsupported``: the capsnet, until its
+    kinds join them), so that its file does not join the models the server and tests load. An
+    unknown ``arch``: ``models/`` (training refuses it)."""
     if arch in ARCHITECTURES and rust_unsupported(ARCHITECTURES[arch].layers):
         return REPORTS_DIR / arch
     return DEFAULT_OUT_DIR
@@ -605,7 +606,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
     parser.add_argument("--data-dir", type=Path, default=data.DEFAULT_DATA_DIR)
     parser.add_argument(
-        "--out-dir", type=Path, default=None, help="default: models/ (reports/<arch>/ for an arch Rust cannot read yet)"
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="default: models/ (reports/<arch>/ for an arch not in models/ yet: capsnet)",
     )
     args = parser.parse_args(argv)
     config = Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
