@@ -525,8 +525,7 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
         "threads": "torch threads (default: all cores)",
         "device": "cpu (default), cuda, cuda:N or auto",
         "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
-        "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/; "
-        "reports/capsnet/ for the capsnet, not in models/ yet)",
+        "out_dir": "where model.safetensors, metrics.json and checkpoint.pt go (default models/)",
     },
 )
 def train(
@@ -559,8 +558,7 @@ def train(
     """Train a model; write its weights + metrics to models/ (and, for the default cnn, the Rust fixture).
 
     --arch cnn (default) writes model.safetensors + metrics.json; mlp, lenet5 and resnet write
-    <arch>.safetensors + <arch>.metrics.json beside it (trainer.model.ARCHITECTURES); capsnet
-    writes them to reports/capsnet/ until its layer kinds join mnist_common.plan.RUST_LAYER_KINDS.
+    <arch>.safetensors + <arch>.metrics.json beside it (trainer.model.ARCHITECTURES).
     """
     from trainer import data
     from trainer.fixtures import write_fixture

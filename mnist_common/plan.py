@@ -7,8 +7,7 @@ builds the PyTorch modules from a plan, and ``trainer.export`` writes the plan a
 weights file's metadata (key ``layers``), where the Rust crate reads it and builds the same
 network for its kernels (``wasm-infer/mnist-model/src/plan.rs``). A new architecture made of
 these layer kinds therefore needs no code outside this file: add a plan to ``ARCHITECTURES``.
-(The Rust crate reads every kind, burn's backends and its own kernels run them; but only plans of
-``RUST_LAYER_KINDS`` have their weights in ``models/`` yet: see there.)
+(The Rust crate reads every kind; burn's backends and its own kernels run them all.)
 
 The default, ``cnn``, is the model of burn's MNIST web demo::
 
@@ -270,32 +269,6 @@ LAYER_KINDS = {
         CapsuleLength,
     )
 }
-
-#: The layer kinds the Rust crate read before issue 24, of convolutions only stride 1: the kinds of
-#: the models in ``models/``, which the server lists and the tests load into Rust. Since issue 24
-#: the crate (``wasm-infer/mnist-model/src/plan.rs``) reads the capsule kinds and strided
-#: convolutions too, and runs them on burn's backends and on its own kernels
-#: (``wasm-infer/mnist-kernels``); but until the page shows a capsule network's reconstruction, a
-#: plan with other kinds (``rust_unsupported``) keeps its weights out of ``models/``.
-RUST_LAYER_KINDS = frozenset({"conv", "residual", "max_pool", "global_avg_pool", "flatten", "linear", "dropout"})
-
-
-def rust_unsupported(layers: Sequence) -> list[str]:
-    """What of the plan ``layers`` is not of ``RUST_LAYER_KINDS`` (strided convolutions, capsule
-    kinds: what keeps a model out of ``models/`` for now, see there), in words, each once; empty
-    when nothing is."""
-    missing: list[str] = []
-    for spec in layers:
-        if spec.kind not in RUST_LAYER_KINDS:
-            what = spec.kind
-        elif isinstance(spec, Conv) and spec.stride != 1:
-            what = "conv with stride != 1"
-        else:
-            continue
-        if what not in missing:
-            missing.append(what)
-    return missing
-
 
 #: Fields written into the JSON only when they differ from their default: added to a kind after
 #: plans of it were written and read by the Rust crate, which refuses fields it does not know.

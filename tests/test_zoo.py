@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_common.plan import rust_unsupported
 from trainer.export import load_model, read_metadata
 from trainer.model import ARCHITECTURES, normalize
 from trainer.uncertainty import mc_probabilities, summarize
@@ -21,11 +20,8 @@ N_DIGITS = 500
 
 
 def test_every_architecture_has_a_committed_model():
-    """Every architecture of ``mnist_common.plan.RUST_LAYER_KINDS``: one whose plan has other kinds
-    (the capsnet, until its kinds join them) keeps its weights out of models/, which the server
-    lists and these tests load."""
     ids = {read_metadata(path)["architecture"] for path in MODELS}
-    assert ids == {a.id for a in ARCHITECTURES.values() if not rust_unsupported(a.layers)}
+    assert ids == {a.id for a in ARCHITECTURES.values()}
 
 
 @pytest.mark.parametrize("backend", mnist_infer.BACKENDS)

@@ -17,9 +17,7 @@ options, but with its own loss instead of the cross-entropy: the margin loss (m+
 m- = 0.1, lambda = 0.5) of its capsule lengths, plus 0.0005 x the summed squared error of its
 decoder's reconstruction (from the true class's capsule) against the (augmented) input image in
 [0, 1]. Its non-digits in outlier exposure get the margin loss with no class present (every
-capsule pushed below m-) and no reconstruction loss. Until its layer kinds join
-``mnist_common.plan.RUST_LAYER_KINDS`` (the kinds of the models in ``models/``) its files go to
-``reports/capsnet/``, not ``models/``.
+capsule pushed below m-) and no reconstruction loss. Its files go to ``models/`` as the others'.
 
 Reliability: a checkpoint is written after every epoch (``checkpoint.pt`` beside the outputs,
 atomically); ``--resume`` continues a killed run from it and, on the same machine with the same
@@ -42,8 +40,8 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from mnist_common.paths import MODELS_DIR, REPORTS_DIR
-from mnist_common.plan import DigitCaps, rust_unsupported
+from mnist_common.paths import MODELS_DIR
+from mnist_common.plan import DigitCaps
 
 from . import data
 from .augment import AUGMENT_PRESETS, augment
@@ -202,12 +200,7 @@ def is_capsule_network(arch: str) -> bool:
 
 def default_out_dir(arch: str) -> Path:
     """Where a run of ``arch`` writes when not told: ``models/``, which the server lists and the
-    tests load into the Rust crate, for an architecture of ``mnist_common.plan.RUST_LAYER_KINDS``;
-    ``reports/<arch>/`` for one with other kinds (``rust_unsupported``: the capsnet, until its
-    kinds join them), so that its file does not join the models the server and tests load. An
-    unknown ``arch``: ``models/`` (training refuses it)."""
-    if arch in ARCHITECTURES and rust_unsupported(ARCHITECTURES[arch].layers):
-        return REPORTS_DIR / arch
+    tests load into the Rust crate (every architecture; ``arch`` is kept for callers)."""
     return DEFAULT_OUT_DIR
 
 

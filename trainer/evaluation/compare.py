@@ -65,7 +65,7 @@ from mnist_common.paths import MODELS_DIR, PKG_DIR
 
 from .. import data
 from ..export import WeightsError, load_model, read_metadata, write_metrics
-from ..model import ARCHITECTURES, DEFAULT_ARCHITECTURE, Linear, normalize
+from ..model import ARCHITECTURES, DEFAULT_ARCHITECTURE, DigitCaps, Linear, normalize
 from ..synthetic.nondigits import KINDS, TEST_ONLY_KINDS, NonDigits, nondigit_set
 from ..synthetic.redraw import PAGE_PEN_WIDTH, PEN_WIDTHS
 from ..uncertainty import DEFAULT_SAMPLES, mc_probabilities, summarize
@@ -302,8 +302,17 @@ def _median(values: torch.Tensor) -> float:
 @torch.inference_mode()
 def penultimate(model, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """The input of the model's last linear layer (its penultimate features) for (N, 28, 28)
-    images 0..255, eval mode: (N, F) float32."""
+    images 0..255, eval mode: (N, F) float32. A capsule network's: its digit capsules, flattened
+    (N, 10 * 16), as the Rust crate's features pass."""
     model.eval()
+    if any(isinstance(spec, DigitCaps) for spec in model.layers):
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    model.capsules(normalize(images[start : start + batch_size].unsqueeze(1))).flatten(1)
+                    for start in range(0, len(images), batch_size)
+                ]
+            )
     last = [spec.name for spec in model.layers if isinstance(spec, Linear)][-1]
     seen: list[torch.Tensor] = []
     hook = model.get_submodule(last).register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
