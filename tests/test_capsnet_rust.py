@@ -116,3 +116,38 @@ def test_a_capsule_network_cannot_be_taught_and_says_why(capsnet, reference):
     pixels = reference[0][:10]
     with pytest.raises(ValueError, match="linear layer"):
         classifier.teach(pixels, list(range(10)))
+
+
+@pytest.mark.parametrize("backend", ["fast", "flex"])
+def test_the_committed_capsnet_matches_pytorch_on_all_10000_test_digits(mnist_test, backend):
+    """The issue's standard for the committed model: every MNIST test digit, the same top-1,
+    logits and reconstruction within TOLERANCE of PyTorch's; and its reconstructions look like
+    the input (median Pearson correlation >= 0.8 over the first 200)."""
+    from trainer.export import load_model
+
+    path = WEIGHTS.parent / "capsnet.safetensors"
+    model = load_model(path)
+    pixels = mnist_test.images.float()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        logits, reconstruction = [], []
+        for start in range(0, len(pixels), 500):
+            images = normalize(pixels[start : start + 500].unsqueeze(1))
+            capsules = model.capsules(images)
+            logits.append(model.logits_of_capsules(capsules))
+            reconstruction.append(model.decode(capsules))
+    torch.set_num_threads(threads)
+    logits, reconstruction = torch.cat(logits).numpy(), torch.cat(reconstruction).numpy()
+    classifier = mnist_infer.Classifier(path, backend=backend)
+    flat = pixels.reshape(len(pixels), -1).numpy()
+    rust_logits, rust_reconstruction = classifier.logits(flat), classifier.reconstruct(flat) / 255
+    print(
+        f"{backend}: {(rust_logits.argmax(1) == mnist_test.labels.numpy()).mean():.2%} on 10,000; max |logit diff| "
+        f"{np.abs(rust_logits - logits).max():.1e}, reconstruction {np.abs(rust_reconstruction - reconstruction).max():.1e}"
+    )
+    assert (rust_logits.argmax(1) == logits.argmax(1)).all()
+    np.testing.assert_allclose(rust_logits, logits, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(rust_reconstruction, reconstruction, rtol=0, atol=TOLERANCE)
+    correlation = [np.corrcoef(a, b)[0, 1] for a, b in zip(rust_reconstruction[:200], flat[:200])]
+    assert np.median(correlation) >= 0.8, np.median(correlation)

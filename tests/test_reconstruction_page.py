@@ -129,3 +129,32 @@ def test_webgpu_reconstructs_as_the_native_module(webgpu_browser, webgpu_server,
         assert_reconstructs_as_native(page, capsnet[1], "flex", images[:5], 2e-3)
     finally:
         page.close()
+
+
+#: The README's picture of the committed capsnet's reconstruction.
+README_SHOT = ROOT / "web" / "screenshots" / "capsnet.png"
+
+
+def test_the_committed_capsnet_draws_what_it_sees(browser, server, mnist_test):
+    """The committed capsnet from the picker (?model=capsnet) on the default build: its
+    reconstructions look like the input (median Pearson correlation >= 0.8 over 200 test
+    digits, the issue's bar), and a drawn 7 is shown with its reconstruction (README picture)."""
+    from tests.conftest import load
+
+    page = load(browser.new_page(viewport={"width": 1000, "height": 760}), f"{server}?backend={BACKEND}&model=capsnet")
+    try:
+        page.wait_for_function("window.mnist.model === 'capsnet'", timeout=60_000)
+        images = mnist_test.images[:200].reshape(200, -1).numpy().astype(np.float32)
+        answers = page.evaluate(RECONSTRUCT_ALL, images.tolist())
+        correlation = [np.corrcoef(a["pixels"], image)[0, 1] for a, image in zip(answers, images)]
+        print(f"median correlation of the page's reconstructions with the input: {np.median(correlation):.3f}")
+        assert np.median(correlation) >= 0.8
+        draw(page, STROKES[7])
+        page.wait_for_function(
+            "document.querySelector('[data-testid=reconstruction]').dataset.digit === '7'", timeout=10_000
+        )
+        assert page.locator("[data-testid=reconstruction]").is_visible()
+        README_SHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=README_SHOT)
+    finally:
+        page.close()
