@@ -65,7 +65,7 @@ from mnist_common.paths import MODELS_DIR, PKG_DIR
 
 from .. import data
 from ..export import WeightsError, load_model, read_metadata, write_metrics
-from ..model import ARCHITECTURES, DEFAULT_ARCHITECTURE, DigitCaps, Linear, normalize
+from ..model import ARCHITECTURES, DEFAULT_ARCHITECTURE, DigitCaps, Dropout, Linear, normalize
 from ..synthetic.nondigits import KINDS, TEST_ONLY_KINDS, NonDigits, nondigit_set
 from ..synthetic.redraw import PAGE_PEN_WIDTH, PEN_WIDTHS
 from ..uncertainty import DEFAULT_SAMPLES, mc_probabilities, summarize
@@ -979,7 +979,8 @@ def compare(
         started = time.perf_counter()
         numbers = uncertainty_numbers(entry["model"], entry["metadata"], digits, labels, nondigits, name, fit)
         timings[f"{name}_uncertainty"] = time.perf_counter() - started
-        if numbers["ood"]["unsure_threshold"] is None:
+        has_dropout = any(isinstance(spec, Dropout) for spec in entry["model"].layers)
+        if numbers["ood"]["unsure_threshold"] is None and has_dropout:
             notes.append(
                 f'{name}: no `unsure_mutual_information` in its metadata: no "not sure" fractions '
                 "(`python -m trainer.uncertainty --weights ...` calibrates it)"
