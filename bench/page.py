@@ -6,7 +6,9 @@ digits (batch 1, one thread), the ratio to ONNX Runtime Web measured in the same
 on those digits, wasm size (raw and gzip), the start time (module load to a ready classifier)
 and the time from page load to the first prediction on index.html (median of a few loads).
 Then the time of each stage of one forward pass (the builds' own `profile`) for our kernels
-and burn's flex, side by side.
+and burn's flex, side by side. Where models/capsnet.safetensors is committed, also the capsule
+network picked in the page (`?model=capsnet`) on our kernels' builds, through window.mnist.predict,
+with the size of its weights file as f32, f16 and int8.
 Writes the same figures to reports/bench.json.
 
 The pages are served cross-origin isolated (server/app.py), so performance.now() resolves 5 us,
@@ -23,12 +25,13 @@ import json
 import re
 import statistics
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
-from mnist_common.paths import DEFAULT_WEIGHTS, REPORTS_DIR, ROOT, WEB_DIR
+from mnist_common.paths import DEFAULT_WEIGHTS, MODELS_DIR, REPORTS_DIR, ROOT, WEB_DIR
 from server.app import make_server
 from trainer import data
 from trainer.export import export_onnx, load_model
@@ -52,6 +55,9 @@ PROFILE_REPEATS = 200
 #: Page loads per build for the first-prediction time (its median is reported): one load
 #: varies by tens of ms on a 2-core machine.
 FIRST_PREDICTION_LOADS = 5
+#: The capsule network (issue 24), timed through the page's API on our kernels' builds.
+CAPSNET = MODELS_DIR / "capsnet.safetensors"
+CAPSNET_BUILDS = ("fast-relaxed", "fast-simd128")
 
 
 def ensure_ort() -> None:
@@ -101,17 +107,37 @@ def page_name(build: str) -> str:
     return f"page {build}"
 
 
-def page_run(browser, url: str, backend: str, images: list[list[int]]) -> dict:
+def page_run(browser, url: str, backend: str, images: list[list[int]], model: str | None = None) -> dict:
     """``window.mnist.predict`` on index.html?backend=``backend``, once per image (web/bench.js
-    runPage): what a caller of the page's API gets."""
+    runPage): what a caller of the page's API gets; with ``model``, that model of the picker
+    (``?model=``) instead of the build's embedded one."""
     page = browser.new_page()
-    page.goto(f"{url}?backend={backend}")
+    page.goto(f"{url}?backend={backend}" + (f"&model={model}" if model else ""))
     page.wait_for_function("window.mnist !== undefined", timeout=60_000)
+    if model:
+        page.wait_for_function(f"window.mnist.model === {json.dumps(model)}", timeout=60_000)
     run = page.evaluate("async (imgs) => (await import('./bench.js')).runPage(imgs)", images)
     page.close()
     if run["backend"] != backend:
         raise RuntimeError(f"the page was asked for {backend} and runs {run['backend']}")
     return run
+
+
+def capsnet_name(build: str) -> str:
+    """How the capsule network's page run on a build is named in the report."""
+    return f"page {build} capsnet"
+
+
+def capsnet_weights_sizes() -> dict[str, int]:
+    """Bytes of the committed capsnet's weights file as it is (f32) and stored as f16 and int8
+    (``mnist_common.weights.convert_weights``, what ``--weights-dtype`` does to embedded weights)."""
+    from mnist_common.weights import convert_weights
+
+    sizes = {"f32": CAPSNET.stat().st_size}
+    with tempfile.TemporaryDirectory() as folder:
+        for dtype in ("f16", "int8"):
+            sizes[dtype] = convert_weights(CAPSNET, Path(folder) / f"capsnet-{dtype}.safetensors", dtype).stat().st_size
+    return sizes
 
 
 def first_prediction_ms(browser, url: str, backend: str, image: list[int]) -> float:
@@ -216,6 +242,10 @@ def main(images: int = 1000, backends: tuple[str, ...] | None = None) -> dict:
             for b in backends:
                 if b in PAGE_BUILDS:
                     runs[page_name(b)] = page_run(browser, url, b, digits)
+            if CAPSNET.exists():
+                for b in CAPSNET_BUILDS:
+                    if b in backends:
+                        runs[capsnet_name(b)] = page_run(browser, url, b, digits, model="capsnet")
             # Round robin, after one load that is not counted: whichever build went first would
             # otherwise also pay the browser's and the server's own warm-up (~60 ms here).
             first_prediction_ms(browser, url, backends[0], digits[0])
@@ -230,10 +260,13 @@ def main(images: int = 1000, backends: tuple[str, ...] | None = None) -> dict:
 
     wasm_files = {runtime_name(b): WEB / "pkg" / b / "mnist_wasm_bg.wasm" for b in backends}
     wasm_files.update({page_name(b): WEB / "pkg" / b / "mnist_wasm_bg.wasm" for b in backends})
+    wasm_files.update({capsnet_name(b): WEB / "pkg" / b / "mnist_wasm_bg.wasm" for b in backends})
     wasm_files[ORT] = ORT_WASM
     results = summarise(runs, labels, wasm_files, first)
     profiles = {b: runs[runtime_name(b)]["profile"] for b in backends if runs[runtime_name(b)].get("profile")}
     results["_per_layer"] = {"image": "MNIST test digit 0", "repeats": PROFILE_REPEATS, "ms": profiles}
+    if CAPSNET.exists():
+        results["_capsnet_weights_bytes"] = capsnet_weights_sizes()
     results["_meta"] = {
         "images": images,
         "onnx_model_bytes": onnx_path.stat().st_size,
@@ -280,7 +313,7 @@ def report(results: dict, images: int, onnx_path: Path, adapter: dict | None, ti
         f"(timer step {timer['stepMs'] * 1000:.0f} us, {isolated})"
     )
     header = (
-        f"{'runtime':<20}{'median ms':>10}{'p90 ms':>9}{'vs ORT':>8}{'accuracy':>10}{'wasm MB':>9}"
+        f"{'runtime':<27}{'median ms':>10}{'p90 ms':>9}{'vs ORT':>8}{'accuracy':>10}{'wasm MB':>9}"
         f"{'gzip MB':>9}{'start ms':>10}{'first pred ms':>15}"
     )
     print(header)
@@ -291,7 +324,7 @@ def report(results: dict, images: int, onnx_path: Path, adapter: dict | None, ti
         first_ms = f"{r['first_prediction_ms']:.0f}" if r["first_prediction_ms"] is not None else "-"
         start_ms = f"{r['init_ms']:.0f}" if r["init_ms"] is not None else "-"
         print(
-            f"{name:<20}{r['median_ms']:>10.3f}{r['p90_ms']:>9.3f}{r['vs_ort']:>7.2f}x{r['accuracy']:>10.2%}"
+            f"{name:<27}{r['median_ms']:>10.3f}{r['p90_ms']:>9.3f}{r['vs_ort']:>7.2f}x{r['accuracy']:>10.2%}"
             f"{r['wasm_bytes'] / 1e6:>9.2f}{r['wasm_gzip_bytes'] / 1e6:>9.2f}{start_ms:>10}{first_ms:>15}"
         )
     print(
@@ -316,6 +349,14 @@ def report(results: dict, images: int, onnx_path: Path, adapter: dict | None, ti
                 "That is SwiftShader, Chromium's CPU implementation of WebGPU: the wgpu figures are CPU "
                 "figures, not a GPU's."
             )
+    if "_capsnet_weights_bytes" in results:
+        b = results["_capsnet_weights_bytes"]
+        print(
+            "page <build> capsnet: the capsule network (models/capsnet.safetensors) picked in the page, "
+            "fetched from /models/ besides the wasm: "
+            + ", ".join(f"{dtype} {n / 1e6:.2f} MB" for dtype, n in b.items())
+            + "; its 'vs ORT' is against ORT running the cnn."
+        )
     per_layer = results["_per_layer"]
     if per_layer["ms"]:
         print(
