@@ -1050,13 +1050,6 @@ def nostd(c):
 KERNEL_WASM_CASES = 200
 
 
-def node_wasm_flags() -> list[str]:
-    """Node's flag for relaxed SIMD: Node 20 validates it only with
-    --experimental-wasm-relaxed-simd; a Node that has dropped the flag has it on by default."""
-    flag = "--experimental-wasm-relaxed-simd"
-    return [flag] if subprocess.run(["node", flag, "-e", ""], capture_output=True).returncode == 0 else []
-
-
 def kernel_wasm_tests(seed: int = 2026, cases: int = KERNEL_WASM_CASES) -> None:
     """The kernels' property tests (wasm-infer/mnist-kernels/tests/property) on the wasm
     instruction sets: the crate's `wasm_properties` example built for wasm32 with simd128 and
@@ -1070,6 +1063,8 @@ def kernel_wasm_tests(seed: int = 2026, cases: int = KERNEL_WASM_CASES) -> None:
     )
     module = release / "examples" / "wasm_properties.wasm"
     script = ROOT / "wasm-infer" / "mnist-kernels" / "examples" / "wasm_properties.mjs"
+    from bench.node import node_wasm_flags
+
     run(["node", *node_wasm_flags(), script, module, str(seed), str(cases)])
 
 

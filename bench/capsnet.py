@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
 def wasm_times(model: Path, digits: Path) -> dict[str, dict[str, float]]:
     """Each built page build of our kernels on ``model`` in Node (``bench/capsnet_wasm.mjs``)."""
-    from tasks import node_wasm_flags
+    from .node import node_wasm_flags
 
     if shutil.which("node") is None:
         print("no Node.js: the wasm builds are not timed")

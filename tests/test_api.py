@@ -942,9 +942,18 @@ def raw_exchange(base: str, request: bytes) -> bytes:
 )
 def test_requests_that_are_not_http_get_400_from_uvicorn(api, request_bytes):
     """Requests that break HTTP itself never reach the application: uvicorn answers them with
-    400 and a line of plain text, and closes the connection (docs/api.md)."""
-    answer = raw_exchange(api, request_bytes)
-    assert answer.split(b" ")[1] == b"400" and b"Traceback" not in answer
+    400 and a line of plain text, and closes the connection (docs/api.md).
+
+    The 70 kB header is refused after its first 16 kB (h11's limit) while the rest is still
+    arriving: closing a socket with unread bytes makes the kernel reset the connection, which
+    may reach the client before the 400 does (it did in one CI run). A reset is then the
+    answer; nothing else is (no other status, no traceback)."""
+    try:
+        answer = raw_exchange(api, request_bytes)
+    except ConnectionResetError:
+        assert len(request_bytes) > 64_000, "only the oversized request may be cut off"
+    else:
+        assert answer.split(b" ")[1] == b"400" and b"Traceback" not in answer
     assert_alive(api)
 
 
@@ -1173,7 +1182,10 @@ def form_image(body: bytes, content_type: str) -> bytes:
 
     scope = {"type": "http", "method": "POST", "path": "/api/predict", "query_string": b"",
              "headers": [(b"content-type", content_type.encode())]}  # fmt: skip
-    return asyncio.run(image_field(Request(scope, receive)))
+    # In a thread of its own: a worker that ran the browser tests first still has Playwright's
+    # event loop running in this one, where asyncio.run refuses to start another.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, image_field(Request(scope, receive))).result()
 
 
 def test_the_first_image_file_wins_and_a_text_field_is_refused():

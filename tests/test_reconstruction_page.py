@@ -25,10 +25,12 @@ BACKEND = "fast-relaxed"
 DIGITS = 20
 SCREENSHOT = ROOT / "reports" / "screenshots" / "reconstruction.png"
 
-DROP = """async (b64) => {
+#: The name the dropped file gets in the picker (models/capsnet.safetensors is served as "capsnet").
+DROPPED = "small-capsnet"
+DROP = """async ([b64, name]) => {
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
     const data = new DataTransfer();
-    data.items.add(new File([bytes], "capsnet.safetensors"));
+    data.items.add(new File([bytes], `${name}.safetensors`));
     document.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
 }"""
 RECONSTRUCT_ALL = """async (images) => {
@@ -40,8 +42,8 @@ RECONSTRUCT_ALL = """async (images) => {
 
 def drop_model(page, path) -> None:
     """Drop the weights file `path` on the page, as a person would, and wait until it runs."""
-    page.evaluate(DROP, base64.b64encode(path.read_bytes()).decode())
-    page.wait_for_function(f"window.mnist.model === '{path.stem}'", timeout=60_000)
+    page.evaluate(DROP, [base64.b64encode(path.read_bytes()).decode(), DROPPED])
+    page.wait_for_function(f"window.mnist.model === '{DROPPED}'", timeout=60_000)
 
 
 def assert_reconstructs_as_native(page, path, native_backend, images, tolerance):
