@@ -522,6 +522,8 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
         "holdout": "MNIST training images 55,000-59,999 held out for calibrating the thresholds "
         "(default 5000; 0: train on all 60,000)",
         "init": "fine-tune: start from this weights file of the same architecture (default: random init)",
+        "nproc": "data-parallel processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on "
+        "GPUs; default 1). --resume needs the same N",
         "threads": "torch threads (default: all cores)",
         "device": "cpu (default), cuda, cuda:N or auto",
         "data_dir": "MNIST folder (default data/); fetched and md5-checked when missing",
@@ -554,16 +556,18 @@ def train(
     outlier_batch=None,
     holdout=None,
     init=None,
+    nproc=None,
 ):
     """Train a model; write its weights + metrics to models/ (and, for the default cnn, the Rust fixture).
 
-    --arch cnn (default) writes model.safetensors + metrics.json; mlp, lenet5 and resnet write
-    <arch>.safetensors + <arch>.metrics.json beside it (trainer.model.ARCHITECTURES).
+    --arch cnn (default) writes model.safetensors + metrics.json; mlp, lenet5, resnet and capsnet
+    write <arch>.safetensors + <arch>.metrics.json beside it (trainer.model.ARCHITECTURES).
+    --nproc N trains data-parallel in N processes (torchrun, DistributedDataParallel).
     """
     from trainer import data
     from trainer.fixtures import write_fixture
     from trainer.model import DEFAULT_ARCHITECTURE
-    from trainer.train import DEFAULT_OUT_DIR, Config, default_out_dir
+    from trainer.train import DEFAULT_OUT_DIR, Config, default_out_dir, launch
     from trainer.train import train as run_training
 
     data_path = Path(data_dir) if data_dir else data.DEFAULT_DATA_DIR
@@ -591,9 +595,17 @@ def train(
             outlier_batch=outlier_batch,
             holdout=holdout,
             init=init,
+            nproc=nproc,
         )
         out = Path(out_dir) if out_dir else default_out_dir(config.arch)
-        run_training(config, data_dir=data_path, out_dir=out, resume=resume)
+        if config.nproc > 1:
+            status = launch(config, data_dir=data_path, out_dir=out, resume=resume)
+            if status:
+                raise Exit(
+                    f"training failed in one of its {config.nproc} processes (exit status {status})", code=status
+                )
+        else:
+            run_training(config, data_dir=data_path, out_dir=out, resume=resume)
     except KeyboardInterrupt:
         raise Exit(
             f"training interrupted; {out} keeps its model; `invoke train --resume` continues", code=130

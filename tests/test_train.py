@@ -73,35 +73,104 @@ def run_training(out_dir, *extra):
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def descendants(pid):
+    """The process ids of ``pid``'s children, grandchildren, ... (Linux: read from /proc)."""
+    from pathlib import Path
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # "pid (name) state ppid ...": the name may hold spaces, not ")"
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended meanwhile
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def kill_after_first_checkpoint(process, checkpoint):
+    """SIGKILL ``process`` and every process under it (torchrun starts its workers in sessions
+    of their own) once ``checkpoint`` exists: the first epoch ended."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert process.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for pid in [process.pid, *descendants(process.pid)]:
+        try:
+            os.kill(pid, signal.SIGSTOP)  # stopped first, so that none finishes meanwhile
+        except ProcessLookupError:
+            pass
+    assert checkpoint.exists(), "training ended before it could be killed"
+    for pid in [process.pid, *descendants(process.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def assert_same_run(a, b, metrics_name="metrics.json", weights_name="model.safetensors"):
+    """Two output folders hold the same per-epoch history and bit-identical weights."""
+    from safetensors.torch import load_file
+
+    first, second = (json.loads((d / metrics_name).read_text()) for d in (a, b))
+    strip = lambda history: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]  # noqa: E731
+    assert strip(first["history"]) == strip(second["history"]) and len(first["history"]) == 2
+    x, y = load_file(a / weights_name), load_file(b / weights_name)
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    return first
+
+
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_same_model(tmp_path):
     """Kill -9 during epoch 2, --resume: same weights and metrics as a run never interrupted
     (same seed, same machine, same threads: the run is deterministic)."""
-    import signal
-    import time
-
-    from safetensors.torch import load_file
-
     killed = run_training(tmp_path / "killed")
     checkpoint = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.monotonic() + 600
-    while not checkpoint.exists():
-        assert killed.poll() is None, "training ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    kill_after_first_checkpoint(killed, checkpoint)
     assert not (tmp_path / "killed" / "model.safetensors").exists()
     assert run_training(tmp_path / "killed", "--resume").wait() == 0
     assert run_training(tmp_path / "whole").wait() == 0
-
-    resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
-    strip = lambda history: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]  # noqa: E731
-    assert strip(resumed["history"]) == strip(whole["history"]) and len(whole["history"]) == 2
-    a, b = load_file(tmp_path / "killed" / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(tmp_path / "killed", tmp_path / "whole")
     assert not checkpoint.exists()  # removed once the run finished
+
+
+@pytest.mark.slow
+def test_two_processes_learn_agree_on_the_weights_and_resume(tmp_path):
+    """--nproc 2: torchrun, DistributedDataParallel over gloo on the CPU. The run learns, both
+    ranks end with the same parameters, and a run killed after its first epoch resumes to
+    exactly the uninterrupted run's model (each rank's random state is in the checkpoint)."""
+    options = ("--nproc", "2", "--arch", "mlp", "--outliers", "0", "--holdout", "0")
+    killed = run_training(tmp_path / "killed", *options)
+    checkpoint = tmp_path / "killed" / "mlp.checkpoint.pt"
+    kill_after_first_checkpoint(killed, checkpoint)
+    assert len(torch.load(checkpoint, weights_only=False)["ranks"]) == 2
+    assert run_training(tmp_path / "killed", *options, "--resume").wait() == 0
+    assert run_training(tmp_path / "whole", *options).wait() == 0
+    metrics = assert_same_run(tmp_path / "killed", tmp_path / "whole", "mlp.metrics.json", "mlp.safetensors")
+    assert metrics["test_accuracy"] > 0.7  # 2 epochs on 1,500 images: far above chance (10 %)
+    distributed = metrics["distributed"]
+    assert distributed["processes"] == 2 and distributed["backend"] == "gloo"
+    assert len(distributed["parameters_sha256"]) == 2 and len(set(distributed["parameters_sha256"])) == 1
+    assert metrics["config"]["nproc"] == 2 and not checkpoint.exists()
+
+
+def test_a_run_resumes_only_with_its_own_number_of_processes(tmp_path):
+    torch.save({"config": Config(epochs=1, limit=64).__dict__}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"nproc=1 \(now 2\)"):
+        train_module.load_checkpoint(tmp_path / "checkpoint.pt", Config(epochs=1, limit=64, nproc=2))
+    with pytest.raises(ValueError, match="this process is one of 1"):  # not started by torchrun
+        train(Config(epochs=1, limit=64, nproc=2), out_dir=tmp_path)
+    with pytest.raises(ValueError, match="split over the 4 processes"):
+        train(Config(epochs=1, limit=64, nproc=4, batch_size=2), out_dir=tmp_path)
 
 
 def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):

@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -131,6 +132,9 @@ class Config:
     # initialisation, e.g. to add outlier exposure to a model that took long to train. Its
     # thresholds are calibrated on the held-out split only if that file held it out too.
     init: str = ""
+    # Data-parallel processes (torchrun + DistributedDataParallel; see ``launch``): 1 trains in
+    # this process. A run resumes only with the nproc it was started with.
+    nproc: int = 1
 
     @classmethod
     def from_options(cls, **options: str | None) -> Config:
@@ -149,6 +153,12 @@ class Config:
                 noun = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
                 raise ValueError(f"--{name.replace('_', '-')} takes {noun}, got {value!r}") from None
         return cls(**settings)
+
+    def argv(self, skip: tuple[str, ...] = ()) -> list[str]:
+        """These settings (but the fields named in ``skip``) as ``python -m trainer.train``
+        options, e.g. ["--arch", "cnn", "--epochs", "16", ...]: what ``launch`` passes on."""
+        chosen = [f.name for f in fields(self) if f.name not in skip]
+        return [arg for name in chosen for arg in ("--" + name.replace("_", "-"), str(getattr(self, name)))]
 
     def validate(self) -> None:
         checks = [
@@ -172,6 +182,12 @@ class Config:
                 f"threads, limit and test_limit must be >= 0, got {self.threads}, {self.limit}, {self.test_limit}",
             ),
             (self.clean_epochs >= 0, f"clean_epochs must be >= 0, got {self.clean_epochs}"),
+            (self.nproc >= 1, f"nproc must be at least 1, got {self.nproc}"),
+            (
+                self.batch_size >= self.nproc and self.outlier_batch >= self.nproc,
+                f"batch_size and outlier_batch ({self.batch_size}, {self.outlier_batch}) are split over the "
+                f"{self.nproc} processes: each must be at least nproc",
+            ),
             (self.extra_repeat >= 1, f"extra_repeat must be at least 1, got {self.extra_repeat}"),
             (
                 self.writers >= 0 and self.writers_per_class >= 1,
@@ -326,11 +342,124 @@ def load_checkpoint(path: Path, config: Config) -> dict:
         state = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as e:  # torch raises several types for a damaged file
         raise ValueError(f"{path}: unreadable checkpoint ({e})") from e
-    saved = state.get("config", {})
+    saved = {"nproc": 1, **state.get("config", {})}  # checkpoints from before --nproc: one process
     differences = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in asdict(config).items() if saved.get(k) != v]
     if differences:
         raise ValueError(f"{path} belongs to a run with other settings: {', '.join(differences)}")
     return state
+
+
+class TrainingLoss(torch.nn.Module):
+    """The training objective of one step as a module, so that DistributedDataParallel (which
+    synchronises the gradients of what runs through its ``forward``) can wrap all of it.
+
+    ``forward(x, y)``: ``x`` (B + K, 1, 28, 28) float32 in 0..255, the B digits labelled by ``y``
+    (B,) int64 first, then K non-digits (outlier exposure; K may be 0). Returns (the scalar loss,
+    the digits' logits (B, 10)). A plain network: cross-entropy (with ``label_smoothing``) plus
+    ``outlier_weight`` x the non-digits' cross-entropy to the uniform distribution (Hendrycks et
+    al., 2019). A capsule network: the margin loss, 0.0005 x the reconstruction's summed squared
+    error for the digits when it has a decoder (Sabour et al., 2017), and ``outlier_weight`` x the
+    margin loss with no class present for the non-digits.
+    """
+
+    def __init__(self, model: Net, config: Config):
+        super().__init__()
+        self.model = model
+        self.label_smoothing, self.outlier_weight = config.label_smoothing, config.outlier_weight
+        self.capsules = is_capsule_network(config.arch)
+        self.decoded = self.capsules and any(spec.kind == "decoder" for spec in model.layers)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        digits = len(y)
+        if self.capsules:
+            caps = self.model.capsules(normalize(x))
+            logits = self.model.logits_of_capsules(caps)
+            lengths = torch.linalg.vector_norm(caps, dim=-1)
+            loss = margin_loss(lengths[:digits], y).mean()
+            if self.decoded:
+                loss = loss + reconstruction_loss(self.model.decode(caps[:digits], y), x[:digits]).mean()
+            if len(x) > digits:
+                loss = loss + self.outlier_weight * margin_loss(lengths[digits:], None).mean()
+        else:
+            # Digits and non-digits in one forward pass (one set of BatchNorm statistics, as in
+            # the paper); the non-digits' loss is -mean_k log softmax_k.
+            logits = self.model(normalize(x))
+            loss = F.cross_entropy(logits[:digits], y, label_smoothing=self.label_smoothing)
+            if len(x) > digits:
+                loss = loss + self.outlier_weight * -torch.log_softmax(logits[digits:], dim=1).mean()
+        return loss, logits[:digits]
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands in a data-parallel run (torchrun sets RANK, WORLD_SIZE and
+    LOCAL_RANK; without them: rank 0 of 1). ``backend``: "gloo" on the CPU, "nccl" on GPUs."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls) -> Processes:
+        return cls(
+            int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+        )
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that evaluates, prints and writes the files."""
+        return self.rank == 0
+
+    def gather(self, value: object) -> list:
+        """``value`` of every rank, in rank order (a collective: every rank must call it)."""
+        if self.world == 1:
+            return [value]
+        values = [None] * self.world
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def total(self, *values: float) -> list[float]:
+        """The sums over the ranks of ``values`` (a collective)."""
+        return [sum(column) for column in zip(*self.gather(values))]
+
+
+def launch(
+    config: Config, data_dir: Path = data.DEFAULT_DATA_DIR, out_dir: Path | None = None, resume: bool = False
+) -> int:
+    """Train with ``config`` in ``config.nproc`` processes started by PyTorch's launcher
+    (``python -m torch.distributed.run``, i.e. torchrun, standalone on this machine), each
+    running ``python -m trainer.train`` (``train`` above); return the launcher's exit status
+    (0: trained). Each process gets an equal share of the cores (OMP_NUM_THREADS) unless set.
+
+    Raises:
+        ValueError, FileNotFoundError: as ``train``, for bad settings and a missing or foreign
+        checkpoint (checked here once, before any process starts).
+    """
+    import subprocess
+
+    config.validate()
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(config.arch)
+    if resume:
+        load_checkpoint(out_dir / output_names(config.arch)[2], config)
+    # --nproc stays out of the processes' options (torchrun's parser would take it for an
+    # abbreviation of its own --nproc-per-node): they read it from WORLD_SIZE.
+    options = config.argv(skip=("nproc",))
+    options += ["--data-dir", str(data_dir), "--out-dir", str(out_dir)] + (["--resume"] if resume else [])
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.nproc)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={config.nproc}"]
+    return subprocess.call([*command, "-m", "trainer.train", *options], env=env)
+
+
+def parameters_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's trainable parameters (their bytes, in state_dict order): equal
+    across the ranks of a data-parallel run whose gradients were synchronised."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def train(
@@ -344,15 +473,50 @@ def train(
     The model and metrics files change only when training has finished: an interrupted run
     (Ctrl-C, a kill) leaves the previous model in place.
 
+    With ``config.nproc`` > 1 this is one of the processes torchrun started (``launch``): each
+    rank trains on its share (rank::nproc) of every batch of one shared, seeded data order, with
+    augmentation and non-digits drawn from a generator seeded per rank, and
+    DistributedDataParallel averages the gradients (gloo on the CPU, NCCL on GPUs). BatchNorm
+    statistics are each rank's own, broadcast from rank 0 at every step (DDP's default). Rank 0
+    evaluates, checkpoints (with every rank's random state) and writes the files; the run fails
+    if the ranks' parameters differ at the end.
+
     Returns:
-        the metrics dict written to metrics.json.
+        the metrics dict written to metrics.json ({} on the ranks other than 0).
 
     Raises:
         ValueError: bad settings, or a checkpoint of another run; FileNotFoundError: resume
-        without a checkpoint; data.DataError: missing or corrupt MNIST files.
+        without a checkpoint; data.DataError: missing or corrupt MNIST files; RuntimeError: the
+        ranks of a data-parallel run ended with different parameters.
     """
     config.validate()
+    processes = Processes.from_environment()
+    if processes.world != config.nproc:
+        raise ValueError(
+            f"nproc is {config.nproc}, but this process is one of {processes.world}: "
+            f"start the run with `invoke train --nproc {config.nproc}` (or `python -m trainer.train --nproc ...`)"
+        )
     device = resolve_device(config.device)
+    if processes.world == 1:
+        return run(config, processes, device, data_dir, out_dir, resume)
+    if device.type == "cuda":
+        device = torch.device("cuda", processes.local_rank)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return run(config, processes, device, data_dir, out_dir, resume)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run(
+    config: Config, processes: Processes, device: torch.device, data_dir: Path, out_dir: Path | None, resume: bool
+) -> dict:
+    """The body of ``train`` in one process of ``processes`` (see there)."""
+    say = print if processes.main else lambda *args, **kwargs: None
+    if processes.world > 1:
+        say(
+            f"training in {processes.world} processes ({torch.distributed.get_backend()}), {torch.get_num_threads()} threads each"
+        )
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(config.arch)
     weights_name, metrics_name, checkpoint_name = output_names(config.arch)
     checkpoint_path = out_dir / checkpoint_name
@@ -362,9 +526,18 @@ def train(
     torch.use_deterministic_algorithms(True)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    # The data order: one stream, the same on every rank. Augmentation and the non-digits drawn
+    # per step: this rank's own stream (the same one as the order's in a single process).
     generator = torch.Generator().manual_seed(config.seed)
+    local = (
+        generator
+        if processes.world == 1
+        else torch.Generator().manual_seed((config.seed + 1) * 1_000_003 + processes.rank)
+    )
     aug = AUGMENT_PRESETS[config.augment]
 
+    if not processes.main:
+        torch.distributed.barrier()  # rank 0 fetches MNIST and draws the cached data sets first
     full = data.load_split(train=True, data_dir=data_dir)
     test_split = data.load_split(train=False, data_dir=data_dir).first(config.test_limit)
     train_split = training_split(full, config)
@@ -384,7 +557,7 @@ def train(
             torch.cat([train_split.images, torch.from_numpy(written.images)]),
             torch.cat([train_split.labels, torch.from_numpy(written.labels)]),
         )
-        print(f"--writers: {len(written.labels):,} digits of {config.writers} synthetic writers join training")
+        say(f"--writers: {len(written.labels):,} digits of {config.writers} synthetic writers join training")
     if config.styles:
         from .synthetic.styles import training_styles
 
@@ -393,14 +566,14 @@ def train(
             torch.cat([train_split.images, torch.from_numpy(style_images)]),
             torch.cat([train_split.labels, torch.from_numpy(style_labels)]),
         )
-        print(f"--styles: {len(style_labels):,} digits in styles MNIST lacks join training")
+        say(f"--styles: {len(style_labels):,} digits in styles MNIST lacks join training")
     extra = None
     if config.extra_samples:
         extra_images, extra_labels, extra = collected_for_training(config.extra_samples, config.extra_repeat)
         train_split = data.Split(
             torch.cat([train_split.images, extra_images]), torch.cat([train_split.labels, extra_labels])
         )
-        print(
+        say(
             f"--extra-samples: {extra['train']} drawings of {extra['train_writers']} writers join training "
             f"(x{extra['repeat']}); {extra['held_out']} of {extra['held_out_writers']} writers held out for testing"
         )
@@ -414,7 +587,9 @@ def train(
         count = min(config.outliers, config.limit) if config.limit else config.outliers
         pool = nondigit_set(count, "train", cache_dir=Path(data_dir) / "nondigits")
         outliers = (torch.from_numpy(pool.images).unsqueeze(1).float() / 255.0).to(device)
-        print(f"--outliers: {count:,} non-digits, {config.outlier_batch} per step, weight {config.outlier_weight}")
+        say(f"--outliers: {count:,} non-digits, {config.outlier_batch} per step, weight {config.outlier_weight}")
+    if processes.main and processes.world > 1:
+        torch.distributed.barrier()  # the others may read the caches now
 
     # channels_last (NHWC) weights: about a third faster convolutions on the CPU than NCHW
     # (measured: 71 vs 106 ms per training step of 128 images on 2 cores); same model.
@@ -434,10 +609,17 @@ def train(
             read_metadata(Path(config.init)).get(HELD_OUT_KEY) == f"{VALIDATION.start}-{VALIDATION.stop - 1}"
         )
     model = model.to(device, memory_format=torch.channels_last)
+    if processes.rank:
+        torch.manual_seed((config.seed + 1) * 1_000_003 + processes.rank)  # its own dropout masks
     ema = None
     if config.ema_decay > 0:
         ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
-    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
+    if processes.world == 1:
+        steps_per_epoch = math.ceil(len(labels) / config.batch_size)
+    else:  # every rank needs images in every step: the last, partial batch is left out
+        steps_per_epoch = len(labels) // config.batch_size
+        if steps_per_epoch == 0:
+            raise ValueError(f"{len(labels)} training images are fewer than one batch of {config.batch_size}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
@@ -452,12 +634,18 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        own = state["ranks"][processes.rank] if processes.world > 1 else state
+        local.set_state(own["generator"])
+        torch.set_rng_state(own["torch_rng"])
         history, first_epoch, elapsed_before = state["history"], state["epoch"] + 1, state["elapsed_s"]
-        print(f"resuming after epoch {state['epoch']}/{config.epochs} from {checkpoint_path}")
+        say(f"resuming after epoch {state['epoch']}/{config.epochs} from {checkpoint_path}")
     evaluated = ema.module if ema is not None else model
-    capsules = is_capsule_network(config.arch)
-    decoded = capsules and any(spec.kind == "decoder" for spec in model.layers)
+    step_loss = TrainingLoss(model, config)
+    if processes.world > 1:  # a collective: rank 0's parameters and buffers go to every rank
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_loss = DistributedDataParallel(step_loss, device_ids=[device.index] if device.type == "cuda" else None)
+    outliers_per_step = config.outlier_batch // processes.world
 
     started = time.perf_counter() - elapsed_before
     for epoch in range(first_epoch, config.epochs + 1):
@@ -466,36 +654,21 @@ def train(
         clean = epoch > config.epochs - min(config.clean_epochs, config.epochs - 1)
         epoch_aug = AUGMENT_PRESETS["none"] if clean else aug
         running_loss, seen, correct = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="batch",
+            leave=False,
+            disable=not processes.main,
+        )
         for step in bar:
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = augment(images[idx], epoch_aug, generator) * 255.0
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size][processes.rank :: processes.world]
+            x = augment(images[idx], epoch_aug, local) * 255.0
             y = labels[idx]
             if outliers is not None:
-                # Digits and non-digits in one forward pass (one set of BatchNorm statistics, as
-                # in the paper); the non-digits' loss is the cross-entropy to the uniform
-                # distribution, -mean_k log softmax_k.
-                picked = torch.randint(len(outliers), (config.outlier_batch,), generator=generator).to(device)
-                x = torch.cat([x, augment(outliers[picked], epoch_aug, generator) * 255.0])
-            if capsules:
-                # The margin loss of the capsule lengths, the reconstruction of the digits from
-                # their true class's capsule (not of the non-digits: no class to mask by), and
-                # for the non-digits the margin loss with no class present.
-                caps = model.capsules(normalize(x))
-                logits = model.logits_of_capsules(caps)
-                lengths = torch.linalg.vector_norm(caps, dim=-1)
-                loss = margin_loss(lengths[: len(y)], y).mean()
-                if decoded:
-                    loss = loss + reconstruction_loss(model.decode(caps[: len(y)], y), x[: len(y)]).mean()
-                if outliers is not None:
-                    loss = loss + config.outlier_weight * margin_loss(lengths[len(y) :], None).mean()
-            else:
-                logits = model(normalize(x))
-                loss = F.cross_entropy(logits[: len(y)], y, label_smoothing=config.label_smoothing)
-                if outliers is not None:
-                    uniform_loss = -torch.log_softmax(logits[len(y) :], dim=1).mean()
-                    loss = loss + config.outlier_weight * uniform_loss
-            logits = logits[: len(y)]
+                picked = torch.randint(len(outliers), (outliers_per_step,), generator=local).to(device)
+                x = torch.cat([x, augment(outliers[picked], epoch_aug, local) * 255.0])
+            loss, logits = step_loss(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -507,6 +680,11 @@ def train(
             seen += len(y)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{running_loss / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        running_loss, correct, seen = processes.total(running_loss, correct, seen)
+        if not processes.main:
+            # Wait for rank 0's checkpoint, handing it this rank's random state.
+            processes.gather({"generator": local.get_state(), "torch_rng": torch.get_rng_state()})
+            continue
         test_loss, test_acc = evaluate(evaluated, test_split)
         record = {
             "epoch": epoch,
@@ -523,10 +701,12 @@ def train(
             flush=True,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
+        ranks = processes.gather({"generator": local.get_state(), "torch_rng": torch.get_rng_state()})
         save_checkpoint(
             checkpoint_path,
             {
                 "config": asdict(config),
+                **({"ranks": ranks} if processes.world > 1 else {}),
                 "epoch": epoch,
                 "history": history,
                 "elapsed_s": record["elapsed_s"],
@@ -539,6 +719,11 @@ def train(
             },
         )
 
+    digests = processes.gather(parameters_digest(evaluated))
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"the {processes.world} processes ended with different parameters: {digests}")
+    if not processes.main:
+        return {}
     trainable, running = count_parameters(evaluated)
     final = history[-1]
     metrics = {
@@ -551,11 +736,17 @@ def train(
         "threads": torch.get_num_threads(),
         "device": str(device),
         "parameters": {"trainable": trainable, "running_stats": running, "total": trainable + running},
-        "loss": "margin + 0.0005 reconstruction" if capsules else "cross-entropy",
+        "loss": "margin + 0.0005 reconstruction" if is_capsule_network(config.arch) else "cross-entropy",
         "config": asdict(config),
         "augment": asdict(aug),
         "history": history,
     }
+    if processes.world > 1:
+        metrics["distributed"] = {
+            "processes": processes.world,
+            "backend": torch.distributed.get_backend(),
+            "parameters_sha256": digests,  # each rank's, in rank order
+        }
     written = {"test_accuracy": f"{final['test_accuracy']:.4f}", "train_images": str(len(labels))}
     if config.init:
         written["fine_tuned_from"] = Path(config.init).name
@@ -594,6 +785,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.add_argument(flag, choices=list(AUGMENT_PRESETS), default=defaults.augment)
         elif f.name == "arch":
             parser.add_argument(flag, choices=list(ARCHITECTURES), default=defaults.arch)
+        elif f.name == "nproc":  # under torchrun: its number of processes
+            parser.add_argument(flag, type=int, default=int(os.environ.get("WORLD_SIZE", defaults.nproc)))
         else:
             parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
@@ -602,11 +795,13 @@ def main(argv: list[str] | None = None) -> None:
         "--out-dir",
         type=Path,
         default=None,
-        help="default: models/ (reports/<arch>/ for an arch not in models/ yet: capsnet)",
+        help="default: models/",
     )
     args = parser.parse_args(argv)
     config = Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
     try:
+        if config.nproc > 1 and "WORLD_SIZE" not in os.environ:  # not started by torchrun yet
+            parser.exit(launch(config, data_dir=args.data_dir, out_dir=args.out_dir, resume=args.resume))
         train(config, data_dir=args.data_dir, out_dir=args.out_dir, resume=args.resume)
     except (ValueError, FileNotFoundError, data.DataError) as e:
         parser.exit(2, f"error: {e}\n")
