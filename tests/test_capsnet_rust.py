@@ -1,8 +1,8 @@
 """The capsule network in Rust (issue 24): a capsule plan trained briefly in PyTorch, written as
 safetensors, loaded by the native module on burn's backends (flex, ndarray) and on our kernels
 (every ``fast-*`` backend this CPU has: scalar, SSE2, AVX2 + FMA), and compared with PyTorch on
-real MNIST test digits: logits, top-1 and the decoder's reconstruction. A model without a decoder
-refuses to reconstruct."""
+real MNIST test digits: logits, top-1 and the decoder's reconstruction, whose digits (from the same
+forward pass) are the logits' argmax. A model without a decoder refuses to reconstruct."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ CAPSULE_BACKENDS = [b for b in mnist_infer.BACKENDS if b in ("flex", "ndarray") 
 def test_rust_reads_the_capsule_network_as_pytorch_does(capsnet, reference, mnist_test, backend):
     pixels, logits, reconstruction = reference
     classifier = mnist_infer.Classifier(capsnet[1], backend=backend)
-    rust_logits, rust_reconstruction = classifier.logits(pixels), classifier.reconstruct(pixels) / 255
+    rust_logits, (digits, rust_reconstruction) = classifier.logits(pixels), classifier.reconstruct(pixels)
+    rust_reconstruction = rust_reconstruction / 255
     labels = mnist_test.labels[:DIGITS].numpy()
     accuracy = (logits.argmax(1) == labels).mean()
     print(
@@ -90,12 +91,16 @@ def test_rust_reads_the_capsule_network_as_pytorch_does(capsnet, reference, mnis
     )
     assert accuracy > 0.5, "trained: the comparison is of a network that reads digits"
     assert (rust_logits.argmax(1) == logits.argmax(1)).all()
+    # The digits the decoder drew from are the predictions, from the same forward pass.
+    assert digits.shape == (DIGITS,) and digits.dtype == np.int64
+    np.testing.assert_array_equal(digits, rust_logits.argmax(1))
     np.testing.assert_allclose(rust_logits, logits, rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(rust_reconstruction, reconstruction, rtol=0, atol=TOLERANCE)
     # The reconstruction is an image of the input's digit: it correlates with the input.
     correlation = [np.corrcoef(a, b)[0, 1] for a, b in zip(rust_reconstruction[:100], pixels[:100])]
     assert np.median(correlation) > 0.3, np.median(correlation)
-    one = classifier.reconstruct(pixels[0])
+    digit, one = classifier.reconstruct(pixels[0])
+    assert isinstance(digit, int) and digit == digits[0]
     assert one.shape == (784,) and np.allclose(one, rust_reconstruction[0] * 255, atol=1e-3)
 
 
@@ -141,12 +146,14 @@ def test_the_committed_capsnet_matches_pytorch_on_all_10000_test_digits(mnist_te
     logits, reconstruction = torch.cat(logits).numpy(), torch.cat(reconstruction).numpy()
     classifier = mnist_infer.Classifier(path, backend=backend)
     flat = pixels.reshape(len(pixels), -1).numpy()
-    rust_logits, rust_reconstruction = classifier.logits(flat), classifier.reconstruct(flat) / 255
+    rust_logits, (digits, rust_reconstruction) = classifier.logits(flat), classifier.reconstruct(flat)
+    rust_reconstruction = rust_reconstruction / 255
     print(
         f"{backend}: {(rust_logits.argmax(1) == mnist_test.labels.numpy()).mean():.2%} on 10,000; max |logit diff| "
         f"{np.abs(rust_logits - logits).max():.1e}, reconstruction {np.abs(rust_reconstruction - reconstruction).max():.1e}"
     )
     assert (rust_logits.argmax(1) == logits.argmax(1)).all()
+    np.testing.assert_array_equal(digits, rust_logits.argmax(1))
     np.testing.assert_allclose(rust_logits, logits, rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(rust_reconstruction, reconstruction, rtol=0, atol=TOLERANCE)
     correlation = [np.corrcoef(a, b)[0, 1] for a, b in zip(rust_reconstruction[:200], flat[:200])]

@@ -48,16 +48,17 @@ def drop_model(page, path) -> None:
 
 def assert_reconstructs_as_native(page, path, native_backend, images, tolerance):
     """`window.mnist.reconstruct` on `images` against the native module's `reconstruct` on
-    `native_backend` (0..255; the digit: the native prediction's)."""
+    `native_backend` (0..255; the digit: the native prediction's, and the native
+    reconstruction's)."""
     native = mnist_infer.Classifier(path, backend=native_backend)
     answers = page.evaluate(RECONSTRUCT_ALL, images.tolist())
     seen = np.array([a["pixels"] for a in answers], dtype=np.float32)
-    expected = native.reconstruct(images)
+    digits, expected = native.reconstruct(images)
     print(
         f"{page.evaluate('window.mnist.backend')} vs native {native_backend}: max |diff| {np.abs(seen - expected).max():.2e} of 255"
     )
     assert seen.shape == (len(images), 784) and seen.min() >= 0 and seen.max() <= 255
-    assert [a["digit"] for a in answers] == native.predict(images).argmax(1).tolist()
+    assert [a["digit"] for a in answers] == native.predict(images).argmax(1).tolist() == digits.tolist()
     np.testing.assert_allclose(seen, expected, rtol=0, atol=tolerance * 255)
 
 

@@ -9,6 +9,7 @@
 //! mnist_infer.not_a_digit(probabilities)  # (10,) -> True/False: max < τ; None without τ
 //! clf.teach(examples, labels)   # (N, 784), (N,) digits: adapt the model to a hand
 //! clf.taught, clf.forget()      # examples per class; back to the trained model
+//! digits, images = mnist_infer.Classifier(capsnet_file).reconstruct(pixels)  # what it sees
 //! ```
 //!
 //! Pixels follow MNIST's convention: 28x28 row-major, 0..=255, ink = 255 (the model normalises
@@ -94,16 +95,28 @@ impl Classifier {
         run(py, self, pixels, mnist_model::Classifier::logits)
     }
 
-    /// What the model sees: a capsule network's reconstruction of the predicted digit,
-    /// float32 (784,) -> (784,) or (N, 784) -> (N, 784), 0..255, ink = 255, row-major 28x28.
-    /// Raises ValueError for bad pixels or a model without a reconstruction decoder (every
-    /// model but the capsule network, on burn's backends: `flex`, `ndarray`).
+    /// What the model sees: a capsule network's predicted digit and its decoder's image of
+    /// it, from one forward pass. Returns `(digits, images)`: for pixels (784,), an int and
+    /// float32 (784,); for (N, 784), int64 (N,) and float32 (N, 784). The digits are the
+    /// argmax of `logits`; the images 0..255, ink = 255, row-major 28x28. Raises ValueError
+    /// for bad pixels or a model without a reconstruction decoder (every model but the
+    /// capsule network).
     fn reconstruct<'py>(
         &self,
         py: Python<'py>,
         pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
-    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        run(py, self, pixels, mnist_model::Classifier::reconstruct)
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyArrayDyn<f32>>)> {
+        let batch = batch_of(&pixels)?;
+        let values: Vec<f32> = pixels.as_array().iter().copied().collect();
+        let seen = py
+            .detach(|| self.read().reconstruct(&values).map_err(|e| e.to_string()))
+            .map_err(PyValueError::new_err)?;
+        let digits: Vec<i64> = seen.digits.iter().map(|&d| d as i64).collect();
+        let digits = match batch {
+            None => digits[0].into_pyobject(py)?.into_any(),
+            Some(_) => Array1::from_vec(digits).into_pyarray(py).into_any(),
+        };
+        Ok((digits, shaped(py, batch, seen.pixels)))
     }
 
     /// MC dropout on one image (784 pixels): `samples` passes with dropout on, masks from
@@ -317,16 +330,7 @@ fn run<'py, E: std::fmt::Display>(
     pixels: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
     compute: fn(&mnist_model::Classifier, &[f32]) -> Result<Vec<f32>, E>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let shape = pixels.shape().to_vec();
-    let batch = match shape.as_slice() {
-        [INPUT_LEN] => None,
-        [n, INPUT_LEN] if *n > 0 => Some(*n),
-        _ => {
-            return Err(PyValueError::new_err(format!(
-                "pixels must have shape ({INPUT_LEN},) or (N, {INPUT_LEN}) with N >= 1 (28x28 images, row-major), got {shape:?}"
-            )));
-        }
-    };
+    let batch = batch_of(&pixels)?;
     let values: Vec<f32> = pixels.as_array().iter().copied().collect();
     let out = py
         .detach(|| {
@@ -334,13 +338,30 @@ fn run<'py, E: std::fmt::Display>(
             compute(&inner, &values).map_err(|e| e.to_string())
         })
         .map_err(PyValueError::new_err)?;
-    Ok(match batch {
+    Ok(shaped(py, batch, out))
+}
+
+/// `None` for one image (784,), `Some(N)` for a batch (N, 784); ValueError for another shape.
+fn batch_of(pixels: &PyArrayLikeDyn<'_, f32, AllowTypeChange>) -> PyResult<Option<usize>> {
+    match pixels.shape() {
+        [INPUT_LEN] => Ok(None),
+        [n, INPUT_LEN] if *n > 0 => Ok(Some(*n)),
+        shape => Err(PyValueError::new_err(format!(
+            "pixels must have shape ({INPUT_LEN},) or (N, {INPUT_LEN}) with N >= 1 (28x28 images, row-major), got {shape:?}"
+        ))),
+    }
+}
+
+/// The model's values for the images, shaped as the input was ([`batch_of`]): (K,) for one
+/// image, (N, K) for a batch.
+fn shaped(py: Python<'_>, batch: Option<usize>, out: Vec<f32>) -> Bound<'_, PyArrayDyn<f32>> {
+    match batch {
         None => Array1::from_vec(out).into_dyn().into_pyarray(py),
         Some(n) => Array2::from_shape_vec((n, out.len() / n), out)
             .expect("the model returns as many values for each image")
             .into_dyn()
             .into_pyarray(py),
-    })
+    }
 }
 
 /// The classifier with the embedded weights on the default backend, loaded on first use.

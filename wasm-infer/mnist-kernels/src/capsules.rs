@@ -89,8 +89,9 @@ pub(crate) fn lengths(v: &[f32], dim: usize, scale: f32, out: &mut [f32]) {
 }
 
 /// The decoder's input: every capsule of `v` `[J, D]` zeroed but the longest (the predicted
-/// digit's; the first of equally long ones, as PyTorch's `argmax`), in place.
-pub(crate) fn keep_longest(v: &mut [f32], dim: usize) {
+/// digit's; the first of equally long ones, as PyTorch's `argmax`), in place. Returns the
+/// index `j` of the capsule kept.
+pub(crate) fn keep_longest(v: &mut [f32], dim: usize) -> usize {
     let mut longest = (0, f32::NEG_INFINITY);
     for (j, capsule) in v.chunks_exact(dim).enumerate() {
         let l = length(capsule);
@@ -103,6 +104,7 @@ pub(crate) fn keep_longest(v: &mut [f32], dim: usize) {
             capsule.fill(0.0);
         }
     }
+    longest.0
 }
 
 /// A function of one vector, lane by lane, for [`map_in_place`]. A trait rather than a closure:
@@ -320,7 +322,10 @@ mod tests {
     #[test]
     fn the_first_of_equally_long_capsules_is_kept() {
         let mut v = [0.0, 1.0, 1.0, 0.0, 0.5, 0.5];
-        keep_longest(&mut v, 2);
+        assert_eq!(keep_longest(&mut v, 2), 0);
         assert_eq!(v, [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        let mut v = [0.0, 1.0, 0.5, 0.5, 0.0, -2.0];
+        assert_eq!(keep_longest(&mut v, 2), 2);
+        assert_eq!(v, [0.0, 0.0, 0.0, 0.0, 0.0, -2.0]);
     }
 }

@@ -890,13 +890,18 @@ impl Network {
     /// What a capsule network sees (its reconstruction decoder, Sabour et al. 2017): for
     /// each image of `input` (`[N, C, H, W]` as [`Network::forward`]), the decoder's output
     /// from the capsules it reads (the digit capsules), every capsule zeroed but the longest
-    /// (the predicted digit's; the first of equally long ones, as PyTorch's `argmax`).
-    /// Returns `[N, pixels]`, each value in `(0, 1)` (a 28x28 MNIST image: 784 values,
-    /// row-major, ink = 1), or `None` for a network without a [`Layer::Decoder`].
+    /// (the predicted digit's; the first of equally long ones, as PyTorch's `argmax`), from
+    /// one forward pass.
+    ///
+    /// Returns `(kept, pixels)`: `kept`, `N` indices `j` in `0..J`, the capsule each image's
+    /// reconstruction was drawn from (the longest: the predicted class, the argmax of
+    /// [`Network::forward`]'s logits `scale * |v_j|` for a positive scale); `pixels`,
+    /// `[N, pixels]`, each value in `(0, 1)` (a 28x28 MNIST image: 784 values, row-major,
+    /// ink = 1). `None` for a network without a [`Layer::Decoder`].
     ///
     /// # Panics
     /// As [`Network::forward`].
-    pub fn reconstruct(&self, input: &[f32]) -> Option<Vec<f32>> {
+    pub fn reconstruct(&self, input: &[f32]) -> Option<(Vec<usize>, Vec<f32>)> {
         let at = self
             .ops
             .iter()
@@ -907,13 +912,15 @@ impl Network {
         };
         let mut x = self.forward_to(input, at);
         let mut shape = self.shapes[at];
-        x.chunks_exact_mut(shape.len())
-            .for_each(|v| capsules::keep_longest(v, dim));
+        let kept = x
+            .chunks_exact_mut(shape.len())
+            .map(|v| capsules::keep_longest(v, dim))
+            .collect();
         for (op, next) in steps.iter() {
             x = self.apply(op, [shape, *next], &x);
             shape = *next;
         }
-        Some(x)
+        Some((kept, x))
     }
 
     /// `op` over a batch of `shapes[0]` inputs, giving `shapes[1]` outputs per image.

@@ -267,9 +267,11 @@ fn networks_that_do_not_chain_are_refused() {
     assert_eq!(capsnet.stages().len(), 3, "the decoder is no stage");
     let x = [0.5f32; 2 * 3 * 4 * 4];
     assert_eq!(capsnet.features(&x).len(), 2 * 3 * 4, "the digit capsules");
-    let reconstruction = capsnet.reconstruct(&x).unwrap();
+    let (kept, reconstruction) = capsnet.reconstruct(&x).unwrap();
     assert_eq!(reconstruction.len(), 2 * 7);
     assert!(reconstruction.iter().all(|&p| p > 0.0 && p < 1.0));
+    assert_eq!(kept.len(), 2, "one capsule kept per image");
+    assert!(kept.iter().all(|&j| j < 3));
     // And what does chain builds: padding keeps 4x4, the pool halves it, flatten + linear.
     let network = build(
         [3, 4, 4],

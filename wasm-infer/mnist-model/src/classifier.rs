@@ -236,75 +236,89 @@ impl Classifier {
     }
 
     /// What the model sees (a capsule network's reconstruction decoder, Sabour et al. 2017):
-    /// for each image, the image its decoder draws from the capsule of the predicted digit
-    /// (the longest; the other capsules zeroed).
+    /// for each image, the predicted digit and the image its decoder draws from that digit's
+    /// capsule (the longest; the other capsules zeroed), both from one forward pass.
     ///
-    /// `pixels`: `N * 784` values as [`Classifier::logits`]. Returns `N * 784` values in
-    /// 0..=255, ink = 255, row-major 28x28, image by image (the decoder's (0, 1) output
-    /// times 255). Synchronous: on wgpu in a browser use [`Classifier::reconstruct_async`].
+    /// `pixels`: `N * 784` values as [`Classifier::logits`]. See [`Reconstruction`] for what
+    /// comes back. Synchronous: on wgpu in a browser use [`Classifier::reconstruct_async`].
     ///
     /// # Errors
     /// [`ReconstructError::Input`] for bad pixels; [`ReconstructError::Unsupported`] for a
     /// model without a decoder.
-    pub fn reconstruct(&self, pixels: &[f32]) -> Result<Vec<f32>, ReconstructError> {
+    pub fn reconstruct(&self, pixels: &[f32]) -> Result<Reconstruction, ReconstructError> {
         check_pixels(pixels)?;
         match &self.engine {
             #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
-            Engine::Burn {
-                model: BurnModel::Layers(model),
-                device,
-            } => match model.reconstruct(self.images(pixels, device)) {
-                Some(image) => Ok(to_vec(image).into_iter().map(|v| v * MAX_PIXEL).collect()),
-                None => Err(ReconstructError::Unsupported(String::from(
-                    "the model has no reconstruction decoder",
-                ))),
-            },
+            Engine::Burn { model, device } => {
+                let (classes, values) = self.burn_reconstruction(model, pixels, device)?;
+                Ok(Reconstruction::from_rows(
+                    &to_vec(values),
+                    pixels.len() / INPUT_LEN,
+                    classes,
+                ))
+            }
             #[cfg(feature = "fast")]
-            Engine::Fast(network) => match network.reconstruct(&self.normalize(pixels)) {
-                Some(image) => Ok(image.into_iter().map(|v| v * MAX_PIXEL).collect()),
-                None => Err(ReconstructError::Unsupported(String::from(
-                    "the model has no reconstruction decoder",
-                ))),
-            },
-            // The burn `cnn` Module has no decoder.
-            #[allow(unreachable_patterns)]
-            _ => Err(ReconstructError::Unsupported(String::from(
-                "the model has no reconstruction decoder",
-            ))),
+            Engine::Fast(network) => {
+                let (digits, image) = network
+                    .reconstruct(&self.normalize(pixels))
+                    .ok_or_else(no_decoder)?;
+                Ok(Reconstruction {
+                    digits,
+                    pixels: image.into_iter().map(|v| v * MAX_PIXEL).collect(),
+                })
+            }
         }
     }
 
-    /// [`Classifier::reconstruct`] with an asynchronous read-back, which every backend
-    /// supports and wgpu in a browser requires.
+    /// [`Classifier::reconstruct`] with an asynchronous read-back (one, of the digits and the
+    /// images together), which every backend supports and wgpu in a browser requires.
     ///
     /// # Errors
     /// As `reconstruct`, and [`ReconstructError::Device`] when the device fails to return
-    /// the image.
-    pub async fn reconstruct_async(&self, pixels: &[f32]) -> Result<Vec<f32>, ReconstructError> {
+    /// the result.
+    pub async fn reconstruct_async(
+        &self,
+        pixels: &[f32],
+    ) -> Result<Reconstruction, ReconstructError> {
         match &self.engine {
             #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
-            Engine::Burn {
-                model: BurnModel::Layers(model),
-                device,
-            } => {
+            Engine::Burn { model, device } => {
                 check_pixels(pixels)?;
-                let Some(image) = model.reconstruct(self.images(pixels, device)) else {
-                    return Err(ReconstructError::Unsupported(String::from(
-                        "the model has no reconstruction decoder",
-                    )));
-                };
-                let data = image
+                let (classes, values) = self.burn_reconstruction(model, pixels, device)?;
+                let data = values
                     .into_data_async()
                     .await
                     .map_err(|e| ReconstructError::Device(format!("{e:?}")))?;
-                Ok(f32_values(data)
-                    .into_iter()
-                    .map(|v| v * MAX_PIXEL)
-                    .collect())
+                Ok(Reconstruction::from_rows(
+                    &f32_values(data),
+                    pixels.len() / INPUT_LEN,
+                    classes,
+                ))
             }
             #[allow(unreachable_patterns)]
             _ => self.reconstruct(pixels),
         }
+    }
+
+    /// A burn model's reconstruction of checked pixels, not yet read back: `(J, values)`,
+    /// `values` `[N, J + pixels]` holding each image's `J` capsule lengths then its decoder
+    /// image in (0, 1), so that one read-back returns both ([`Reconstruction::from_rows`]).
+    #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+    fn burn_reconstruction(
+        &self,
+        model: &BurnModel,
+        pixels: &[f32],
+        device: &Device,
+    ) -> Result<(usize, Tensor<2>), ReconstructError> {
+        // The burn `cnn` Module has no decoder.
+        let BurnModel::Layers(model) = model else {
+            return Err(no_decoder());
+        };
+        let (lengths, image) = model
+            .reconstruct(self.images(pixels, device))
+            .ok_or_else(no_decoder)?;
+        let [_, classes] = lengths.dims();
+        Ok((classes, Tensor::cat(alloc::vec![lengths, image], 1)))
     }
 
     /// MC dropout on one image: `samples` forward passes with dropout on, masks drawn from
@@ -688,6 +702,48 @@ fn fit(
         adapted: Adapted::fit(head, features, &labels, per_example, settings),
         counts,
     }
+}
+
+/// What [`Classifier::reconstruct`] gives for `N` images: what a capsule network sees, with
+/// the digit it was drawn from, from one forward pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reconstruction {
+    /// `N` digits in `0..=9`, image by image: the class whose capsule the decoder drew from,
+    /// the longest capsule (the first of equally long ones), which is the predicted digit,
+    /// the argmax of [`Classifier::logits`] (a model with a decoder cannot be taught).
+    pub digits: Vec<usize>,
+    /// `N * 784` values in 0..=255, ink = 255, each image 28x28 row-major, image by image:
+    /// the decoder's (0, 1) output times 255.
+    pub pixels: Vec<f32>,
+}
+
+impl Reconstruction {
+    /// From a burn engine's read-back of `images` rows `[classes + pixels]`: each image's
+    /// `classes` capsule lengths, then its decoder image in (0, 1)
+    /// ([`Classifier::burn_reconstruction`]).
+    #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
+    fn from_rows(values: &[f32], images: usize, classes: usize) -> Self {
+        let mut digits = Vec::with_capacity(images);
+        let mut pixels = Vec::with_capacity(values.len() - images * classes);
+        for row in values.chunks_exact(values.len() / images) {
+            let (lengths, image) = row.split_at(classes);
+            // The first of equally long capsules, as the fast kernels and PyTorch's argmax.
+            let mut longest = 0;
+            for (j, &length) in lengths.iter().enumerate() {
+                if length > lengths[longest] {
+                    longest = j;
+                }
+            }
+            digits.push(longest);
+            pixels.extend(image.iter().map(|v| v * MAX_PIXEL));
+        }
+        Reconstruction { digits, pixels }
+    }
+}
+
+/// Why a model without a reconstruction decoder gives no [`Reconstruction`].
+fn no_decoder() -> ReconstructError {
+    ReconstructError::Unsupported(String::from("the model has no reconstruction decoder"))
 }
 
 /// Row-wise softmax of `[N, classes]` logits, in place: `exp(x - max) / Σ exp(x - max)`.

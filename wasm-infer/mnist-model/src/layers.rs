@@ -286,12 +286,14 @@ impl LayerModel {
         }
     }
 
-    /// What a capsule network sees: the decoder's reconstruction `[N, pixels]` (each in
-    /// (0, 1), ink = 1, row-major) of normalised images `[N, 1, 28, 28]` from their longest
-    /// digit capsule (the predicted digit; the others zeroed, as the paper at inference), or
-    /// `None` for a plan without a decoder. Where two capsules are exactly as long, both go
-    /// through (PyTorch's argmax would take the first).
-    pub fn reconstruct(&self, images: Tensor<4>) -> Option<Tensor<2>> {
+    /// What a capsule network sees, from one forward pass of normalised images
+    /// `[N, 1, 28, 28]`: `(lengths, reconstruction)`, the lengths `[N, J]` of the digit
+    /// capsules (the longest is the predicted digit) and the decoder's reconstruction
+    /// `[N, pixels]` (each in (0, 1), ink = 1, row-major) from the longest capsule (the
+    /// others zeroed, as the paper at inference); `None` for a plan without a decoder. Where
+    /// two capsules are exactly as long, both go through (PyTorch's argmax would take the
+    /// first).
+    pub fn reconstruct(&self, images: Tensor<4>) -> Option<(Tensor<2>, Tensor<2>)> {
         let decoder = self
             .ops
             .iter()
@@ -308,11 +310,11 @@ impl LayerModel {
         let [n, j, _] = v.dims();
         let length = lengths(v.clone());
         let longest = length.clone().max_dim(1).expand([n, j]);
-        let mask = length.equal(longest).float().unsqueeze_dim::<3>(2);
+        let mask = length.clone().equal(longest).float().unsqueeze_dim::<3>(2);
         let x = (v * mask).flatten(1, 2);
         let x = relu(affine(x, &layers[0]));
         let x = relu(affine(x, &layers[1]));
-        Some(sigmoid(affine(x, &layers[2])))
+        Some((length, sigmoid(affine(x, &layers[2]))))
     }
 
     /// Normalised images `[N, 1, 28, 28]` -> logits `[N, 10]` (the same as

@@ -55,7 +55,7 @@ mod weights;
 
 pub use adapt::{Adapted, Head, Settings};
 pub use backend::Backend;
-pub use classifier::{Classifier, check_pixels, check_probabilities, softmax_rows};
+pub use classifier::{Classifier, Reconstruction, check_pixels, check_probabilities, softmax_rows};
 pub use error::{InputError, PredictError, ReconstructError, TeachError};
 #[cfg(feature = "fast")]
 pub use fast::LoadNetwork;

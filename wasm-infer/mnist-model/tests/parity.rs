@@ -736,3 +736,94 @@ fn the_rule_judges_the_taught_probabilities() {
     classifier.forget();
     assert_eq!(verdict(&classifier), trained < (trained + taught) / 2.0);
 }
+
+/// Run a future that needs no waking to its end: the CPU backends' `*_async` methods resolve
+/// on the first poll.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut context) {
+            return value;
+        }
+    }
+}
+
+/// The committed capsule network reconstructs on every backend from one forward pass: the
+/// digits it drew from are the argmax of its logits, the images are 784 values in 0..=255
+/// each and agree across backends; `reconstruct_async` gives the same, one image as in a
+/// batch. A model without a decoder refuses, with the reason.
+#[test]
+fn reconstruction_gives_the_predicted_digits_and_their_images() {
+    let path = root().join("models/capsnet.safetensors");
+    let capsnet = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let fixture = fixture();
+    let n = 20;
+    let pixels = &fixture.pixels[..n * INPUT_LEN];
+    let mut first: Option<(Backend, mnist_model::Reconstruction)> = None;
+    for backend in backends() {
+        let name = backend.name();
+        let classifier = Classifier::from_safetensors(&capsnet, backend).expect("capsnet loads");
+        let seen = classifier
+            .reconstruct(pixels)
+            .expect("a capsule network reconstructs");
+        let logits = classifier.logits(pixels).unwrap();
+        let predicted: Vec<usize> = logits.chunks_exact(NUM_CLASSES).map(argmax).collect();
+        assert_eq!(
+            seen.digits, predicted,
+            "{name}: the digits are the predictions"
+        );
+        assert_eq!(seen.pixels.len(), n * INPUT_LEN, "{name}");
+        assert!(
+            seen.pixels.iter().all(|p| (0.0..=255.0).contains(p)),
+            "{name}: pixels in 0..=255"
+        );
+        let correct = (seen.digits.iter().zip(&fixture.labels))
+            .filter(|&(&d, &l)| d as i64 == l)
+            .count();
+        assert!(correct >= n - 1, "{name}: {correct}/{n} digits right");
+        assert_eq!(
+            block_on(classifier.reconstruct_async(pixels)),
+            Ok(seen.clone())
+        );
+        let one = classifier.reconstruct(&pixels[..INPUT_LEN]).unwrap();
+        assert_eq!(one.digits, [seen.digits[0]], "{name}");
+        let diff = (one.pixels.iter().zip(&seen.pixels))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff <= 0.01,
+            "{name}: one image vs a batch, max |diff| {diff}"
+        );
+        match &first {
+            None => first = Some((backend, seen)),
+            Some((other, theirs)) => {
+                assert_eq!(seen.digits, theirs.digits, "{name} vs {}", other.name());
+                let diff = (seen.pixels.iter().zip(&theirs.pixels))
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    diff <= 0.1,
+                    "{name} vs {}: max |diff| {diff} of 255",
+                    other.name()
+                );
+            }
+        }
+        let cnn = Classifier::from_safetensors(&weights(), backend).unwrap();
+        for refused in [
+            cnn.reconstruct(&pixels[..INPUT_LEN]),
+            block_on(cnn.reconstruct_async(&pixels[..INPUT_LEN])),
+        ] {
+            let e = refused.expect_err("the cnn has no decoder");
+            assert!(
+                matches!(e, mnist_model::ReconstructError::Unsupported(_)),
+                "{name}: {e:?}"
+            );
+            assert_eq!(
+                e.to_string(),
+                "no reconstruction: the model has no reconstruction decoder"
+            );
+        }
+    }
+    assert!(first.is_some(), "no backend ran");
+}

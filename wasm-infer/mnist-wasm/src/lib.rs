@@ -172,7 +172,10 @@ impl Classifier {
     /// and for a model without a decoder (see `reconstructs`).
     pub fn reconstruct(&self, pixels: &[f32]) -> Result<Vec<f32>, JsError> {
         check_one_image(pixels)?;
-        self.inner.reconstruct(pixels).map_err(js_error)
+        self.inner
+            .reconstruct(pixels)
+            .map(|seen| seen.pixels)
+            .map_err(js_error)
     }
 }
 
@@ -235,6 +238,7 @@ impl Classifier {
         self.inner
             .reconstruct_async(&pixels)
             .await
+            .map(|seen| seen.pixels)
             .map_err(js_error)
     }
 

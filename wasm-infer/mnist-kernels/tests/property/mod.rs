@@ -803,11 +803,11 @@ fn sigmoid_ref(x: &Reference) -> Reference {
     out
 }
 
-/// The decoder's reconstruction of each image of capsules `x` (`[1, pixels]` each): every
-/// capsule zeroed but the longest (the first of equally long ones), three linear layers, the
-/// sigmoid; `None` for an image whose longest capsule the error bounds leave in doubt (another
-/// capsule's length within the bounds of it).
-fn decoder_ref(x: &Reference, fc: &[LinearSpec; 3]) -> Vec<Option<Reference>> {
+/// The decoder's reconstruction of each image of capsules `x`: the longest capsule's index and
+/// the image (`[1, pixels]`) from every capsule zeroed but that one (the first of equally long
+/// ones), three linear layers, the sigmoid; `None` for an image whose longest capsule the
+/// error bounds leave in doubt (another capsule's length within the bounds of it).
+fn decoder_ref(x: &Reference, fc: &[LinearSpec; 3]) -> Vec<Option<(usize, Reference)>> {
     let [n, _, count, dim] = x.dims;
     let lengths = capsule_length_ref(x, 1.0);
     (0..n)
@@ -834,7 +834,7 @@ fn decoder_ref(x: &Reference, fc: &[LinearSpec; 3]) -> Vec<Option<Reference>> {
             masked.value[longest * dim..][..dim].copy_from_slice(&x.value[src..][..dim]);
             masked.bound[longest * dim..][..dim].copy_from_slice(&x.bound[src..][..dim]);
             let hidden = linear_ref(&linear_ref(&masked, &fc[0]), &fc[1]);
-            Some(sigmoid_ref(&linear_ref(&hidden, &fc[2])))
+            Some((longest, sigmoid_ref(&linear_ref(&hidden, &fc[2]))))
         })
         .collect()
 }
@@ -1305,11 +1305,27 @@ fn routing(rng: &mut Rng, isa: Isa) -> Result<(), String> {
         (None, None) => Ok(()),
         (None, Some(_)) => Err(describe("reconstruct", "an image without a decoder".into())),
         (Some(_), None) => Err(describe("reconstruct", "no image from a decoder".into())),
-        (Some(fc), Some(got)) => {
+        (Some(fc), Some((kept, got))) => {
             let pixels = fc[2].shape[0];
             let wanted = decoder_ref(&capsules, fc);
+            if kept.len() != batch || got.len() != batch * pixels {
+                return Err(describe(
+                    "reconstruct",
+                    format!(
+                        "{} capsules kept, {} values for {batch} images",
+                        kept.len(),
+                        got.len()
+                    ),
+                ));
+            }
             for (image, want) in wanted.iter().enumerate() {
-                if let Some(want) = want {
+                if let Some((longest, want)) = want {
+                    if kept[image] != *longest {
+                        return Err(describe(
+                            &format!("reconstruct, image {image}"),
+                            format!("kept capsule {}, the longest is {longest}", kept[image]),
+                        ));
+                    }
                     compare(&got[image * pixels..][..pixels], want)
                         .map_err(|e| describe(&format!("reconstruct, image {image}"), e))?;
                 }
