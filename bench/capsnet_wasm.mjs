@@ -37,7 +37,7 @@ console.log(
   JSON.stringify({
     backend: classifier.backend,
     predict_ms: medianMs((x) => classifier.predict(x)),
-    reconstruct_ms: medianMs((x) => classifier.reconstruct(x)),
+    reconstruct_ms: medianMs((x) => classifier.reconstruct(x).free()),
     digits: count,
     profile: JSON.parse(classifier.profile(image(0), 50)),
   }),

@@ -131,12 +131,18 @@ async function predict({ pixels, samples }) {
   return { probs, ms, notADigit: notADigit(probs), uncertainty };
 }
 
-/** What the model sees: its decoder's image of the digit it predicts (web/app.js draws it). */
+/**
+ * What the model sees: the digit it predicts and its decoder's image of it, from one forward
+ * pass (web/app.js draws it).
+ */
 async function reconstruct({ pixels }) {
   if (!current.reconstructs) throw new Error(`the model "${current.name}" has no reconstruction decoder`);
-  const probs = await classifier.predict(pixels);
-  const digit = probs.indexOf(Math.max(...probs));
-  return { digit, pixels: await classifier.reconstruct(pixels) };
+  const seen = await classifier.reconstruct(pixels);
+  try {
+    return { digit: seen.digit, pixels: seen.pixels };
+  } finally {
+    seen.free(); // the wasm-side copy, now rather than at garbage collection
+  }
 }
 
 let shared = null; // the views of the shared channel, once the page opened one

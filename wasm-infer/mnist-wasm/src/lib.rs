@@ -17,7 +17,10 @@
 //! classifier.taught;                   // Uint32Array(10): examples per class
 //! classifier.forget();                 // back to the trained model
 //! classifier.reconstructs;             // true for a model with a decoder (the capsnet)
-//! classifier.reconstruct(pixels);      // Float32Array(784) -> Float32Array(784): what it sees
+//! const seen = classifier.reconstruct(pixels); // what it sees, from one forward pass:
+//! seen.digit;                          // the predicted digit, 0-9, whose capsule it drew from
+//! seen.pixels;                         // Float32Array(784): the decoder's image, 0..=255
+//! seen.free();                         // (or leave it to the garbage collector)
 //! ```
 //!
 //! The WebGPU build (`wgpu`) must wait for the GPU, so both calls return Promises:
@@ -30,7 +33,7 @@
 //! const other = await Classifier.fromBytes(bytes);
 //! const summary = JSON.parse(await classifier.uncertainty(pixels, 20, 0));
 //! await classifier.teach(examples, labels);
-//! const seen = await classifier.reconstruct(pixels); // a capsule network's reconstruction
+//! const seen = await classifier.reconstruct(pixels); // a capsule network's: digit, pixels
 //! ```
 
 use mnist_model::{Backend, INPUT_LEN, InputError, NUM_CLASSES, check_probabilities};
@@ -166,15 +169,15 @@ impl Classifier {
         self.inner.teach(pixels, labels).map_err(js_error)
     }
 
-    /// What a capsule network sees: the image its decoder draws from the capsule of the
-    /// predicted digit (Sabour et al. 2017). `pixels`: 784 values, as `predict`. Returns a
-    /// Float32Array of 784 values, 0..=255, ink = 255, row-major 28x28. Throws like `predict`,
-    /// and for a model without a decoder (see `reconstructs`).
-    pub fn reconstruct(&self, pixels: &[f32]) -> Result<Vec<f32>, JsError> {
+    /// What a capsule network sees: the predicted digit and the image its decoder draws from
+    /// that digit's capsule (Sabour et al. 2017), from one forward pass. `pixels`: 784
+    /// values, as `predict`. Returns a [`Reconstruction`] (`digit`, `pixels`). Throws like
+    /// `predict`, and for a model without a decoder (see `reconstructs`).
+    pub fn reconstruct(&self, pixels: &[f32]) -> Result<Reconstruction, JsError> {
         check_one_image(pixels)?;
         self.inner
             .reconstruct(pixels)
-            .map(|seen| seen.pixels)
+            .map(Reconstruction::of_one)
             .map_err(js_error)
     }
 }
@@ -232,13 +235,14 @@ impl Classifier {
     }
 
     /// What a capsule network sees, on the GPU: resolves to the CPU builds' `reconstruct`
-    /// (a Float32Array of 784 values, 0..=255), rejects like it (and for a GPU failure).
-    pub async fn reconstruct(&self, pixels: Vec<f32>) -> Result<Vec<f32>, JsError> {
+    /// (a [`Reconstruction`]: `digit`, `pixels`), from one forward pass and one read-back;
+    /// rejects like it (and for a GPU failure).
+    pub async fn reconstruct(&self, pixels: Vec<f32>) -> Result<Reconstruction, JsError> {
         check_one_image(&pixels)?;
         self.inner
             .reconstruct_async(&pixels)
             .await
-            .map(|seen| seen.pixels)
+            .map(Reconstruction::of_one)
             .map_err(js_error)
     }
 
@@ -249,6 +253,41 @@ impl Classifier {
             .teach_async(&pixels, &labels)
             .await
             .map_err(js_error)
+    }
+}
+
+/// What `reconstruct` gives for one image: a capsule network's predicted digit and its
+/// decoder's image of it, from the same forward pass.
+#[wasm_bindgen]
+pub struct Reconstruction {
+    digit: usize,
+    pixels: Vec<f32>,
+}
+
+impl Reconstruction {
+    /// The one image of a checked single-image call.
+    fn of_one(seen: mnist_model::Reconstruction) -> Self {
+        Reconstruction {
+            digit: seen.digits[0],
+            pixels: seen.pixels,
+        }
+    }
+}
+
+#[wasm_bindgen]
+impl Reconstruction {
+    /// The digit 0-9 whose capsule the decoder drew from: the predicted digit (the largest of
+    /// `predict`'s probabilities).
+    #[wasm_bindgen(getter)]
+    pub fn digit(&self) -> usize {
+        self.digit
+    }
+
+    /// The decoder's image: a Float32Array of 784 values, 0..=255, ink = 255, row-major 28x28
+    /// (a copy on each read).
+    #[wasm_bindgen(getter)]
+    pub fn pixels(&self) -> Vec<f32> {
+        self.pixels.clone()
     }
 }
 
