@@ -129,15 +129,16 @@ def capsnet_name(build: str) -> str:
 
 
 def capsnet_weights_sizes() -> dict[str, int]:
-    """Bytes of the committed capsnet's weights file as it is (f32) and stored as f16 and int8
-    (``mnist_common.weights.convert_weights``, what ``--weights-dtype`` does to embedded weights)."""
+    """Bytes of the committed capsnet's weights stored as f32, f16 (the committed file's dtype)
+    and int8 (``mnist_common.weights.convert_weights``, what ``--weights-dtype`` does to embedded
+    weights)."""
     from mnist_common.weights import convert_weights
 
-    sizes = {"f32": CAPSNET.stat().st_size}
     with tempfile.TemporaryDirectory() as folder:
-        for dtype in ("f16", "int8"):
-            sizes[dtype] = convert_weights(CAPSNET, Path(folder) / f"capsnet-{dtype}.safetensors", dtype).stat().st_size
-    return sizes
+        return {
+            dtype: convert_weights(CAPSNET, Path(folder) / f"capsnet-{dtype}.safetensors", dtype).stat().st_size
+            for dtype in ("f32", "f16", "int8")
+        }
 
 
 def first_prediction_ms(browser, url: str, backend: str, image: list[int]) -> float:
@@ -352,8 +353,8 @@ def report(results: dict, images: int, onnx_path: Path, adapter: dict | None, ti
     if "_capsnet_weights_bytes" in results:
         b = results["_capsnet_weights_bytes"]
         print(
-            "page <build> capsnet: the capsule network (models/capsnet.safetensors) picked in the page, "
-            "fetched from /models/ besides the wasm: "
+            "page <build> capsnet: the capsule network (models/capsnet.safetensors, f16) picked in the page, "
+            "fetched from /models/ besides the wasm, its weights as "
             + ", ".join(f"{dtype} {n / 1e6:.2f} MB" for dtype, n in b.items())
             + "; its 'vs ORT' is against ORT running the cnn."
         )
