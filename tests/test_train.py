@@ -238,10 +238,16 @@ def test_the_last_clean_epochs_see_the_images_unaugmented(tmp_path, monkeypatch)
 
     monkeypatch.setattr(train_module, "augment", recording_augment)
     # No outlier exposure here: its non-digits are augmented by a second call per step.
-    train(Config(epochs=3, clean_epochs=1, limit=64, test_limit=100, batch_size=64, outliers=0), out_dir=tmp_path)
+    train(
+        Config(epochs=3, clean_epochs=1, limit=64, test_limit=100, batch_size=64, outliers=0, styles=0),
+        out_dir=tmp_path,
+    )
     assert used == [AUGMENT_PRESETS["draw"]] * 2 + [AUGMENT_PRESETS["none"]]
     used.clear()  # more clean epochs than a run has: all but the first epoch are clean
-    train(Config(epochs=2, clean_epochs=5, limit=64, test_limit=100, batch_size=64, outliers=0), out_dir=tmp_path)
+    train(
+        Config(epochs=2, clean_epochs=5, limit=64, test_limit=100, batch_size=64, outliers=0, styles=0),
+        out_dir=tmp_path,
+    )
     assert used == [AUGMENT_PRESETS["draw"], AUGMENT_PRESETS["none"]]
 
 
