@@ -533,11 +533,8 @@ def run(
     # The data order: one stream, the same on every rank. Augmentation and the non-digits drawn
     # per step: this rank's own stream (the same one as the order's in a single process).
     generator = torch.Generator().manual_seed(config.seed)
-    local = (
-        generator
-        if processes.world == 1
-        else torch.Generator().manual_seed((config.seed + 1) * 1_000_003 + processes.rank)
-    )
+    rank_seed = (config.seed + 1) * 1_000_003 + processes.rank  # for ranks > 0 (and their dropout)
+    local = generator if processes.world == 1 else torch.Generator().manual_seed(rank_seed)
     aug = AUGMENT_PRESETS[config.augment]
 
     if not processes.main:
@@ -616,7 +613,7 @@ def run(
         )
     model = model.to(device, memory_format=torch.channels_last)
     if processes.rank:
-        torch.manual_seed((config.seed + 1) * 1_000_003 + processes.rank)  # its own dropout masks
+        torch.manual_seed(rank_seed)  # its own dropout masks
     ema = None
     if config.ema_decay > 0:
         ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
@@ -687,9 +684,9 @@ def run(
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{running_loss / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         running_loss, correct, seen = processes.total(running_loss, correct, seen)
+        # Every rank's random state, for rank 0's checkpoint (evaluating draws no random numbers).
+        ranks = processes.gather({"generator": local.get_state(), "torch_rng": torch.get_rng_state()})
         if not processes.main:
-            # Wait for rank 0's checkpoint, handing it this rank's random state.
-            processes.gather({"generator": local.get_state(), "torch_rng": torch.get_rng_state()})
             continue
         test_loss, test_acc = evaluate(evaluated, test_split)
         record = {
@@ -707,7 +704,6 @@ def run(
             flush=True,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
-        ranks = processes.gather({"generator": local.get_state(), "torch_rng": torch.get_rng_state()})
         save_checkpoint(
             checkpoint_path,
             {

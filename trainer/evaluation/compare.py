@@ -305,14 +305,13 @@ def penultimate(model, images: torch.Tensor, batch_size: int = 500) -> torch.Ten
     images 0..255, eval mode: (N, F) float32. A capsule network's: its digit capsules, flattened
     (N, 10 * 16), as the Rust crate's features pass."""
     model.eval()
-    if any(isinstance(spec, DigitCaps) for spec in model.layers):
-        with torch.no_grad():
-            return torch.cat(
-                [
-                    model.capsules(normalize(images[start : start + batch_size].unsqueeze(1))).flatten(1)
-                    for start in range(0, len(images), batch_size)
-                ]
-            )
+    if any(isinstance(spec, DigitCaps) for spec in model.layers):  # inference mode already
+        return torch.cat(
+            [
+                model.capsules(normalize(images[start : start + batch_size].unsqueeze(1))).flatten(1)
+                for start in range(0, len(images), batch_size)
+            ]
+        )
     last = [spec.name for spec in model.layers if isinstance(spec, Linear)][-1]
     seen: list[torch.Tensor] = []
     hook = model.get_submodule(last).register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
