@@ -129,6 +129,16 @@ def styles_writers(count: int, per_class: int, first_seed: int, progress: bool =
     return Writers(found.images, found.labels, np.array([index[w] for w in found.writers.tolist()]), seeds, describe)
 
 
+def styles_hand(count: int, first_seed: int, writer: int) -> styles.Hand:
+    """The hand of writer ``writer`` (0..count-1) of ``styles_writers(count, ..., first_seed)``:
+    its seed, its share of the balanced styles and the widened ranges, to write more of its digits
+    (``styles.write``)."""
+    if not 0 <= writer < count:
+        raise ValueError(f"writer must be 0..{count - 1}, got {writer}")
+    assigned = styles.balanced_styles(count, first_seed)[writer]
+    return styles.hand(first_seed + writer, held_out=True, styles=assigned)
+
+
 def load_writers(writer_set: str, count: int, per_class: int, tune: bool, progress: bool = True) -> Writers:
     """The reported (or, with ``tune``, the tuning) writers of ``writer_set``."""
     if writer_set == "styles":
@@ -250,7 +260,7 @@ def plot(results: list[WriterResult], path: Path, title: str, what: str) -> None
     shown = sorted((r for r in results if min(r.before, r.after) < 100), key=lambda r: r.before)
     perfect = len(results) - len(shown)
     x = np.arange(len(shown))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.32 * len(shown) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.32 * len(shown) + 3.5), 3.6))  # room for the legend
     ax.bar(x - 0.2, [r.before for r in shown], 0.4, label="untaught", color="#9aa5b8")
     ax.bar(x + 0.2, [r.after for r in shown], 0.4, label="taught", color="#1f9d55")
     ax.axhline(WEAK_BELOW, color="#c0392b", lw=0.8, ls=":", label=f"weak: below {WEAK_BELOW:g} % untaught")
@@ -259,7 +269,7 @@ def plot(results: list[WriterResult], path: Path, title: str, what: str) -> None
     ax.set_xticks(x, [str(r.writer) for r in shown], fontsize=7)
     ax.set_xlabel(f"{what} writer (the other {perfect} were read 100 % before and after)")
     ax.set_ylabel("accuracy on the writer's\nother digits (%)")
-    ax.set_title(title, fontsize=10)
+    fig.suptitle(title, fontsize=10)  # centred on the figure, legend included
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
