@@ -514,7 +514,7 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
         "writers": "add the digits of N synthetic writers written from MNIST's training digits "
         "(trainer/synthetic/writers.py; default 0: none)",
         "writers_per_class": "digits per class of each synthetic writer (default 5)",
-        "styles": "add N digits in styles MNIST lacks (trainer/synthetic/styles.py; default 0: none; 15000 measured best)",
+        "styles": "add N digits in styles MNIST lacks (trainer/synthetic/styles.py; default 15000, measured best; 0: none)",
         "outliers": "outlier exposure: N non-digits (trainer/synthetic/nondigits.py) trained toward a "
         "uniform softmax (default 20000; 0: off)",
         "outlier_weight": "weight of the outlier-exposure loss (default 0.5, as Hendrycks et al. 2019)",
