@@ -219,7 +219,7 @@ def test_a_style_writers_hand_writes_its_digits_again(style_writers):
 
     for w in (0, 7):
         hand = personalize.styles_hand(len(style_writers.seeds), style_writers.seeds[0], w)
-        images, labels, _ = styles.write_hand(hand, 13)
+        images, labels, _ = styles.write_hand(hand, personalize.DEFAULT_PER_CLASS["styles"])
         np.testing.assert_array_equal(images, style_writers.images[style_writers.writers == w])
         np.testing.assert_array_equal(labels, style_writers.labels[style_writers.writers == w])
     with pytest.raises(ValueError, match="writer must be 0..19"):

@@ -1,7 +1,7 @@
 """Teaching the page a hand (issues 15 and 23), in real headless Chromium on the real wasm: the
 digits of the style writer (trainer/synthetic/styles.py, a hand in styles MNIST lacks) that the
-untaught model reads worst, taught through window.mnist.teach, the gain on the rest of that writer's digits, the time of the 30th teach (a
-fit on all 30, at most 1 s), the same answers as the native module taught the same examples, the
+untaught model reads worst, taught through window.mnist.teach, the gain on the rest of that
+writer's digits, the time of the 30th teach (a fit on all 30, at most 1 s), the same answers as the native module taught the same examples, the
 hand kept across a reload (IndexedDB) and across a model switch, forgotten on request; bad
 examples refused; the buttons as a person sees them; drawings kept in the browser when no server
 API answers."""
@@ -171,13 +171,14 @@ def test_the_writers_digit_drawn_on_the_canvas_is_read_once_taught(browser, serv
     predicted = mnist_infer.predict(pixels[test]).argmax(1)
     digit = int(np.bincount(labels[test][predicted != labels[test]], minlength=10).argmax())
     hand = personalize.styles_hand(len(writers.seeds), writers.seeds[0], w)
-    taught = mnist_infer.Classifier(tasks.embedded_weights("fast-relaxed"))
+    # The weights the page's build embeds, untaught and taught.
+    untaught, taught = (mnist_infer.Classifier(tasks.embedded_weights("fast-relaxed")) for _ in range(2))
     taught.teach(pixels[teach], labels[teach])
     for instance in range(200):  # an instance the page's pen shows misread untaught, read taught
         strokes = styles.write(hand.styles[digit], np.random.default_rng(instance), hand)
         polylines = [np.vstack([s[::3], s[-1:]]) for s in strokes]  # the mouse's path
         image = render(polylines, PAGE_PEN_WIDTH).reshape(1, 784).astype(np.float32)
-        if mnist_infer.predict(image).argmax() != digit and taught.predict(image).argmax() == digit:
+        if untaught.predict(image).argmax() != digit and taught.predict(image).argmax() == digit:
             break
     else:
         pytest.fail(f"no instance of writer {w}'s {digit} that teaching fixes natively")

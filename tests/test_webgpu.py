@@ -127,8 +127,8 @@ def test_every_model_runs_on_webgpu_with_mc_dropout(webgpu_browser, webgpu_serve
         # Compared as log-probabilities, which a flat softmax does not shrink or stretch: every
         # class PyTorch gives more than 1e-4 within 0.1 (the other models agree to 1e-5; the
         # cnn's conv-BN-GELU path on SwiftShader differs by up to 0.054 on some digits, the
-        # committed models of 2026-12-06 before and after style digits alike, cause not found);
-        # top-1 must agree exactly.
+        # committed models of 2026-12-06 before and after style digits alike; GELU is the lead,
+        # docs/training.md); top-1 must agree exactly.
         shown = expected > 1e-4
         assert (probs[shown].log() - expected[shown].log()).abs().max() < 0.1, name
         assert torch.equal(probs.argmax(1), expected.argmax(1)), name

@@ -11,8 +11,9 @@ after Simard et al., 2003), except in the last 3 epochs, which see the images as
 exponential moving average (EMA) of the weights, decay 0.9995 per step, is what is evaluated
 and exported. The training images: MNIST's first 55,000 (the last 5,000 are held out for
 calibration), 15,000 digits in styles MNIST lacks (``--styles``: hooked-tail 9s, flagged 1s,
-...), and 64 non-digits per step for outlier exposure (``--outliers``). Label smoothing is available and off (it did not help here).
-The model is kept channels_last (NHWC) for faster CPU convolutions. ``--device cuda`` trains on a GPU.
+...), and 64 non-digits per step for outlier exposure (``--outliers``). Label smoothing is
+available and off (it did not help here). The model is kept channels_last (NHWC) for faster CPU
+convolutions. ``--device cuda`` trains on a GPU.
 
 The capsule network (``--arch capsnet``, Sabour et al., 2017) trains with the same recipe and
 options, but with its own loss instead of the cross-entropy: the margin loss (m+ = 0.9,

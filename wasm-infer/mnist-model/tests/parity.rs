@@ -611,8 +611,8 @@ fn probabilities_from_outside_are_checked() {
 
 /// MC dropout's `not_a_digit` is the rule on one eval-mode pass of the image, not on the
 /// samples' mean: with τ exactly the eval-mode largest probability (each backend's own) of a
-/// digit whose mean over the dropout samples is lower, the eval pass does not fire (equal is not below) where the
-/// mean would. `unsure` is true when either rule fires, null without both.
+/// digit whose mean over the dropout samples is lower, the eval pass does not fire (equal is
+/// not below) where the mean would. `unsure` is true when either rule fires, null without both.
 #[test]
 fn mc_dropout_judges_not_a_digit_on_the_eval_pass_and_unsure_on_either_rule() {
     let fixture = fixture();
