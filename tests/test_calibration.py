@@ -11,8 +11,18 @@ from trainer import data
 from trainer.augment import augmented_images
 from trainer.export import load_model, read_metadata, save_safetensors
 from trainer.model import Dropout, build, normalize
+from trainer.synthetic.nondigits import nondigit_set
 from trainer.train import Config, training_split
-from trainer.uncertainty import HELD_OUT_KEY, NOT_A_DIGIT_QUANTILE, VALIDATION, calibrate, mc_probabilities, summarize
+from trainer.uncertainty import (
+    HELD_OUT_KEY,
+    NONDIGITS_FLAGGED,
+    NOT_A_DIGIT_QUANTILES,
+    VALIDATION,
+    calibrate,
+    mc_probabilities,
+    summarize,
+    top_probability,
+)
 
 MODELS = sorted((ROOT / "models").glob("*.safetensors"))
 #: Validation images and MC passes of the calibrations run here (quick, and enough to tell
@@ -45,7 +55,9 @@ def test_a_model_trained_on_the_split_is_refused_or_said_so(tmp_path):
 
 def test_thresholds_come_from_the_draw_augmented_held_out_split(tmp_path):
     """Both thresholds are the stated quantiles over the held-out images under the "draw"
-    augmentation (the old code used the "affine" preset while its rule said "draw")."""
+    augmentation (the old code used the "affine" preset while its rule said "draw"); the "not a
+    digit" one flags 99 % of the validation non-digits, clipped to the 1-5 % quantiles of the
+    digits."""
     copy = tmp_path / WEIGHTS.name  # the committed default model
     copy.write_bytes(WEIGHTS.read_bytes())
     assert read_metadata(copy).get(HELD_OUT_KEY) == "55000-59999", "the committed model must hold the split out"
@@ -56,15 +68,41 @@ def test_thresholds_come_from_the_draw_augmented_held_out_split(tmp_path):
 
     model = load_model(copy)
     images = data.load_split(train=True).images[VALIDATION][:LIMIT]
+    nondigits = torch.from_numpy(nondigit_set(LIMIT, "validation", progress=False).images).float()
+    on_nondigits = float(torch.quantile(top_probability(model, nondigits), NONDIGITS_FLAGGED))
     for preset, should_match in (("draw", True), ("affine", False)):
         seen = augmented_images(images, preset=preset)
         mi = summarize(mc_probabilities(model, seen, SAMPLES))["mutual_information"]
         with torch.no_grad():
-            top = torch.softmax(model(normalize(seen.unsqueeze(1))), dim=1).max(dim=1).values
-        expected = (float(torch.quantile(mi.double(), 0.99)), float(torch.quantile(top.double(), NOT_A_DIGIT_QUANTILE)))
+            top = torch.softmax(model(normalize(seen.unsqueeze(1))), dim=1).max(dim=1).values.double()
+        floor, ceiling = (float(torch.quantile(top, q)) for q in NOT_A_DIGIT_QUANTILES)
+        expected = (float(torch.quantile(mi.double(), 0.99)), min(max(on_nondigits, floor), ceiling))
         got = (float(metadata["unsure_mutual_information"]), float(metadata["not_a_digit_max_probability"]))
         matches = all(abs(a - b) <= 1e-5 * max(1.0, abs(b)) for a, b in zip(got, expected))
         assert matches == should_match, (preset, got, expected)
+    tau = float(metadata["not_a_digit_max_probability"])
+    assert result["digits_flagged"] == pytest.approx(
+        float((top_probability(model, augmented_images(images, preset="draw")) < tau).double().mean())
+    )
+    assert result["nondigits_flagged"] == pytest.approx(
+        float((top_probability(model, nondigits) < tau).double().mean())
+    )
+    assert f"{result['nondigits_flagged']:.1%} of those non-digits" in metadata["not_a_digit_rule"]
+
+
+def test_the_not_a_digit_threshold_flags_the_validation_non_digits(tmp_path):
+    """A model that tells non-digits from digits (the committed default) gets a threshold that
+    flags about 99 % of the validation non-digits at no more than 5 % of the validation digits;
+    an untrained network, whose top probabilities are alike on both, is held to the 5 % bound
+    and flags far fewer non-digits."""
+    trained = tmp_path / WEIGHTS.name
+    trained.write_bytes(WEIGHTS.read_bytes())
+    untrained = save_safetensors(build("mlp").eval(), tmp_path / "untrained.safetensors")
+    good = calibrate(trained, limit=1_000, samples=SAMPLES)
+    poor = calibrate(untrained, limit=1_000, samples=SAMPLES, allow_seen=True)
+    low, high = NOT_A_DIGIT_QUANTILES
+    assert good["nondigits_flagged"] >= 0.98 and low - 0.005 <= good["digits_flagged"] <= high + 0.005, good
+    assert poor["digits_flagged"] == pytest.approx(high, abs=0.005) and poor["nondigits_flagged"] < 0.5, poor
 
 
 @pytest.mark.parametrize("weights", MODELS, ids=[p.stem for p in MODELS])

@@ -54,6 +54,7 @@ def test_the_table_has_one_row_per_model(comparison):
     assert len(rows) == 2
     header = next(line for line in table.splitlines() if line.startswith("| model |"))
     assert all(line.count("|") == header.count("|") for line in rows)
+    assert "{" not in table and "pens 8, 14, 20, 28 px" in table  # every placeholder filled in
     assert json.loads((out / "comparison.json").read_text()) == json.loads(json.dumps(report))
     assert report["settings"]["n"] == N and report["settings"]["nondigits"] == N
 

@@ -67,13 +67,17 @@ def test_training_never_sees_the_test_only_shapes():
         assert set(held_out) <= set(alphabet)
         assert not set(nd._characters("train", alphabet, held_out)) & set(held_out)
     assert not set(nd.LETTERS) & nd.DIGIT_LIKE  # no O, I, l, S, Z, B, g, q ... as "non-digits"
+    # The validation split (the threshold's) draws what training draws, from other seeds.
+    validation = nd.nondigit_set(300, "validation", cache_dir=None, progress=False)
+    assert set(validation.kind_names()) == set(train.kind_names()) and nd.FONTS["validation"] == nd.FONTS["train"]
+    assert not any((validation.images == image).all(axis=(1, 2)).any() for image in train.images)
     for font in nd.FONTS["train"] + nd.FONTS["test"]:
         assert (nd.font_dir() / font).is_file(), font
 
 
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="split must be one of"):
-        nd.nondigit(0, "validation")
+        nd.nondigit(0, "holdout")
     with pytest.raises(ValueError, match="unknown kind"):
         nd.draw("unicorn", "test", np.random.default_rng(0))
     with pytest.raises(ValueError, match="count must be >= 1"):
@@ -86,10 +90,10 @@ def test_bad_arguments_are_refused():
 def test_committed_models_flag_non_digits_and_few_digits(weights, mnist_test):
     """The page's two rules, applied as the Rust crate does (not a digit: top eval-mode
     probability below ``not_a_digit_max_probability``; not sure: that, or the MC-dropout mutual
-    information above ``unsure_mutual_information``), on 1,000 MNIST test digits and 400
-    non-digits of the test split: for the default model the issue's goals (>= 90 % of non-digits,
-    <= 2 % of digits); the smaller zoo models reach less (docs/evaluation.md has each figure), and
-    are held to >= 75 % (before outlier exposure: 15-71 %)."""
+    information above ``unsure_mutual_information``), on 1,000 MNIST test digits (every tenth:
+    the set's writers run from easy to hard) and 400 non-digits of the test split: every model
+    meets the issue's goals (>= 90 % of non-digits, <= 2 % of digits; before outlier exposure
+    15-71 % of non-digits, and with a threshold at 1 % of the validation digits 77-90 %)."""
     from trainer.export import load_model
 
     metadata = read_metadata(weights)
@@ -106,8 +110,7 @@ def test_committed_models_flag_non_digits_and_few_digits(weights, mnist_test):
         mi = summarize(mc_probabilities(model, images))["mutual_information"]
         return ((top < tau) | (mi > mi_threshold)).numpy()
 
-    digits = unsure(mnist_test.images[:1000].float()).mean()
+    digits = unsure(mnist_test.images[::10].float()).mean()
     others = unsure(nondigits).mean()
     assert digits <= 0.02, f"{weights.stem}: {digits:.1%} of MNIST test digits flagged"
-    goal = 0.9 if weights.name == "model.safetensors" else 0.75
-    assert others >= goal, f"{weights.stem}: only {others:.1%} of non-digits flagged"
+    assert others >= 0.9, f"{weights.stem}: only {others:.1%} of non-digits flagged"

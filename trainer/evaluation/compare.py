@@ -721,7 +721,8 @@ def write_markdown(path: Path, report: dict) -> None:
         "**file**: the safetensors file's size.",
         f"- **clean / augmented / pen {PAGE_PEN_WIDTH} (page) / adverse pen / synthetic writers / styles MNIST lacks**: "
         "accuracy on `trainer.evaluation.evaluate`'s test sets (the writers: `trainer/synthetic/writers.py`, the "
-        "styles: `trainer/synthetic/styles.py`, both writer-separated; per style below); **pens mean**: the mean over the redrawn sets with pens {', '.join(f'{w:g}' for w in s['pen_widths'])} px. "
+        "styles: `trainer/synthetic/styles.py`, both writer-separated; per style below); **pens mean**: the mean "
+        f"over the redrawn sets with pens {', '.join(f'{w:g}' for w in s['pen_widths'])} px. "
         "Each model's own report: " + ", ".join(f"[{r['name']}]({r['report']})" for r in report["models"]) + ".",
         f"- **ECE**: expected calibration error on the clean test digits, {s['ece_bins']} equal-width confidence "
         f"bins (Guo et al. 2017), eval-mode softmax; **ECE (MC)**: the same with the mean of {s['mc_samples']} "

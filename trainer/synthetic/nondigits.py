@@ -6,6 +6,9 @@ digit, with confidence. This module makes such inputs, for two uses:
 - **training** (``split="train"``): the auxiliary set of *outlier exposure* (Hendrycks, Mazeika
   & Dietterich, "Deep Anomaly Detection with Outlier Exposure", ICLR 2019): the model learns
   to spread its probability evenly over the ten classes on them (``trainer.train``);
+- **choosing the threshold** (``split="validation"``): the training split's kinds, fonts and
+  characters from other seeds, never trained on: ``trainer.uncertainty.calibrate`` sets the
+  "not a digit" threshold so that it flags most of them;
 - **testing** (``split="test"``): how well a rule tells non-digits from digits, on images
   built from other seeds AND from shapes the training never saw: other fonts, held-out
   letters and symbols, and kinds of drawing that are test-only (``TEST_ONLY_KINDS``).
@@ -35,8 +38,8 @@ pen is 20) and ``mnist_common.preprocess.to_mnist`` makes the 28 x 28 input. The
   cross through it), ``blob`` (smoothed noise, thresholded: ink stains).
 
 Fonts: those matplotlib ships (DejaVu, STIX, Computer Modern), so the set is the same on every
-machine with the dev extras, whatever fonts the system has. Training writes with DejaVu Sans
-and DejaVu Sans Mono; the test set with DejaVu Serif, STIX and Computer Modern, and with
+machine with the dev extras, whatever fonts the system has. Training (and validation) writes
+with DejaVu Sans and DejaVu Sans Mono; the test set with DejaVu Serif, STIX and Computer Modern, and with
 letters and symbols the training never saw (``TEST_ONLY_LETTERS``, ``TEST_ONLY_SYMBOLS``).
 
 Non-digit i of a split comes from ``np.random.default_rng((NONDIGIT_SEED, split, i))``, so the
@@ -68,7 +71,7 @@ from .redraw import CANVAS_SIZE, default_processes, map_chunks, redraw
 #: Seed of every non-digit: image i of split s is drawn from ``default_rng((NONDIGIT_SEED, s, i))``.
 NONDIGIT_SEED = 4_171
 #: The splits and their stream numbers (in the seed).
-SPLITS = {"train": 0, "test": 1}
+SPLITS = {"train": 0, "test": 1, "validation": 2}
 #: Where ``nondigit_set`` caches built sets.
 DEFAULT_CACHE_DIR = DEFAULT_DATA_DIR / "nondigits"
 #: Pen widths, canvas px (the page's pen is 20).
@@ -117,13 +120,14 @@ FONTS = {
     ),
     "test": ("DejaVuSerif.ttf", "DejaVuSerif-Italic.ttf", "STIXGeneral.ttf", "cmr10.ttf", "cmss10.ttf", "cmti10.ttf"),
 }
+FONTS["validation"] = FONTS["train"]
 #: Bumped when the drawing changes in a way the source hash would not show (it shows all of this file).
 ALGORITHM_VERSION = 1
 
 
 class NonDigits(NamedTuple):
     """A built set: ``images`` (N, 28, 28) uint8, ink = 255; ``kinds`` (N,) int64 indices into
-    ``KINDS`` (in its key order); ``split`` "train" or "test"."""
+    ``KINDS`` (in its key order); ``split`` a key of ``SPLITS``."""
 
     images: np.ndarray
     kinds: np.ndarray
@@ -136,8 +140,8 @@ class NonDigits(NamedTuple):
 
 
 def kinds_of(split: str) -> list[str]:
-    """The kinds a split draws from (the test split: all; the training split: all but
-    ``TEST_ONLY_KINDS``)."""
+    """The kinds a split draws from (the test split: all; the training and validation splits:
+    all but ``TEST_ONLY_KINDS``)."""
     _check_split(split)
     return [k for k in KINDS if split == "test" or k not in TEST_ONLY_KINDS]
 
