@@ -3,7 +3,7 @@ and a fallback with its reason when a preferred backend cannot start."""
 
 import pytest
 
-from tests.conftest import open_page
+from tests.conftest import load, open_page
 
 pytestmark = pytest.mark.browser
 
@@ -18,6 +18,35 @@ def test_the_model_runs_in_a_module_worker_not_on_the_main_thread(browser, serve
     assert main_thread_wasm == []  # the wasm is fetched and instantiated by the worker
     probs = page.evaluate("(img) => window.mnist.predict(img)", mnist_test.images[3].flatten().tolist())
     assert max(abs(a - b) for a, b in zip(probs, torch_probabilities("flex")[3].tolist())) <= 1e-4
+    page.close()
+
+
+def test_the_worker_index_html_starts_early_is_the_one_used(browser, server):
+    """index.html starts the worker before the page's modules run, and the page loads its
+    build in that worker (taken: one worker, one worker.js request); when that worker fails to
+    start, the page starts another and works."""
+    page = browser.new_page()
+    requests = []
+    page.on("request", lambda r: requests.append(r.url.rsplit("/", 1)[1]))
+    load(page, f"{server}?backend=flex")
+    assert [w.url.rsplit("/", 1)[1] for w in page.workers] == ["worker.js"]
+    assert requests.count("worker.js") == 1 and page.evaluate("self.earlyWorker === undefined"), requests
+    page.close()
+
+    page = browser.new_page()
+    refused = []
+
+    def refuse_once(route):
+        if refused:
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.fulfill(status=404, body="gone")
+
+    page.route("**/worker.js", refuse_once)
+    load(page, f"{server}?backend=flex")
+    assert len(refused) == 1 and page.evaluate("window.mnist.backend") == "flex"
+    assert len(page.evaluate("(img) => window.mnist.predict(img)", [0] * 784)) == 10
     page.close()
 
 

@@ -19,12 +19,17 @@ import {
 } from "./channel.js";
 
 /**
- * A new module worker running web/worker.js. Its start (a new JS engine instance, then its
- * scripts) takes tens of ms, so the page spawns one first thing and decides meanwhile what to
- * load in it.
+ * A module worker running web/worker.js: the one index.html started before the page's modules
+ * were fetched (`self.earlyWorker`, the first call only, unless it failed to start), else a new
+ * one. A worker's start (a new JS engine instance, then its scripts) takes tens of ms, so the
+ * page takes one first thing and decides meanwhile what to load in it.
  * @returns {Worker}
  */
 export function spawnWorker() {
+  const early = self.earlyWorker; // started by index.html, taken once
+  self.earlyWorker = undefined;
+  if (early && !early.failed) return early;
+  early?.terminate();
   return new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
 }
 
