@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from trainer.evaluation.evaluate import logits_of
 from trainer.export import read_metadata
 from trainer.synthetic import nondigits as nd
-from trainer.uncertainty import mc_probabilities, summarize
+from trainer.uncertainty import mc_probabilities, summarize, top_probability
 
 MODELS = sorted((ROOT / "models").glob("*.safetensors"))
 
@@ -106,7 +105,7 @@ def test_committed_models_flag_non_digits_and_few_digits(weights, mnist_test):
     nondigits = torch.from_numpy(nd.nondigit_set(400, "test", progress=False).images).float()
 
     def unsure(images: torch.Tensor) -> np.ndarray:
-        top = torch.softmax(logits_of(model, images), dim=1).max(dim=1).values
+        top = top_probability(model, images)
         mi = summarize(mc_probabilities(model, images))["mutual_information"]
         return ((top < tau) | (mi > mi_threshold)).numpy()
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from mnist_common.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD, NUM_CLASSES
 from mnist_common.plan import (
@@ -63,6 +64,7 @@ __all__ = [
     "ResidualBlock",
     "build",
     "count_parameters",
+    "logits_of",
     "margin_loss",
     "normalize",
     "reconstruction_loss",
@@ -72,6 +74,10 @@ __all__ = [
 
 #: The plan's activation names as functions (``mnist_common.plan.ACTIVATION_NAMES``).
 ACTIVATIONS = {"none": lambda x: x, "relu": F.relu, "gelu": F.gelu}  # gelu: exact, erf-based
+
+
+#: Images per forward pass of ``logits_of``.
+BATCH_SIZE = 500
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
@@ -85,6 +91,20 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
         roughly in [-0.42, 2.82].
     """
     return (pixels.float() / 255.0 - MNIST_MEAN) / MNIST_STD
+
+
+@torch.inference_mode()
+def logits_of(
+    model: torch.nn.Module, images: torch.Tensor, batch_size: int = BATCH_SIZE, desc: str | None = None
+) -> torch.Tensor:
+    """The model's eval-mode logits for (N, 28, 28) images, 0..255, ink = 255: (N, 10) float32,
+    ``batch_size`` images a forward pass; with ``desc``, a progress bar so named."""
+    model.eval()
+    chunks = []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False):
+        chunks.append(model(normalize(images[start : start + batch_size].unsqueeze(1))))
+    return torch.cat(chunks) if chunks else torch.zeros(0, NUM_CLASSES)
 
 
 # --- PyTorch modules built from a plan --------------------------------------------------------

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import Dropout, Net, normalize
+from .model import Dropout, Net, logits_of, normalize
 
 #: SplitMix64's constants (Steele, Lea & Flood, "Fast splittable pseudorandom number
 #: generators", 2014): the Weyl increment and the two multipliers of the finaliser.
@@ -262,17 +262,10 @@ def calibrate(
     }
 
 
-def top_probability(model: Net, pixels: torch.Tensor, batch_size: int = 1_000) -> torch.Tensor:
+def top_probability(model: Net, pixels: torch.Tensor) -> torch.Tensor:
     """The largest eval-mode softmax probability of each image: ``pixels`` (N, 28, 28) float in
     0..255 (ink = 255) -> (N,) float64 in [0.1, 1]."""
-    model.eval()
-    with torch.no_grad():
-        return torch.cat(
-            [
-                torch.softmax(model(normalize(batch).reshape(-1, 1, 28, 28)), dim=1).max(dim=1).values
-                for batch in pixels.split(batch_size)
-            ]
-        ).double()
+    return torch.softmax(logits_of(model, pixels), dim=1).max(dim=1).values.double()
 
 
 def main(argv: list[str] | None = None) -> None:

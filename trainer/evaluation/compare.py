@@ -65,7 +65,7 @@ from mnist_common.paths import MODELS_DIR, PKG_DIR
 
 from .. import data
 from ..export import WeightsError, load_model, read_metadata, write_metrics
-from ..model import ARCHITECTURES, DEFAULT_ARCHITECTURE, DigitCaps, Dropout, Linear, normalize
+from ..model import ARCHITECTURES, DEFAULT_ARCHITECTURE, DigitCaps, Dropout, Linear, logits_of, normalize
 from ..synthetic.nondigits import KINDS, TEST_ONLY_KINDS, NonDigits, nondigit_set
 from ..synthetic.redraw import PAGE_PEN_WIDTH, PEN_WIDTHS
 from ..uncertainty import DEFAULT_SAMPLES, mc_probabilities, summarize
@@ -75,7 +75,6 @@ from .evaluate import (
     SAMPLES_KEY,
     STYLES_KEY,
     WRITERS_KEY,
-    logits_of,
     new_figure,
     redrawn_key,
     set_label,

@@ -45,14 +45,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from mnist_common.paths import DEFAULT_WEIGHTS, REPORTS_DIR, ROOT
 
 from .. import data
 from ..augment import AUGMENT_SEED, Augment, augmented_images
 from ..export import WEIGHTS_DTYPES, WeightsError, load_model, read_metadata, write_metrics
-from ..model import NUM_CLASSES, normalize
+from ..model import NUM_CLASSES, logits_of
 from ..synthetic.redraw import (
     ADVERSE_MAX_WIDTH,
     ADVERSE_MIN_WIDTH,
@@ -72,8 +71,6 @@ from ..synthetic.writers import writers_set
 DEFAULT_REPORTS_DIR = REPORTS_DIR
 #: Misclassified examples kept per test set in evaluation.json (and shown in the grids: 5 x 5).
 WORST_ERRORS = 25
-#: Images per forward pass.
-BATCH_SIZE = 500
 #: Key of the adverse-pen set in evaluation.json (its row: "redrawn, adverse pen").
 ADVERSE_KEY = "redrawn_adverse"
 #: Key of the synthetic writers' set (``trainer.synthetic.writers``), and how many writers by default.
@@ -84,19 +81,6 @@ STYLES_KEY = "styles"
 STYLE_WRITERS = 60
 
 __all__ = ["evaluate", "main", "accuracy_by_dtype", "score", "WeightsError"]
-
-
-@torch.inference_mode()
-def logits_of(
-    model: torch.nn.Module, images: torch.Tensor, batch_size: int = BATCH_SIZE, desc: str | None = None
-) -> torch.Tensor:
-    """The model's logits for (N, 28, 28) images, 0..255, ink = 255: (N, 10) float32, batched."""
-    model.eval()
-    chunks = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False):
-        chunks.append(model(normalize(images[start : start + batch_size].unsqueeze(1))))
-    return torch.cat(chunks) if chunks else torch.zeros(0, NUM_CLASSES)
 
 
 def score(

@@ -1,7 +1,7 @@
 """Non-digits: letters, symbols, scribbles and noise, as the page would show them to the model.
 
 People draw things that are no digit; a model trained on digits alone calls most of them a
-digit, with confidence. This module makes such inputs, for two uses:
+digit, with confidence. This module makes such inputs, for three uses:
 
 - **training** (``split="train"``): the auxiliary set of *outlier exposure* (Hendrycks, Mazeika
   & Dietterich, "Deep Anomaly Detection with Outlier Exposure", ICLR 2019): the model learns
@@ -39,8 +39,9 @@ pen is 20) and ``mnist_common.preprocess.to_mnist`` makes the 28 x 28 input. The
 
 Fonts: those matplotlib ships (DejaVu, STIX, Computer Modern), so the set is the same on every
 machine with the dev extras, whatever fonts the system has. Training (and validation) writes
-with DejaVu Sans and DejaVu Sans Mono; the test set with DejaVu Serif, STIX and Computer Modern, and with
-letters and symbols the training never saw (``TEST_ONLY_LETTERS``, ``TEST_ONLY_SYMBOLS``).
+with DejaVu Sans and DejaVu Sans Mono; the test set with DejaVu Serif, STIX and Computer
+Modern, and with letters and symbols the training never saw (``TEST_ONLY_LETTERS``,
+``TEST_ONLY_SYMBOLS``).
 
 Non-digit i of a split comes from ``np.random.default_rng((NONDIGIT_SEED, split, i))``, so the
 first N are the same in every run and for every N. ``nondigit_set`` builds many over the CPU
