@@ -100,6 +100,12 @@ export class InferenceWorker {
    */
   static start(backend, worker = spawnWorker(), name = "embedded") {
     return new Promise((resolve, reject) => {
+      if (worker.failed) {
+        // It failed before anyone listened (index.html's early worker keeps that).
+        worker.terminate();
+        reject(new Error("the inference worker failed to start"));
+        return;
+      }
       worker.onerror = (event) => {
         worker.terminate();
         reject(new Error(event.message || "the inference worker failed to start"));
