@@ -137,6 +137,37 @@ def test_port_in_use_is_a_clear_error(local_server):
         make_server("127.0.0.1", port, "flex", ["flex"])
 
 
+def test_kept_alive_connections_are_answered_without_a_delayed_ack_wait(local_server):
+    """Each response on a kept-alive connection, as a browser fetches the page's files. With
+    Nagle's algorithm on (TCP_NODELAY unset on the accepted socket), a response's body waited
+    for the client's delayed ACK of its headers, 40 ms at least on Linux: every request but a
+    connection's first took 44 ms here. Without it they take about 1 ms."""
+    import http.client
+    import socket
+    import statistics
+    import time
+
+    port = int(local_server.rsplit(":", 1)[1].strip("/"))
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        seconds = []
+        for _ in range(8):
+            start = time.perf_counter()
+            connection.request("GET", "/app.js")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+            seconds.append(time.perf_counter() - start)
+        assert connection.sock is not None  # one connection throughout, kept alive
+    finally:
+        connection.close()
+    assert statistics.median(seconds[1:]) < 0.030, [round(s * 1000, 1) for s in seconds]
+    server = make_server("127.0.0.1", 0, "flex", ["flex"])
+    try:  # what makes asyncio set TCP_NODELAY on each connection it accepts
+        assert server.socket.proto == socket.IPPROTO_TCP
+    finally:
+        server.server_close()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
