@@ -197,9 +197,10 @@ def metrics_beside(weights: Path, metadata: dict[str, str]) -> tuple[list[dict] 
     ``metrics.json`` (the default model's).
 
     Returns:
-        (history, None), or (None, a note saying why there are no training curves): no file, no
-        ``history`` list, or a ``test_accuracy`` that differs from the weights' metadata (the
-        file then belongs to another training run).
+        (history, None), or (None, a note saying why there are no training curves): no file, a
+        soup of fine-tunes (``trainer.soup``: no training run of its own), no ``history`` list,
+        or a ``test_accuracy`` that differs from the weights' metadata (the file then belongs to
+        another training run).
     """
     path = Path(weights).with_name(f"{Path(weights).stem}.metrics.json")
     if not path.exists():
@@ -211,6 +212,9 @@ def metrics_beside(weights: Path, metadata: dict[str, str]) -> tuple[list[dict] 
     except (OSError, ValueError) as e:
         return None, f"no training curves: {path} is unreadable ({e})"
     history = metrics.get("history") if isinstance(metrics, dict) else None
+    if isinstance(metrics, dict) and "soup" in metrics:
+        count = len(metrics["soup"].get("inputs", []))
+        return None, f"no training curves: the weights average {count} fine-tunes (trainer.soup; {path.name}: `soup`)"
     if not isinstance(history, list) or not history:
         return None, f"no training curves: {path} has no `history`"
     ours, theirs = metadata.get("test_accuracy"), metrics.get("test_accuracy")

@@ -1,0 +1,121 @@
+"""A uniform model soup: one model whose weights are the mean of several fine-tunes' weights.
+
+Wortsman et al., "Model soups: averaging weights of multiple fine-tuned models improves accuracy
+without increasing inference time" (ICML 2022): models fine-tuned from the same weights stay in
+one basin of the loss, so the element-wise mean of their parameters is a model of the same
+architecture, size and predict time that is often better than each of them. The BatchNorm
+running statistics are averaged like the parameters.
+
+``python -m trainer.soup OUT IN IN...`` writes OUT (safetensors: the first input's metadata with
+the soup's test accuracy and its inputs) and its metrics file (``metrics.json`` beside a
+``model.safetensors``, else ``<name>.metrics.json``: each input's test accuracy and the soup's,
+on the MNIST test set and on the held-out validation split), then chooses its "not sure" and
+"not a digit" thresholds (``trainer.uncertainty.calibrate``). The committed ``cnn`` is such a
+soup: docs/training.md says which fine-tunes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from mnist_common.weights import read_model_metadata
+
+from . import data
+from .export import WeightsError, load_model, save_safetensors, write_metrics
+from .model import Net, count_parameters
+from .train import evaluate
+from .uncertainty import HELD_OUT_KEY, VALIDATION, calibrate
+
+
+def average(paths: list[Path]) -> Net:
+    """The uniform soup of the models in ``paths``: every floating-point tensor of the
+    state_dict (parameters and BatchNorm running statistics) the mean of theirs, in eval mode.
+
+    Raises:
+        ValueError: fewer than two paths.
+        WeightsError: a file does not load, or the files are not all of one architecture and
+            layer plan.
+    """
+    if len(paths) < 2:
+        raise ValueError(f"a soup needs at least two models, got {len(paths)}")
+    models = [load_model(path) for path in paths]
+    plans = {(model.architecture, repr(model.layers)) for model in models}
+    if len(plans) > 1:
+        raise WeightsError(f"the models are not of one architecture and plan: {', '.join(map(str, paths))}")
+    states = [model.state_dict() for model in models]
+    soup = models[0]
+    soup.load_state_dict(
+        {
+            name: torch.stack([state[name] for state in states]).mean(0) if tensor.is_floating_point() else tensor
+            for name, tensor in states[0].items()
+        }
+    )
+    return soup.eval()
+
+
+def accuracy(model: Net, split: data.Split) -> float:
+    """Top-1 accuracy of ``model`` on ``split``, 0..1."""
+    with torch.no_grad():
+        return evaluate(model, split)[1]
+
+
+def metrics_path(weights: Path) -> Path:
+    """Where the metrics of ``weights`` go, as ``trainer.train`` names them: ``metrics.json``
+    beside a ``model.safetensors``, else ``<stem>.metrics.json``."""
+    return weights.with_name("metrics.json" if weights.name == "model.safetensors" else f"{weights.stem}.metrics.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="the soup's .safetensors file")
+    parser.add_argument("inputs", type=Path, nargs="+", help="two or more fine-tunes of one model")
+    parser.add_argument("--data-dir", type=Path, default=data.DEFAULT_DATA_DIR, help="MNIST folder (default data/)")
+    args = parser.parse_args(argv)
+    try:
+        soup = average(args.inputs)
+        metadata = read_model_metadata(args.inputs[0])
+    except (ValueError, WeightsError) as e:
+        parser.exit(2, f"error: {e}\n")
+    test = data.load_split(train=False, data_dir=args.data_dir)
+    train = data.load_split(train=True, data_dir=args.data_dir)
+    validation = data.Split(train.images[VALIDATION], train.labels[VALIDATION])
+    held_out = all(HELD_OUT_KEY in read_model_metadata(path) for path in args.inputs)
+
+    def scores(model: Net) -> dict:
+        return {"test_accuracy": accuracy(model, test), "validation_accuracy": accuracy(model, validation)}
+
+    inputs = [{"weights": path.name, **scores(load_model(path))} for path in args.inputs]
+    result = scores(soup)
+    keep = {key: value for key, value in metadata.items() if key not in ("architecture", "layers")}
+    keep.update(
+        {"test_accuracy": f"{result['test_accuracy']:.4f}", "soup_of": json.dumps([p.name for p in args.inputs])}
+    )
+    if not held_out:
+        keep.pop(HELD_OUT_KEY, None)
+    save_safetensors(soup, args.out, keep)
+    calibration = calibrate(args.out, args.data_dir, allow_seen=not held_out)
+    trainable, running = count_parameters(soup)
+    write_metrics(
+        metrics_path(args.out),
+        {
+            **result,
+            "architecture": metadata["architecture"],
+            "test_images": len(test.labels),
+            "validation_images": len(validation.labels),
+            "parameters": {"trainable": trainable, "running_stats": running, "total": trainable + running},
+            "soup": {"method": "uniform (Wortsman et al., ICML 2022)", "inputs": inputs},
+            "unsure_mutual_information": calibration["threshold"],
+            "not_a_digit_max_probability": calibration["not_a_digit_max_probability"],
+        },
+    )
+    for entry in inputs:
+        print(f"{entry['weights']}: test {entry['test_accuracy']:.2%}, validation {entry['validation_accuracy']:.2%}")
+    print(f"wrote {args.out}: test {result['test_accuracy']:.2%}, validation {result['validation_accuracy']:.2%}")
+
+
+if __name__ == "__main__":
+    main()
