@@ -1,9 +1,13 @@
 """server/app.py: MIME types, /config.json, what it refuses to serve; the backend options of
 `invoke serve` and `invoke build-wasm`."""
 
+import http.client
 import json
+import socket
+import statistics
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -142,11 +146,6 @@ def test_kept_alive_connections_are_answered_without_a_delayed_ack_wait(local_se
     Nagle's algorithm on (TCP_NODELAY unset on the accepted socket), a response's body waited
     for the client's delayed ACK of its headers, 40 ms at least on Linux: every request but a
     connection's first took 44 ms here. Without it they take about 1 ms."""
-    import http.client
-    import socket
-    import statistics
-    import time
-
     port = int(local_server.rsplit(":", 1)[1].strip("/"))
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:

@@ -32,24 +32,27 @@ def test_the_soup_is_the_mean_of_every_tensor(tmp_path):
     element-wise mean; the same model twice is that model."""
     cnn = ROOT / "models" / "model.safetensors"
     paths = [perturbed_copy(cnn, tmp_path / f"ft{seed}.safetensors", seed) for seed in range(3)]
-    states = [load_model(p).state_dict() for p in paths]
-    soup = average(paths).state_dict()
+    models = [load_model(p) for p in paths]
+    states = [{name: tensor.clone() for name, tensor in model.state_dict().items()} for model in models]
+    soup = average(models).state_dict()
+    for model, state in zip(models, states):  # the inputs are left as they were
+        assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
     assert any("running_var" in name for name in soup)
     for name, tensor in soup.items():
         if tensor.is_floating_point():
             assert torch.allclose(tensor, sum(state[name] for state in states) / 3, atol=1e-6), name
         else:  # BatchNorm's num_batches_tracked, not in the exported file
             assert torch.equal(tensor, states[0][name]), name
-    same = average([cnn, cnn]).state_dict()
+    same = average([load_model(cnn), load_model(cnn)]).state_dict()
     original = load_model(cnn).state_dict()
     assert all(torch.equal(same[name], original[name]) for name in original)
 
 
 def test_only_fine_tunes_of_one_model_are_averaged(tmp_path):
     with pytest.raises(WeightsError, match="not of one architecture"):
-        average([MLP, LENET5])
+        average([load_model(MLP), load_model(LENET5)])
     with pytest.raises(ValueError, match="at least two models"):
-        average([MLP])
+        average([load_model(MLP)])
 
 
 def test_the_command_writes_the_soup_its_metrics_and_thresholds(tmp_path, capsys):

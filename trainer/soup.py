@@ -31,23 +31,23 @@ from .train import evaluate
 from .uncertainty import HELD_OUT_KEY, VALIDATION, calibrate
 
 
-def average(paths: list[Path]) -> Net:
-    """The uniform soup of the models in ``paths``: every floating-point tensor of the
-    state_dict (parameters and BatchNorm running statistics) the mean of theirs, in eval mode.
+def average(models: list[Net]) -> Net:
+    """The uniform soup of ``models``: a new model whose every floating-point state_dict tensor
+    (parameters and BatchNorm running statistics) is the mean of theirs, in eval mode; the
+    inputs are left as they are.
 
     Raises:
-        ValueError: fewer than two paths.
-        WeightsError: a file does not load, or the files are not all of one architecture and
-            layer plan.
+        ValueError: fewer than two models.
+        WeightsError: the models are not all of one architecture and layer plan.
     """
-    if len(paths) < 2:
-        raise ValueError(f"a soup needs at least two models, got {len(paths)}")
-    models = [load_model(path) for path in paths]
+    if len(models) < 2:
+        raise ValueError(f"a soup needs at least two models, got {len(models)}")
     plans = {(model.architecture, repr(model.layers)) for model in models}
     if len(plans) > 1:
-        raise WeightsError(f"the models are not of one architecture and plan: {', '.join(map(str, paths))}")
+        names = ", ".join(sorted({architecture for architecture, _ in plans}))
+        raise WeightsError(f"the models are not of one architecture and plan: {names}")
     states = [model.state_dict() for model in models]
-    soup = models[0]
+    soup = Net(models[0].layers, models[0].architecture)
     soup.load_state_dict(
         {
             name: torch.stack([state[name] for state in states]).mean(0) if tensor.is_floating_point() else tensor
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=data.DEFAULT_DATA_DIR, help="MNIST folder (default data/)")
     args = parser.parse_args(argv)
     try:
-        soup = average(args.inputs)
+        models = [load_model(path) for path in args.inputs]
+        soup = average(models)
         metadata = read_model_metadata(args.inputs[0])
     except (ValueError, WeightsError) as e:
         parser.exit(2, f"error: {e}\n")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     def scores(model: Net) -> dict:
         return {"test_accuracy": accuracy(model, test), "validation_accuracy": accuracy(model, validation)}
 
-    inputs = [{"weights": path.name, **scores(load_model(path))} for path in args.inputs]
+    inputs = [{"weights": path.name, **scores(model)} for path, model in zip(args.inputs, models)]
     result = scores(soup)
     keep = {key: value for key, value in metadata.items() if key not in ("architecture", "layers")}
     keep.update(
