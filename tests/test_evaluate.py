@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from tests.conftest import WEIGHTS
 from trainer.augment import augmented_images
 from trainer.evaluation.evaluate import evaluate, main, set_label, summary_table
-from trainer.export import WeightsError, read_metadata
+from trainer.export import WeightsError, metrics_path, read_metadata
 from trainer.model import normalize
 from trainer.synthetic.redraw import PAGE_PEN_WIDTH, PEN_WIDTHS
 
@@ -176,12 +176,12 @@ def test_training_curves_need_the_weights_own_metrics(tmp_path, capsys, metrics)
     weights = tmp_path / "copy.safetensors"
     shutil.copyfile(WEIGHTS, weights)
     if metrics is not None:
-        (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+        metrics_path(weights).write_text(json.dumps(metrics))
     out = tmp_path / "report"
     result = evaluate(weights, out, limit=50, pen_widths=(PAGE_PEN_WIDTH,), cache_dir=tmp_path / "cache")
     assert not (out / "training_curves.png").exists()
     summary = (out / "summary.md").read_text()
-    expected = "no metrics.json beside" if metrics is None else "is from another run"
+    expected = "no copy.metrics.json beside" if metrics is None else "is from another run"
     assert expected in summary and any(expected in note for note in result["notes"])
     assert tuple(result["sets"]) == (
         "clean",

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from trainer.export import WeightsError, load_model, read_metadata, save_safetensors
-from trainer.soup import average, main, metrics_path
+from trainer.export import WeightsError, load_model, metrics_path, read_metadata, save_safetensors
+from trainer.soup import average, main
 
 MLP = ROOT / "models" / "mlp.safetensors"
 LENET5 = ROOT / "models" / "lenet5.safetensors"

@@ -162,6 +162,15 @@ def export_onnx(model: Net, path: Path) -> Path:
     return path
 
 
+def metrics_path(weights: Path) -> Path:
+    """The metrics file of the weights file ``weights`` (training history, test accuracy; what
+    ``trainer.train`` and ``trainer.soup`` write and ``trainer.evaluation.evaluate`` reads):
+    ``metrics.json`` beside a ``model.safetensors`` (the default model's), else
+    ``<stem>.metrics.json``, e.g. ``mlp.metrics.json`` beside ``mlp.safetensors``."""
+    weights = Path(weights)
+    return weights.with_name("metrics.json" if weights.name == "model.safetensors" else f"{weights.stem}.metrics.json")
+
+
 def write_metrics(path: Path, metrics: dict) -> None:
     """Write ``metrics`` as indented JSON, atomically."""
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))

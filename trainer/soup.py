@@ -25,7 +25,7 @@ import torch
 from mnist_common.weights import read_model_metadata
 
 from . import data
-from .export import WeightsError, load_model, save_safetensors, write_metrics
+from .export import WeightsError, load_model, metrics_path, save_safetensors, write_metrics
 from .model import Net, count_parameters
 from .train import evaluate
 from .uncertainty import HELD_OUT_KEY, VALIDATION, calibrate
@@ -61,12 +61,6 @@ def accuracy(model: Net, split: data.Split) -> float:
     """Top-1 accuracy of ``model`` on ``split``, 0..1."""
     with torch.no_grad():
         return evaluate(model, split)[1]
-
-
-def metrics_path(weights: Path) -> Path:
-    """Where the metrics of ``weights`` go, as ``trainer.train`` names them: ``metrics.json``
-    beside a ``model.safetensors``, else ``<stem>.metrics.json``."""
-    return weights.with_name("metrics.json" if weights.name == "model.safetensors" else f"{weights.stem}.metrics.json")
 
 
 def main(argv: list[str] | None = None) -> None:

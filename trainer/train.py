@@ -49,7 +49,7 @@ from mnist_common.plan import DigitCaps
 
 from . import data
 from .augment import AUGMENT_PRESETS, augment
-from .export import save_safetensors, write_atomically, write_metrics
+from .export import metrics_path, save_safetensors, write_atomically, write_metrics
 from .model import (
     ARCHITECTURES,
     DEFAULT_ARCHITECTURE,
@@ -324,9 +324,9 @@ def output_names(arch: str) -> tuple[str, str, str]:
     (what ``invoke serve`` and the wasm builds use); another's carry its name, e.g.
     ``mlp.safetensors``, ``mlp.metrics.json`` and ``mlp.checkpoint.pt``, so several
     architectures live side by side in ``models/``."""
-    if arch == DEFAULT_ARCHITECTURE:
-        return "model.safetensors", "metrics.json", CHECKPOINT
-    return f"{arch}.safetensors", f"{arch}.metrics.json", f"{arch}.{CHECKPOINT}"
+    weights = "model.safetensors" if arch == DEFAULT_ARCHITECTURE else f"{arch}.safetensors"
+    checkpoint = CHECKPOINT if arch == DEFAULT_ARCHITECTURE else f"{arch}.{CHECKPOINT}"
+    return weights, metrics_path(Path(weights)).name, checkpoint
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -50,7 +50,7 @@ from mnist_common.paths import DEFAULT_WEIGHTS, REPORTS_DIR, ROOT
 
 from .. import data
 from ..augment import AUGMENT_SEED, Augment, augmented_images
-from ..export import WEIGHTS_DTYPES, WeightsError, load_model, read_metadata, write_metrics
+from ..export import WEIGHTS_DTYPES, WeightsError, load_model, metrics_path, read_metadata, write_metrics
 from ..model import NUM_CLASSES, logits_of
 from ..synthetic.redraw import (
     ADVERSE_MAX_WIDTH,
@@ -192,9 +192,8 @@ def set_label(key: str) -> str:
 
 
 def metrics_beside(weights: Path, metadata: dict[str, str]) -> tuple[list[dict] | None, str | None]:
-    """The training history in the metrics file beside ``weights``, when it is theirs:
-    ``<stem>.metrics.json`` (``invoke train --arch mlp`` writes ``mlp.metrics.json``), else
-    ``metrics.json`` (the default model's).
+    """The training history in the metrics file of ``weights`` (``trainer.export.metrics_path``),
+    when it is theirs.
 
     Returns:
         (history, None), or (None, a note saying why there are no training curves): no file, a
@@ -202,9 +201,7 @@ def metrics_beside(weights: Path, metadata: dict[str, str]) -> tuple[list[dict] 
         or a ``test_accuracy`` that differs from the weights' metadata (the file then belongs to
         another training run).
     """
-    path = Path(weights).with_name(f"{Path(weights).stem}.metrics.json")
-    if not path.exists():
-        path = Path(weights).with_name("metrics.json")
+    path = metrics_path(weights)
     if not path.exists():
         return None, f"no training curves: there is no {path.name} beside the weights"
     try:
