@@ -108,8 +108,9 @@ def test_under_invoke_serve_predictions_go_through_shared_memory(
 ):
     """`invoke serve` makes the page cross-origin isolated, so window.mnist.predict hands the
     image to the worker through a SharedArrayBuffer (web/channel.js): the same numbers as
-    PyTorch, MC dropout and refusals as through messages, and a teach message between two
-    predictions is applied before the second one."""
+    PyTorch, MC dropout and refusals as through messages, a teach message between two
+    predictions is applied before the second one, and a request long after the last (the
+    worker then blocked in Atomics.wait, no longer polling) is answered too."""
     page = open_page(browser, server, backend)
     assert page.evaluate("window.mnist.handoff") == "shared memory"
     images = mnist_test.images[:200].reshape(200, -1).tolist()
@@ -130,14 +131,18 @@ def test_under_invoke_serve_predictions_go_through_shared_memory(
         const [taught, after] = await Promise.all([window.mnist.teach(img, 3), window.mnist.predict(img)]);
         await window.mnist.forget();
         const forgotten = await window.mnist.predict(img);
-        return { uncertain, short, tooMany, before, after, forgotten };
+        // Long after the last answer: the worker stopped polling and waits in Atomics.wait.
+        await new Promise((ok) => setTimeout(ok, 20));
+        const later = await window.mnist.predict(img);
+        return { uncertain, short, tooMany, before, after, forgotten, later };
     }""",
         images[0],
     )
     assert abs(sum(out["uncertain"]["probs"]) - 1) < 1e-4 and out["uncertain"]["mutualInformation"] >= 0
     assert "784" in out["short"], out["short"]
     assert "samples" in out["tooMany"], out["tooMany"]
-    assert out["before"] == out["forgotten"] and max(out["before"]) == out["before"][7]  # MNIST test digit 0 is a 7
+    assert out["before"] == out["forgotten"] == out["later"]
+    assert max(out["before"]) == out["before"][7]  # MNIST test digit 0 is a 7
     assert out["after"] != out["before"]  # taught "3": the prediction after the teach message sees it
     page.close()
 
