@@ -225,8 +225,11 @@ def test_without_a_server_api_drawings_are_kept_in_the_browser(browser, server):
         page.wait_for_function("document.querySelector('[data-testid=prediction]').dataset.unsure !== ''")
         page.select_option("[data-testid=label]", str(digit))
         page.click("[data-testid=save]")
+        # This digit's status: the previous save's stays up until then (Clear keeps it).
         page.wait_for_function(
-            "document.querySelector('[data-testid=status]').textContent.startsWith('saved in this browser')"
+            """(digit) => { const text = document.querySelector('[data-testid=status]').textContent;
+                            return text.startsWith('saved in this browser') && text.includes(`(a ${digit})`); }""",
+            arg=digit,
         )
     kept = page.evaluate("""async () => {
         const { openLocal } = await import('./local.js');
