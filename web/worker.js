@@ -182,14 +182,12 @@ function answerShared() {
  */
 const POLL_MS = 0.1;
 
-/** Whether the channel's state leaves `state` within POLL_MS (it is then no longer `state`). */
-function changesSoon(control, state) {
+/** Spin while the channel's state is `state`, for POLL_MS at most. */
+function pollWhile(control, state) {
   const until = performance.now() + POLL_MS;
-  do {
-    if (Atomics.load(control, STATE) !== state) return true;
+  while (Atomics.load(control, STATE) === state && performance.now() < until) {
     Atomics.pause?.(); // a hint to the core that this is a spin loop (where the browser has it)
-  } while (performance.now() < until);
-  return false;
+  }
 }
 
 /**
@@ -205,7 +203,7 @@ function serveShared() {
       answerShared();
       Atomics.store(control, STATE, DONE);
       Atomics.notify(control, STATE);
-      changesSoon(control, DONE);
+      pollWhile(control, DONE);
     } else if (state === MAIL) {
       return;
     } else {
