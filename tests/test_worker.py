@@ -1,6 +1,8 @@
 """The page's inference worker in headless Chromium: off the main thread, newest drawing only,
 and a fallback with its reason when a preferred backend cannot start."""
 
+import time
+
 import pytest
 
 from tests.conftest import load, open_page
@@ -21,10 +23,13 @@ def test_the_model_runs_in_a_module_worker_not_on_the_main_thread(browser, serve
     page.close()
 
 
-def test_the_worker_index_html_starts_early_is_the_one_used(browser, server):
+@pytest.mark.parametrize("refusal_delay_s", [0, 1.5])
+def test_the_worker_index_html_starts_early_is_the_one_used(browser, server, refusal_delay_s):
     """index.html starts the worker before the page's modules run, and the page loads its
     build in that worker (taken: one worker, one worker.js request); when that worker fails to
-    start, the page starts another and works."""
+    start, the page starts another and keeps the backend asked for, whether the failure came
+    before the page took the worker or after (its script refused 1.5 s late: CI once saw a
+    busy machine do that, and the page fell back to another backend)."""
     page = browser.new_page()
     requests = []
     page.on("request", lambda r: requests.append(r.url.rsplit("/", 1)[1]))
@@ -41,6 +46,7 @@ def test_the_worker_index_html_starts_early_is_the_one_used(browser, server):
             route.continue_()
         else:
             refused.append(route.request.url)
+            time.sleep(refusal_delay_s)  # the page's modules run meanwhile
             route.fulfill(status=404, body="gone")
 
     page.route("**/worker.js", refuse_once)

@@ -33,6 +33,12 @@ export function spawnWorker() {
   return new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
 }
 
+/**
+ * The worker itself did not run (its script failed to load or threw), as opposed to a build
+ * it loaded that refused to start: not a reason to give up on the backend.
+ */
+export class WorkerStartError extends Error {}
+
 /** A classifier running in its own module worker (web/worker.js). Use `InferenceWorker.start`. */
 export class InferenceWorker {
   constructor(worker, backend, model) {
@@ -103,12 +109,12 @@ export class InferenceWorker {
       if (worker.failed) {
         // It failed before anyone listened (index.html's early worker keeps that).
         worker.terminate();
-        reject(new Error("the inference worker failed to start"));
+        reject(new WorkerStartError("the inference worker failed to start"));
         return;
       }
       worker.onerror = (event) => {
         worker.terminate();
-        reject(new Error(event.message || "the inference worker failed to start"));
+        reject(new WorkerStartError(event.message || "the inference worker failed to start"));
       };
       worker.onmessage = ({ data }) => {
         if (data.type === "loaded") {
@@ -241,8 +247,9 @@ export class InferenceWorker {
  * (no relaxed SIMD, no WebGPU adapter) is skipped with its reason before any worker loads it.
  * @param {string[]} candidates backends in order of preference, e.g. ["fast-relaxed", "fast-simd128"]
  * @param {Worker} [worker] a fresh worker from spawnWorker() for the first backend started
- *   (terminated if none starts in it); later ones get a new worker each, so a failed start
- *   leaves nothing behind
+ *   (terminated if none starts in it; if it fails to run at all, that backend is tried once
+ *   more in a new worker); later ones get a new worker each, so a failed start leaves nothing
+ *   behind
  * @param {string} [name] what to call the builds' embedded model (default "embedded")
  * @returns {Promise<{classifier: InferenceWorker, label: string, failures: string[]}>} label is
  *   the backend, with the reason in brackets when an earlier choice failed, e.g.
@@ -257,8 +264,15 @@ export async function startFirstWorking(candidates, worker = undefined, name = "
       const problem = await backendProblem(backend);
       if (problem) throw new Error(problem);
       const thisWorker = spare ?? spawnWorker();
+      const given = spare !== undefined;
       spare = undefined;
-      const classifier = await InferenceWorker.start(backend, thisWorker, name);
+      const classifier = await InferenceWorker.start(backend, thisWorker, name).catch((err) => {
+        // A given worker (index.html's early one) may fail to start after it was handed over,
+        // where failed was not yet set: this backend then gets one new worker before it is
+        // given up.
+        if (given && err instanceof WorkerStartError) return InferenceWorker.start(backend, spawnWorker(), name);
+        throw err;
+      });
       const reasons = failures.map((f) => f.slice(f.indexOf(": ") + 2));
       const label = reasons.length ? `${classifier.backend} (${reasons.join("; ")})` : classifier.backend;
       return { classifier, label, failures };
