@@ -56,6 +56,25 @@ def test_the_cache_round_trips_and_is_keyed_on_count_and_split(tmp_path):
     assert len(list(tmp_path.iterdir())) == 3
 
 
+def test_a_cached_set_is_sliced_or_extended_not_rebuilt(tmp_path, monkeypatch):
+    """The first N non-digits are the same for every N: a larger cached set gives a smaller one
+    (nothing drawn, nothing written), a smaller one is extended by the non-digits it lacks."""
+    drawn = []
+    build_chunk = nd._build_chunk
+    monkeypatch.setattr(nd, "_build_chunk", lambda task: drawn.append(task) or build_chunk(task))
+    nd.nondigit_set(5, "validation", cache_dir=tmp_path, processes=1, progress=False)
+    extended = nd.nondigit_set(9, "validation", cache_dir=tmp_path, processes=1, progress=False)
+    assert drawn == [("validation", 0, 5), ("validation", 5, 9)]
+    fresh = nd.nondigit_set(9, "validation", cache_dir=None, processes=1, progress=False)
+    assert np.array_equal(extended.images, fresh.images) and np.array_equal(extended.kinds, fresh.kinds)
+    files = sorted(tmp_path.iterdir())
+    sliced = nd.nondigit_set(7, "validation", cache_dir=tmp_path, processes=1, progress=False)
+    assert sorted(tmp_path.iterdir()) == files and len(drawn) == 3  # only the fresh build drew
+    assert np.array_equal(sliced.images, fresh.images[:7]) and np.array_equal(sliced.kinds, fresh.kinds[:7])
+    assert len(nd.nondigit_set(4, "test", cache_dir=tmp_path, processes=1, progress=False).kinds) == 4
+    assert drawn[-1] == ("test", 0, 4)  # another split's cache is not used
+
+
 def test_training_never_sees_the_test_only_shapes():
     """Kinds, fonts, letters and symbols of the test split that the training split never draws."""
     train = nd.nondigit_set(300, "train", cache_dir=None, progress=False)

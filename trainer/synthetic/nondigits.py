@@ -461,15 +461,28 @@ def _build_chunk(task: tuple[str, int, int]) -> list[tuple[np.ndarray, int]]:
 
 
 def cache_path(cache_dir: Path, split: str, count: int) -> Path:
-    """The cache file of the first ``count`` non-digits of ``split``: named by a hash of this
-    module's source, ``ALGORITHM_VERSION``, the split and the count."""
+    """The cache file of the first ``count`` non-digits of ``split``: named by the split, the
+    count and a hash of this module's source, ``redraw``'s and ``ALGORITHM_VERSION`` (the same
+    for every count: see ``_cached_prefix``)."""
     from . import redraw as redraw_module
 
     digest = hashlib.sha256()
     for source in (Path(__file__), Path(redraw_module.__file__)):
         digest.update(source.read_bytes())
-    digest.update(f"{ALGORITHM_VERSION}:{split}:{count}".encode())
+    digest.update(f"{ALGORITHM_VERSION}:{split}".encode())
     return Path(cache_dir) / f"{split}-{count}-{digest.hexdigest()[:16]}.npz"
+
+
+def _cached_prefix(cache_dir: Path, split: str, count: int) -> NonDigits | None:
+    """The largest cached set of ``split`` with this code's hash, cut to at most ``count``
+    non-digits; None when there is none. The first N non-digits are the same for every N, so a
+    larger set gives a smaller one by slicing and a smaller one is extended, not rebuilt."""
+    pattern = cache_path(cache_dir, split, 0).name.replace("-0-", "-*-", 1)
+    sizes = {int(p.name.split("-")[1]): p for p in Path(cache_dir).glob(pattern) if p.name.split("-")[1].isdigit()}
+    if not sizes:
+        return None
+    with np.load(sizes[max(sizes)]) as cached:
+        return NonDigits(cached["images"][:count], cached["kinds"][:count], split)
 
 
 def nondigit_set(
@@ -480,7 +493,8 @@ def nondigit_set(
     progress: bool = True,
 ) -> NonDigits:
     """The first ``count`` non-digits of ``split`` (``nondigit``), built over the CPU cores and
-    cached under ``cache_dir`` (None: no cache).
+    cached under ``cache_dir`` (None: no cache). A larger cached set of the split is sliced, a
+    smaller one extended.
 
     Returns:
         ``NonDigits`` (images (count, 28, 28) uint8, kinds (count,) int64, split).
@@ -495,18 +509,26 @@ def nondigit_set(
     if path is not None and path.exists():
         with np.load(path) as cached:
             return NonDigits(cached["images"], cached["kinds"], split)
+    prefix = _cached_prefix(cache_dir, split, count) if cache_dir is not None else None
+    if prefix is not None and len(prefix.kinds) == count:
+        return prefix
+    start = 0 if prefix is None else len(prefix.kinds)
     chunk = 100
-    tasks = [(split, start, min(start + chunk, count)) for start in range(0, count, chunk)]
+    tasks = [(split, first, min(first + chunk, count)) for first in range(start, count, chunk)]
     parts = map_chunks(
         _build_chunk,
         tasks,
-        total=count,
-        desc=f"drawing {count:,} non-digits ({split})",
-        processes=processes if processes is not None else default_processes(count),
+        total=count - start,
+        desc=f"drawing {count - start:,} non-digits ({split})",
+        processes=processes if processes is not None else default_processes(count - start),
         progress=progress,
     )
     items = [item for part in parts for item in part]
-    built = NonDigits(np.stack([i for i, _ in items]), np.array([k for _, k in items], dtype=np.int64), split)
+    images = np.stack([i for i, _ in items])
+    kinds = np.array([k for _, k in items], dtype=np.int64)
+    if prefix is not None:
+        images, kinds = np.concatenate([prefix.images, images]), np.concatenate([prefix.kinds, kinds])
+    built = NonDigits(images, kinds, split)
     if path is not None:
         from ..export import write_atomically
 
