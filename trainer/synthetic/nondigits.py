@@ -46,7 +46,8 @@ Modern, and with letters and symbols the training never saw (``TEST_ONLY_LETTERS
 Non-digit i of a split comes from ``np.random.default_rng((NONDIGIT_SEED, split, i))``, so the
 first N are the same in every run and for every N. ``nondigit_set`` builds many over the CPU
 cores and caches them as a ``.npz`` under ``data/nondigits/``, keyed by a hash of this file and
-the parameters. About 5-15 ms of CPU per image.
+the split; a larger cached set serves a smaller one, a smaller one is extended. About 5-15 ms
+of CPU per image.
 
 Convention: grey values 0..255, ink = 255, background = 0, row-major (H, W); points are (x, y)
 canvas pixels, x to the right, y down.
