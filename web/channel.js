@@ -17,7 +17,7 @@
 // States (control[STATE]):
 //   IDLE     nothing asked yet                 the worker waits
 //   REQUEST  the page wrote pixels + samples   the worker predicts, writes the answer, sets DONE
-//   DONE     the answer is there               the page reads it; the worker polls 0.1 ms, then waits
+//   DONE     the answer is there               the page reads it; the worker polls (POLL_MS), then waits
 //   MAIL     a postMessage follows             the worker returns to its event loop to read it,
 //                                              sets IDLE just before it answers, then waits again
 // Only the page sets REQUEST and MAIL, one request at a time, and only the worker sets DONE and IDLE.

@@ -461,25 +461,33 @@ def _build_chunk(task: tuple[str, int, int]) -> list[tuple[np.ndarray, int]]:
     return out
 
 
-def cache_path(cache_dir: Path, split: str, count: int) -> Path:
-    """The cache file of the first ``count`` non-digits of ``split``: named by the split, the
-    count and a hash of this module's source, ``redraw``'s and ``ALGORITHM_VERSION`` (the same
-    for every count: see ``_cached_prefix``)."""
+def _source_digest(split: str) -> str:
+    """16 hex digits of a hash of this module's source, ``redraw``'s, ``ALGORITHM_VERSION`` and
+    the split: what names a split's cached sets of every count."""
     from . import redraw as redraw_module
 
     digest = hashlib.sha256()
     for source in (Path(__file__), Path(redraw_module.__file__)):
         digest.update(source.read_bytes())
     digest.update(f"{ALGORITHM_VERSION}:{split}".encode())
-    return Path(cache_dir) / f"{split}-{count}-{digest.hexdigest()[:16]}.npz"
+    return digest.hexdigest()[:16]
+
+
+def cache_path(cache_dir: Path, split: str, count: int) -> Path:
+    """The cache file of the first ``count`` non-digits of ``split``: named by the split, the
+    count and ``_source_digest(split)`` (the same for every count: see ``_cached_prefix``)."""
+    return Path(cache_dir) / f"{split}-{count}-{_source_digest(split)}.npz"
 
 
 def _cached_prefix(cache_dir: Path, split: str, count: int) -> NonDigits | None:
     """The largest cached set of ``split`` with this code's hash, cut to at most ``count``
     non-digits; None when there is none. The first N non-digits are the same for every N, so a
     larger set gives a smaller one by slicing and a smaller one is extended, not rebuilt."""
-    pattern = cache_path(cache_dir, split, 0).name.replace("-0-", "-*-", 1)
-    sizes = {int(p.name.split("-")[1]): p for p in Path(cache_dir).glob(pattern) if p.name.split("-")[1].isdigit()}
+    sizes = {}
+    for path in Path(cache_dir).glob(f"{split}-*-{_source_digest(split)}.npz"):
+        size = path.name.split("-")[1]  # split names have no "-"
+        if size.isdigit():
+            sizes[int(size)] = path
     if not sizes:
         return None
     with np.load(sizes[max(sizes)]) as cached:
