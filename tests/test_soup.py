@@ -58,7 +58,8 @@ def test_only_fine_tunes_of_one_model_are_averaged(tmp_path):
 def test_the_command_writes_the_soup_its_metrics_and_thresholds(tmp_path, capsys):
     """``python -m trainer.soup``: the weights (with the soup's test accuracy and its inputs in
     the metadata), the metrics file beside them (each input's accuracy and the soup's, on the
-    test set and the held-out validation split) and the two thresholds, chosen on that split."""
+    test set and the held-out validation split, and their validation NLL) and the two
+    thresholds, chosen on that split."""
     inputs = [perturbed_copy(MLP, tmp_path / f"mlp-ft{seed}.safetensors", seed) for seed in range(2)]
     out = tmp_path / "soup" / "mlp.safetensors"
     out.parent.mkdir()
@@ -70,6 +71,8 @@ def test_the_command_writes_the_soup_its_metrics_and_thresholds(tmp_path, capsys
     assert metadata["test_accuracy"] == f"{metrics['test_accuracy']:.4f}" and metrics["test_accuracy"] > 0.98
     assert [entry["weights"] for entry in metrics["soup"]["inputs"]] == [p.name for p in inputs]
     assert all(0.98 < entry["validation_accuracy"] <= 1 for entry in metrics["soup"]["inputs"])
+    # an MLP right on ~99 % of the split, sure of most: a few hundredths of a nat per image
+    assert all(0.005 < entry["validation_nll"] < 0.1 for entry in [metrics, *metrics["soup"]["inputs"]])
     assert float(metadata["not_a_digit_max_probability"]) == pytest.approx(metrics["not_a_digit_max_probability"])
     assert "not_a_digit_rule" in metadata and "unsure_rule" in metadata
     assert f"wrote {out}" in capsys.readouterr().out
