@@ -34,10 +34,11 @@ from trainer.synthetic.writers import (
 #: The set the accuracy and consistency tests use: writers 0..11 from ``WRITER_SEED``, 3 digits
 #: per class each (360 digits, a few seconds in one process).
 N_WRITERS, PER_CLASS = 12, 3
-#: The committed model (2026-11, 99.67 % on MNIST's test digits) reads this set at 99.44 %: its 2
-#: errors are two of the three 2s of writer 6 (seed 20156, whose 2 is a flat-topped Z); over 100
-#: writers x 3 per class it reads 98.5 %, its worst writers 87-90 % (flagged 1s read as 7s above
-#: all). The set is deterministic, so only a new model (or a change to the writers) moves them.
+#: The committed model (2026-12-07, the soup of eight, 99.63 % on MNIST's test digits) reads this
+#: set at 99.44 %: 2 errors, a 3 of writer 3 and a 0 of writer 7. The one of 2026-11 (99.67 %) also
+#: made 2, both 2s of writer 6 (seed 20156, whose 2 is a flat-topped Z); over 100 writers x 3 per
+#: class it read 98.5 %, its worst writers 87-90 % (flagged 1s read as 7s above all). The set is
+#: deterministic, so only a new model (or a change to the writers) moves them.
 MIN_ACCURACY = 0.8
 
 
@@ -143,20 +144,36 @@ def test_a_writer_writes_a_class_alike_and_other_writers_otherwise(small_set):
     assert per_pair.mean() > 0.8
 
 
-def test_the_committed_model_reads_most_writer_digits_but_not_all(model, small_set):
+def read_right(model, dataset) -> np.ndarray:
+    """(N,) bool: ``model``'s top-1 on each of ``dataset``'s digits is its label."""
     with torch.no_grad():
-        predicted = model(normalize(torch.from_numpy(small_set.images).unsqueeze(1))).argmax(dim=1).numpy()
-    right = predicted == small_set.labels
+        predicted = model(normalize(torch.from_numpy(dataset.images).unsqueeze(1))).argmax(dim=1).numpy()
+    return predicted == dataset.labels
+
+
+def test_the_committed_model_reads_most_writer_digits(model, small_set):
+    right = read_right(model, small_set)
     per_writer = [right[small_set.writers == w].mean() for w in range(N_WRITERS)]
     print(
         f"\ncommitted model on {len(right)} writer digits: {right.mean():.2%}; per writer "
         + " ".join(f"{a:.0%}" for a in per_writer)
     )
     assert MIN_ACCURACY <= right.mean()
-    # Mistakes come by writer and class: one writer's glyph is misread in most of its instances.
-    wrong = ~right
+
+
+def test_mistakes_come_by_writer_and_class(small_set):
+    """A writer writes a class in one style, so a misread glyph is misread in several of its
+    instances: the errors fall in fewer (writer, class) pairs than there are errors. Measured with
+    the zoo's mlp, the model that misreads this set most (11 errors in 6 pairs, 2026-12-07); the
+    committed cnn makes 2 here, too few to tell."""
+    from mnist_common.paths import MODELS_DIR
+    from trainer.export import load_model
+
+    wrong = ~read_right(load_model(MODELS_DIR / "mlp.safetensors"), small_set)
     pairs = {(int(w), int(k)) for w, k in zip(small_set.writers[wrong], small_set.labels[wrong])}
-    assert len(pairs) < wrong.sum() or wrong.sum() <= 1
+    print(f"\nmlp: {wrong.sum()} errors in {len(pairs)} (writer, class) pairs: {sorted(pairs)}")
+    assert wrong.sum() >= 4, "too few errors to see how they cluster"
+    assert len(pairs) < wrong.sum()
 
 
 def test_crossed_seven_puts_a_bar_across_the_stem(source):
