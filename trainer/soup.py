@@ -113,11 +113,16 @@ def main(argv: list[str] | None = None) -> None:
             "not_a_digit_max_probability": calibration["not_a_digit_max_probability"],
         },
     )
-    for name, entry in [(entry["weights"], entry) for entry in inputs] + [(f"wrote {args.out}", result)]:
-        print(
-            f"{name}: test {entry['test_accuracy']:.2%}, validation {entry['validation_accuracy']:.2%},"
+
+    def line(entry: dict) -> str:
+        return (
+            f"test {entry['test_accuracy']:.2%}, validation {entry['validation_accuracy']:.2%},"
             f" validation NLL {entry['validation_nll']:.5f}"
         )
+
+    for entry in inputs:
+        print(f"{entry['weights']}: {line(entry)}")
+    print(f"wrote {args.out}: {line(result)}")
 
 
 if __name__ == "__main__":
