@@ -515,6 +515,8 @@ def write_static_site(models_dir: Path = MODEL_DIR) -> None:
         "(trainer/synthetic/writers.py; default 0: none)",
         "writers_per_class": "digits per class of each synthetic writer (default 5)",
         "styles": "add N digits in styles MNIST lacks (trainer/synthetic/styles.py; default 15000, measured best; 0: none)",
+        "redrawn": "add N MNIST training digits redrawn with the page's kind of pen (trainer/synthetic/redraw.py; "
+        "default 0: none)",
         "outliers": "outlier exposure: N non-digits (trainer/synthetic/nondigits.py) trained toward a "
         "uniform softmax (default 20000; 0: off)",
         "outlier_weight": "weight of the outlier-exposure loss (default 0.5, as Hendrycks et al. 2019)",
@@ -551,6 +553,7 @@ def train(
     writers=None,
     writers_per_class=None,
     styles=None,
+    redrawn=None,
     outliers=None,
     outlier_weight=None,
     outlier_batch=None,
@@ -590,6 +593,7 @@ def train(
             writers=writers,
             writers_per_class=writers_per_class,
             styles=styles,
+            redrawn=redrawn,
             outliers=outliers,
             outlier_weight=outlier_weight,
             outlier_batch=outlier_batch,

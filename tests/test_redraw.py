@@ -23,6 +23,7 @@ from trainer.synthetic.redraw import (
     redrawn_set,
     redrawn_sets,
     skeleton,
+    training_redrawn,
 )
 
 #: Digits the accuracy tests redraw (about 20 ms each for all four pens).
@@ -303,6 +304,22 @@ def test_worker_processes_give_the_same_result(digits, redrawn):
 def test_bad_arguments_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_training_digits_are_redrawn_with_the_pens_in_turn(digits):
+    """``training_redrawn`` (``invoke train --redrawn``): digit i with pen i mod len(pens),
+    rounded to uint8 like MNIST's own images; a digit with no strokes is left out with its label."""
+    images, labels = digits[0][:12].copy(), digits[1][:12].numpy()
+    images[5] = 0  # blank: no skeleton, nothing to train on
+    out, kept = training_redrawn(images, labels, pen_widths=(8, 20, 28), cache_dir=None, processes=1, progress=False)
+    assert out.dtype == np.uint8 and out.shape == (11, 28, 28)
+    assert kept.tolist() == [label for i, label in enumerate(labels) if i != 5]
+    rows = [i for i in range(12) if i != 5]
+    for row, i in zip(out, rows):
+        expected = redraw_digit(images[i], ((8, 20, 28)[i % 3],))[0]
+        assert np.abs(row.astype(np.float32) - expected).max() <= 0.5, i
+    with pytest.raises(ValueError, match=r"expected \(12,\) labels"):
+        training_redrawn(images, labels[:3], cache_dir=None, processes=1, progress=False)
 
 
 # --- the adverse pen (web/pen.js's challenge pen) ------------------------------------------------

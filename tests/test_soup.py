@@ -86,3 +86,24 @@ def test_a_bad_input_is_a_clear_error(tmp_path):
         main([str(tmp_path / "out.safetensors"), str(tmp_path / "mlp.safetensors"), str(broken)])
     assert exit_info.value.code == 2
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_scores_on_the_redrawn_validation_split(tmp_path):
+    """``python -m trainer.soup --redrawn``: each model's accuracy on validation images redrawn
+    with the test sets' pens, the same figure ``trainer.train.evaluate`` gives on that split."""
+    from trainer import data
+    from trainer.soup import redrawn_validation, scores
+    from trainer.synthetic.redraw import PEN_WIDTHS
+    from trainer.train import evaluate
+    from trainer.uncertainty import VALIDATION
+
+    train = data.load_split(train=True)
+    validation = data.Split(train.images[VALIDATION][:100], train.labels[VALIDATION][:100])
+    redrawn = redrawn_validation(validation, tmp_path)
+    assert tuple(redrawn) == PEN_WIDTHS and len(list(tmp_path.glob("*.npy"))) == len(PEN_WIDTHS)
+    model = load_model(ROOT / "models" / "model.safetensors")
+    result = scores(model, validation, validation, redrawn)
+    assert set(result["validation_redrawn"]) == set(PEN_WIDTHS)
+    for width, split in redrawn.items():
+        assert not torch.equal(split.images.float(), validation.images.float())
+        assert result["validation_redrawn"][width] == evaluate(model, split)[1] >= 0.95

@@ -140,3 +140,17 @@ def test_synthetic_writers_from_the_training_digits_join_training(tmp_path):
     assert metrics["config"]["writers"] == 2
     with pytest.raises(ValueError, match="writers must be >= 0"):
         train(Config(epochs=1, limit=64, writers=-1), out_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_redrawn_training_digits_join_training(tmp_path):
+    """`invoke train --redrawn N`: the first N digits of the training split, redrawn with the
+    page's kind of pen (trainer/synthetic/redraw.py), join the training images."""
+    metrics = train(
+        Config(epochs=1, limit=256, test_limit=500, redrawn=24, styles=0, outliers=0),
+        out_dir=tmp_path,
+    )
+    assert metrics["train_images"] == 256 + 24  # none of the first 24 is blank
+    assert metrics["config"]["redrawn"] == 24
+    with pytest.raises(ValueError, match="redrawn, outliers and outlier_weight must be >= 0"):
+        train(Config(epochs=1, limit=64, redrawn=-1), out_dir=tmp_path)

@@ -58,18 +58,36 @@ def average(models: list[Net]) -> Net:
     return soup.eval()
 
 
-def scores(model: Net, test: data.Split, validation: data.Split) -> dict[str, float]:
+def scores(
+    model: Net, test: data.Split, validation: data.Split, redrawn: dict[float, data.Split] | None = None
+) -> dict:
     """``model``'s top-1 accuracy (0..1) on ``test`` and ``validation``, and its negative
     log-likelihood on ``validation`` (mean cross-entropy in nats per image, >= 0). The NLL is the
     finer of the two validation figures: with about 15 errors left in 5,000 images, accuracy
-    moves in steps of 0.02 points that the seeds' spread swamps."""
+    moves in steps of 0.02 points that the seeds' spread swamps.
+
+    ``redrawn`` ({pen width in canvas px: the validation images redrawn with it}) adds
+    ``validation_redrawn``: {pen width: accuracy 0..1}, the page's kind of pen on held-out digits.
+    """
     with torch.no_grad():
         validation_loss, validation_accuracy = evaluate(model, validation)
-        return {
+        result = {
             "test_accuracy": evaluate(model, test)[1],
             "validation_accuracy": validation_accuracy,
             "validation_nll": validation_loss,
         }
+        if redrawn is not None:
+            result["validation_redrawn"] = {width: evaluate(model, split)[1] for width, split in redrawn.items()}
+        return result
+
+
+def redrawn_validation(validation: data.Split, cache_dir: Path) -> dict[float, data.Split]:
+    """The validation split redrawn with each of ``trainer.synthetic.redraw.PEN_WIDTHS`` (the
+    redrawn test sets' pens), built once and cached in ``cache_dir``: {pen width: split}."""
+    from .synthetic.redraw import PEN_WIDTHS, redrawn_sets
+
+    sets = redrawn_sets(validation.images.numpy(), PEN_WIDTHS, cache_dir=cache_dir)
+    return {width: data.Split(torch.from_numpy(images), validation.labels) for width, images in sets.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="the soup's .safetensors file")
     parser.add_argument("inputs", type=Path, nargs="+", help="two or more fine-tunes of one model")
     parser.add_argument("--data-dir", type=Path, default=data.DEFAULT_DATA_DIR, help="MNIST folder (default data/)")
+    parser.add_argument(
+        "--redrawn",
+        action="store_true",
+        help="also score every model on the validation split redrawn with pens 8/14/20/28 (built once, ~2 min)",
+    )
     args = parser.parse_args(argv)
     try:
         models = [load_model(path) for path in args.inputs]
@@ -87,10 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     test = data.load_split(train=False, data_dir=args.data_dir)
     train = data.load_split(train=True, data_dir=args.data_dir)
     validation = data.Split(train.images[VALIDATION], train.labels[VALIDATION])
+    redrawn = redrawn_validation(validation, args.data_dir / "redrawn") if args.redrawn else None
     held_out = all(HELD_OUT_KEY in read_model_metadata(path) for path in args.inputs)
 
-    inputs = [{"weights": path.name, **scores(model, test, validation)} for path, model in zip(args.inputs, models)]
-    result = scores(soup, test, validation)
+    inputs = [
+        {"weights": path.name, **scores(model, test, validation, redrawn)} for path, model in zip(args.inputs, models)
+    ]
+    result = scores(soup, test, validation, redrawn)
     keep = {key: value for key, value in metadata.items() if key not in ("architecture", "layers")}
     keep.update(
         {"test_accuracy": f"{result['test_accuracy']:.4f}", "soup_of": json.dumps([p.name for p in args.inputs])}
@@ -115,9 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     def line(entry: dict) -> str:
+        pens = entry.get("validation_redrawn", {})
         return (
             f"test {entry['test_accuracy']:.2%}, validation {entry['validation_accuracy']:.2%},"
             f" validation NLL {entry['validation_nll']:.5f}"
+            + ("".join(f", pen {width:g} {accuracy:.2%}" for width, accuracy in pens.items()))
         )
 
     for entry in inputs:

@@ -123,6 +123,10 @@ class Config:
     # committed cnn, docs/training.md run D): the styles test set 95.8 -> 99.5 %, adverse pen
     # +0.45, redrawn MNIST -0.04 to -0.16 points, clean MNIST -0.05.
     styles: int = 15_000
+    # MNIST training digits (the first N of the training split) redrawn with the page's kind of pen
+    # (trainer/synthetic/redraw.py: skeleton, round pens of 8-28 canvas px, the page's
+    # preprocessing), added to the training images. 0: none.
+    redrawn: int = 0
     # Outlier exposure (Hendrycks et al., ICLR 2019): this many non-digits of
     # trainer/synthetic/nondigits.py's training split join every step (outlier_batch of them,
     # augmented like the digits), with a loss pulling the softmax toward uniform, weighted by
@@ -199,9 +203,11 @@ class Config:
                 f"writers must be >= 0 and writers_per_class >= 1, got {self.writers} and {self.writers_per_class}",
             ),
             (
-                min(self.outliers, self.styles) >= 0 and self.outlier_weight >= 0 and self.outlier_batch >= 1,
-                "styles, outliers and outlier_weight must be >= 0 and outlier_batch >= 1, got "
-                f"{self.styles}, {self.outliers}, {self.outlier_weight} and {self.outlier_batch}",
+                min(self.outliers, self.styles, self.redrawn) >= 0
+                and self.outlier_weight >= 0
+                and self.outlier_batch >= 1,
+                "styles, redrawn, outliers and outlier_weight must be >= 0 and outlier_batch >= 1, got "
+                f"{self.styles}, {self.redrawn}, {self.outliers}, {self.outlier_weight} and {self.outlier_batch}",
             ),
             (
                 self.holdout in (0, VALIDATION.stop - VALIDATION.start),
@@ -571,6 +577,18 @@ def run(
             torch.cat([train_split.labels, torch.from_numpy(style_labels)]),
         )
         say(f"--styles: {len(style_labels):,} digits in styles MNIST lacks join training")
+    if config.redrawn:
+        from .synthetic.redraw import training_redrawn
+
+        source = training_split(full, config).first(config.redrawn)
+        redrawn_images, redrawn_labels = training_redrawn(
+            source.images.numpy(), source.labels.numpy(), cache_dir=Path(data_dir) / "redrawn"
+        )
+        train_split = data.Split(
+            torch.cat([train_split.images, torch.from_numpy(redrawn_images)]),
+            torch.cat([train_split.labels, torch.from_numpy(redrawn_labels)]),
+        )
+        say(f"--redrawn: {len(redrawn_labels):,} training digits redrawn with the page's kind of pen join training")
     extra = None
     if config.extra_samples:
         extra_images, extra_labels, extra = collected_for_training(config.extra_samples, config.extra_repeat)

@@ -431,6 +431,52 @@ def blank_count(redrawn: np.ndarray) -> int:
     return int((np.asarray(redrawn).reshape(len(redrawn), -1).max(axis=1, initial=0) == 0).sum())
 
 
+#: Pen widths of the redrawn *training* digits (``training_redrawn``), in canvas pixels: from the
+#: thinnest redrawn test pen to the fattest, a digit each in turn.
+TRAINING_PEN_WIDTHS = (8, 10, 12, 14, 17, 20, 24, 28)
+
+
+def training_redrawn(
+    images,
+    labels,
+    *,
+    pen_widths: tuple[float, ...] = TRAINING_PEN_WIDTHS,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    processes: int | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST *training* digits redrawn with the page's kind of pen, to train on: what a digit
+    drawn on the page looks like after ``to_mnist`` (constant stroke width, round caps), which
+    the ``draw`` augmentation only approximates.
+
+    Digit i is redrawn with ``pen_widths[i % len(pen_widths)]``; each width's digits are built
+    and cached as one ``redrawn_set``. Digits whose skeleton is empty are left out.
+
+    Args:
+        images: (N, 28, 28) uint8 MNIST training digits, 0..255, ink = 255. Never the held-out
+            validation images or the test set: the redrawn test sets are built from the latter.
+        labels: (N,) int labels 0..9.
+        pen_widths, cache_dir, processes, progress: as for ``redrawn_sets``.
+
+    Returns:
+        images (M, 28, 28) uint8, ink = 255, M <= N; their labels (M,) int64.
+
+    Raises:
+        ValueError: ``images`` is not (N, 28, 28) uint8, ``labels`` is not (N,), or a pen width
+            is not positive.
+    """
+    images = check_images(images)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (len(images),):
+        raise ValueError(f"expected ({len(images)},) labels, got shape {labels.shape}")
+    out = np.zeros(images.shape, dtype=np.float32)
+    for k, width in enumerate(pen_widths):
+        group = slice(k, None, len(pen_widths))
+        out[group] = redrawn_set(images[group], width, cache_dir=cache_dir, processes=processes, progress=progress)
+    kept = out.reshape(len(out), -1).max(axis=1, initial=0) > 0
+    return np.clip(np.rint(out[kept]), 0, 255).astype(np.uint8), labels[kept]
+
+
 # --- the adverse pen ----------------------------------------------------------------------------
 #
 # The page's "challenge: adverse pen" (web/pen.js): its width and colour change along the stroke,
