@@ -10,9 +10,11 @@ running statistics are averaged like the parameters.
 the soup's test accuracy and its inputs) and its metrics file (``metrics.json`` beside a
 ``model.safetensors``, else ``<name>.metrics.json``: each input's accuracy and the soup's on the
 MNIST test set and on the held-out validation split, and their validation negative
-log-likelihood), then chooses its "not sure" and "not a digit" thresholds
-(``trainer.uncertainty.calibrate``). The committed ``cnn`` is such a
-soup: docs/training.md says which fine-tunes.
+log-likelihood; with ``--redrawn`` also their accuracy on the validation split redrawn with the
+page's kind of pen), then chooses its "not sure" and "not a digit" thresholds
+(``trainer.uncertainty.calibrate``). The soup of a model and of its own fine-tune is the halfway
+interpolation of WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022).
+The committed ``cnn`` is such a soup of soups: docs/training.md says which fine-tunes.
 """
 
 from __future__ import annotations
