@@ -144,6 +144,13 @@ class Split:
         """The first ``n`` images and labels (a view, no copy); ``n`` = 0: the whole split."""
         return Split(self.images[:n], self.labels[:n]) if n > 0 else self
 
+    def joined(self, images, labels) -> Split:
+        """A new split: these images and labels, then ``images`` (M, 28, 28) and ``labels`` (M,)
+        (numpy arrays or tensors of the same dtypes as this split's)."""
+        return Split(
+            torch.cat([self.images, torch.as_tensor(images)]), torch.cat([self.labels, torch.as_tensor(labels)])
+        )
+
 
 def load_split(train: bool, data_dir: Path = DEFAULT_DATA_DIR) -> Split:
     """Load the training (60,000) or test (10,000) split via torchvision's MNIST class."""

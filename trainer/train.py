@@ -548,7 +548,7 @@ def run(
         torch.distributed.barrier()  # rank 0 fetches MNIST and draws the cached data sets first
     full = data.load_split(train=True, data_dir=data_dir)
     test_split = data.load_split(train=False, data_dir=data_dir).first(config.test_limit)
-    train_split = training_split(full, config)
+    mnist_split = train_split = training_split(full, config)
     if config.writers:
         from .synthetic.writers import writers_set
 
@@ -561,10 +561,7 @@ def run(
             first_seed=TRAIN_WRITER_SEED,
             cache_dir=Path(data_dir) / "writers",
         )
-        train_split = data.Split(
-            torch.cat([train_split.images, torch.from_numpy(written.images)]),
-            torch.cat([train_split.labels, torch.from_numpy(written.labels)]),
-        )
+        train_split = train_split.joined(written.images, written.labels)
         say(f"--writers: {len(written.labels):,} digits of {config.writers} synthetic writers join training")
     if config.styles:
         from .synthetic.styles import training_styles
@@ -572,29 +569,21 @@ def run(
         # A quick run (--limit) takes as many style digits as MNIST digits, at most.
         count = min(config.styles, config.limit) if config.limit else config.styles
         style_images, style_labels = training_styles(count, cache_dir=Path(data_dir) / "styles")
-        train_split = data.Split(
-            torch.cat([train_split.images, torch.from_numpy(style_images)]),
-            torch.cat([train_split.labels, torch.from_numpy(style_labels)]),
-        )
+        train_split = train_split.joined(style_images, style_labels)
         say(f"--styles: {len(style_labels):,} digits in styles MNIST lacks join training")
     if config.redrawn:
         from .synthetic.redraw import training_redrawn
 
-        source = training_split(full, config).first(config.redrawn)
+        source = mnist_split.first(config.redrawn)
         redrawn_images, redrawn_labels = training_redrawn(
             source.images.numpy(), source.labels.numpy(), cache_dir=Path(data_dir) / "redrawn"
         )
-        train_split = data.Split(
-            torch.cat([train_split.images, torch.from_numpy(redrawn_images)]),
-            torch.cat([train_split.labels, torch.from_numpy(redrawn_labels)]),
-        )
+        train_split = train_split.joined(redrawn_images, redrawn_labels)
         say(f"--redrawn: {len(redrawn_labels):,} training digits redrawn with the page's kind of pen join training")
     extra = None
     if config.extra_samples:
         extra_images, extra_labels, extra = collected_for_training(config.extra_samples, config.extra_repeat)
-        train_split = data.Split(
-            torch.cat([train_split.images, extra_images]), torch.cat([train_split.labels, extra_labels])
-        )
+        train_split = train_split.joined(extra_images, extra_labels)
         say(
             f"--extra-samples: {extra['train']} drawings of {extra['train_writers']} writers join training "
             f"(x{extra['repeat']}); {extra['held_out']} of {extra['held_out_writers']} writers held out for testing"
