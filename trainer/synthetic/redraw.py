@@ -426,9 +426,15 @@ def redrawn_set(
     return redrawn_sets(images, (pen_width,), cache_dir=cache_dir, processes=processes, progress=progress)[pen_width]
 
 
+def blank_mask(redrawn: np.ndarray) -> np.ndarray:
+    """(N,) bool: which of the (N, 28, 28) redrawn digits are blank (all zeros: no prediction on
+    the page)."""
+    return np.asarray(redrawn).reshape(len(redrawn), -1).max(axis=1, initial=0) == 0
+
+
 def blank_count(redrawn: np.ndarray) -> int:
-    """How many of the (N, 28, 28) redrawn digits are blank (all zeros: no prediction on the page)."""
-    return int((np.asarray(redrawn).reshape(len(redrawn), -1).max(axis=1, initial=0) == 0).sum())
+    """How many of the (N, 28, 28) redrawn digits are blank (``blank_mask``)."""
+    return int(blank_mask(redrawn).sum())
 
 
 #: Pen widths of the redrawn *training* digits (``training_redrawn``), in canvas pixels: from the
@@ -473,7 +479,7 @@ def training_redrawn(
     for k, width in enumerate(pen_widths):
         group = slice(k, None, len(pen_widths))
         out[group] = redrawn_set(images[group], width, cache_dir=cache_dir, processes=processes, progress=progress)
-    kept = out.reshape(len(out), -1).max(axis=1, initial=0) > 0
+    kept = ~blank_mask(out)
     return np.clip(np.rint(out[kept]), 0, 255).astype(np.uint8), labels[kept]
 
 
