@@ -88,6 +88,13 @@ WASM_OPT_FLAGS = (
     "--enable-nontrapping-float-to-int",
     "--enable-sign-ext",
     "--enable-mutable-globals",
+    # -O3 alone inlines every function that has one caller, whatever its size: the kernels of
+    # all instruction sets became one 132 KB function and the loading code one of 74 KB. A
+    # browser compiles a wasm function the first time it is called, on the calling thread, so
+    # the first prediction waited for all of it (docs/benchmarks.md, "Page load → first
+    # prediction"). Larger single-caller functions (in binaryen's expression count) stay apart.
+    "--one-caller-inline-max-function-size",
+    "200",
 )
 
 

@@ -932,15 +932,15 @@ impl Network {
         );
         let mut out = vec![0.0; input.len() / in_len * out_len];
         match self.isa {
-            Isa::Scalar => apply_with::<simd::Scalar>(op, shapes, input, &mut out),
+            Isa::Scalar => apply_plain::<simd::Scalar>(op, shapes, input, &mut out),
             #[cfg(target_arch = "x86_64")]
-            Isa::Sse2 => apply_with::<simd::Sse2>(op, shapes, input, &mut out),
+            Isa::Sse2 => apply_plain::<simd::Sse2>(op, shapes, input, &mut out),
             // SAFETY: a Network only holds Avx2Fma when `Isa::available` said the CPU has it
             // (checked by `Network::new`, the only way to make one).
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2Fma => unsafe { apply_avx2(op, shapes, input, &mut out) },
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Isa::Simd128 => apply_with::<simd::Simd128>(op, shapes, input, &mut out),
+            Isa::Simd128 => apply_plain::<simd::Simd128>(op, shapes, input, &mut out),
             // SAFETY: a module using relaxed SIMD only instantiates where the engine has it.
             #[cfg(all(
                 target_arch = "wasm32",
@@ -951,6 +951,16 @@ impl Network {
         }
         out
     }
+}
+
+/// [`apply_with`] for an instruction set that needs no `#[target_feature]` entry point, as a
+/// function of its own rather than inlined into [`Network::apply`]: each instruction set's
+/// kernels are then a function apart, and a browser, which compiles a wasm function when it
+/// is first called, compiles only those of the instruction set the network runs on (about
+/// 40 KB of wasm each; the first prediction waits for that compilation, docs/benchmarks.md).
+#[inline(never)]
+fn apply_plain<S: Simd>(op: &Op, shapes: [Shape; 2], input: &[f32], out: &mut [f32]) {
+    apply_with::<S>(op, shapes, input, out)
 }
 
 #[cfg(target_arch = "x86_64")]
