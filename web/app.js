@@ -67,12 +67,18 @@ import { openLocal } from "./local.js";
 import { Teacher } from "./teach.js";
 
 // Start-up runs in parallel, not in series: the worker loads its scripts while config.json
-// (preloaded by index.html) arrives, and the model is loaded in it as soon as the choice is made.
+// (preloaded by index.html) arrives, and the model is loaded in it as soon as the choice is made;
+// the browser's store (IndexedDB: some ms each to open and read on a fresh profile) opens
+// meanwhile, and what it kept of the examples taught is read.
 const firstWorker = spawnWorker();
 const configReady = fetch("config.json").then((response) => {
   if (!response.ok) throw new Error(`config.json: HTTP ${response.status}`);
   return response.json();
 });
+const localReady = openLocal();
+localReady.catch((err) => console.warn(`nothing is kept in this browser: ${err.message}`));
+const keptReady = localReady.then((store) => store.all("taught"));
+keptReady.catch(() => {}); // a failure is Teacher.restore's to report
 
 const MC_SAMPLES = 20; // MC-dropout passes at the end of a stroke (trainer/uncertainty.py's default)
 
@@ -379,10 +385,9 @@ async function main() {
       reclassify(); // the drawing on the canvas, by the new model
     });
     predictionEl.dataset.model = picker.current;
-    const local = openLocal();
-    local.catch((err) => console.warn(`nothing is kept in this browser: ${err.message}`));
+    const local = localReady;
     const teacher = new Teacher(classifier, await local.catch(() => null));
-    await teacher.restore().catch((err) => setStatus(`could not re-teach the kept examples: ${err.message}`, true));
+    await teacher.restore(keptReady).catch((err) => setStatus(`could not re-teach the kept examples: ${err.message}`, true));
     showTaught(teacher.taught);
     const teach = async (pixels, label) => {
       await teacher.add(pixels, label);

@@ -51,10 +51,14 @@ export class Teacher {
     return counts;
   }
 
-  /** Teach the model what this browser was taught before (after a reload). */
-  async restore() {
+  /**
+   * Teach the model what this browser was taught before (after a reload).
+   * @param {Promise<Array<{pixels: Float32Array, label: number}>>} [kept] the store's "taught"
+   *   records when the caller started reading them earlier (web/app.js: while the model loads)
+   */
+  async restore(kept = this.store?.all("taught")) {
     if (!this.store) return;
-    const examples = await this.store.all("taught");
+    const examples = await kept;
     if (examples.length === 0) return;
     await this.send(examples);
     this.examples = examples;
