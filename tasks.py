@@ -25,6 +25,7 @@ this file only calls it.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
@@ -244,12 +245,14 @@ def cargo_bin() -> Path:
 
 
 def npm_tools() -> Path:
-    """web/node_modules/.bin with the npm tools pinned in web/package.json (wasm-opt from
-    binaryen, onnxruntime-web for the benchmark); `npm ci` only when they are missing."""
+    """web/node_modules/.bin with the npm tools pinned in web/package.json (esbuild for the
+    page's bundles, wasm-opt from binaryen, onnxruntime-web for the benchmark); `npm ci` only
+    when one is missing."""
     bin_dir = WEB / "node_modules" / ".bin"
-    if not (bin_dir / "wasm-opt").exists() or not (WEB / "node_modules" / "onnxruntime-web").exists():
+    tools = [bin_dir / "esbuild", bin_dir / "wasm-opt", WEB / "node_modules" / "onnxruntime-web"]
+    if not all(tool.exists() for tool in tools):
         if shutil.which("npm") is None:
-            raise Exit("npm is needed for wasm-opt (binaryen) and the benchmark: install Node.js")
+            raise Exit("npm is needed for esbuild, wasm-opt (binaryen) and the benchmark: install Node.js")
         log("installing web/package.json's tools with npm")
         run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB)
     return bin_dir
@@ -476,12 +479,85 @@ def built_backends() -> list[str]:
     return [b for b in BACKENDS if (PKG / b / "mnist_wasm_bg.wasm").exists()]
 
 
+#: The page's two scripts as the browser loads them (index.html): web/app.js and web/worker.js,
+#: each bundled by esbuild with every module it imports into one file beside it (a build output,
+#: ignored by git). One file each instead of a module graph of 10 and 5: with at most six
+#: requests at a time over HTTP/1.1, the worker's script no longer waits behind the page's modules,
+#: and page load → first prediction took 30-60 ms less (docs/benchmarks.md).
+PAGE_BUNDLES = {"app.js": "app.bundle.js", "worker.js": "worker.bundle.js"}
+
+
+def page_modules() -> list[Path]:
+    """The page's JavaScript modules: web/*.js but the bundles."""
+    bundles = set(PAGE_BUNDLES.values())
+    return sorted(p for p in WEB.glob("*.js") if p.name not in bundles)
+
+
+def bundles_up_to_date() -> bool:
+    """Each of ``PAGE_BUNDLES`` exists and is newer than every module of the page."""
+    bundles = [WEB / name for name in PAGE_BUNDLES.values()]
+    if not all(b.exists() for b in bundles):
+        return False
+    newest = max(p.stat().st_mtime_ns for p in page_modules())
+    return all(b.stat().st_mtime_ns >= newest for b in bundles)
+
+
+def bundle_page(force: bool = False) -> None:
+    """Write web/app.bundle.js and web/worker.bundle.js (``PAGE_BUNDLES``), each with a source
+    map, so that the browser's developer tools show the modules as written; unless they are
+    up to date (``force``: even then). Milliseconds.
+
+    Raises:
+        Exit: esbuild refused a module (its message says where).
+    """
+    if not force and bundles_up_to_date():
+        return
+    esbuild = npm_tools() / "esbuild"
+    # One writer at a time (the test suite starts a server per process, each bundling if stale).
+    TARGET.mkdir(exist_ok=True)
+    with open(TARGET / "bundle.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if force or not bundles_up_to_date():
+            run(
+                [esbuild, *PAGE_BUNDLES, "--bundle", "--format=esm", "--entry-names=[name].bundle"]
+                + ["--outdir=.", "--sourcemap", "--log-level=warning"],
+                cwd=WEB,
+            )
+
+
+def rebundle_on_change(every: float = 1.0) -> None:
+    """While ``invoke serve`` runs: bundle the page again whenever one of its modules changes
+    (looked at every ``every`` seconds), so that an edit shows at the next reload. A module that
+    does not bundle is reported and the last good bundles are served."""
+
+    def stamp() -> list[tuple[str, int]]:
+        return [(p.name, p.stat().st_mtime_ns) for p in page_modules()]
+
+    def watch() -> None:
+        seen = stamp()
+        while True:
+            time.sleep(every)
+            now = stamp()
+            if now != seen:
+                seen = now
+                try:
+                    bundle_page(force=True)
+                    log("a module of web/ changed: bundled the page again")
+                except Exit as e:
+                    log(f"a module of web/ changed and does not bundle, serving the last bundles: {e}")
+
+    threading.Thread(target=watch, name="rebundle", daemon=True).start()
+
+
 def write_static_site(models_dir: Path = MODEL_DIR) -> None:
     """web/config.json and web/models/: what `invoke serve` answers for /config.json and
-    /models/, written as files, so that any static server of web/ (`python -m http.server` in
-    web/, a static host) serves a page that predicts and switches models. Both are build
-    outputs (ignored by git); the CPU builds are offered, wgpu only by `invoke serve --webgpu`."""
+    /models/, written as files, and the page's bundles (``bundle_page``), so that any static
+    server of web/ (`python -m http.server` in web/, a static host) serves a page that predicts
+    and switches models. All are build outputs (ignored by git); the CPU builds are offered,
+    wgpu only by `invoke serve --webgpu`."""
     from server.static import list_models, page_config
+
+    bundle_page()
 
     listing = list_models(models_dir, weights_path())
     folder = WEB / "models"
@@ -875,6 +951,7 @@ def serve(
 
     from server.app import serve as serve_web
 
+    rebundle_on_change()
     serve_web(
         host=host,
         port=int(port),

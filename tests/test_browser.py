@@ -207,8 +207,9 @@ def test_the_page_runs_our_relaxed_simd_kernels_by_itself(browser, server, mnist
     page.close()
 
 
-#: Prepended to web/classifier.js (loaded by the page and by its worker): WebAssembly.validate
-#: refuses every module, so the relaxed-SIMD probe fails as in a browser without relaxed SIMD.
+#: Prepended to the page's and the worker's bundles (each holds web/classifier.js):
+#: WebAssembly.validate refuses every module, so the relaxed-SIMD probe fails as in a browser
+#: without relaxed SIMD.
 NO_RELAXED_SIMD = "WebAssembly.validate = () => false;\n"
 
 
@@ -218,7 +219,7 @@ def test_without_relaxed_simd_the_page_runs_fast_simd128_and_says_why(browser, s
         route.fulfill(response=response, body=NO_RELAXED_SIMD + response.text())
 
     page, (label, backend_line, status) = open_as_a_user(
-        browser, server, before_load=lambda page: page.route("**/classifier.js", refuse_relaxed_simd)
+        browser, server, before_load=lambda page: page.route("**/*.bundle.js", refuse_relaxed_simd)
     )
     assert label == backend_line == "fast-simd128 (no relaxed SIMD in this browser)"
     assert status == "fast-relaxed: no relaxed SIMD in this browser: using fast-simd128. ready: draw a digit"

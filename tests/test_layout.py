@@ -5,6 +5,7 @@ Python, Rust and JS each repeat (input size, classes) agree."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -216,9 +217,18 @@ def static_imports(module: str) -> set[str]:
     return seen
 
 
-def test_the_page_preloads_every_module_it_imports():
-    """index.html's modulepreload links name exactly the modules app.js pulls in, so the browser
-    fetches them all at once instead of discovering them one import at a time."""
+def test_the_page_loads_its_modules_as_two_up_to_date_bundles():
+    """index.html loads app.bundle.js and starts worker.bundle.js (``tasks.bundle_page``:
+    esbuild), never a module of its own; each bundle is built from its entry module and modules
+    that entry imports (by its source map; esbuild leaves out a module none of whose code is
+    used), and is newer than every module, as `invoke test` and `invoke serve` leave it."""
+    import tasks
+
     html = (WEB_DIR / "index.html").read_text()
-    preloaded = set(re.findall(r'<link rel="modulepreload" href="([\w.-]+\.js)">', html))
-    assert preloaded == static_imports("app.js")
+    assert re.findall(r'<script type="module" src="([\w.-]+)">', html) == ["app.bundle.js"]
+    assert re.findall(r'new Worker\("([\w.-]+)"', html) == ["worker.bundle.js"]
+    assert "modulepreload" not in html
+    for entry, bundle in tasks.PAGE_BUNDLES.items():
+        sources = set(json.loads((WEB_DIR / f"{bundle}.map").read_text())["sources"])
+        assert entry in sources and sources <= {entry} | static_imports(entry), (bundle, sources)
+    assert tasks.bundles_up_to_date()

@@ -17,8 +17,8 @@ PREDICT_ALL = """async (images) => {
     return out;
 }"""
 
-#: Prepended to web/worker.js: every WebGPU device request in the worker is refused, as when
-#: the GPU process is gone or the adapter cannot give a device.
+#: Prepended to the worker's script (web/worker.bundle.js): every WebGPU device request in the
+#: worker is refused, as when the GPU process is gone or the adapter cannot give a device.
 REFUSE_DEVICE = (
     "GPUAdapter.prototype.requestDevice = () => "
     "Promise.reject(new DOMException('forced by the test', 'OperationError'));\n"
@@ -75,7 +75,7 @@ def test_a_webgpu_device_failure_falls_back_to_the_cpu_kernels_with_the_reason(
         webgpu_browser,
         webgpu_server,
         "?backend=wgpu",
-        before_load=lambda page: page.route("**/worker.js", refuse_devices),
+        before_load=lambda page: page.route("**/worker.bundle.js", refuse_devices),
     )
     reason = "the wgpu device did not start: Unable to request a wgpu device: OperationError: forced by the test"
     assert label == backend_line == f"fast-relaxed ({reason})"

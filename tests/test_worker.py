@@ -13,7 +13,7 @@ pytestmark = pytest.mark.browser
 def test_the_model_runs_in_a_module_worker_not_on_the_main_thread(browser, server, mnist_test, torch_probabilities):
     page = open_page(browser, server, "flex")
     # One worker: the page spawns it first thing and loads the chosen build in it.
-    assert [w.url.rsplit("/", 1)[1] for w in page.workers] == ["worker.js"]
+    assert [w.url.rsplit("/", 1)[1] for w in page.workers] == ["worker.bundle.js"]
     main_thread_wasm = page.evaluate(
         "performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.endsWith('.wasm'))"
     )
@@ -26,16 +26,16 @@ def test_the_model_runs_in_a_module_worker_not_on_the_main_thread(browser, serve
 @pytest.mark.parametrize("refusal_delay_s", [0, 1.5])
 def test_the_worker_index_html_starts_early_is_the_one_used(browser, server, refusal_delay_s):
     """index.html starts the worker before the page's modules run, and the page loads its
-    build in that worker (taken: one worker, one worker.js request); when that worker fails to
-    start, the page starts another and keeps the backend asked for, whether the failure came
-    before the page took the worker or after (its script refused 1.5 s late: CI once saw a
-    busy machine do that, and the page fell back to another backend)."""
+    build in that worker (taken: one worker, one worker.bundle.js request); when that worker
+    fails to start, the page starts another and keeps the backend asked for, whether the
+    failure came before the page took the worker or after (its script refused 1.5 s late: CI
+    once saw a busy machine do that, and the page fell back to another backend)."""
     page = browser.new_page()
     requests = []
     page.on("request", lambda r: requests.append(r.url.rsplit("/", 1)[1]))
     load(page, f"{server}?backend=flex")
-    assert [w.url.rsplit("/", 1)[1] for w in page.workers] == ["worker.js"]
-    assert requests.count("worker.js") == 1 and page.evaluate("self.earlyWorker === undefined"), requests
+    assert [w.url.rsplit("/", 1)[1] for w in page.workers] == ["worker.bundle.js"]
+    assert requests.count("worker.bundle.js") == 1 and page.evaluate("self.earlyWorker === undefined"), requests
     page.close()
 
     page = browser.new_page()
@@ -49,7 +49,7 @@ def test_the_worker_index_html_starts_early_is_the_one_used(browser, server, ref
             time.sleep(refusal_delay_s)  # the page's modules run meanwhile
             route.fulfill(status=404, body="gone")
 
-    page.route("**/worker.js", refuse_once)
+    page.route("**/worker.bundle.js", refuse_once)
     load(page, f"{server}?backend=flex")
     assert len(refused) == 1 and page.evaluate("window.mnist.backend") == "flex"
     assert len(page.evaluate("(img) => window.mnist.predict(img)", [0] * 784)) == 10

@@ -19,10 +19,11 @@ import {
 } from "./channel.js";
 
 /**
- * A module worker running web/worker.js: the one index.html started before the page's modules
- * were fetched (`self.earlyWorker`, the first call only, unless it failed to start), else a new
- * one. A worker's start (a new JS engine instance, then its scripts) takes tens of ms, so the
- * page takes one first thing and decides meanwhile what to load in it.
+ * A module worker running web/worker.js (bundled with its imports: worker.bundle.js, see
+ * index.html): the one index.html started before the page's script was fetched
+ * (`self.earlyWorker`, the first call only, unless it failed to start), else a new one. A
+ * worker's start (a new JS engine instance, then its script) takes tens of ms, so the page
+ * takes one first thing and decides meanwhile what to load in it.
  * @returns {Worker}
  */
 export function spawnWorker() {
@@ -30,7 +31,7 @@ export function spawnWorker() {
   self.earlyWorker = undefined;
   if (early && !early.failed) return early;
   early?.terminate();
-  return new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  return new Worker(new URL("./worker.bundle.js", import.meta.url), { type: "module" });
 }
 
 /**
