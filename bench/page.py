@@ -116,6 +116,15 @@ def page_name(build: str) -> str:
     return f"page {build}"
 
 
+def require_backend(page, backend: str) -> None:
+    """Raise RuntimeError unless ``page`` (index.html, its classifier loaded) runs ``backend``:
+    a build that cannot start makes the page fall back to another, and its figures would be
+    that one's."""
+    running = page.evaluate("window.mnist.backend")
+    if running != backend:
+        raise RuntimeError(f"the page was asked for {backend} and runs {running}")
+
+
 def open_page(browser, url: str, backend: str, model: str | None = None):
     """index.html?backend=``backend`` with its classifier loaded; with ``model``, that model of
     the picker (``?model=``) instead of the build's embedded one."""
@@ -124,9 +133,7 @@ def open_page(browser, url: str, backend: str, model: str | None = None):
     page.wait_for_function("window.mnist !== undefined", timeout=60_000)
     if model:
         page.wait_for_function(f"window.mnist.model === {json.dumps(model)}", timeout=60_000)
-    running = page.evaluate("window.mnist.backend")
-    if running != backend:
-        raise RuntimeError(f"the page was asked for {backend} and runs {running}")
+    require_backend(page, backend)
     return page
 
 
@@ -177,9 +184,7 @@ def first_prediction_ms(browser, url: str, backend: str, image: list[int]) -> fl
         "Promise.race([window.firstPrediction, new Promise((_, reject) => "
         "setTimeout(() => reject(new Error('no prediction within a minute')), 60000))])"
     )
-    running = page.evaluate("window.mnist.backend")
-    if running != backend:
-        raise RuntimeError(f"the page was asked for {backend} and runs {running}")
+    require_backend(page, backend)
     page.close()
     return ms
 

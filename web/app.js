@@ -385,8 +385,7 @@ async function main() {
       reclassify(); // the drawing on the canvas, by the new model
     });
     predictionEl.dataset.model = picker.current;
-    const local = localReady;
-    const teacher = new Teacher(classifier, await local.catch(() => null));
+    const teacher = new Teacher(classifier, await localReady.catch(() => null));
     await teacher.restore(keptReady).catch((err) => setStatus(`could not re-teach the kept examples: ${err.message}`, true));
     showTaught(teacher.taught);
     const teach = async (pixels, label) => {
@@ -501,7 +500,7 @@ async function main() {
       live.drop();
       seen.drop();
     });
-    $("save").addEventListener("click", () => saveSample(picker.current, local));
+    $("save").addEventListener("click", () => saveSample(picker.current, localReady));
     $("teach").addEventListener("click", () => {
       if (sketch.pixels === null) {
         setStatus("nothing to teach: draw a digit first", true);
