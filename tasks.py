@@ -75,6 +75,9 @@ DEFAULT_BACKEND = "fast-simd128"
 #: What `invoke serve` builds besides the fallback: the relaxed-SIMD build the page prefers,
 #: and burn's flex for comparison (?backend=flex). They share every compiled dependency.
 SERVED_BACKENDS = ("fast-relaxed", "fast-simd128", "flex")
+#: Of SERVED_BACKENDS, what `invoke serve` builds before or beside the native module: the page's
+#: fallback and its first choice; the builds offered for comparison come after the module.
+SERVED_FIRST = ("fast-relaxed", "fast-simd128")
 
 #: Cargo profile (Cargo.toml) of the native module and the native Rust tests: one profile, so the
 #: tests link the dependencies the module's build compiled.
@@ -428,13 +431,29 @@ NATIVE_BUILD_SECONDS = TARGET / "native-build-seconds"
 NATIVE_COLD_BUILD_SECONDS = 13 * 60
 
 
-def native_module_up_to_date() -> bool:
-    """mnist_infer is importable and was built from today's Rust sources and weights."""
+#: The native module's cargo features for the tests and the benchmarks that compare backends:
+#: burn's ndarray too (wasm-infer/mnist-infer/Cargo.toml). Serving builds it without features.
+NATIVE_TEST_FEATURES = ("ndarray",)
+#: What the installed native module was built from: {"digest": ..., "features": [...]}.
+NATIVE_STAMP = TARGET / "native-build-stamp"
+
+
+def native_digest() -> str:
+    """Hash of what the native module is built from: this Python, the Rust sources, the weights."""
+    return files_digest(sys.executable, rust_inputs(weights_path(), skip=("mnist-wasm",)))
+
+
+def native_module_up_to_date(features: tuple[str, ...] = ()) -> bool:
+    """mnist_infer is importable, was built from today's Rust sources and weights, and has
+    (at least) the cargo ``features``."""
     from importlib.util import find_spec
 
-    stamp = TARGET / "native-build-stamp"
-    digest = files_digest(sys.executable, rust_inputs(weights_path(), skip=("mnist-wasm",)))
-    return find_spec("mnist_infer") is not None and stamp.exists() and stamp.read_text() == digest
+    try:
+        stamp = json.loads(NATIVE_STAMP.read_text())
+        built = stamp["digest"] == native_digest() and set(features) <= set(stamp["features"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or an older stamp's format
+        return False
+    return built and find_spec("mnist_infer") is not None
 
 
 def fresh_log(log_file: Path | None) -> None:
@@ -444,16 +463,16 @@ def fresh_log(log_file: Path | None) -> None:
         log_file.write_text("")
 
 
-def native_module(log_file: Path | None = None) -> None:
+def native_module(log_file: Path | None = None, features: tuple[str, ...] = ()) -> None:
     """Build wasm-infer/mnist-infer with maturin and install it into this Python as `mnist_infer`
-    (the same Rust model natively), unless the installed one is up to date. The build's output
-    goes to ``log_file`` when one is given."""
-    if native_module_up_to_date():
+    (the same Rust model natively), unless the installed one is up to date and has the cargo
+    ``features`` (a module built with more is kept). The build's output goes to ``log_file``
+    when one is given."""
+    if native_module_up_to_date(features):
         return
-    stamp = TARGET / "native-build-stamp"
-    digest = files_digest(sys.executable, rust_inputs(weights_path(), skip=("mnist-wasm",)))
     log(
         "building the native Python module mnist_infer (wasm-infer/mnist-infer) with maturin"
+        + (f", features: {', '.join(features)}" if features else "")
         + (f" (output: {log_file.relative_to(ROOT)})" if log_file else "")
     )
     fresh_log(log_file)
@@ -467,11 +486,12 @@ def native_module(log_file: Path | None = None) -> None:
             NATIVE_PROFILE,
             "--manifest-path",
             ROOT / "wasm-infer" / "mnist-infer" / "Cargo.toml",
+            *(["--features", ",".join(features)] if features else []),
         ],
         log_file=log_file,
     )
     TARGET.mkdir(exist_ok=True)
-    stamp.write_text(digest)
+    NATIVE_STAMP.write_text(json.dumps({"digest": native_digest(), "features": sorted(features)}))
     NATIVE_BUILD_SECONDS.write_text(f"{time.monotonic() - start:.0f}\n")
 
 
@@ -923,17 +943,22 @@ def serve(
         """In the background, while the page is served (``server``; None: before serving):
         each build, then what it changes."""
 
-        def wasm_builds() -> None:
-            for name in stale:
+        def wasm_builds(names: list[str]) -> None:
+            for name in names:
                 if progress.run(f"wasm {name}", lambda name=name: build_one(name, log_file=LOGS / f"wasm-{name}.log")):
                     write_static_site()
                     if server is not None:
                         server.config["backends"] = [b for b in built_backends() if b in offered]
 
-        waiting = in_background("wasm builds", wasm_builds)
+        # Beside the native module: the build the page prefers (seconds: it shares every
+        # compiled crate with the fallback). The builds only offered for comparison wait for
+        # it, so that the API answers sooner: the 2 cores have no room to spare there.
+        preferred = [name for name in stale if name in SERVED_FIRST]
+        waiting = in_background("wasm builds", lambda: wasm_builds(preferred))
         if native_stale:
             progress.run(NATIVE_JOB, lambda: native_module(log_file=LOGS / "native-build.log"))
         waiting()
+        wasm_builds([name for name in stale if name not in preferred])
 
     build_while_serving = bool(stale or native_stale)
     if workers > 1 and build_while_serving:
@@ -1116,7 +1141,7 @@ def in_background(what: str, work: Callable[[], T]) -> Callable[[], T]:
 def setup(c):
     """Install everything the build and the tests need (what is there is left alone)."""
     install_tools()
-    native_module()
+    native_module(features=NATIVE_TEST_FEATURES)
 
 
 @task
@@ -1240,7 +1265,9 @@ def test(c, quick=False):
     # for wasm32), and each alone leaves a core idle for long stretches (chains of crates that
     # wait for each other, one-unit LTO links, wasm-opt, downloads). The wasm-bindgen CLI is
     # compiled beside the first wasm build's cargo (`build_one`), not before it.
-    native = in_background("native module", lambda: native_module(log_file=LOGS / "native-build.log"))
+    native = in_background(
+        "native module", lambda: native_module(log_file=LOGS / "native-build.log", features=NATIVE_TEST_FEATURES)
+    )
     try:
         install_tools(bindgen=False)
         build_wasm(c, backend="all")
@@ -1254,6 +1281,7 @@ def test(c, quick=False):
     # of its own): the tests then reuse every dependency `native_module` compiled. mnist-kernels
     # gets `std` from mnist-model's, so its property tests run on AVX2 + FMA where the CPU has it.
     features = [f"mnist-model/{f}" for f in CPU_BACKENDS + ("simd", "fast", "std")]
+    features += [f"mnist-infer/{f}" for f in NATIVE_TEST_FEATURES]
     run(
         [
             "cargo",

@@ -232,3 +232,33 @@ def test_a_threshold_that_is_no_probability_fails_the_load_by_name(tmp_path, val
     path = with_metadata(tmp_path, "bad", {"not_a_digit_max_probability": value})
     with pytest.raises(ValueError, match=r"bad\.safetensors.*not_a_digit_max_probability.*\(0, 1\]"):
         mnist_infer.Classifier(str(path))
+
+
+def test_a_module_built_with_more_features_is_kept_and_one_with_fewer_is_not(tmp_path, monkeypatch):
+    """`invoke serve` builds the module without features (serving needs only our kernels),
+    `./dev test` with NATIVE_TEST_FEATURES: each keeps a module that has what it needs."""
+    import json
+
+    import tomllib
+
+    import tasks
+
+    cargo = tomllib.loads((tasks.ROOT / "wasm-infer" / "mnist-infer" / "Cargo.toml").read_text())
+    assert set(tasks.NATIVE_TEST_FEATURES) <= set(cargo["features"]), "a feature mnist-infer does not have"
+    assert cargo["features"]["default"] == [], "serving's build would compile more than it uses"
+    stamp = tmp_path / "native-build-stamp"
+    monkeypatch.setattr(tasks, "NATIVE_STAMP", stamp)
+
+    def built(features, digest=None):
+        stamp.write_text(json.dumps({"digest": digest or tasks.native_digest(), "features": features}))
+
+    built(list(tasks.NATIVE_TEST_FEATURES))
+    assert tasks.native_module_up_to_date() and tasks.native_module_up_to_date(tasks.NATIVE_TEST_FEATURES)
+    built([])
+    assert tasks.native_module_up_to_date() and not tasks.native_module_up_to_date(tasks.NATIVE_TEST_FEATURES)
+    built(list(tasks.NATIVE_TEST_FEATURES), digest="0" * 64)  # other sources or weights
+    assert not tasks.native_module_up_to_date()
+    stamp.write_text(tasks.native_digest())  # the stamp of an older tasks.py: rebuilt once
+    assert not tasks.native_module_up_to_date()
+    # the module the tests run was built with them
+    assert "ndarray" in mnist_infer.BACKENDS

@@ -185,3 +185,50 @@ def test_backend_options_refuse_what_they_cannot_do_before_building_anything(arg
     result = subprocess.run([INVOKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert message in result.stderr and "+ cargo" not in result.stdout
+
+
+def test_serve_builds_the_page_first_and_the_comparison_builds_after_the_native_module(monkeypatch):
+    """A cold `invoke serve`: the fallback build before serving, the page's first choice beside
+    the native module, burn's flex (offered for comparison) once the module is built: the
+    2 cores go to what the page and the API need first."""
+    from invoke import Context
+
+    import server.app
+    import tasks
+
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def event(kind, what):
+        with lock:
+            events.append((kind, what))
+
+    def build_one(name, log_file=None):
+        event("start", name)
+        time.sleep(0.2)
+        event("end", name)
+
+    def native_module(log_file=None, features=()):
+        event("start", "native")
+        time.sleep(0.5)
+        event("end", "native")
+
+    def serve_web(*, background, building, **kwargs):
+        event("serve", "page")
+        assert building() is not None  # the API says the module is being built
+        background(type("Server", (), {"config": {}})())
+
+    monkeypatch.setattr(tasks, "wasm_up_to_date", lambda name: False)
+    monkeypatch.setattr(tasks, "native_module_up_to_date", lambda features=(): False)
+    monkeypatch.setattr(tasks, "build_one", build_one)
+    monkeypatch.setattr(tasks, "native_module", native_module)
+    monkeypatch.setattr(tasks, "write_static_site", lambda: None)
+    monkeypatch.setattr(tasks, "rebundle_on_change", lambda: None)
+    monkeypatch.setattr(server.app, "serve", serve_web)
+    tasks.serve.body(Context())
+    at = {f"{kind} {what}": i for i, (kind, what) in enumerate(events)}
+    assert at["end fast-simd128"] < at["serve page"] < at["start native"]
+    assert at["start fast-relaxed"] < at["end native"]  # beside it
+    assert at["end native"] < at["start flex"]
+    started = [what for kind, what in events if kind == "start"]
+    assert len(started) == len(set(started)), events  # each built once

@@ -4,7 +4,7 @@
 //! ```python
 //! import numpy as np, mnist_infer
 //! probabilities = mnist_infer.predict(pixels)      # (784,) -> (10,), or (N, 784) -> (N, 10)
-//! clf = mnist_infer.Classifier("other.safetensors", backend="ndarray")
+//! clf = mnist_infer.Classifier("other.safetensors", backend="flex")
 //! u = mnist_infer.uncertainty(pixels, samples=20, seed=0)  # MC dropout: dict of the summary
 //! mnist_infer.not_a_digit(probabilities)  # (10,) -> True/False: max < τ; None without τ
 //! clf.teach(examples, labels)   # (N, 784), (N,) digits: adapt the model to a hand
@@ -265,7 +265,8 @@ impl Classifier {
         self.read().metadata().not_a_digit_threshold
     }
 
-    /// Name of the backend: "fast-avx2", "fast-sse2", "fast-scalar", "flex" or "ndarray".
+    /// Name of the backend: "fast-avx2", "fast-sse2", "fast-scalar", "flex" or (built with the
+    /// cargo feature `ndarray`) "ndarray".
     #[getter]
     fn backend(&self) -> &'static str {
         self.read().backend().name()
@@ -316,8 +317,15 @@ fn available() -> Vec<&'static str> {
 
 fn backend_named(name: &str) -> PyResult<Backend> {
     Backend::from_name(name).ok_or_else(|| {
+        // burn's ndarray backend is left out of the module `invoke serve` builds.
+        let hint = if name == "ndarray" {
+            " (burn's ndarray backend is compiled in with the cargo feature `ndarray`: \
+             `invoke setup` or `./dev test` builds the module with it)"
+        } else {
+            ""
+        };
         PyValueError::new_err(format!(
-            "unknown backend {name:?}: choose one of fast, {}",
+            "unknown backend {name:?}: choose one of fast, {}{hint}",
             available().join(", ")
         ))
     })
