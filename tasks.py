@@ -107,34 +107,23 @@ def log(message: str) -> None:
 
 
 def run(
-    cmd: list[str],
-    env: dict | None = None,
-    cwd: Path = ROOT,
-    check: bool = True,
-    log_file: Path | None = None,
-    niceness: int = 0,
+    cmd: list[str], env: dict | None = None, cwd: Path = ROOT, check: bool = True, log_file: Path | None = None
 ) -> subprocess.CompletedProcess:
     """Run a command, streaming its output (appended to ``log_file`` instead when given: its
-    last lines are printed if it fails); raise Exit with its status when it fails. With
-    ``niceness`` > 0 it runs under POSIX ``nice -n niceness``: its processes (and theirs) get
-    a core only when the others leave one idle."""
-    shown = " ".join(str(c) for c in cmd)
+    last lines are printed if it fails); raise Exit with its status when it fails."""
     print(
-        f"+ {shown}"
-        + (f"  (nice {niceness})" if niceness else "")
-        + (f"  (output: {log_file.relative_to(ROOT)})" if log_file else ""),
+        "+ " + " ".join(str(c) for c in cmd) + (f"  (output: {log_file.relative_to(ROOT)})" if log_file else ""),
         flush=True,
     )
-    args = [*(["nice", "-n", str(niceness)] if niceness else []), *(str(c) for c in cmd)]
     start = time.monotonic()
     if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "a") as out:
-            out.write(f"+ {shown}\n")
+            out.write("+ " + " ".join(str(c) for c in cmd) + "\n")
             out.flush()
-            result = subprocess.run(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+            result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     else:
-        result = subprocess.run(args, env=env, cwd=cwd)
+        result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd)
     seconds = time.monotonic() - start
     if seconds >= 10:  # where a cold build or a test run spends its time, in the log
         print(
@@ -144,7 +133,7 @@ def run(
         if log_file:
             tail = log_file.read_text(errors="replace").splitlines()[-40:]
             print("\n".join(["    | " + line for line in tail]), flush=True)
-        raise Exit(f"command failed ({result.returncode}): {shown}", code=result.returncode)
+        raise Exit(f"command failed ({result.returncode}): {' '.join(str(c) for c in cmd)}", code=result.returncode)
     return result
 
 
@@ -474,11 +463,11 @@ def fresh_log(log_file: Path | None) -> None:
         log_file.write_text("")
 
 
-def native_module(log_file: Path | None = None, features: tuple[str, ...] = (), niceness: int = 0) -> None:
+def native_module(log_file: Path | None = None, features: tuple[str, ...] = ()) -> None:
     """Build wasm-infer/mnist-infer with maturin and install it into this Python as `mnist_infer`
     (the same Rust model natively), unless the installed one is up to date and has the cargo
     ``features`` (a module built with more is kept). The build's output goes to ``log_file``
-    when one is given; it runs under ``nice -n niceness`` when that is > 0 (see ``run``)."""
+    when one is given."""
     if native_module_up_to_date(features):
         return
     log(
@@ -500,7 +489,6 @@ def native_module(log_file: Path | None = None, features: tuple[str, ...] = (), 
             *(["--features", ",".join(features)] if features else []),
         ],
         log_file=log_file,
-        niceness=niceness,
     )
     TARGET.mkdir(exist_ok=True)
     NATIVE_STAMP.write_text(json.dumps({"digest": native_digest(), "features": sorted(features)}))
@@ -942,22 +930,14 @@ def serve(
     ]
     stale = [name for name in wanted if not wasm_up_to_date(name)]
     progress = Progress()
-    native_stale = not native_module_up_to_date()
-    if native_stale:
-        seconds = NATIVE_BUILD_SECONDS.read_text() if NATIVE_BUILD_SECONDS.exists() else NATIVE_COLD_BUILD_SECONDS
-        progress.expect(NATIVE_JOB, float(seconds))
-        # From the start, beside the page's build, but niced: it gets a core only when the
-        # page's build leaves one idle (its chains of crates, its one-unit LTO link).
-        native_built = in_background(
-            "native module",
-            lambda: progress.run(
-                NATIVE_JOB, lambda: native_module(log_file=LOGS / "native-build.log", niceness=NATIVE_NICENESS)
-            ),
-        )
     if backend in stale:  # the page first: every browser with wasm SIMD runs the fallback
         progress.run(f"wasm {backend}", lambda: build_one(backend, log_file=LOGS / f"wasm-{backend}.log"))
         stale.remove(backend)
     write_static_site()
+    native_stale = not native_module_up_to_date()
+    if native_stale:
+        seconds = NATIVE_BUILD_SECONDS.read_text() if NATIVE_BUILD_SECONDS.exists() else NATIVE_COLD_BUILD_SECONDS
+        progress.expect(NATIVE_JOB, float(seconds))
 
     def build_the_rest(server) -> None:
         """In the background, while the page is served (``server``; None: before serving):
@@ -976,7 +956,7 @@ def serve(
         preferred = [name for name in stale if name in SERVED_FIRST]
         waiting = in_background("wasm builds", lambda: wasm_builds(preferred))
         if native_stale:
-            native_built()
+            progress.run(NATIVE_JOB, lambda: native_module(log_file=LOGS / "native-build.log"))
         waiting()
         wasm_builds([name for name in stale if name not in preferred])
 
@@ -1011,9 +991,6 @@ def serve(
     )
 
 
-#: The niceness (POSIX ``nice``) of the native module's build in `invoke serve`: the page's
-#: build goes first, the module's takes what CPU it leaves.
-NATIVE_NICENESS = 19
 #: The job name of the native module's build in ``Progress`` (and in the API's 503 answers).
 NATIVE_JOB = "the native classifier mnist_infer (POST /api/predict)"
 
