@@ -83,3 +83,27 @@ def test_bad_requests_are_refused_with_the_reason(mnist_test):
     with pytest.raises(ValueError, match="one image"):
         mnist_infer.uncertainty(np.concatenate([image, image]))
     assert mnist_infer.uncertainty(image, samples=1)["mutual_information"] == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize("weights", [p for p in MODELS if p.stem != "capsnet"], ids=lambda p: p.stem)
+def test_the_layers_before_dropout_run_once_and_give_what_every_full_pass_gives(weights, mnist_test):
+    """`Net.mc_dropout_logits` runs the layers before the first Dropout once per image: the
+    same logits as `forward` on every image repeated, with the same masks."""
+    from trainer.model import normalize
+
+    model = load_model(weights).eval()
+    samples, images = 5, normalize(mnist_test.images[:8].float().unsqueeze(1))
+    drawn = {}
+
+    def masks(i, shape):  # a fixed 0/1 mask per Dropout layer and row
+        generator = torch.Generator().manual_seed(i)
+        return drawn.setdefault(i, (torch.rand(shape, generator=generator) >= 0.25).float())
+
+    with torch.no_grad():
+        once = model.mc_dropout_logits(images, samples, masks)
+        full = model(images.repeat_interleave(samples, dim=0), masks=masks)
+    assert once.shape == (8 * samples, 10) and len(drawn) >= 1
+    torch.testing.assert_close(once, full, rtol=0, atol=1e-4)
+    assert not torch.allclose(once[0], once[1])  # the passes differ: the masks were applied
+    with pytest.raises(ValueError, match="no Dropout"):
+        load_model(weights.parent / "capsnet.safetensors").mc_dropout_logits(images, samples, masks)

@@ -308,6 +308,25 @@ class Net(nn.Module):
         self._check_input(x)
         return self._run(x, self.layers, masks)
 
+    def mc_dropout_logits(
+        self, x: torch.Tensor, samples: int, masks: Callable[[int, torch.Size], torch.Tensor]
+    ) -> torch.Tensor:
+        """Logits (N * samples, 10) of ``samples`` MC-dropout passes over each of the normalised
+        images ``x`` (N, 1, 28, 28), image-major (image 0's passes first), with the given
+        ``masks`` (as ``forward``'s, for inputs of N * samples rows). The layers before the first
+        Dropout are the same in every pass: they run once per image, and only the rest runs on
+        ``samples`` copies (for the default CNN that skips 19 of 20 passes' convolutions).
+
+        Raises:
+            ValueError: input not (N, 1, 28, 28); a plan without Dropout.
+        """
+        self._check_input(x)
+        first = next((i for i, spec in enumerate(self.layers) if isinstance(spec, Dropout)), None)
+        if first is None:
+            raise ValueError(f"the {self.architecture} plan has no Dropout layer: its passes are all the same")
+        features = self._run(x, self.layers[:first])
+        return self._run(features.repeat_interleave(samples, dim=0), self.layers[first:], masks)
+
     @staticmethod
     def _check_input(x: torch.Tensor) -> None:
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):

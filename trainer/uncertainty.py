@@ -124,9 +124,8 @@ def mc_probabilities(
                 probabilities = torch.softmax(model(batch), dim=1)
                 out.append(probabilities.unsqueeze(1).expand(-1, samples, -1))
                 continue
-            repeated = batch.repeat_interleave(samples, dim=0)
             n = len(batch)
-            logits = model(repeated, masks=lambda i, shape, n=n: mask(i, shape, n))
+            logits = model.mc_dropout_logits(batch, samples, masks=lambda i, shape, n=n: mask(i, shape, n))
             out.append(torch.softmax(logits, dim=1).reshape(len(batch), samples, -1))
     return torch.cat(out)
 
