@@ -38,6 +38,18 @@ NO_BUILD = bool(os.environ.get("MNIST_TEST_NO_BUILD"))
 REQUIRE_NATIVE = bool(os.environ.get("MNIST_REQUIRE_NATIVE"))
 
 
+#: Under pytest-xdist (`invoke test`: one worker per core) each worker keeps to its share of the
+#: cores, and so do the processes it starts (OMP_NUM_THREADS): PyTorch's default of a thread
+#: per core made two workers' training runs fight for both cores (a capsule-network test's 20 s
+#: took 90 s beside another worker). RAYON_NUM_THREADS: burn-flex's threads in mnist_infer.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    os.environ.setdefault("RAYON_NUM_THREADS", str(THREADS))
+    torch.set_num_threads(THREADS)
+
+
 #: Test files that run for minutes on one worker (training runs, WebGPU on SwiftShader, the
 #: evaluation reports), slowest first. `invoke test` hands out whole files (`--dist loadfile`)
 #: in collection order: collected last, one of them kept one core busy while the other idled.
