@@ -471,6 +471,7 @@ def native_module(log_file: Path | None = None, features: tuple[str, ...] = ()) 
     when one is given."""
     if native_module_up_to_date(features):
         return
+    digest = native_digest()  # what this build starts from (a file edited meanwhile: stale after)
     log(
         "building the native Python module mnist_infer (wasm-infer/mnist-infer) with maturin"
         + (f", features: {', '.join(features)}" if features else "")
@@ -492,7 +493,7 @@ def native_module(log_file: Path | None = None, features: tuple[str, ...] = ()) 
         log_file=log_file,
     )
     TARGET.mkdir(exist_ok=True)
-    NATIVE_STAMP.write_text(json.dumps({"digest": native_digest(), "features": sorted(features)}))
+    NATIVE_STAMP.write_text(json.dumps({"digest": digest, "features": sorted(features)}))
     NATIVE_BUILD_SECONDS.write_text(f"{time.monotonic() - start:.0f}\n")
 
 
