@@ -227,19 +227,9 @@ def locked_version(crate: str) -> str:
     raise Exit(f"{crate} is not in Cargo.lock")
 
 
-#: Held while the wasm-bindgen CLI is looked for and installed: wasm builds run side by side
-#: (`build_wasm`), and each installs the CLI beside its cargo when it is missing.
-_BINDGEN_LOCK = threading.Lock()
-
-
 def wasm_bindgen_cli(log_file: Path | None = None) -> str:
     """Path of a wasm-bindgen CLI of exactly the version in Cargo.lock (installed if needed,
     cargo's output to ``log_file`` when one is given)."""
-    with _BINDGEN_LOCK:
-        return _wasm_bindgen_cli(log_file)
-
-
-def _wasm_bindgen_cli(log_file: Path | None) -> str:
     version = locked_version("wasm-bindgen")
     installed = str(cargo_bin() / "wasm-bindgen")
     candidates = [shutil.which("wasm-bindgen"), installed]
@@ -371,24 +361,12 @@ def cargo_wasm_release(toolchain: dict, args: list[str], env: dict | None = None
     """``cargo build --release`` for wasm32 with ``args`` (package, features), on ``toolchain``'s
     route (``wasm_toolchain()``: its cargo, build-std flags and environment, or ``env``); returns
     the folder of the release outputs."""
-    env = env or toolchain["env"]
     run(
         [toolchain["cargo"], "build", "--release", "--target", WASM_TARGET, *toolchain["build_std"], *args],
-        env=env,
+        env=env or toolchain["env"],
         log_file=log_file,
     )
-    return Path(env["CARGO_TARGET_DIR"]) / WASM_TARGET / "release"
-
-
-def wasm_target_dir(toolchain: dict, backend: str) -> str:
-    """Cargo's target folder for the wasm build ``backend``: the GPU builds have one of their own.
-
-    The wgpu build shares almost no compiled crate with the CPU builds (burn with std and
-    cubecl; about 20 s of small crates on 2 cores), so in a folder of its own it compiles beside
-    them (`build_wasm`) instead of waiting for cargo's lock on their folder.
-    """
-    shared = toolchain["env"]["CARGO_TARGET_DIR"]
-    return f"{shared}-{backend}" if backend in GPU_BACKENDS else shared
+    return Path(toolchain["env"]["CARGO_TARGET_DIR"]) / WASM_TARGET / "release"
 
 
 def build_one(backend: str, force: bool = False, log_file: Path | None = None) -> Path:
@@ -413,11 +391,7 @@ def build_one(backend: str, force: bool = False, log_file: Path | None = None) -
         release = cargo_wasm_release(
             toolchain,
             ["-p", "mnist-wasm", "--features", FAST_BACKENDS.get(backend, backend)],
-            env={
-                **toolchain["env"],
-                "MNIST_WEIGHTS": str(embedded_weights(backend)),
-                "CARGO_TARGET_DIR": wasm_target_dir(toolchain, backend),
-            },
+            env={**toolchain["env"], "MNIST_WEIGHTS": str(embedded_weights(backend))},
             log_file=log_file,
         )
     finally:
@@ -882,22 +856,8 @@ WEIGHTS_DTYPE_HELP = (
 def build_wasm(c, backend="all", force=False, weights_dtype=None):
     """Compile wasm-infer to wasm (wasm-bindgen, wasm-opt) into web/pkg/<backend>/."""
     use_weights_dtype(weights_dtype or DEFAULT_WEIGHTS_DTYPE)
-    names = requested_backends(backend)
-    # The GPU builds compile beside the CPU builds, in a target folder of their own
-    # (`wasm_target_dir`): alone, a CPU build leaves a core idle for minutes (burn-ndarray is one
-    # rustc of 4-5 minutes, wasm-opt one process). Their compiler output goes to a log file.
-    wasm_toolchain()  # decided (and cached) once, before the builds run side by side
-    wasm_opt()
-    gpu = [name for name in names if name in GPU_BACKENDS and len(names) > 1]
-    gpu_builds = in_background(
-        "GPU wasm builds", lambda: [build_one(name, force=force, log_file=LOGS / f"wasm-{name}.log") for name in gpu]
-    )
-    try:
-        for name in names:
-            if name not in gpu:
-                build_one(name, force=force)
-    finally:
-        gpu_builds()
+    for name in requested_backends(backend):
+        build_one(name, force=force)
     write_static_site()
     if weights_dtype and weights_dtype != "f32":
         from importlib.util import find_spec
@@ -1305,9 +1265,8 @@ def test(c, quick=False):
     # The native module (burn compiled for this CPU) builds beside everything else, from the
     # start: it needs only cargo and maturin, shares no compiled crate with the wasm builds (burn
     # for wasm32), and each alone leaves a core idle for long stretches (chains of crates that
-    # wait for each other, one-unit LTO links, wasm-opt, downloads). So does the wgpu build, in a
-    # target folder of its own (`build_wasm`). The wasm-bindgen CLI is compiled beside the first
-    # wasm build's cargo (`build_one`), not before it.
+    # wait for each other, one-unit LTO links, wasm-opt, downloads). The wasm-bindgen CLI is
+    # compiled beside the first wasm build's cargo (`build_one`), not before it.
     native = in_background(
         "native module", lambda: native_module(log_file=LOGS / "native-build.log", features=NATIVE_TEST_FEATURES)
     )

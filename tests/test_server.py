@@ -232,37 +232,3 @@ def test_serve_builds_the_page_first_and_the_comparison_builds_after_the_native_
     assert at["end native"] < at["start flex"]
     started = [what for kind, what in events if kind == "start"]
     assert len(started) == len(set(started)), events  # each built once
-
-
-def test_build_wasm_compiles_the_gpu_build_beside_the_cpu_builds_in_its_own_target_folder(monkeypatch):
-    """`invoke build-wasm` (and `invoke test`): the CPU builds one after the other in BACKENDS'
-    order, the wgpu build beside them, in a target folder of its own (it would otherwise wait
-    for cargo's lock on theirs), its compiler output in target/logs/wasm-wgpu.log."""
-    from invoke import Context
-
-    import tasks
-
-    cpu_started = threading.Event()
-    events: list[tuple[str, str]] = []
-
-    def build_one(name, force=False, log_file=None):
-        events.append(("start", name))
-        if name in tasks.GPU_BACKENDS:
-            assert log_file == tasks.LOGS / f"wasm-{name}.log"
-            assert cpu_started.wait(10), "the CPU builds waited for the GPU build"
-        else:
-            assert log_file is None  # the CPU builds' output on the console, as before
-            cpu_started.set()
-            time.sleep(0.05)
-        events.append(("end", name))
-
-    monkeypatch.setattr(tasks, "build_one", build_one)
-    monkeypatch.setattr(tasks, "write_static_site", lambda: None)
-    tasks.build_wasm.body(Context(), backend="all")
-    cpu = [b for b in tasks.BACKENDS if b not in tasks.GPU_BACKENDS]
-    assert [what for kind, what in events if kind == "start" and what in cpu] == cpu
-    assert sorted(what for kind, what in events if kind == "end") == sorted(tasks.BACKENDS)
-    toolchain = tasks.wasm_toolchain()
-    folders = {name: tasks.wasm_target_dir(toolchain, name) for name in tasks.BACKENDS}
-    assert len({folders[name] for name in cpu}) == 1  # the CPU builds share their compiled crates
-    assert all(folders[gpu] != folders[cpu[0]] for gpu in tasks.GPU_BACKENDS)
