@@ -73,7 +73,8 @@ BACKENDS = (*FAST_BACKENDS, *CPU_BACKENDS, *GPU_BACKENDS)
 #: (`invoke bench`: the fastest build without relaxed SIMD, see docs/benchmarks.md).
 DEFAULT_BACKEND = "fast-simd128"
 #: What `invoke serve` builds besides the fallback: the relaxed-SIMD build the page prefers,
-#: and burn's flex for comparison (?backend=flex). They share every compiled dependency.
+#: and burn's flex for comparison (?backend=flex). The two fast builds share every compiled
+#: dependency; flex compiles its backend and the burn crates above it.
 SERVED_BACKENDS = ("fast-relaxed", "fast-simd128", "flex")
 #: Of SERVED_BACKENDS, what `invoke serve` builds before or beside the native module: the page's
 #: fallback and its first choice; the builds offered for comparison come after the module.
@@ -427,14 +428,15 @@ def build_one(backend: str, force: bool = False, log_file: Path | None = None) -
 #: How long the last build of the native module took (written after each build), for the API's
 #: "about N min left" while `invoke serve` builds it; a cold build when there is none yet.
 NATIVE_BUILD_SECONDS = TARGET / "native-build-seconds"
-#: A cold build of the module `invoke serve` builds (no burn-ndarray) on 2 cores: 6.3 min
+#: A cold build of the module `invoke serve` builds (no burn backend) on 2 cores: 6.3 min
 #: measured on a slow VM (docs/build.md, "A cold ./dev serve, timed").
 NATIVE_COLD_BUILD_SECONDS = 7 * 60
 
 
 #: The native module's cargo features for the tests and the benchmarks that compare backends:
-#: burn's ndarray too (wasm-infer/mnist-infer/Cargo.toml). Serving builds it without features.
-NATIVE_TEST_FEATURES = ("ndarray",)
+#: burn's flex and ndarray (wasm-infer/mnist-infer/Cargo.toml). Serving builds it without
+#: features: our kernels only.
+NATIVE_TEST_FEATURES = ("flex", "ndarray")
 #: What the installed native module was built from: {"digest": ..., "features": [...]}.
 NATIVE_STAMP = TARGET / "native-build-stamp"
 
@@ -1355,7 +1357,7 @@ def bench(c, images=1000):
 )
 def bench_api(c, requests=1000, concurrency=8):
     """POST /api/predict requests/s and latency; native Rust vs PyTorch predict time per image."""
-    native_module()
+    native_module(features=("flex",))  # burn's flex, compared with our kernels
     from bench.api import main as run_api_bench
 
     run_api_bench(requests=int(requests), concurrency=int(concurrency))

@@ -265,8 +265,8 @@ impl Classifier {
         self.read().metadata().not_a_digit_threshold
     }
 
-    /// Name of the backend: "fast-avx2", "fast-sse2", "fast-scalar", "flex" or (built with the
-    /// cargo feature `ndarray`) "ndarray".
+    /// Name of the backend: "fast-avx2", "fast-sse2", "fast-scalar", or (built with the cargo
+    /// features of the same names) "flex" or "ndarray".
     #[getter]
     fn backend(&self) -> &'static str {
         self.read().backend().name()
@@ -317,12 +317,14 @@ fn available() -> Vec<&'static str> {
 
 fn backend_named(name: &str) -> PyResult<Backend> {
     Backend::from_name(name).ok_or_else(|| {
-        // burn's ndarray backend is left out of the module `invoke serve` builds.
-        let hint = if name == "ndarray" {
-            " (burn's ndarray backend is compiled in with the cargo feature `ndarray`: \
-             `invoke setup` or `./dev test` builds the module with it)"
+        // burn's backends are left out of the module `invoke serve` builds.
+        let hint = if name == "ndarray" || name == "flex" {
+            format!(
+                " (burn's {name} backend is compiled in with the cargo feature `{name}`: \
+                 `invoke setup` or `./dev test` builds the module with it)"
+            )
         } else {
-            ""
+            String::new()
         };
         PyValueError::new_err(format!(
             "unknown backend {name:?}: choose one of fast, {}{hint}",

@@ -95,31 +95,32 @@ impl Backend {
             .find(|b| b.name() == name && b.available())
     }
 
-    /// The burn device that runs this backend. The wgpu device is created lazily, on first
-    /// use, which only works natively: in a browser use [`Backend::start`].
-    pub fn device(self) -> Device {
+    /// The burn device that runs this backend, or `None` for the fast kernels, which run
+    /// without one (a build with only `fast` compiles none of burn's backends, so it has no
+    /// device at all). The wgpu device is created lazily, on first use, which only works
+    /// natively: in a browser use [`Backend::start`].
+    pub fn device(self) -> Option<Device> {
         match self {
             #[cfg(feature = "ndarray")]
             // The design names ndarray; flex is its successor, built too.
             #[allow(deprecated)]
-            Backend::NdArray => Device::ndarray(),
+            Backend::NdArray => Some(Device::ndarray()),
             #[cfg(feature = "flex")]
-            Backend::Flex => Device::flex(),
+            Backend::Flex => Some(Device::flex()),
             #[cfg(feature = "wgpu")]
-            Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-            // The kernels need no device; flex is where a burn model to compare them with
-            // lives (`LoadNetwork::from_model`).
+            Backend::Wgpu => Some(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
             #[cfg(feature = "fast")]
-            Backend::Fast(_) => Device::flex(),
+            Backend::Fast(_) => None,
         }
     }
 
-    /// Start this backend's device. The CPU backends are ready at once; wgpu requests a GPU
-    /// adapter and device (in a browser: `navigator.gpu`), which only completes asynchronously.
+    /// Start this backend's burn device (`None` for the fast kernels, as [`Backend::device`]).
+    /// The CPU backends are ready at once; wgpu requests a GPU adapter and device (in a
+    /// browser: `navigator.gpu`), which only completes asynchronously.
     ///
     /// # Errors
     /// [`LoadError::Device`] when there is no usable adapter or the device request fails.
-    pub async fn start(self) -> Result<Device, LoadError> {
+    pub async fn start(self) -> Result<Option<Device>, LoadError> {
         match self {
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => {
@@ -139,7 +140,7 @@ impl Backend {
                             problem: without_js_stack(&e.to_string()),
                         })?;
                 STARTED.store(true, Ordering::Release);
-                Ok(device)
+                Ok(Some(device))
             }
             #[allow(unreachable_patterns)] // every backend is wgpu in a wgpu-only build
             cpu => Ok(cpu.device()),

@@ -133,10 +133,19 @@ impl Classifier {
         }
     }
 
-    /// The `cnn`: burn-store loads the burn model on `device`; any other plan: its tensors
-    /// on `device` for burn's tensor operations.
+    /// The `cnn`: burn-store loads the burn model on `device` (the backend's, from
+    /// [`Backend::device`] or [`Backend::start`]); any other plan: its tensors on `device` for
+    /// burn's tensor operations.
     #[cfg(any(feature = "ndarray", feature = "flex", feature = "wgpu"))]
-    fn load_burn(bytes: &[u8], backend: Backend, device: Device) -> Result<Self, LoadError> {
+    fn load_burn(
+        bytes: &[u8],
+        backend: Backend,
+        device: Option<Device>,
+    ) -> Result<Self, LoadError> {
+        let device = device.ok_or_else(|| LoadError::Device {
+            backend: backend.name(),
+            problem: "not one of burn's backends".to_string(),
+        })?;
         let metadata = weights::read_metadata(bytes)?;
         let model = if metadata.plan == plan::cnn() {
             BurnModel::Cnn(weights::load(bytes, &device)?.0)
