@@ -428,9 +428,10 @@ def build_one(backend: str, force: bool = False, log_file: Path | None = None) -
 #: How long the last build of the native module took (written after each build), for the API's
 #: "about N min left" while `invoke serve` builds it; a cold build when there is none yet.
 NATIVE_BUILD_SECONDS = TARGET / "native-build-seconds"
-#: A cold build of the module `invoke serve` builds (no burn backend) on 2 cores: 6.3 min
-#: measured on a slow VM (docs/build.md, "A cold ./dev serve, timed").
-NATIVE_COLD_BUILD_SECONDS = 7 * 60
+#: A cold build of the module `invoke serve` builds (no burn backend) on 2 cores: 2.0 min
+#: measured beside fast-relaxed (927f9aa; docs/build.md, "A cold ./dev serve, timed"), with room
+#: for VMs a third slower.
+NATIVE_COLD_BUILD_SECONDS = 3 * 60
 
 
 #: The native module's cargo features for the tests and the benchmarks that compare backends:
