@@ -25,7 +25,7 @@
 
 use alloc::vec;
 
-use super::gelu::exp_nonpositive;
+use super::exp::exp_nonpositive;
 use super::simd::{Scalar, Simd};
 
 /// `√x` for `x >= 0` (NaN below, `x` itself for 0 and infinity): Newton's iteration in f64

@@ -38,6 +38,7 @@ extern crate alloc;
 extern crate std;
 
 mod capsules;
+mod exp;
 mod gelu;
 mod gemm;
 mod simd;
