@@ -10,13 +10,14 @@
 //! and `e = ±1/2` beyond 5.75, where `gelu(x)` is `x` or `0` to within 2.6e-8. `P` and `Q` have
 //! 6 coefficients each (`ERF_P`, `ERF_Q`), fitted by `fit_gelu.py` beside this crate's
 //! Cargo.toml (a least-squares fit reweighted towards the minimax by Lawson's rule; its own
-//! error is about 2e-8). What is left is f32 rounding: `e` is near ±1/2 where `|x|` is large, so
-//! its rounding, times `x`, is the error. On every f32 of `±[1/4, 12)` the largest is 1.03e-6
-//! with fused multiply-adds (AVX2, relaxed SIMD) and 1.18e-6 without (SSE2, simd128, the scalar
-//! fallback), as `fit_gelu.py --every` measures; the same order as PyTorch's own float32 GELU,
-//! whose vectorised `erf` is within about 1.5e-7. Ten multiply-adds, a division and no `exp`:
-//! 2.5 times fewer operations than the `erfc`-and-`exp` form this replaced, which took 65 % of
-//! `conv1`'s time in the page's build (docs/kernels.md).
+//! error, the coefficients rounded to f32, is below 1e-7 in the GELU). The rest is f32
+//! rounding: `e` is near ±1/2 where `|x|` is large, and its rounding, times `x`, is most of the
+//! error. On every f32 of `±[1/4, 12)` the largest is 1.03e-6 with fused multiply-adds (AVX2,
+//! relaxed SIMD) and 1.18e-6 without (SSE2, simd128, the scalar fallback), as
+//! `fit_gelu.py --every` measures; PyTorch's own float32 GELU (2.15, on the CPU) is off by up to
+//! 1.30e-6 on the same numbers. Ten multiply-adds, a division and no `exp`: 2.5 times fewer
+//! operations than the `erfc`-and-`exp` form this replaced, which took 65 % of
+//! `conv1`'s time in the page's build (docs/benchmarks.md).
 
 use super::simd::Simd;
 
