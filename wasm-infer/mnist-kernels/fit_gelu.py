@@ -114,15 +114,20 @@ def max_error(p: np.ndarray, q: np.ndarray, fused: bool, every: bool = False) ->
     return worst
 
 
-def rust_constants(path: Path = GELU_RS) -> tuple[np.ndarray, np.ndarray]:
-    """The arrays `ERF_P` and `ERF_Q` as src/gelu.rs writes them."""
+def rust_constants(path: Path = GELU_RS) -> dict[str, np.ndarray | float]:
+    """What src/gelu.rs writes down of this fit: the arrays `ERF_P` and `ERF_Q` (float32), `CLAMP`,
+    and `BOUND`, the error its tests allow (float)."""
     source = path.read_text()
+    number = r"-?[\d_.]+(?:e-?\d+)?"
+
+    def scalar(name: str) -> float:
+        return float(re.search(rf"const {name}: f\d\d = ({number});", source)[1].replace("_", ""))
 
     def array(name: str) -> np.ndarray:
-        body = re.search(rf"const {name}: \[f32; \d+\] = \[(.*?)\];", source, re.S).group(1)
-        return np.array([float(v.replace("_", "")) for v in re.findall(r"-?[\d_.]+(?:e-?\d+)?", body)], np.float32)
+        body = re.search(rf"const {name}: \[f32; \d+\] = \[(.*?)\];", source, re.S)[1]
+        return np.array([float(v.replace("_", "")) for v in re.findall(number, body)], np.float32)
 
-    return array("ERF_P"), array("ERF_Q")
+    return {"ERF_P": array("ERF_P"), "ERF_Q": array("ERF_Q"), "CLAMP": scalar("CLAMP"), "BOUND": scalar("BOUND")}
 
 
 def main() -> None:
