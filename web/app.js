@@ -254,7 +254,13 @@ function setupDrawing(classify, onClear) {
     drawCanvas.classList.toggle("adverse", pen.adverse);
     sketch.penWidth = pen.adverse ? (ADVERSE_MIN_WIDTH + ADVERSE_MAX_WIDTH) / 2 : PEN_WIDTH;
   };
-  const at = ([x, y]) => [Math.round(x * 10) / 10, Math.round(y * 10) / 10, Math.round(performance.now() - sketch.t0)];
+  // A point of a stroke: canvas pixels to 0.1, ms since the drawing's first point (`now`: the
+  // time already taken, so that the first point is at 0 ms exactly).
+  const at = ([x, y], now = performance.now()) => [
+    Math.round(x * 10) / 10,
+    Math.round(y * 10) / 10,
+    Math.round(now - sketch.t0),
+  ];
   newPen();
   adverseToggle.addEventListener("change", newPen);
 
@@ -268,8 +274,9 @@ function setupDrawing(classify, onClear) {
   drawCanvas.addEventListener("pointerdown", (e) => {
     drawing = true;
     last = point(e);
-    if (sketch.strokes.length === 0) sketch.t0 = performance.now();
-    sketch.strokes.push([at(last)]);
+    const now = performance.now();
+    if (sketch.strokes.length === 0) sketch.t0 = now;
+    sketch.strokes.push([at(last, now)]);
     drawCanvas.setPointerCapture(e.pointerId);
     pen.down(ctx, last);
     e.preventDefault();
